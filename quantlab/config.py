@@ -1,0 +1,53 @@
+"""Where things live under the home directory, and the defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_HOME = Path.home() / ".local" / "state" / "quantlab"
+
+#: The source checkout (or installed package parent); example files live here.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_home(home: str | os.PathLike[str] | None) -> Path:
+    """--home, else $QLAB_HOME, else ~/.local/state/quantlab."""
+    chosen = home or os.environ.get("QLAB_HOME") or DEFAULT_HOME
+    return Path(chosen).expanduser().resolve()
+
+
+class Paths(msgspec.Struct, frozen=True):
+    """The layout of one home directory."""
+
+    home: Path
+
+    @property
+    def store(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def etc(self) -> Path:
+        return self.home / "etc"
+
+    def strategy_log(self, strategy_id: str) -> Path:
+        return self.logs / "strategies" / f"{strategy_id}.log"
+
+    def worker_log(self, worker_id: str) -> Path:
+        return self.logs / f"worker-{worker_id}.log"
+
+    def director_log(self) -> Path:
+        return self.logs / "director.log"
+
+    def accounts_file(self) -> Path:
+        """etc/env.jsonl under the home, else the repository's."""
+        for candidate in (self.etc / "env.jsonl", REPO_ROOT / "etc" / "env.jsonl"):
+            if candidate.exists():
+                return candidate
+        return self.etc / "env.jsonl"

@@ -1,0 +1,1 @@
+"""Layer 1, the workerpool: records, stores, placement and the director."""

@@ -1,0 +1,161 @@
+"""The records that cross a process boundary, as msgspec Structs.
+
+Every record carries ``version`` so a newer writer can add fields: an older
+reader ignores what it does not know (msgspec's default), never crashes.
+Stored as msgspec JSON, one file (or row) per record. Times are Unix seconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+WorkerStatus = Literal["idle", "busy", "stopping"]
+Desired = Literal["running", "stopped"]
+StrategyStatus = Literal[
+    "pending", "assigned", "starting", "running", "paused", "error", "stopping", "stopped", "failed"
+]
+ExitType = Literal["manual", "worker_exit", "error", "timeout", "reassigned", "lease_lost"]
+DirectorRole = Literal["leader", "standby"]
+
+
+class Record(msgspec.Struct, kw_only=True):
+    """Base of every stored record."""
+
+    version: int = 1
+
+
+# ---- Resource[WorkerSpec, WorkerState]: a worker as a resource ----
+
+
+class Load(msgspec.Struct, kw_only=True):
+    cpu: float = 0.0  #: percent of one core, worker plus its children
+    memory: float = 0.0  #: MiB resident, worker plus its children
+    running_strategies: int = 0
+
+
+class WorkerSpec(msgspec.Struct, kw_only=True):
+    name: str
+    region: str
+    host: str
+    pid: int
+    max_strategies: int = 20
+    accounts: list[str] = []  #: account names only, never secrets
+
+
+class WorkerState(msgspec.Struct, kw_only=True):
+    status: WorkerStatus = "idle"
+    load: Load = msgspec.field(default_factory=Load)
+    lease_expires: float = 0.0
+    last_seen: float = 0.0
+
+
+class Resource(Record, kw_only=True):
+    id: str
+    spec: WorkerSpec
+    state: WorkerState = msgspec.field(default_factory=WorkerState)
+
+
+# ---- Work[StrategySpec, StrategyResult]: a strategy as a unit of work ----
+
+
+class Placement(msgspec.Struct, kw_only=True):
+    region: str | None = None
+    worker: str | None = None
+
+
+class StrategySpec(msgspec.Struct, kw_only=True):
+    file: str
+    params: dict[str, Any] = {}
+    accounts: list[str] = []
+    placement: Placement = msgspec.field(default_factory=Placement)
+    interval: float = 1.0  #: seconds between ticks
+    heartbeat_timeout: float = 60.0  #: seconds without a completed heartbeat before a kill
+    max_errors: int = 5  #: more errors than this within error_window fails the strategy
+    error_window: float = 600.0  #: seconds
+    backoff: float = 1.0  #: first restart delay in seconds, doubled per consecutive error
+    backoff_max: float = 60.0  #: seconds
+    stop_timeout: float = 10.0  #: seconds st_exit may take before SIGKILL
+    restart_seq: int = 0  #: bumped by `qlab strategy restart`; a change restarts the child
+
+
+class Assignment(msgspec.Struct, kw_only=True):
+    worker: str
+    epoch: int  #: fencing token: a write from an older epoch is refused
+
+
+class ErrorInfo(msgspec.Struct, kw_only=True):
+    message: str
+    traceback: str = ""  #: the end of the traceback only
+    ts: float = 0.0
+
+
+class StrategyResult(msgspec.Struct, kw_only=True):
+    status: StrategyStatus = "pending"
+    pid: int | None = None
+    heartbeats: int = 0
+    last_heartbeat: float | None = None
+    restarts: int = 0
+    error_count: int = 0
+    overruns: int = 0
+    last_error: ErrorInfo | None = None
+    reason: str = ""  #: why pending, failed or stopped, in words a person can act on
+    updated: float = 0.0
+
+
+class Work(Record, kw_only=True):
+    id: str
+    spec: StrategySpec
+    desired: Desired = "running"
+    epoch: int = 0  #: last epoch handed out; an assignment carries the epoch it was made at
+    assignment: Assignment | None = None
+    result: StrategyResult = msgspec.field(default_factory=StrategyResult)
+    created: float = 0.0
+
+
+# ---- lifecycle values ----
+
+
+class TickInfo(msgspec.Struct, kw_only=True):
+    seq: int
+    ts: float
+    interval: float
+    overruns: int = 0
+
+
+class ExitReason(msgspec.Struct, kw_only=True):
+    type: ExitType
+    message: str = ""
+
+
+class Event(Record, kw_only=True):
+    ts: float
+    kind: str
+    strategy: str | None = None
+    worker: str | None = None
+    detail: str = ""
+
+
+class Director(Record, kw_only=True):
+    id: str
+    host: str
+    pid: int
+    role: DirectorRole = "standby"
+    started: float = 0.0
+    last_seen: float = 0.0
+
+
+def flat(record: msgspec.Struct) -> dict[str, Any]:
+    """A record as one flat dict: nested spec/state/result fields lifted to the top.
+
+    `qlab status --json` promises the record fields by their own names
+    (``region``, ``status``, ``heartbeats``...), not their nesting.
+    """
+    out: dict[str, Any] = {}
+    for name, value in msgspec.to_builtins(record).items():
+        if name in ("spec", "state", "result") and isinstance(value, dict):
+            out.update(value)
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,102 @@
+"""The worker <-> strategy-child channel: msgspec msgpack tagged unions.
+
+Wire format: one ZeroMQ frame per message, a msgpack map whose ``type`` key
+names the message (the struct tag) and whose other keys are the fields below.
+On the worker's ROUTER socket each frame is preceded by the child's routing
+id, ``b"<strategy id>#<incarnation>"``, so a message from an old incarnation
+is recognised and dropped.
+
+worker -> child: Init, Tick, Message, Stop, ApiResult
+child -> worker: Hello, Ready, Heartbeat, ApiCall, Log, Error, Exited
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from quantlab.pool.records import ExitReason, TickInfo
+
+
+class _Msg(msgspec.Struct, tag_field="type", kw_only=True):
+    pass
+
+
+# ---- worker -> child ----
+
+
+class Init(_Msg, tag="init"):
+    id: str
+    file: str
+    params: dict[str, Any]
+    state: dict[str, Any]
+    accounts: list[str]
+    log_path: str
+
+
+class Tick(_Msg, tag="tick"):
+    tick: TickInfo
+
+
+class Message(_Msg, tag="message"):
+    data: Any
+
+
+class Stop(_Msg, tag="stop"):
+    reason: ExitReason
+
+
+class ApiResult(_Msg, tag="api_result"):
+    call_id: int
+    ok: bool
+    result: Any = None
+    error: str = ""
+    ret_code: int = 0
+    kind: str = "api"  #: api | network | permission: which ApiError subclass to raise
+
+
+# ---- child -> worker ----
+
+
+class Hello(_Msg, tag="hello"):
+    pid: int
+
+
+class Ready(_Msg, tag="ready"):
+    pass
+
+
+class Heartbeat(_Msg, tag="heartbeat"):
+    seq: int
+    state: bytes | None = None  #: msgpack of ctx.state, only when it changed since the last one
+
+
+class ApiCall(_Msg, tag="api_call"):
+    call_id: int
+    account: str
+    method: str
+    kwargs: dict[str, Any]
+
+
+class Log(_Msg, tag="log"):
+    data: Any  #: what the strategy passed to ctx.send(); recorded as an event
+
+
+class Error(_Msg, tag="error"):
+    hook: str
+    message: str
+    traceback: str
+
+
+class Exited(_Msg, tag="exited"):
+    reason: ExitReason
+
+
+ToChild = Init | Tick | Message | Stop | ApiResult
+ToWorker = Hello | Ready | Heartbeat | ApiCall | Log | Error | Exited
+
+_encoder = msgspec.msgpack.Encoder()
+encode = _encoder.encode
+decode_to_child = msgspec.msgpack.Decoder(ToChild).decode
+decode_to_worker = msgspec.msgpack.Decoder(ToWorker).decode

@@ -1,0 +1,75 @@
+"""Check and load a strategy file.
+
+`check_file` reads the file with ``ast`` and never runs it, so `qlab strategy
+assign` catches a bad path, a syntax error or a missing hook at once, in the
+operator's shell. `load_module` runs it, in the strategy child only.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+from quantlab.errors import StrategyFileError
+
+HOOKS = ("st_init", "st_heartbeat", "st_exit")
+
+
+def check_file(file: str | Path) -> Path:
+    """The absolute path of a valid strategy file, or StrategyFileError."""
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise StrategyFileError(f"strategy file not found: {file}")
+    try:
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as e:
+        raise StrategyFileError(f"{file}:{e.lineno}: syntax error: {e.msg}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise StrategyFileError(f"cannot read strategy file {file}: {e}") from e
+    defined = {
+        node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    missing = [hook for hook in HOOKS if hook not in defined]
+    if missing:
+        raise StrategyFileError(f"{file}: missing hook(s) {', '.join(missing)}: a strategy defines {', '.join(HOOKS)}")
+    return path
+
+
+def default_accounts(path: Path) -> list[str]:
+    """The module-level ``ACCOUNTS = [...]`` (or ``ACCOUNT = "..."``) literal, if any.
+
+    Lets an example strategy name the account it was written for, so
+    ``qlab up strategies/grid_paper.py`` needs no --account.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name not in ("ACCOUNT", "ACCOUNTS"):
+                continue
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            values = [value] if isinstance(value, str) else value
+            if isinstance(values, list) and all(isinstance(v, str) for v in values):
+                return values
+    return []
+
+
+def load_module(path: str) -> ModuleType:
+    """Import the strategy file as a fresh module (runs its top level)."""
+    spec = importlib.util.spec_from_file_location("strategy", path)
+    if spec is None or spec.loader is None:
+        raise StrategyFileError(f"cannot load strategy file {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["strategy"] = module
+    spec.loader.exec_module(module)
+    for hook in HOOKS:
+        if not callable(getattr(module, hook, None)):
+            raise StrategyFileError(f"{path}: missing hook {hook}")
+    return module
