@@ -18,7 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import filelock
 import msgspec
@@ -231,6 +231,15 @@ class FileStore:
         folder = self.root / "blobs" / check_id("blob", kind)
         folder.mkdir(exist_ok=True)
         write_atomic(folder / f"{check_id('blob', key)}.json", data)
+
+    def update_blob(self, kind: str, key: str, update: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        with self._lock:
+            current = self.get_blob(kind, key)
+            new = update(current)
+            if new is None:
+                return current
+            self.put_blob(kind, key, new)
+            return new
 
     # ---- messages ----
 

@@ -1,0 +1,1 @@
+"""Layer 2, the st-worker: lifecycle, strategy supervision, zygote, channel, API pool."""

@@ -1,0 +1,108 @@
+"""Accounts a worker serves, read from ``env.jsonl``: one JSON object per line.
+
+    {"name": "wjcgm@bbt-sub1", "type": "bybit", "testnet": false, "api_key": "...",
+     "api_secret_env": "BBT_SUB1_SECRET", "rate_limit": 10}
+    {"name": "paper", "type": "paper", "balances": {"USDT": 10000}, "symbols": ["BTCUSDT"], "seed": 7}
+
+The secret stays in the worker: repr() of an Account hides it, it is never
+written to the store, and only account names go into the worker's Resource.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from quantlab.errors import ConfigError
+from quantlab.pool.store import check_id
+
+DEFAULT_PAPER = "paper"
+
+
+class Account(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    type: Literal["bybit", "paper"]
+    testnet: bool = False
+    demo: bool = False
+    api_key: str = ""
+    api_secret: str = ""
+    api_secret_env: str = ""  #: name of an environment variable holding the secret
+    rate_limit: float = 10.0  #: calls per second, shared by every strategy on this worker
+    domain: str = "bybit"  #: pybit's domain, e.g. "bytick" for some regions
+    tld: str = "com"  #: pybit's tld, e.g. "com", "nl", "com.hk"
+    endpoint: str | None = None  #: full base URL overriding pybit's (a gateway, a test server)
+    proxy: str | None = None  #: HTTP(S) proxy for this account; else the worker's
+    timeout: float = 10.0  #: seconds, per HTTP call
+    max_retries: int = 3
+    # paper only
+    balances: dict[str, float] = msgspec.field(default_factory=lambda: {"USDT": 10_000.0})
+    symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
+    seed: int = 0
+
+    def __repr__(self) -> str:
+        return f"Account(name={self.name!r}, type={self.type!r}, testnet={self.testnet})"
+
+    __str__ = __repr__
+
+    def secret(self) -> str:
+        """The API secret, read from the environment variable if one is named."""
+        if self.api_secret_env:
+            value = os.environ.get(self.api_secret_env)
+            if value is None:
+                raise ConfigError(
+                    f"account {self.name!r}: environment variable {self.api_secret_env} is not set"
+                )
+            return value
+        return self.api_secret
+
+
+def default_paper_account() -> Account:
+    """The paper account every worker serves when no accounts file names one."""
+    return Account(name=DEFAULT_PAPER, type="paper")
+
+
+_decode = msgspec.json.Decoder(Account).decode
+
+
+def parse_accounts(text: str, source: str) -> list[Account]:
+    """Accounts from env.jsonl text; a bad line raises ConfigError naming its number."""
+    accounts: dict[str, Account] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{source}:{number}"
+        try:
+            account = _decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+        try:
+            check_id("account", account.name)
+        except Exception as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if account.name in accounts:
+            raise ConfigError(f"{where}: account {account.name!r} is named twice")
+        if account.type == "bybit" and not account.api_key:
+            raise ConfigError(f"{where}: bybit account {account.name!r} has no api_key")
+        if account.type == "bybit" and not (account.api_secret or account.api_secret_env):
+            raise ConfigError(f"{where}: bybit account {account.name!r} needs api_secret or api_secret_env")
+        if account.rate_limit <= 0:
+            raise ConfigError(f"{where}: rate_limit must be positive")
+        accounts[account.name] = account
+    return list(accounts.values())
+
+
+def load_accounts(path: Path | None) -> list[Account]:
+    """The accounts in ``path``; with no file, the default paper account alone."""
+    if path is None or not path.exists():
+        return [default_paper_account()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read accounts file {path}: {e}") from e
+    accounts = parse_accounts(text, str(path))
+    for account in accounts:
+        account.secret()  # fail at start, not at the first call, when an env var is missing
+    return accounts
