@@ -91,6 +91,7 @@ class Error(_Msg, tag="error"):
 
 class Exited(_Msg, tag="exited"):
     reason: ExitReason
+    state: bytes | None = None  #: final ctx.state after st_exit, when it changed
 
 
 ToChild = Init | Tick | Message | Stop | ApiResult

@@ -80,7 +80,7 @@ class FileStore:
         if decoder is None:
             decoder = self._decoders[cls] = msgspec.json.Decoder(cls)
         try:
-            return decoder.decode(data)  # type: ignore[no-any-return]
+            return decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             self._quarantine(path, str(e))
             return None

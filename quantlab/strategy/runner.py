@@ -1,0 +1,212 @@
+"""The strategy child: one incarnation of one strategy, driven by its worker.
+
+    child                              worker
+    Hello(pid)                  ->
+                                <-     Init(file, params, state, accounts)
+    load file, st_init(ctx)
+    Ready                       ->
+                                <-     Tick            (only after the last one was answered)
+    st_heartbeat(ctx, tick)
+    Heartbeat(seq, state?)      ->
+                                <-     Message         -> st_message(ctx, data), if defined
+                                <-     Stop(reason)    -> st_exit(ctx, reason)
+    Exited(reason)              ->     and exit 0
+
+An exception in a hook is sent as Error (message and traceback tail); the
+child then gives st_exit a chance (reason type "error") and exits 1. The
+worker counts the error and restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+import os
+import traceback
+from types import ModuleType
+from typing import Any
+
+import msgspec
+import zmq
+
+from quantlab.errors import ApiError, ApiNetworkError, ApiPermissionError
+from quantlab.pool.records import ExitReason
+from quantlab.protocol import (
+    ApiCall,
+    ApiResult,
+    Error,
+    Exited,
+    Heartbeat,
+    Hello,
+    Init,
+    Log,
+    Message,
+    Ready,
+    Stop,
+    Tick,
+    ToChild,
+    decode_to_child,
+    encode,
+)
+from quantlab.strategy.context import Api, StrategyContext
+from quantlab.strategy.loader import load_module
+from quantlab.worker.apipool import PUBLIC_METHODS
+
+#: Lines of traceback kept in last_error.
+TRACEBACK_LINES = 12
+#: Milliseconds the socket may keep unsent messages (Exited, Error) after close.
+LINGER_MS = 2000
+
+_API_ERRORS: dict[str, type[ApiError]] = {
+    "api": ApiError,
+    "network": ApiNetworkError,
+    "permission": ApiPermissionError,
+}
+
+
+class HookFailed(Exception):
+    """A strategy hook raised; already reported to the worker."""
+
+
+class Connection:
+    """The child's DEALER socket; API calls wait here for their answer."""
+
+    def __init__(self, endpoint: str, routing_id: bytes) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.ROUTING_ID, routing_id)
+        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        self.socket.connect(endpoint)
+        self.backlog: collections.deque[ToChild] = collections.deque()
+        self.next_call = 0
+
+    def send(self, msg: msgspec.Struct) -> None:
+        self.socket.send(encode(msg))
+
+    def recv(self) -> ToChild:
+        if self.backlog:
+            return self.backlog.popleft()
+        return decode_to_child(self.socket.recv())
+
+    def call_api(self, account: str, method: str, kwargs: dict[str, Any]) -> Any:
+        self.next_call += 1
+        call_id = self.next_call
+        self.send(ApiCall(call_id=call_id, account=account, method=method, kwargs=kwargs))
+        while True:
+            msg = decode_to_child(self.socket.recv())
+            if isinstance(msg, ApiResult) and msg.call_id == call_id:
+                if msg.ok:
+                    return msg.result
+                raise _API_ERRORS.get(msg.kind, ApiError)(msg.error, msg.ret_code)
+            if not isinstance(msg, ApiResult):
+                self.backlog.append(msg)  # a Stop or Message meanwhile: handled after the hook
+
+    def close(self) -> None:
+        self.socket.close()
+        self.context.term()
+
+
+def _strategy_logger(strategy_id: str, path: str) -> logging.Logger:
+    log = logging.getLogger(f"strategy.{strategy_id}")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
+
+
+class Runner:
+    def __init__(self, conn: Connection, init: Init) -> None:
+        self.conn = conn
+        self.init = init
+        self.loop = asyncio.new_event_loop()
+        self.ctx = StrategyContext(
+            id=init.id,
+            params=init.params,
+            state=init.state,
+            log=_strategy_logger(init.id, init.log_path),
+            api=Api(init.accounts, conn.call_api, PUBLIC_METHODS),
+            send=lambda data: conn.send(Log(data=data)),
+        )
+        self.module: ModuleType | None = None
+        self.sent_state = b""
+
+    def run(self) -> int:
+        try:
+            self.module = self._guard("load", load_module, self.init.file)
+            self._call("st_init", self.ctx)
+            self.conn.send(Ready())
+            return self._serve()
+        except HookFailed:
+            return 1
+
+    def _serve(self) -> int:
+        while True:
+            msg = self.conn.recv()
+            if isinstance(msg, Tick):
+                self._call("st_heartbeat", self.ctx, msg.tick)
+                self.conn.send(Heartbeat(seq=msg.tick.seq, state=self._changed_state()))
+            elif isinstance(msg, Message):
+                if hasattr(self.module, "st_message"):
+                    self._call("st_message", self.ctx, msg.data)
+            elif isinstance(msg, Stop):
+                return self._finish(msg.reason)
+            if self.ctx.stop_reason is not None:
+                return self._finish(ExitReason(type="manual", message=self.ctx.stop_reason))
+
+    def _finish(self, reason: ExitReason) -> int:
+        self._call("st_exit", self.ctx, reason)
+        self.conn.send(Exited(reason=reason, state=self._changed_state()))
+        return 0
+
+    def _changed_state(self) -> bytes | None:
+        state = self._guard("state", encode, self.ctx.state)
+        if state == self.sent_state:
+            return None
+        self.sent_state = state
+        return state
+
+    def _call(self, hook: str, *args: Any) -> None:
+        fn = getattr(self.module, hook)
+        result = self._guard(hook, fn, *args)
+        if inspect.isawaitable(result):
+            self._guard(hook, self.loop.run_until_complete, result)
+
+    def _guard(self, hook: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as e:
+            self._report(hook, e)
+            raise HookFailed from e
+
+    def _report(self, hook: str, e: Exception) -> None:
+        tail = "".join(traceback.format_exception(e)).splitlines()[-TRACEBACK_LINES:]
+        message = f"{hook}: {type(e).__name__}: {e}"
+        self.ctx.log.error("%s\n%s", message, "\n".join(tail))
+        self.conn.send(Error(hook=hook, message=message, traceback="\n".join(tail)))
+        if hook not in ("st_exit", "load"):
+            self._last_words(message)
+
+    def _last_words(self, message: str) -> None:
+        """After an error, st_exit still gets its chance to clean up."""
+        try:
+            result = self.module.st_exit(self.ctx, ExitReason(type="error", message=message))  # type: ignore[union-attr]
+            if inspect.isawaitable(result):
+                self.loop.run_until_complete(result)
+        except Exception:
+            self.ctx.log.exception("st_exit failed after an error")
+
+
+def run_child(endpoint: str, routing_id: bytes, worker_pid: int) -> int:
+    conn = Connection(endpoint, routing_id)
+    try:
+        conn.send(Hello(pid=os.getpid()))
+        init = conn.recv()
+        if not isinstance(init, Init):
+            return 2
+        return Runner(conn, init).run()
+    finally:
+        conn.close()

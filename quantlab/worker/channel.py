@@ -1,0 +1,56 @@
+"""The worker's end of the strategy channel: one ZeroMQ ROUTER on ipc://.
+
+The socket lives in a fresh directory only the worker's user can open
+(mkdtemp makes it 0700), so no other user can connect and pose as a strategy.
+Message shapes are in quantlab/protocol.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import msgspec
+import zmq
+
+from quantlab.protocol import ToChild, ToWorker, decode_to_worker, encode
+
+
+class Channel:
+    def __init__(self, context: zmq.Context, log: logging.Logger) -> None:
+        # Under /tmp, not the home: ipc:// paths must stay under ~100 bytes.
+        self.dir = Path(tempfile.mkdtemp(prefix="qlab-"))
+        self.endpoint = f"ipc://{self.dir}/channel"
+        self.log = log
+        self.socket = context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable send raises instead of vanishing
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(self.endpoint)
+
+    def send(self, routing_id: bytes, msg: ToChild) -> None:
+        try:
+            self.socket.send_multipart([routing_id, encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            # The child is gone or not connected yet; its exit is handled through its pidfd.
+            self.log.debug("drop %s to %r: %s", type(msg).__name__, routing_id, e)
+
+    def receive(self) -> Iterator[tuple[bytes, ToWorker]]:
+        """Every message waiting now, without blocking."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            try:
+                yield frames[0], decode_to_worker(frames[1])
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                self.log.warning("bad message from %r: %s", frames[0], e)
+
+    def close(self) -> None:
+        self.socket.close()
+        shutil.rmtree(self.dir, ignore_errors=True)

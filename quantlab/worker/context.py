@@ -1,0 +1,76 @@
+"""WorkerContext (the seed's ``wctx``): everything the worker lifecycle works on."""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
+
+import msgspec
+
+from quantlab.pool.records import Resource, WorkerState
+from quantlab.pool.workpool import WorkPool
+from quantlab.protocol import Message
+from quantlab.worker.load import LoadMeter
+from quantlab.worker.manager import StrategyManager
+from quantlab.worker.options import WorkerOptions
+from quantlab.worker.slot import Slot
+
+if TYPE_CHECKING:
+    from quantlab.worker.apipool import ApiPool
+
+
+class WorkerIdentity(msgspec.Struct, frozen=True):
+    id: str
+    name: str
+    region: str
+    host: str
+
+
+class WorkerContext:
+    def __init__(
+        self,
+        *,
+        worker: WorkerIdentity,
+        options: WorkerOptions,
+        resource: Resource,
+        pool: WorkPool,
+        apis: "ApiPool",
+        manager: StrategyManager,
+        log: logging.Logger,
+        run_until: Callable[[Callable[[], bool], float], None],
+        hooks: ModuleType | None = None,
+    ) -> None:
+        self.worker = worker
+        self.options = options
+        self.resource = resource
+        self.state: WorkerState = resource.state
+        self.pool = pool
+        self.apis = apis
+        self.manager = manager
+        self.log = log
+        self.hooks = hooks  #: the profile's optional user hooks
+        self.meter = LoadMeter()
+        self.stopping = False
+        self.registered = False
+        self._run_until = run_until
+
+    @property
+    def strategies(self) -> dict[str, Slot]:
+        """id -> Slot: status, last_heartbeat, error_count, pid of each strategy here."""
+        return self.manager.slots
+
+    def send_to_strategy(self, strategy_id: str, msg: Any) -> bool:
+        """Deliver ``msg`` to the strategy's ``st_message`` hook; False if it is not running here."""
+        slot = self.manager.slots.get(strategy_id)
+        if slot is None or not slot.alive:
+            return False
+        self.manager.send_to(slot, Message(data=msg))
+        return True
+
+    def broadcast_to_all(self, msg: Any) -> int:
+        return sum(self.send_to_strategy(sid, msg) for sid in list(self.manager.slots))
+
+    def run_until(self, done: Callable[[], bool], timeout: float) -> None:
+        """Keep serving children (messages, exits) until ``done()`` or ``timeout`` seconds pass."""
+        self._run_until(done, timeout)

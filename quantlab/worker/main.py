@@ -1,0 +1,212 @@
+"""`qlab worker start`: the worker process and its event loop.
+
+One thread runs the loop; a zmq Poller watches the ROUTER socket, every
+child's pidfd (a death is seen at once, not at the next heartbeat), the
+signal wake-up pipe and the API pool's completion eventfd. API calls run on
+the pool's threads so one slow exchange call never stalls another strategy's
+ticks; their results come back through a queue and the eventfd.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import queue
+import socket
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import zmq
+
+from quantlab.config import Paths
+from quantlab.errors import ConfigError
+from quantlab.logsetup import process_logger
+from quantlab.pool.open import open_store
+from quantlab.pool.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
+from quantlab.pool.store import Store
+from quantlab.pool.workpool import WorkPool
+from quantlab.protocol import ApiCall, ApiResult, ToChild
+from quantlab.signals import StopRequest
+from quantlab.worker import procs
+from quantlab.worker.accounts import load_accounts
+from quantlab.worker.apipool import ApiPool
+from quantlab.worker.channel import Channel
+from quantlab.worker.context import WorkerContext, WorkerIdentity
+from quantlab.worker.lifecycle import st_worker_exit, st_worker_heartbeat, st_worker_init
+from quantlab.worker.manager import StrategyManager
+from quantlab.worker.options import WorkerOptions
+from quantlab.worker.zygote import Spawn, Zygote
+
+#: Seconds between checks of the store's change token (how fast a new assignment is seen).
+CHANGE_POLL = 0.02
+
+
+class WorkerRuntime:
+    """The loop and the process plumbing the StrategyManager uses (its Transport)."""
+
+    def __init__(self, store: Store, options: WorkerOptions, paths: Paths, log: logging.Logger, stop: StopRequest) -> None:
+        self.store = store
+        self.options = options
+        self.log = log
+        self.stop = stop
+        self.zygote = Zygote()
+        self.context = zmq.Context()
+        self.channel = Channel(self.context, log)
+        self.endpoint = self.channel.endpoint
+        self.poller = zmq.Poller()
+        self.handlers: dict[int, Callable[[], None]] = {}
+        self.api_done: queue.SimpleQueue[tuple[bytes, ApiResult]] = queue.SimpleQueue()
+        self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.apis = ApiPool(load_accounts(_accounts_path(options, paths)), store, proxy=options.proxy)
+        self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
+        self.poller.register(self.channel.socket, zmq.POLLIN)
+        self.watch(stop.fd, stop.drain)
+        self.watch(self.api_wakeup, self._deliver_api_results)
+
+    # ---- Transport ----
+
+    def spawn(self, request: Spawn) -> int:
+        if not self.zygote.alive:
+            self.log.error("zygote died: starting a new one")
+            self.zygote = Zygote()
+        return self.zygote.spawn(request)
+
+    def send(self, routing_id: bytes, msg: ToChild) -> None:
+        self.channel.send(routing_id, msg)
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self.handlers[fd] = handler
+        self.poller.register(fd, zmq.POLLIN)
+
+    def unwatch(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        self.poller.unregister(fd)
+
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str]) -> None:
+        def done(result: ApiResult) -> None:  # runs on a pool thread
+            self.api_done.put((routing_id, result))
+            os.eventfd_write(self.api_wakeup, 1)
+
+        self.apis.submit(call, allowed, done)
+
+    def _deliver_api_results(self) -> None:
+        try:
+            os.eventfd_read(self.api_wakeup)
+        except BlockingIOError:
+            pass
+        while not self.api_done.empty():
+            routing_id, result = self.api_done.get()
+            self.manager.deliver_api_result(routing_id, result)
+
+    # ---- the loop ----
+
+    def poll_once(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds, then handle whatever became ready."""
+        events = dict(self.poller.poll(max(0, int(timeout * 1000))))
+        if self.channel.socket in events:
+            now = time.time()
+            for routing_id, msg in self.channel.receive():
+                self.manager.on_message(routing_id, msg, now)
+        for fd in [fd for fd in events if isinstance(fd, int)]:
+            handler = self.handlers.get(fd)
+            if handler is not None:
+                handler()
+        self.manager.supervise(time.time())
+
+    def run_until(self, done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.time() + timeout
+        while not done() and time.time() < deadline:
+            now = time.time()
+            self.poll_once(min(deadline, self.manager.next_deadline(now), now + 0.05) - now)
+        for slot in list(self.manager.slots.values()):  # whatever did not stop in time
+            self.manager.kill(slot, "worker stopping", time.time())
+        end = time.time() + 2.0
+        while self.manager.slots and time.time() < end:
+            self.poll_once(0.05)
+
+    def run(self, wctx: WorkerContext) -> None:
+        heartbeat = self.options.heartbeat
+        token = self.store.change_token()
+        next_beat = 0.0
+        seq = 0
+        while not self.stop.requested:
+            now = time.time()
+            self.poll_once(min(next_beat, self.manager.next_deadline(now), now + CHANGE_POLL) - now)
+            now = time.time()
+            if now >= next_beat or self.store.change_token() != token:
+                seq += 1
+                st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=now, interval=heartbeat))
+                token = self.store.change_token()
+                if now >= next_beat:
+                    next_beat = now + heartbeat
+
+    def close(self) -> None:
+        self.channel.close()
+        self.context.term()
+        self.zygote.close()
+        os.close(self.api_wakeup)
+
+
+def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:
+    if options.accounts_file is None:
+        return paths.accounts_file()
+    path = Path(options.accounts_file).expanduser()
+    if not path.exists():
+        raise ConfigError(f"accounts file not found: {path}")
+    return path
+
+
+def _load_hooks(path: str | None) -> ModuleType | None:
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location("worker_hooks", path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        raise ConfigError(f"worker hooks file not found: {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_worker(paths: Paths, options: WorkerOptions) -> int:
+    """Run a worker in the foreground until SIGTERM/SIGINT (or `qlab worker stop`)."""
+    stop = StopRequest().install()
+    procs.become_subreaper()  # before the zygote: its grandchildren must come to us
+    store = open_store(paths)
+    log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id))
+    hooks = _load_hooks(options.hooks)
+    runtime = WorkerRuntime(store, options, paths, log, stop)
+    identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=socket.gethostname())
+    resource = Resource(
+        id=options.id,
+        spec=WorkerSpec(
+            name=options.name,
+            region=options.region,
+            host=identity.host,
+            pid=os.getpid(),
+            max_strategies=options.max_strategies,
+            accounts=runtime.apis.names,
+        ),
+        state=WorkerState(),
+    )
+    wctx = WorkerContext(
+        worker=identity,
+        options=options,
+        resource=resource,
+        pool=runtime.manager.pool,
+        apis=runtime.apis,
+        manager=runtime.manager,
+        log=log,
+        run_until=runtime.run_until,
+        hooks=hooks,
+    )
+    try:
+        st_worker_init(wctx)
+        runtime.run(wctx)
+        st_worker_exit(wctx, ExitReason(type="manual", message=f"signal {stop.signal_name}"))
+    finally:
+        runtime.close()
+        store.close()
+    return 0

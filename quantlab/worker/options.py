@@ -1,0 +1,47 @@
+"""A worker's settings: command-line options over a profile (workers/NAME.toml)."""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from quantlab.errors import ConfigError
+
+
+class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: str = ""  #: defaults to "<host>-<region>"
+    name: str = ""  #: display name; defaults to the id
+    region: str = "JP"
+    max_strategies: int = 20
+    heartbeat: float = 1.0  #: seconds between worker heartbeats
+    lease_ttl: float = 10.0  #: seconds the worker's lease lasts without a renewal
+    stop_timeout: float = 10.0  #: seconds strategies get for st_exit when the worker stops
+    accounts_file: str | None = None  #: env.jsonl; default: etc/env.jsonl under the home, then the repo
+    proxy: str | None = None  #: HTTP(S) proxy for the exchange, for the region
+    hooks: str | None = None  #: a Python file with optional user hooks st_worker_init/heartbeat/exit
+
+    def resolved(self) -> "WorkerOptions":
+        """Fill derived defaults and check ranges."""
+        worker_id = self.id or f"{socket.gethostname()}-{self.region}"
+        for name in ("heartbeat", "lease_ttl", "stop_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"worker {name.replace('_', '-')} must be positive")
+        if self.max_strategies < 1:
+            raise ConfigError("worker max-strategies must be at least 1")
+        if self.lease_ttl <= self.heartbeat:
+            raise ConfigError("worker lease-ttl must be longer than its heartbeat")
+        return msgspec.structs.replace(self, id=worker_id, name=self.name or worker_id)
+
+
+def load_profile(path: Path) -> WorkerOptions:
+    """Options from a worker profile TOML; unknown keys are an error, not a silent typo."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return msgspec.convert(data, WorkerOptions)
+    except FileNotFoundError:
+        raise ConfigError(f"worker profile not found: {path}") from None
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError) as e:
+        raise ConfigError(f"worker profile {path}: {e}") from None

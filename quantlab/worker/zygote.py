@@ -1,0 +1,178 @@
+"""The zygote: a small process that forks strategy children on request.
+
+Forking the worker itself is unsafe (it has threads and a ZeroMQ context), and
+a fresh interpreter per strategy costs ~300 ms. The zygote is started as a
+fresh interpreter (so it inherits no threads whenever the worker starts it,
+also to replace one that died), imports what children need once, then forks
+each child in milliseconds, sharing those pages copy-on-write.
+
+To keep the worker the real parent of every child (exit codes by waitpid, a
+pidfd in its poller), the worker is a child subreaper and the zygote
+double-forks: the intermediate exits at once, the grandchild is re-parented to
+the worker, then arms its parent-death signal so it never outlives the worker.
+
+Wire: a SOCK_SEQPACKET socketpair, one msgpack Spawn per request, one Spawned
+per reply.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import msgspec
+
+from quantlab.worker import procs
+
+
+class Spawn(msgspec.Struct):
+    endpoint: str
+    routing_id: bytes
+    log_path: str
+
+
+class Spawned(msgspec.Struct):
+    pid: int = 0
+    error: str = ""
+
+
+_encode = msgspec.msgpack.encode
+_decode_spawn = msgspec.msgpack.Decoder(Spawn).decode
+_decode_spawned = msgspec.msgpack.Decoder(Spawned).decode
+
+#: Seconds a new child may wait to be re-parented to the worker.
+REPARENT_TIMEOUT = 5.0
+
+
+class Zygote:
+    """The worker's handle on its zygote process."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+
+    def spawn(self, request: Spawn) -> int:
+        """Fork a strategy child; its pid (already a child of this process)."""
+        self.sock.sendall(_encode(request))
+        data = self.sock.recv(4096)
+        if not data:
+            raise OSError("zygote exited")
+        reply = _decode_spawned(data)
+        if reply.error:
+            raise OSError(f"zygote could not fork: {reply.error}")
+        return reply.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()  # EOF ends the zygote's loop
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---- inside the zygote process ----
+
+
+def _serve(sock: socket.socket, worker_pid: int) -> None:
+    # Imported here, once: every child starts with them loaded.
+    from quantlab.strategy import runner  # noqa: F401
+
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        request = _decode_spawn(data)
+        try:
+            reply = Spawned(pid=_double_fork(request, sock, worker_pid))
+        except OSError as e:
+            reply = Spawned(error=str(e))
+        sock.sendall(_encode(reply))
+
+
+def _double_fork(request: Spawn, sock: socket.socket, worker_pid: int) -> int:
+    read_fd, write_fd = os.pipe()
+    all_signals = set(signal.Signals)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, all_signals)
+    try:
+        middle = os.fork()
+        if middle == 0:
+            os.close(read_fd)
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.close(write_fd)
+                _become_strategy(request, sock, worker_pid, old_mask)
+            os.write(write_fd, str(grandchild).encode())
+            os._exit(0)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as f:
+        pid_text = f.read()
+    os.waitpid(middle, 0)  # after this the grandchild is the worker's child
+    if not pid_text:
+        raise OSError("intermediate fork failed")
+    return int(pid_text)
+
+
+def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask: set[int | signal.Signals]) -> None:
+    code = 1
+    try:
+        sock.close()
+        os.setsid()  # its own process group: the worker kills it with killpg
+        _wait_for_reparent(worker_pid)
+        procs.die_with_parent(worker_pid)
+        _redirect_output(request.log_path)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        from quantlab.strategy.runner import run_child
+
+        code = run_child(request.endpoint, request.routing_id, worker_pid)
+    finally:
+        os._exit(code)
+
+
+def _wait_for_reparent(worker_pid: int) -> None:
+    deadline = time.monotonic() + REPARENT_TIMEOUT
+    while os.getppid() != worker_pid:
+        if time.monotonic() > deadline:
+            os._exit(1)
+        time.sleep(0.0001)
+
+
+def _redirect_output(log_path: str) -> None:
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+
+def main() -> None:
+    fd, worker_pid = int(sys.argv[1]), int(sys.argv[2])
+    procs.die_with_parent(worker_pid)
+    # The terminal's Ctrl-C reaches the worker's whole group; the worker decides, not us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _serve(socket.socket(fileno=fd), worker_pid)
+
+
+if __name__ == "__main__":
+    main()
