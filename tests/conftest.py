@@ -1,0 +1,166 @@
+"""Shared test helpers: a private home, real `qlab` processes, polling against a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import pytest
+
+from quantlab.pool.filestore import FileStore
+from quantlab.pool.records import Event, Work
+
+T = TypeVar("T")
+
+QLAB = shutil.which("qlab") or "qlab"
+
+
+def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Lab:
+    """One private quantlab home and every process a test starts in it."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.store = FileStore(home / "store")
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run one `qlab --home H ...` command to completion."""
+        result = subprocess.run(
+            [QLAB, "--home", str(self.home), *args], capture_output=True, text=True, timeout=timeout
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"qlab {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        """Start a long-running `qlab --home H ...` in its own session."""
+        log = open(self.home / f"proc-{len(self.procs)}.err", "wb")
+        proc = subprocess.Popen(
+            [QLAB, "--home", str(self.home), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def director(self, *args: str) -> subprocess.Popen[bytes]:
+        return self.start("director", "start", "--tick", "0.2", *args)
+
+    def worker(self, worker_id: str = "w1", *args: str, region: str = "JP") -> subprocess.Popen[bytes]:
+        proc = self.start("worker", "start", "--region", region, "--id", worker_id, "--heartbeat", "0.2", *args)
+        wait_for(lambda: self.store.find_resource(worker_id), what=f"worker {worker_id} to register")
+        return proc
+
+    def strategy(self, name: str, source: str) -> Path:
+        path = self.home / f"{name}.py"
+        path.write_text(source)
+        return path
+
+    def assign(self, file: Path, *args: str) -> None:
+        self.run("strategy", "assign", str(file), *args)
+
+    def work(self, work_id: str) -> Work:
+        return self.store.get_work(work_id)
+
+    def wait_status(self, work_id: str, status: str, timeout: float = 10.0) -> Work:
+        return wait_for(
+            lambda: (w := self.store.find_work(work_id)) is not None and w.result.status == status and w,
+            timeout,
+            f"{work_id} to be {status} (now {self._status(work_id)})",
+        )
+
+    def wait_heartbeats(self, work_id: str, count: int, timeout: float = 10.0) -> Work:
+        return wait_for(
+            lambda: (w := self.store.find_work(work_id)) is not None and w.result.heartbeats >= count and w,
+            timeout,
+            f"{work_id} to reach {count} heartbeats (now {self._status(work_id)})",
+        )
+
+    def events(self, kind: str | None = None, strategy: str | None = None) -> list[Event]:
+        events, _ = self.store.read_events()
+        return [e for e in events if (kind is None or e.kind == kind) and (strategy is None or e.strategy == strategy)]
+
+    def wait_event(self, kind: str, strategy: str | None = None, count: int = 1, timeout: float = 10.0) -> list[Event]:
+        return wait_for(
+            lambda: len(found := self.events(kind, strategy)) >= count and found,
+            timeout,
+            f"{count} {kind} event(s) for {strategy}",
+        )
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.run("status", "--json").stdout)
+
+    def log(self, work_id: str) -> str:
+        path = self.home / "logs" / "strategies" / f"{work_id}.log"
+        return path.read_text() if path.exists() else ""
+
+    def _status(self, work_id: str) -> str:
+        work = self.store.find_work(work_id)
+        return "missing" if work is None else f"{work.result.status}, {work.result.heartbeats} hb, {work.result.reason}"
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    home = tmp_path / "home"
+    home.mkdir()
+    lab = Lab(home)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's own QLAB_HOME must never leak into a test.
+    monkeypatch.delenv("QLAB_HOME", raising=False)
+
+

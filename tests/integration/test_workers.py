@@ -1,0 +1,151 @@
+"""Worker lifecycle, failover and placement, with real qlab processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.conftest import QLAB, Lab, pid_alive, wait_for
+
+COUNTER = '''
+import os
+def st_init(ctx):
+    ctx.state.setdefault("n", 0)
+def st_heartbeat(ctx, tick):
+    ctx.state["n"] += 1
+def st_exit(ctx, reason):
+    with open(os.path.join(os.path.dirname(__file__), f"exit-{ctx.id}.txt"), "a") as f:
+        f.write(reason.type + "\\n")
+'''
+
+
+def test_worker_sigterm_stops_strategies_with_worker_exit(lab: Lab) -> None:
+    lab.director()
+    worker = lab.worker("w1")
+    file = lab.strategy("a", COUNTER)
+    lab.assign(file, "--interval", "0.05")
+    lab.assign(file, "--id", "b", "--interval", "0.05")
+    pids = [lab.wait_heartbeats(w, 1).result.pid for w in ("a", "b")]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    for work_id, pid in zip(("a", "b"), pids):
+        assert (lab.home / f"exit-{work_id}.txt").read_text().split() == ["worker_exit"]
+        assert pid and not pid_alive(pid)
+    assert lab.store.find_resource("w1") is None
+    assert lab.events("worker_stopped")
+
+
+def test_worker_sigkill_fails_over_with_state(lab: Lab) -> None:
+    lab.director()
+    first = lab.worker("w1", "--lease-ttl", "1")
+    file = lab.strategy("mover", COUNTER)
+    lab.assign(file, "--interval", "0.05", "--worker", "w1")
+    work = lab.wait_heartbeats("mover", 5)
+    # unpin so the director may place it elsewhere once w1 is gone
+    lab.store.update_work("mover", lambda w: setattr(w.spec.placement, "worker", None) or w)
+    lab.worker("w2", "--lease-ttl", "1")
+    pid = work.result.pid
+    assert pid
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    wait_for(lambda: not pid_alive(pid), timeout=1.5, what="the orphaned strategy child to die with its worker")
+    before = lab.store.load_state("mover")["n"]
+    moved = wait_for(
+        lambda: (w := lab.work("mover")).assignment is not None and w.assignment.worker == "w2" and w,
+        what="the strategy to move to w2",
+    )
+    assert moved.epoch > work.epoch
+    lab.wait_status("mover", "running")
+    after = wait_for(lambda: (n := lab.store.load_state("mover")["n"]) > before + 3 and n, what="state to continue")
+    assert after > before
+    assert lab.events("worker_lost") and lab.events("reassigned", "mover")
+
+
+def test_placement_capacity_region_and_pins(lab: Lab) -> None:
+    lab.director()
+    lab.worker("small", "--max-strategies", "1")
+    file = lab.strategy("p", COUNTER)
+    lab.assign(file, "--id", "one", "--interval", "0.2")
+    lab.wait_status("one", "running")
+    lab.assign(file, "--id", "two", "--interval", "0.2")
+    two = wait_for(lambda: (w := lab.work("two")).result.reason and w, what="a pending reason")
+    assert two.result.status == "pending" and "full" in two.result.reason
+    lab.assign(file, "--id", "us", "--region", "US", "--interval", "0.2")
+    us = wait_for(lambda: "region" in (w := lab.work("us")).result.reason and w, what="a region reason")
+    assert us.result.status == "pending" and "'US'" in us.result.reason
+    lab.worker("usw", region="US")
+    lab.wait_status("us", "running")
+    assert lab.work("us").assignment.worker == "usw"  # type: ignore[union-attr]
+    assert lab.work("two").assignment.worker == "usw"  # type: ignore[union-attr]
+
+
+def test_status_json_fields(lab: Lab) -> None:
+    lab.director()
+    lab.worker("w1")
+    file = lab.strategy("s", COUNTER)
+    lab.assign(file, "--interval", "0.05")
+    lab.wait_heartbeats("s", 2)
+    status = lab.status()
+    assert set(status) == {"directors", "workers", "strategies"}
+    strategy = status["strategies"][0]
+    for field in ("id", "file", "worker", "region", "desired", "status", "pid", "heartbeats", "last_heartbeat",
+                  "restarts", "error_count", "last_error", "reason"):
+        assert field in strategy, field
+    worker = status["workers"][0]
+    for field in ("id", "region", "host", "pid", "status", "last_seen", "max_strategies", "load"):
+        assert field in worker, field
+    assert set(worker["load"]) >= {"cpu", "memory", "running_strategies"}
+    assert worker["load"]["running_strategies"] == 1 or wait_for(
+        lambda: lab.status()["workers"][0]["load"]["running_strategies"] == 1
+    )
+    assert status["directors"] and status["directors"][0]["role"] == "leader"
+
+
+def test_second_director_stands_by_and_takes_over(lab: Lab) -> None:
+    first = lab.director()
+    wait_for(lambda: any(d.role == "leader" for d in lab.store.list_directors()), what="a leader")
+    lab.director()
+    wait_for(lambda: len(lab.store.list_directors()) == 2, what="two directors")
+    assert sorted(d.role for d in lab.store.list_directors()) == ["leader", "standby"]
+    first.send_signal(signal.SIGKILL)
+    first.wait(5)
+    lab.worker("w1")
+    file = lab.strategy("s", COUNTER)
+    lab.assign(file, "--interval", "0.05")
+    lab.wait_heartbeats("s", 1)
+
+
+def _up(lab: Lab, file: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [QLAB, "--home", str(lab.home), "up", file],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_up_runs_and_stops_cleanly_on_sigint_and_sigterm(lab: Lab) -> None:
+    file = lab.strategy("demo", COUNTER)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        up = _up(lab, str(file))
+        lab.procs.append(up)  # type: ignore[arg-type]
+        lab.wait_heartbeats("demo", 3 if sig == signal.SIGINT else 10)
+        pid = lab.work("demo").result.pid
+        up.send_signal(sig)
+        out, err = up.communicate(timeout=30)
+        assert up.returncode == 0, err
+        assert "Traceback" not in out + err
+        assert "started" in out
+        assert pid and not pid_alive(pid)
+    assert (lab.home / "exit-demo.txt").read_text().split() == ["worker_exit", "worker_exit"]
+
+
+def test_qlab_home_works_like_home(tmp_path: Path) -> None:
+    home = str(tmp_path / "h")
+    env = dict(os.environ, QLAB_HOME=home)
+    result = subprocess.run([QLAB, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert os.path.isdir(home + "/store")
