@@ -1,0 +1,433 @@
+"""A fake Bybit v5 HTTP server that the real pybit client can talk to.
+
+    with FakeBybit() as fake:
+        fake.add_key("KEY", "SECRET")
+        session = HTTP(api_key="KEY", api_secret="SECRET")
+        session.endpoint = fake.url
+        session.client.trust_env = False   # HTTP_PROXY must not catch loopback calls
+
+It checks what the real exchange checks (key 10003, timestamp 10002, HMAC
+over the exact raw payload 10004, required parameters 10001), keeps one
+account's orders, positions and wallet behind one lock, logs every request,
+sends the rate-limit headers on every reply and plays injected faults.
+HTTP/1.1 with exact Content-Length, because pybit keeps connections alive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qsl, urlsplit
+
+FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "garbage", "drop"})
+
+Params = dict[str, Any]
+Outcome = tuple[int, str, Any]  # retCode, retMsg, result
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    method: str
+    path: str
+    params: Params
+    api_key: str | None
+    verified: bool  #: the request was signed, and the signature checked out
+    fault: str | None  #: the injected fault it met, if any
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Route:
+    auth: bool
+    required: tuple[tuple[str, ...], ...]  # each group: one of these names must be present
+    handler: str  # name of the _Exchange method
+
+
+_ORDER_FIELDS = ("category", "symbol", "side", "orderType", "qty")
+_ROUTES: dict[tuple[str, str], _Route] = {
+    ("GET", "/v5/market/time"): _Route(False, (), "on_server_time"),
+    ("GET", "/v5/market/kline"): _Route(False, (("category",), ("symbol",), ("interval",)), "on_kline"),
+    ("GET", "/v5/market/tickers"): _Route(False, (("category",),), "on_tickers"),
+    ("GET", "/v5/position/list"): _Route(True, (("category",), ("symbol", "settleCoin")), "on_positions"),
+    ("GET", "/v5/account/wallet-balance"): _Route(True, (("accountType",),), "on_wallet_balance"),
+    ("GET", "/v5/order/realtime"): _Route(True, (("category",),), "on_open_orders"),
+    ("POST", "/v5/order/create"): _Route(True, tuple((n,) for n in _ORDER_FIELDS), "on_place_order"),
+    ("POST", "/v5/order/amend"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_amend_order"),
+    ("POST", "/v5/order/cancel"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_cancel_order"),
+    ("POST", "/v5/order/cancel-all"): _Route(True, (("category",),), "on_cancel_all"),
+}
+
+
+def _ms(clock: Callable[[], float]) -> int:
+    return int(clock() * 1000)
+
+
+class _Exchange:
+    """One account's market and trading state; the caller holds the lock."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.prices: dict[str, float] = {}
+        self.wallet: dict[str, float] = {"USDT": 10_000.0}
+        self.orders: dict[str, Params] = {}
+        self.by_link: dict[str, str] = {}  # orderLinkId -> orderId
+        self.positions: dict[tuple[str, str], float] = {}  # (category, symbol) -> signed size
+
+    def on_server_time(self, p: Params) -> Outcome:
+        now = self.clock()
+        return 0, "OK", {"timeSecond": str(int(now)), "timeNano": str(int(now * 1e9))}
+
+    def on_tickers(self, p: Params) -> Outcome:
+        symbols = [p["symbol"]] if p.get("symbol") else sorted(self.prices)
+        if any(s not in self.prices for s in symbols):
+            return 10001, "params error: symbol invalid", {}
+        fields = ("lastPrice", "markPrice", "bid1Price", "ask1Price")
+        rows = [{"symbol": s, **{f: str(self.prices[s]) for f in fields}} for s in symbols]
+        return 0, "OK", {"category": p["category"], "list": rows}
+
+    def on_kline(self, p: Params) -> Outcome:
+        if p["symbol"] not in self.prices:
+            return 10001, "params error: symbol invalid", {}
+        price = str(self.prices[p["symbol"]])
+        step = int(p["interval"]) * 60_000 if str(p["interval"]).isdigit() else 86_400_000
+        last = _ms(self.clock) // step * step
+        rows = [[str(last - i * step), price, price, price, price, "0", "0"] for i in range(int(p.get("limit", 200)))]
+        return 0, "OK", {"category": p["category"], "symbol": p["symbol"], "list": rows}
+
+    def on_positions(self, p: Params) -> Outcome:
+        symbols = [p["symbol"]] if p.get("symbol") else sorted(s for c, s in self.positions if c == p["category"])
+        rows = []
+        for symbol in symbols:
+            size = self.positions.get((p["category"], symbol), 0.0)
+            side = "Buy" if size > 0 else "Sell" if size < 0 else ""
+            rows.append({"symbol": symbol, "side": side, "size": str(abs(size)), "positionIdx": 0,
+                         "markPrice": str(self.prices.get(symbol, ""))})
+        return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
+
+    def on_wallet_balance(self, p: Params) -> Outcome:
+        coins = [{"coin": c, "walletBalance": str(v), "equity": str(v)} for c, v in sorted(self.wallet.items())]
+        equity = str(sum(self.wallet.values()))
+        return 0, "OK", {"list": [{"accountType": p["accountType"], "totalEquity": equity, "coin": coins}]}
+
+    def on_open_orders(self, p: Params) -> Outcome:
+        keys = ("category", "symbol", "orderId", "orderLinkId")
+        rows = [
+            o for o in self.orders.values()
+            if o["orderStatus"] == "New" and all(p.get(k) in (None, o[k]) for k in keys)
+        ]
+        return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
+
+    def on_place_order(self, p: Params) -> Outcome:
+        link = str(p.get("orderLinkId") or "")
+        if link and link in self.by_link:
+            return 110072, "OrderLinkedID is duplicate", {}
+        try:
+            qty = float(p["qty"])
+        except ValueError:
+            return 10001, "params error: qty invalid", {}
+        order = {"orderId": str(uuid.uuid4()), "orderLinkId": link, "category": p["category"],
+                 "symbol": p["symbol"], "side": p["side"], "orderType": p["orderType"],
+                 "qty": str(p["qty"]), "price": str(p.get("price", "")), "orderStatus": "New",
+                 "createdTime": str(_ms(self.clock))}
+        if p["orderType"] == "Market":
+            key = (p["category"], p["symbol"])
+            self.positions[key] = self.positions.get(key, 0.0) + (qty if p["side"] == "Buy" else -qty)
+            order["orderStatus"] = "Filled"
+        self.orders[order["orderId"]] = order
+        if link:
+            self.by_link[link] = order["orderId"]
+        return 0, "OK", {"orderId": order["orderId"], "orderLinkId": link}
+
+    def _open_order(self, p: Params) -> Params | None:
+        order_id = p.get("orderId") or self.by_link.get(str(p.get("orderLinkId")), "")
+        order = self.orders.get(order_id)
+        return order if order is not None and order["orderStatus"] == "New" else None
+
+    def on_amend_order(self, p: Params) -> Outcome:
+        order = self._open_order(p)
+        if order is None:
+            return 110001, "order not exists or too late to replace", {}
+        order.update({k: str(p[k]) for k in ("qty", "price") if k in p})
+        return 0, "OK", {"orderId": order["orderId"], "orderLinkId": order["orderLinkId"]}
+
+    def on_cancel_order(self, p: Params) -> Outcome:
+        order = self._open_order(p)
+        if order is None:
+            return 110001, "order not exists or too late to cancel", {}
+        order["orderStatus"] = "Cancelled"
+        return 0, "OK", {"orderId": order["orderId"], "orderLinkId": order["orderLinkId"]}
+
+    def on_cancel_all(self, p: Params) -> Outcome:
+        _, _, found = self.on_open_orders(p)
+        for order in found["list"]:
+            order["orderStatus"] = "Cancelled"
+        done = [{"orderId": o["orderId"], "orderLinkId": o["orderLinkId"]} for o in found["list"]]
+        return 0, "OK", {"list": done, "success": "1"}
+
+
+class FakeBybit:
+    """The fake exchange; a context manager that serves on ``self.url`` while open."""
+
+    def __init__(self, *, slow_delay: float = 5.0, limit: int = 100, rate_limit_reset: float = 0.1) -> None:
+        self.slow_delay = slow_delay  #: seconds a "slow" reply waits (release() ends it early)
+        self.limit = limit  #: X-Bapi-Limit: calls per key per one-second window (reported, not enforced)
+        self.rate_limit_reset = rate_limit_reset  #: seconds from a "rate_limit" fault to its reset time
+        self.skew_ms = 0  #: added to the server's clock, to provoke 10002
+        self._lock = threading.Condition()
+        self._exchange = _Exchange(time.time)
+        self._keys: dict[str, str] = {}
+        self._faults: list[str] = []
+        self._log: list[LoggedRequest] = []
+        self._windows: dict[str, tuple[int, int]] = {}  # key -> (window end ms, calls in it)
+        self._slow: list[threading.Event] = []
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.fake = self
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-bybit", daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    # ---- test controls ----
+
+    def add_key(self, api_key: str, api_secret: str) -> None:
+        with self._lock:
+            self._keys[api_key] = api_secret
+
+    def set_ticker(self, symbol: str, price: float) -> None:
+        with self._lock:
+            self._exchange.prices[symbol] = price
+
+    def set_balance(self, coin: str, amount: float) -> None:
+        with self._lock:
+            self._exchange.wallet[coin] = amount
+
+    def inject(self, fault: str, count: int = 1) -> None:
+        """The next ``count`` requests, whatever they are, meet ``fault``."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; one of {sorted(FAULTS)}")
+        with self._lock:
+            self._faults.extend([fault] * count)
+
+    def release(self) -> None:
+        """End every "slow" delay now: those replies go out at once."""
+        with self._lock:
+            for event in self._slow:
+                event.set()
+
+    @property
+    def requests(self) -> list[LoggedRequest]:
+        with self._lock:
+            return list(self._log)
+
+    def wait_requests(self, count: int, timeout: float = 2.0) -> bool:
+        """Wait until at least ``count`` requests have arrived."""
+        with self._lock:
+            return self._lock.wait_for(lambda: len(self._log) >= count, timeout)
+
+    # ---- lifecycle ----
+
+    def __enter__(self) -> FakeBybit:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving, end open keep-alive connections and join every thread."""
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: it must have started
+            self._server.shutdown()
+        self.release()
+        with self._lock:
+            connections = list(self._connections.items())
+        for conn, _ in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked reading the next request
+            except OSError:
+                pass
+        for _, thread in connections:
+            thread.join(timeout=2.0)
+        self._server.server_close()
+        self._thread.join(timeout=2.0)
+
+    def _track(self, conn: socket.socket, on: bool) -> None:
+        with self._lock:
+            if on:
+                self._connections[conn] = threading.current_thread()
+            else:
+                self._connections.pop(conn, None)
+
+    # ---- one request ----
+
+    def respond(self, method: str, raw_path: str, headers: Message, body: bytes) -> _Reply | None:
+        """The reply to one request; None: drop the connection without one."""
+        split = urlsplit(raw_path)
+        route = _ROUTES.get((method, split.path))
+        payload = split.query if method == "GET" else body.decode("utf-8", "replace")
+        params = self._params(method, payload)
+        api_key = headers.get("X-BAPI-API-KEY")
+        with self._lock:
+            fault = self._faults.pop(0) if self._faults else None
+            verified = route is not None and route.auth and self._auth(headers, payload) == (0, "")
+            self._log.append(LoggedRequest(method, split.path, params or {}, api_key, verified, fault))
+            self._lock.notify_all()
+            slow = threading.Event() if fault == "slow" else None
+            if slow is not None:
+                self._slow.append(slow)
+        if slow is not None:
+            slow.wait(self.slow_delay)
+        elif fault is not None:
+            return self._fault(fault, api_key)
+        with self._lock:
+            if route is None:
+                return self._reply(404, b"", api_key)
+            code, msg, result = self._outcome(route, headers, payload, params)
+            return self._envelope(code, msg, result, api_key)
+
+    def _outcome(self, route: _Route, headers: Message, payload: str, params: Params | None) -> Outcome:
+        if params is None:
+            return 10001, "params error: body is not JSON", {}
+        if route.auth:
+            code, msg = self._auth(headers, payload)
+            if code:
+                return code, msg, {}
+        for group in route.required:
+            if not any(params.get(name) not in (None, "") for name in group):
+                return 10001, f"params error: {' or '.join(group)} is required", {}
+        handler: Callable[[Params], Outcome] = getattr(self._exchange, route.handler)
+        return handler(params)
+
+    @staticmethod
+    def _params(method: str, payload: str) -> Params | None:
+        if method == "GET":
+            return dict(parse_qsl(payload, keep_blank_values=True))
+        try:
+            params = json.loads(payload or "{}")
+        except ValueError:
+            return None
+        return params if isinstance(params, dict) else None
+
+    def _auth(self, headers: Message, payload: str) -> tuple[int, str]:
+        """Bybit's checks, in its order; (0, "") when the request is properly signed."""
+        api_key = headers.get("X-BAPI-API-KEY") or ""
+        secret = self._keys.get(api_key)
+        if secret is None:
+            return 10003, "API key is invalid."
+        try:
+            stamp = int(headers.get("X-BAPI-TIMESTAMP", ""))
+            window = int(headers.get("X-BAPI-RECV-WINDOW", "5000"))
+        except ValueError:
+            return 10001, "params error: timestamp or recv_window invalid"
+        now = _ms(time.time) + self.skew_ms
+        if not now - window <= stamp < now + 1000:
+            return 10002, f"invalid request, please check your server timestamp or recv_window param. server_timestamp[{now}]"
+        signed = f"{stamp}{api_key}{window}{payload}"
+        expected = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, headers.get("X-BAPI-SIGN", "")):
+            return 10004, "error sign! origin_string[...]"
+        return 0, ""
+
+    def _fault(self, fault: str, api_key: str | None) -> _Reply | None:
+        if fault == "drop":
+            return None
+        with self._lock:
+            if fault == "http_500":
+                return self._reply(500, b"Internal Server Error", api_key)
+            if fault == "http_403":
+                return self._reply(403, b"Forbidden", api_key)
+            if fault == "garbage":
+                return self._reply(200, b"<html>upstream gateway says hello</html>", api_key)
+            if fault == "bad_key":
+                return self._envelope(10003, "API key is invalid.", {}, api_key)
+            reply = self._envelope(10006, "Too many visits!", {}, api_key)
+        reply.headers["X-Bapi-Limit-Status"] = "0"
+        reply.headers["X-Bapi-Limit-Reset-Timestamp"] = str(_ms(time.time) + int(self.rate_limit_reset * 1000))
+        return reply
+
+    def _envelope(self, code: int, msg: str, result: Any, api_key: str | None) -> _Reply:
+        body = {"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": _ms(time.time)}
+        return self._reply(200, json.dumps(body).encode(), api_key)
+
+    def _reply(self, status: int, body: bytes, api_key: str | None) -> _Reply:
+        """Every reply carries the limit headers, as Bybit's do; the caller holds the lock."""
+        headers = {"Content-Type": "application/json", **self._limit_headers(api_key or "")}
+        return _Reply(status, body, headers)
+
+    def _limit_headers(self, api_key: str) -> dict[str, str]:
+        now = _ms(time.time)
+        end, calls = self._windows.get(api_key, (0, 0))
+        if now >= end:
+            end, calls = now + 1000, 0
+        self._windows[api_key] = (end, calls + 1)
+        remaining = max(0, self.limit - calls - 1)
+        return {"X-Bapi-Limit": str(self.limit), "X-Bapi-Limit-Status": str(remaining),
+                "X-Bapi-Limit-Reset-Timestamp": str(end)}
+
+
+class _Server(ThreadingHTTPServer):
+    fake: FakeBybit
+    daemon_threads = True  # FakeBybit.close joins them itself, after ending their connections
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as pybit's requests session expects
+    server: _Server
+    timeout = 30  # an idle keep-alive connection left open by a client ends on its own
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.fake._track(self.connection, False)
+
+    def do_GET(self) -> None:
+        self._serve("GET", b"")
+
+    def do_POST(self) -> None:
+        self._serve("POST", self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+
+    def _serve(self, method: str, body: bytes) -> None:
+        try:
+            reply = self.server.fake.respond(method, self.path, self.headers, body)
+        except Exception as e:  # a bug in the fake must not look like a dropped connection
+            reply = _Reply(500, f"fake bybit failed: {e!r}".encode(), {})
+        if reply is None:
+            self.close_connection = True
+            return
+        try:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+        except OSError:  # the client gave up (a timeout) before the reply went out
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep test output clean
+
+
+def fake_bybit() -> Iterator[FakeBybit]:
+    """Body of a pytest fixture: ``fake = pytest.fixture(fake_bybit)``."""
+    with FakeBybit() as fake:
+        yield fake
