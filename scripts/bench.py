@@ -1,0 +1,216 @@
+"""quantlab benchmarks: prints the figures the README quotes, as one table.
+
+    python scripts/bench.py            # all figures
+    python scripts/bench.py --quick    # fewer samples
+
+Everything is real: `qlab` director and worker processes on a temporary home,
+children forked by the real zygote, the real ZeroMQ channel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import zmq
+
+from quantlab import control
+from quantlab.pool.filestore import FileStore
+from quantlab.pool.records import ExitReason, TickInfo
+from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_to_worker, encode
+from quantlab.worker import procs
+from quantlab.worker.zygote import Spawn, Zygote
+
+QLAB = shutil.which("qlab") or "qlab"
+
+QUIET = '''
+def st_init(ctx): pass
+def st_heartbeat(ctx, tick): pass
+def st_exit(ctx, reason): pass
+'''
+
+
+class Row:
+    def __init__(self, name: str, samples: list[float], unit: str = "ms") -> None:
+        self.name, self.samples, self.unit = name, samples, unit
+
+    def cells(self) -> tuple[str, str, str, str]:
+        scale = 1000.0 if self.unit == "ms" else 1e6
+        ordered = sorted(self.samples)
+        p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+        return (self.name, f"{statistics.median(ordered) * scale:.3f} {self.unit}", f"{p95 * scale:.3f} {self.unit}", str(len(ordered)))
+
+
+def poll(check: Callable[[], object], timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark condition not reached")
+        time.sleep(0.001)
+    return value
+
+
+class Cluster:
+    """A director and a worker on a temporary home."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.store = FileStore(home / "store")
+        self.procs = [
+            self._start("director", "start", "--tick", "1"),
+            self._start("worker", "start", "--region", "JP", "--id", "bench", "--max-strategies", "200"),
+        ]
+        poll(lambda: self.store.find_resource("bench"))
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([QLAB, "--home", str(self.home), *args], stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def close(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            proc.wait(30)
+
+
+def bench_assign_to_heartbeat(cluster: Cluster, file: Path, n: int) -> Row:
+    samples = []
+    for i in range(n):
+        work = control.assign(cluster.store, control.AssignRequest(file=str(file), id=f"a{i}", interval=60.0))
+        first = poll(lambda: (w := cluster.store.get_work(f"a{i}")).result.heartbeats >= 1 and w.result.last_heartbeat)
+        samples.append(float(first) - work.created)  # type: ignore[arg-type]
+    for i in range(n):
+        control.remove(cluster.store, f"a{i}")
+    return Row("assign -> first heartbeat", samples)
+
+
+def bench_kill_to_heartbeat(cluster: Cluster, file: Path, n: int) -> Row:
+    control.assign(cluster.store, control.AssignRequest(file=str(file), id="victim", interval=60.0, backoff=0.0, max_errors=10_000))
+    poll(lambda: cluster.store.get_work("victim").result.heartbeats >= 1)
+    samples = []
+    for _ in range(n):
+        pid = cluster.store.get_work("victim").result.pid
+        assert pid
+        killed = time.time()
+        os.kill(pid, signal.SIGKILL)
+        first = poll(
+            lambda: (w := cluster.store.get_work("victim")).result.pid not in (None, pid)
+            and (w.result.last_heartbeat or 0) > killed
+            and w.result.last_heartbeat
+        )
+        samples.append(float(first) - killed)  # type: ignore[arg-type]
+    control.remove(cluster.store, "victim")
+    return Row("child SIGKILL -> new child's first heartbeat (backoff 0)", samples)
+
+
+class ChildHarness:
+    """A ROUTER socket and the real zygote: spawns children and talks to them directly."""
+
+    def __init__(self, tmp: Path) -> None:
+        procs.become_subreaper()
+        self.zygote = Zygote()
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.endpoint = f"ipc://{tmp}/bench.sock"
+        self.socket.bind(self.endpoint)
+        self.tmp = tmp
+
+    def spawn(self, n: int) -> tuple[bytes, int]:
+        routing_id = f"bench#{n}".encode()
+        return routing_id, self.zygote.spawn(Spawn(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log")))
+
+    def recv(self) -> object:
+        _, data = self.socket.recv_multipart()
+        return decode_to_worker(data)
+
+    def send(self, routing_id: bytes, msg: object) -> None:
+        self.socket.send_multipart([routing_id, encode(msg)])
+
+    def close(self) -> None:
+        self.socket.close(0)
+        self.context.term()
+        self.zygote.close()
+
+
+def bench_fork(harness: ChildHarness, n: int) -> Row:
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        _, pid = harness.spawn(i)
+        samples.append(time.perf_counter() - start)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return Row("fork from zygote (double fork, re-parented)", samples)
+
+
+def bench_tick_round_trip(harness: ChildHarness, file: Path, n: int) -> Row:
+    routing_id, pid = harness.spawn(10_000)
+    assert isinstance(harness.recv(), Hello)
+    harness.send(routing_id, Init(id="rt", file=str(file), params={}, state={}, accounts=[], log_path=str(harness.tmp / "rt.log")))
+    assert isinstance(harness.recv(), Ready)
+    samples = []
+    for seq in range(1, n + 1):
+        start = time.perf_counter()
+        harness.send(routing_id, Tick(tick=TickInfo(seq=seq, ts=time.time(), interval=1.0)))
+        reply = harness.recv()
+        samples.append(time.perf_counter() - start)
+        assert isinstance(reply, Heartbeat) and reply.seq == seq
+    harness.send(routing_id, Stop(reason=ExitReason(type="manual")))
+    os.waitpid(pid, 0)
+    return Row("tick round trip worker -> child -> worker", samples, unit="us")
+
+
+def bench_fresh_interpreter(n: int) -> Row:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import quantlab.strategy.runner"], check=True)
+        samples.append(time.perf_counter() - start)
+    return Row("for comparison: fresh interpreter + import", samples)
+
+
+def rows(quick: bool) -> Iterator[Row]:
+    k = 1 if quick else 4
+    with tempfile.TemporaryDirectory(prefix="qlab-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        file = tmp / "quiet.py"
+        file.write_text(QUIET)
+        harness = ChildHarness(tmp)
+        try:
+            yield bench_fork(harness, 50 * k)
+            yield bench_tick_round_trip(harness, file, 2000 * k)
+        finally:
+            harness.close()
+        yield bench_fresh_interpreter(5 * k)
+        cluster = Cluster(tmp / "home")
+        try:
+            yield bench_assign_to_heartbeat(cluster, file, 10 * k)
+            yield bench_kill_to_heartbeat(cluster, file, 10 * k)
+        finally:
+            cluster.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    args = parser.parse_args()
+    print(f"# quantlab bench: {platform.python_implementation()} {platform.python_version()}, "
+          f"{os.cpu_count()} cores, {platform.machine()}, {time.strftime('%Y-%m-%d')}")
+    header = ("figure", "median", "p95", "n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows(args.quick):
+        print("| " + " | ".join(row.cells()) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
