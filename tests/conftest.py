@@ -50,7 +50,7 @@ class Lab:
             raise AssertionError(f"qlab {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
 
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """Start a long-running `qlab --home H ...` in its own session."""
         log = open(self.home / f"proc-{len(self.procs)}.err", "wb")
         proc = subprocess.Popen(
@@ -59,6 +59,7 @@ class Lab:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=None if env is None else {**os.environ, **env},
         )
         self.procs.append(proc)
         return proc
@@ -66,8 +67,10 @@ class Lab:
     def director(self, *args: str) -> subprocess.Popen[bytes]:
         return self.start("director", "start", "--tick", "0.2", *args)
 
-    def worker(self, worker_id: str = "w1", *args: str, region: str = "JP") -> subprocess.Popen[bytes]:
-        proc = self.start("worker", "start", "--region", region, "--id", worker_id, "--heartbeat", "0.2", *args)
+    def worker(
+        self, worker_id: str = "w1", *args: str, region: str = "JP", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        proc = self.start("worker", "start", "--region", region, "--id", worker_id, "--heartbeat", "0.2", *args, env=env)
         wait_for(lambda: self.store.find_resource(worker_id), what=f"worker {worker_id} to register")
         return proc
 

@@ -31,7 +31,7 @@ from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import StopRequest
 from quantlab.worker import procs
-from quantlab.worker.accounts import load_accounts
+from quantlab.worker.accounts import Account, load_accounts
 from quantlab.worker.apipool import ApiPool
 from quantlab.worker.channel import Channel
 from quantlab.worker.context import WorkerContext, WorkerIdentity
@@ -52,7 +52,8 @@ class WorkerRuntime:
         self.options = options
         self.log = log
         self.stop = stop
-        self.zygote = Zygote()
+        accounts = load_accounts(_accounts_path(options, paths))
+        self.zygote = Zygote(env=strategy_environment(accounts))
         self.context = zmq.Context()
         self.channel = Channel(self.context, log)
         self.endpoint = self.channel.endpoint
@@ -60,7 +61,7 @@ class WorkerRuntime:
         self.handlers: dict[int, Callable[[], None]] = {}
         self.api_done: queue.SimpleQueue[tuple[bytes, ApiResult]] = queue.SimpleQueue()
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.apis = ApiPool(load_accounts(_accounts_path(options, paths)), store, proxy=options.proxy)
+        self.apis = ApiPool(accounts, store, proxy=options.proxy)
         self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
         self.poller.register(self.channel.socket, zmq.POLLIN)
         self.watch(stop.fd, stop.drain)
@@ -71,7 +72,7 @@ class WorkerRuntime:
     def spawn(self, request: Spawn) -> int:
         if not self.zygote.alive:
             self.log.error("zygote died: starting a new one")
-            self.zygote = Zygote()
+            self.zygote = Zygote(self.zygote.env)
         return self.zygote.spawn(request)
 
     def send(self, routing_id: bytes, msg: ToChild) -> None:
@@ -148,6 +149,13 @@ class WorkerRuntime:
         self.context.term()
         self.zygote.close()
         os.close(self.api_wakeup)
+
+
+def strategy_environment(accounts: list[Account]) -> dict[str, str]:
+    """The worker's environment without any secret: what strategy children inherit."""
+    names = {a.api_secret_env for a in accounts if a.api_secret_env}
+    secrets = {a.secret() for a in accounts if a.type == "bybit"} - {""}
+    return {k: v for k, v in os.environ.items() if k not in names and v not in secrets}
 
 
 def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:

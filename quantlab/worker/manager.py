@@ -225,8 +225,9 @@ class StrategyManager:
             slot.consecutive_failures = 0
 
     def _on_api_call(self, slot: Slot, call: ApiCall, now: float) -> None:
-        # Fencing: no exchange call while this worker's lease or the slot's epoch is in doubt.
-        if now >= self.lease_valid_until or slot.stop_reason is not None:
+        # Fencing: no exchange call once this worker's lease or the slot's epoch is in doubt
+        # (st_exit of a manual or worker_exit stop may still cancel its orders).
+        if now >= self.lease_valid_until or slot.moved_away:
             refused = ApiPermissionError("worker lease not valid for this strategy; call refused")
             self.send_to(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
             return
@@ -238,7 +239,7 @@ class StrategyManager:
             self.send_to(slot, result)
 
     def _save_state(self, slot: Slot, state: bytes | None) -> None:
-        if state is None or slot.stop_reason is not None and slot.stop_reason.type in ("reassigned", "lease_lost"):
+        if state is None or slot.moved_away:
             return  # unchanged, or the strategy is someone else's now
         self.pool.store.save_state(slot.id, _json(_from_msgpack(state)))
 

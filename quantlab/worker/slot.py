@@ -72,6 +72,11 @@ class Slot:
     def alive(self) -> bool:
         return self.pid is not None
 
+    @property
+    def moved_away(self) -> bool:
+        """The Work is no longer this worker's at this epoch: its writes and orders are fenced off."""
+        return self.stop_reason is not None and self.stop_reason.type in ("reassigned", "lease_lost")
+
     def set_phase(self, phase: Phase, reason: str = "") -> None:
         self.phase = phase
         self.result.status = _STATUS[phase]

@@ -51,13 +51,16 @@ REPARENT_TIMEOUT = 5.0
 class Zygote:
     """The worker's handle on its zygote process."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        """``env``: the environment children inherit (the worker strips its secrets from it)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
+        self.env = env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid())],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
+            env=env,
         )
         theirs.close()
 
