@@ -10,6 +10,8 @@ children forked by the real zygote, the real ZeroMQ channel.
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import platform
 import shutil
@@ -31,7 +33,29 @@ from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_
 from quantlab.worker import procs
 from quantlab.worker.zygote import Spawn, Zygote
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.fakes.bybit import FakeBybit  # noqa: E402  (the fake server lives with the tests)
+
 QLAB = shutil.which("qlab") or "qlab"
+
+#: Runs its API calls in its first heartbeat and leaves the figures in ctx.state.
+HAMMER = '''
+import time
+def st_init(ctx): pass
+def st_heartbeat(ctx, tick):
+    if tick.seq > 1:
+        return
+    api = ctx.api.bybit[ctx.params["account"]]
+    call = getattr(api, ctx.params["method"])
+    kwargs = ctx.params["kwargs"]
+    samples, end = [], time.monotonic() + ctx.params["seconds"]
+    while len(samples) < ctx.params["calls"] and time.monotonic() < end:
+        start = time.perf_counter()
+        call(**kwargs)
+        samples.append(time.perf_counter() - start)
+    ctx.state["samples"] = samples
+def st_exit(ctx, reason): pass
+'''
 
 QUIET = '''
 def st_init(ctx): pass
@@ -63,17 +87,20 @@ def poll(check: Callable[[], object], timeout: float = 30.0) -> object:
 class Cluster:
     """A director and a worker on a temporary home."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, accounts: Path, env: dict[str, str]) -> None:
         self.home = home
         self.store = FileStore(home / "store")
-        self.procs = [
-            self._start("director", "start", "--tick", "1"),
-            self._start("worker", "start", "--region", "JP", "--id", "bench", "--max-strategies", "200"),
-        ]
+        worker = ("worker", "start", "--region", "JP", "--id", "bench", "--max-strategies", "200", "--accounts", str(accounts))
+        self.procs = [self._start("director", "start", "--tick", "1"), self._start(*worker, env=env)]
         poll(lambda: self.store.find_resource("bench"))
 
-    def _start(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([QLAB, "--home", str(self.home), *args], stderr=subprocess.DEVNULL, start_new_session=True)
+    def _start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [QLAB, "--home", str(self.home), *args],
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
 
     def close(self) -> None:
         for proc in self.procs:
@@ -112,6 +139,46 @@ def bench_kill_to_heartbeat(cluster: Cluster, file: Path, n: int) -> Row:
     return Row("child SIGKILL -> new child's first heartbeat (backoff 0)", samples)
 
 
+_runs = itertools.count()
+
+
+def run_hammers(cluster: Cluster, file: Path, count: int, params: dict[str, object]) -> list[list[float]]:
+    """Start ``count`` strategies that call the API in their first heartbeat; their latency samples."""
+    ids = [f"hammer{next(_runs)}" for _ in range(count)]
+    for work_id in ids:
+        control.assign(cluster.store, control.AssignRequest(file=str(file), id=work_id, interval=3600.0,
+                                                            params=params, accounts=[str(params["account"])]))
+    samples = [poll(lambda: cluster.store.load_state(w).get("samples"), timeout=120) for w in ids]
+    for work_id in ids:
+        control.remove(cluster.store, work_id)
+    return samples  # type: ignore[return-value]
+
+
+def bench_api(cluster: Cluster, file: Path, quick: bool) -> Iterator[Row]:
+    calls = 300 if quick else 1000
+    paper = {"account": "paper", "method": "get_tickers", "kwargs": {"category": "linear", "symbol": "BTCUSDT"}}
+    [one] = run_hammers(cluster, file, 1, {**paper, "calls": calls, "seconds": 60})
+    yield Row("API round trip strategy -> worker -> paper -> strategy", one, unit="us")
+    seconds = 3.0
+    many = run_hammers(cluster, file, 10, {**paper, "calls": 10**9, "seconds": seconds})
+    total = sum(len(s) for s in many)
+    yield Rate("API calls/s, 10 strategies on one paper account (get_tickers)", total / seconds, total)
+    live = {"account": "live", "method": "get_wallet_balance", "kwargs": {"accountType": "UNIFIED"}}
+    [signed] = run_hammers(cluster, file, 1, {**live, "calls": calls // 3, "seconds": 60})
+    yield Row("API round trip through real pybit -> fake Bybit (signed)", signed, unit="us")
+
+
+class Rate(Row):
+    """A throughput figure: one number, not a distribution."""
+
+    def __init__(self, name: str, per_second: float, n: int) -> None:
+        super().__init__(name, [], unit="/s")
+        self.per_second, self.n = per_second, n
+
+    def cells(self) -> tuple[str, str, str, str]:
+        return (self.name, f"{self.per_second:.0f} /s", "-", str(self.n))
+
+
 class ChildHarness:
     """A ROUTER socket and the real zygote: spawns children and talks to them directly."""
 
@@ -128,9 +195,12 @@ class ChildHarness:
         routing_id = f"bench#{n}".encode()
         return routing_id, self.zygote.spawn(Spawn(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log")))
 
-    def recv(self) -> object:
-        _, data = self.socket.recv_multipart()
-        return decode_to_worker(data)
+    def recv(self, routing_id: bytes) -> object:
+        """The next message from ``routing_id`` (children killed by the fork bench may have said Hello)."""
+        while True:
+            sender, data = self.socket.recv_multipart()
+            if sender == routing_id:
+                return decode_to_worker(data)
 
     def send(self, routing_id: bytes, msg: object) -> None:
         self.socket.send_multipart([routing_id, encode(msg)])
@@ -154,14 +224,14 @@ def bench_fork(harness: ChildHarness, n: int) -> Row:
 
 def bench_tick_round_trip(harness: ChildHarness, file: Path, n: int) -> Row:
     routing_id, pid = harness.spawn(10_000)
-    assert isinstance(harness.recv(), Hello)
+    assert isinstance(harness.recv(routing_id), Hello)
     harness.send(routing_id, Init(id="rt", file=str(file), params={}, state={}, accounts=[], log_path=str(harness.tmp / "rt.log")))
-    assert isinstance(harness.recv(), Ready)
+    assert isinstance(harness.recv(routing_id), Ready)
     samples = []
     for seq in range(1, n + 1):
         start = time.perf_counter()
         harness.send(routing_id, Tick(tick=TickInfo(seq=seq, ts=time.time(), interval=1.0)))
-        reply = harness.recv()
+        reply = harness.recv(routing_id)
         samples.append(time.perf_counter() - start)
         assert isinstance(reply, Heartbeat) and reply.seq == seq
     harness.send(routing_id, Stop(reason=ExitReason(type="manual")))
@@ -191,12 +261,28 @@ def rows(quick: bool) -> Iterator[Row]:
         finally:
             harness.close()
         yield bench_fresh_interpreter(5 * k)
-        cluster = Cluster(tmp / "home")
-        try:
-            yield bench_assign_to_heartbeat(cluster, file, 10 * k)
-            yield bench_kill_to_heartbeat(cluster, file, 10 * k)
-        finally:
-            cluster.close()
+        hammer = tmp / "hammer.py"
+        hammer.write_text(HAMMER)
+        with FakeBybit() as fake:
+            fake.add_key("BENCHKEY", "BENCH-SECRET")
+            cluster = Cluster(tmp / "home", write_accounts(tmp, fake.url), {"QLAB_BENCH_SECRET": "BENCH-SECRET"})
+            try:
+                yield bench_assign_to_heartbeat(cluster, file, 10 * k)
+                yield bench_kill_to_heartbeat(cluster, file, 10 * k)
+                yield from bench_api(cluster, hammer, quick)
+            finally:
+                cluster.close()
+
+
+def write_accounts(tmp: Path, url: str) -> Path:
+    """A paper account and a bybit account on the fake server, both with limits high enough to measure us."""
+    path = tmp / "env.jsonl"
+    path.write_text(
+        json.dumps({"name": "paper", "type": "paper", "rate_limit": 1e6}) + "\n"
+        + json.dumps({"name": "live", "type": "bybit", "api_key": "BENCHKEY", "api_secret_env": "QLAB_BENCH_SECRET",
+                      "endpoint": url, "rate_limit": 1e6}) + "\n"
+    )
+    return path
 
 
 def main() -> None:

@@ -94,7 +94,7 @@ class StrategyManager:
 
     def _follow(self, slot: Slot, work: Work | None, now: float) -> None:
         """Carry a store change over to a running slot."""
-        if work is None:
+        if work is None or work.created != slot.work.created:  # removed (and perhaps assigned anew)
             return self.request_stop(slot, ExitReason(type="manual", message="strategy removed"), now)
         if work.assignment != slot.assignment:
             moved = ExitReason(type="lease_lost", message="assignment dropped: this worker's lease ran out")
