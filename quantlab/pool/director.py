@@ -18,8 +18,8 @@ from typing import Callable
 from quantlab.config import Paths
 from quantlab.logsetup import process_logger
 from quantlab.pool.open import open_store
-from quantlab.pool.placement import assigned_counts, choose_worker, is_alive
-from quantlab.pool.records import Assignment, Director, ExitReason, Resource, Work
+from quantlab.pool.placement import assigned_counts, choose_worker
+from quantlab.pool.records import Assignment, Director, ExitReason, Work
 from quantlab.pool.store import Store
 from quantlab.pool.workpool import WorkPool
 from quantlab.signals import StopRequest
@@ -37,6 +37,7 @@ class DirectorLoop:
         lease_ttl: float = 10.0,
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.time,
+        director_id: str | None = None,
     ) -> None:
         self.store = store
         self.pool = WorkPool(store, clock)
@@ -46,7 +47,10 @@ class DirectorLoop:
         self.clock = clock
         now = clock()
         self.record = Director(
-            id=f"{socket.gethostname()}-{os.getpid()}", host=socket.gethostname(), pid=os.getpid(), started=now
+            id=director_id or f"{socket.gethostname()}-{os.getpid()}",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=now,
         )
 
     @property
@@ -67,6 +71,7 @@ class DirectorLoop:
             self.expire_workers(now)
             self.place_works(now)
             self.settle_stopped(now)
+            self.forget_directors(now)
         self._publish(now)
 
     def st_director_exit(self, reason: ExitReason) -> None:
@@ -110,6 +115,13 @@ class DirectorLoop:
         for work in self.store.list_works():
             if work.desired == "stopped" and work.assignment is None and work.result.status not in ("stopped", "failed"):
                 self._set_status(work.id, "stopped", "stopped by operator")
+
+    def forget_directors(self, now: float) -> None:
+        """Drop the records of directors not seen for lease_ttl (killed ones never say goodbye)."""
+        for director in self.store.list_directors():
+            if director.id != self.record.id and director.last_seen < now - self.lease_ttl:
+                self.store.remove_director(director.id)
+                self.pool.event("director_lost", detail=director.id)
 
     # ---- store writes ----
 
@@ -167,10 +179,6 @@ class DirectorLoop:
     def _publish(self, now: float) -> None:
         self.record.last_seen = now
         self.store.put_director(self.record)
-
-
-def alive_resources(store: Store, now: float) -> list[Resource]:
-    return [r for r in store.list_resources() if is_alive(r, now)]
 
 
 def run_director(paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0) -> int:

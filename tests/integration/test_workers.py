@@ -70,8 +70,8 @@ def test_placement_capacity_region_and_pins(lab: Lab) -> None:
     lab.assign(file, "--id", "one", "--interval", "0.2")
     lab.wait_status("one", "running")
     lab.assign(file, "--id", "two", "--interval", "0.2")
-    two = wait_for(lambda: (w := lab.work("two")).result.reason and w, what="a pending reason")
-    assert two.result.status == "pending" and "full" in two.result.reason
+    two = wait_for(lambda: "full" in (w := lab.work("two")).result.reason and w, what="a 'full' reason")
+    assert two.result.status == "pending" and "small (1/1)" in two.result.reason
     lab.assign(file, "--id", "us", "--region", "US", "--interval", "0.2")
     us = wait_for(lambda: "region" in (w := lab.work("us")).result.reason and w, what="a region reason")
     assert us.result.status == "pending" and "'US'" in us.result.reason

@@ -83,7 +83,7 @@ def test_pending_with_reason_and_stopped_settles(setup: tuple[FileStore, Directo
 
 def test_only_one_leader(setup: tuple[FileStore, DirectorLoop, Clock], tmp_path: Path) -> None:
     store, director, clock = setup
-    standby = DirectorLoop(FileStore(tmp_path / "store"), clock=clock)
+    standby = DirectorLoop(FileStore(tmp_path / "store"), clock=clock, director_id="standby")
     standby.st_director_init()
     assert director.leading and not standby.leading
     add_worker(store, "w1", clock.now + 10)
@@ -93,3 +93,13 @@ def test_only_one_leader(setup: tuple[FileStore, DirectorLoop, Clock], tmp_path:
     director.st_director_exit(ExitReason(type="manual"))
     standby.st_director_heartbeat(clock.now)
     assert standby.leading and store.get_work("s").assignment is not None
+
+
+def test_forgets_directors_that_died_silently(setup: tuple[FileStore, DirectorLoop, Clock], tmp_path: Path) -> None:
+    store, director, clock = setup
+    dead = DirectorLoop(FileStore(tmp_path / "store"), clock=clock, director_id="dead")
+    dead.st_director_init()
+    assert len(store.list_directors()) == 2
+    clock.now += director.lease_ttl + 1
+    director.st_director_heartbeat(clock.now)
+    assert [d.id for d in store.list_directors()] == [director.record.id]
