@@ -147,6 +147,8 @@ def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask:
 
         code = run_child(request.endpoint, request.routing_id, worker_pid)
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # os._exit skips it, and print() output belongs in the log
         os._exit(code)
 
 
@@ -166,6 +168,8 @@ def _redirect_output(log_path: str) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
 
 def main() -> None:

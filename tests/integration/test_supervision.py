@@ -205,3 +205,13 @@ def test_overruns_are_counted_not_queued(running: Lab) -> None:
     # with 0.25 s per heartbeat at most ~4 per second complete: ticks were skipped, not queued
     assert work.result.heartbeats < work.result.overruns
     assert time.time() - (work.result.last_heartbeat or 0) < 5
+
+
+def test_prints_and_log_lines_go_to_the_strategy_log(running: Lab) -> None:
+    source = counter('print("printed", tick.seq); ctx.log.info("logged %d", tick.seq)')
+    running.assign(running.strategy("chatty", source), "--interval", "0.05")
+    running.wait_heartbeats("chatty", 2)
+    log = wait_for(lambda: "printed 1" in (text := running.log("chatty")) and text, what="print output in the log")
+    assert "logged 1" in log and "WORKER spawn" in log
+    shown = running.run("strategy", "logs", "chatty", "-n", "200").stdout
+    assert "printed 1" in shown

@@ -1,0 +1,365 @@
+"""The `qlab` command line: parse options, call the core, print, exit with a named code.
+
+No supervision logic lives here: the operator's operations are in
+quantlab.control, the long-running processes in the director, worker and
+`up` modules. Bad input ends with one ``Error: ...`` line on stderr, never a
+traceback; click's own usage errors keep click's message and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import msgspec
+from rich.console import RenderableType
+from rich.live import Live
+
+from quantlab import control, views
+from quantlab.config import Paths, resolve_home
+from quantlab.errors import BadInput, QuantlabError
+from quantlab.logs import tail_log
+from quantlab.pool.open import open_store
+from quantlab.pool.store import Store
+from quantlab.worker.options import WorkerOptions, load_profile
+
+EXIT_OK = 0
+EXIT_ERROR = 1  #: a QuantlabError: bad input, unknown id, a conflict
+EXIT_INTERRUPTED = 130  #: Ctrl-C, as a shell reports SIGINT
+
+POLL = 0.5  #: seconds between reads in `events --follow`
+WATCH = 1.0  #: seconds between redraws in `status --watch`
+
+
+class Env:
+    """What every command gets: the home's paths and, opened on first use, its store."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.paths)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+pass_env = click.make_pass_decorator(Env)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="QLAB_HOME", metavar="DIR", help="Home directory [env QLAB_HOME; ~/.local/state/quantlab].")
+@click.pass_context
+def qlab(ctx: click.Context, home: str | None) -> None:
+    """Run live trading strategies: a director places them, workers keep them alive."""
+    env = Env(Paths(resolve_home(home)))
+    ctx.obj = env
+    ctx.call_on_close(env.close)
+
+
+# ---- the long-running processes ----
+
+
+@qlab.command()
+@click.argument("files", nargs=-1)
+@click.option("--region", default="JP", show_default=True, help="Region of the local worker.")
+@pass_env
+def up(env: Env, files: tuple[str, ...], region: str) -> None:
+    """A director and one local worker in the foreground, running FILEs; Ctrl-C stops all."""
+    from quantlab.up import run_up
+
+    sys.exit(run_up(env.paths, files=list(files), region=region))
+
+
+@qlab.group()
+def director() -> None:
+    """The director: places strategies on workers."""
+
+
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+@director.command("start")
+@click.option("--tick", type=_POSITIVE, default=1.0, show_default=True, help="Seconds between director heartbeats.")
+@click.option("--lease-ttl", type=_POSITIVE, default=10.0, show_default=True, help="Lease time to live, in seconds.")
+@pass_env
+def director_start(env: Env, tick: float, lease_ttl: float) -> None:
+    """Run a director in the foreground until SIGTERM or Ctrl-C."""
+    from quantlab.pool.director import run_director
+
+    sys.exit(run_director(env.paths, tick=tick, lease_ttl=lease_ttl))
+
+
+@qlab.group()
+def worker() -> None:
+    """Workers: each runs strategies as child processes."""
+
+
+@worker.command("start")
+@click.option("--region", help="Region this worker serves (required unless --profile sets it).")
+@click.option("--id", "id", help="Worker id [<host>-<region>].")
+@click.option("--max-strategies", type=int, help="Most strategies this worker runs at once [20].")
+@click.option("--heartbeat", type=float, help="Seconds between worker heartbeats [1].")
+@click.option("--lease-ttl", type=float, help="Seconds the worker's lease lasts without renewal [10].")
+@click.option("--stop-timeout", type=float, help="Seconds strategies get for st_exit on stop [10].")
+@click.option("--accounts", "accounts_file", metavar="FILE", help="Accounts file (env.jsonl).")
+@click.option("--proxy", metavar="URL", help="HTTP(S) proxy for the exchange.")
+@click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), help="Worker profile TOML.")
+@pass_env
+def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
+    """Run a worker in the foreground until SIGTERM or Ctrl-C."""
+    from quantlab.worker.main import run_worker
+
+    if profile is None and given["region"] is None:
+        raise click.UsageError("Missing option '--region' (or a --profile that sets it).")
+    base = load_profile(profile) if profile is not None else WorkerOptions()
+    passed = {name: value for name, value in given.items() if value is not None}
+    options = msgspec.structs.replace(base, **passed).resolved()
+    sys.exit(run_worker(env.paths, options))
+
+
+@worker.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@pass_env
+def worker_list(env: Env, as_json: bool) -> None:
+    """The registered workers, their load and lease."""
+    now = time.time()
+    workers = [control.worker_view(r, now) for r in env.store.list_resources()]
+    _show(workers, as_json, lambda: views.workers_table(workers, now))
+
+
+@worker.command("stop")
+@click.argument("worker_id", metavar="ID")
+@pass_env
+def worker_stop(env: Env, worker_id: str) -> None:
+    """Ask a worker on this host to drain its strategies and exit (SIGTERM)."""
+    click.echo(control.stop_worker(env.store, worker_id))
+
+
+# ---- strategies ----
+
+
+@qlab.group()
+def strategy() -> None:
+    """Strategies: assign, inspect and control them."""
+
+
+@strategy.command("assign")
+@click.argument("file")
+@click.option("--id", "work_id", help="Strategy id [the file's stem].")
+@click.option("--param", "pairs", multiple=True, metavar="K=V", help="A parameter; V is JSON or a string. Repeatable.")
+@click.option("--params", "params_json", metavar="JSON", help="Parameters as one JSON object.")
+@click.option("--account", "accounts", multiple=True, metavar="NAME", help="An account it may use. Repeatable.")
+@click.option("--region", help="Run only on a worker of this region.")
+@click.option("--worker", help="Run only on this worker.")
+@click.option("--interval", type=float, help="Seconds between ticks [1].")
+@click.option("--heartbeat-timeout", type=float, help="Seconds without a heartbeat before a kill [60].")
+@click.option("--max-errors", type=int, help="More errors than this within the window fail it [5].")
+@click.option("--error-window", type=float, help="Seconds over which errors are counted [600].")
+@click.option("--backoff", type=float, help="First restart delay in seconds, doubling [1].")
+@pass_env
+def strategy_assign(
+    env: Env,
+    file: str,
+    work_id: str | None,
+    pairs: tuple[str, ...],
+    params_json: str | None,
+    accounts: tuple[str, ...],
+    **options: Any,
+) -> None:
+    """Submit the strategy in FILE; the director places it and a worker starts it."""
+    request = control.AssignRequest(
+        file=file,
+        id=work_id,
+        params=control.parse_params(list(pairs), params_json),
+        accounts=list(accounts) or None,
+        **options,
+    )
+    work = control.assign(env.store, request)
+    click.echo(f"submitted {work.id}: {work.result.reason}")
+
+
+@strategy.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array.")
+@pass_env
+def strategy_list(env: Env, as_json: bool) -> None:
+    """Every strategy with its status, heartbeats and errors."""
+    now = time.time()
+    strategies = [control.strategy_view(w) for w in env.store.list_works()]
+    _show(strategies, as_json, lambda: views.strategies_table(strategies, now))
+
+
+@strategy.command("stop")
+@click.argument("work_id", metavar="ID")
+@pass_env
+def strategy_stop(env: Env, work_id: str) -> None:
+    """Stop a strategy: its st_exit runs with reason manual."""
+    work = control.stop(env.store, work_id)
+    click.echo(f"stopped {work.id}" if work.result.status == "stopped" else f"stop requested for {work.id}")
+
+
+@strategy.command("start")
+@click.argument("work_id", metavar="ID")
+@pass_env
+def strategy_start(env: Env, work_id: str) -> None:
+    """Run a stopped or failed strategy again, with a fresh error count."""
+    click.echo(f"start requested for {control.start(env.store, work_id).id}")
+
+
+@strategy.command("restart")
+@click.argument("work_id", metavar="ID")
+@pass_env
+def strategy_restart(env: Env, work_id: str) -> None:
+    """Restart a strategy's child process (or start it if it is stopped)."""
+    click.echo(f"restart requested for {control.restart(env.store, work_id).id}")
+
+
+@strategy.command("remove")
+@click.argument("work_id", metavar="ID")
+@pass_env
+def strategy_remove(env: Env, work_id: str) -> None:
+    """Stop a strategy and forget it, with its saved state."""
+    control.remove(env.store, work_id)
+    click.echo(f"removed {work_id}")
+
+
+@strategy.command("send")
+@click.argument("work_id", metavar="ID")
+@click.argument("message", metavar="JSON")
+@pass_env
+def strategy_send(env: Env, work_id: str, message: str) -> None:
+    """Send a JSON message to the strategy's st_message hook."""
+    try:
+        data = msgspec.json.decode(message.encode())
+    except msgspec.DecodeError as e:
+        raise BadInput(f"message is not JSON: {e}") from e
+    control.send(env.store, work_id, data)
+    click.echo(f"sent to {work_id}")
+
+
+@strategy.command("logs")
+@click.argument("work_id", metavar="ID")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True, help="Lines to show.")
+@pass_env
+def strategy_logs(env: Env, work_id: str, follow: bool, lines: int) -> None:
+    """Show the strategy's own log: its ctx.log lines and the worker's markers."""
+    path = control.log_file(env.store, env.paths, work_id)
+    if not path.exists() and not follow:
+        click.echo(f"no log yet at {path}", err=True)
+        return
+    tail_log(path, lines, follow, click.echo)
+
+
+# ---- the whole picture ----
+
+
+@qlab.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: directors, workers, strategies.")
+@click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
+@pass_env
+def status(env: Env, as_json: bool, watch: bool) -> None:
+    """Directors, workers and strategies."""
+    if as_json and watch:
+        raise click.UsageError("--json and --watch do not go together.")
+    if as_json:
+        click.echo(views.to_json(control.snapshot(env.store, time.time())))
+        return
+    if not watch:
+        views.console().print(_status_view(env.store))
+        return
+    try:
+        _watch(env.store)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how one ends --watch
+
+
+@qlab.command()
+@click.option("--strategy", "work_id", metavar="ID", help="Only events about this strategy.")
+@click.option("--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@pass_env
+def events(env: Env, work_id: str | None, follow: bool, as_json: bool) -> None:
+    """The append-only audit log of every transition."""
+    offset = 0
+    try:
+        while True:
+            batch, offset = env.store.read_events(offset)
+            for event in batch:
+                if work_id is None or event.strategy == work_id:
+                    click.echo(views.event_line(event, as_json))
+            if not follow:
+                return
+            time.sleep(POLL)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how one ends --follow
+
+
+def _show(entries: list[dict[str, Any]], as_json: bool, table: Callable[[], RenderableType]) -> None:
+    if as_json:
+        click.echo(views.to_json(entries))
+    else:
+        views.console().print(table())
+
+
+def _watch(store: Store) -> None:
+    console = views.console()
+    if not console.is_terminal:
+        # No cursor to redraw with (a pipe, a log file): print each view in turn.
+        while True:
+            console.print(_status_view(store))
+            time.sleep(WATCH)
+    with Live(_status_view(store), console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(WATCH)
+            live.update(_status_view(store), refresh=True)
+
+
+def _status_view(store: Store) -> RenderableType:
+    now = time.time()
+    return views.status_view(control.snapshot(store, now), now)
+
+
+# ---- entry point ----
+
+
+def _error(message: str) -> None:
+    # One line, whatever the message carries: scripts and people read the first line only.
+    click.echo("Error: " + " ".join(message.split("\n")), err=True)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one `qlab` command and return its exit code; never lets a traceback through."""
+    try:
+        result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        return EXIT_INTERRUPTED  # click already printed a newline after the ^C
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except QuantlabError as e:
+        _error(str(e))
+        return EXIT_ERROR
+    except Exception as e:
+        if os.environ.get("QLAB_DEBUG"):
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (set QLAB_DEBUG=1 for the traceback)")
+        return EXIT_ERROR
+    return result if isinstance(result, int) else EXIT_OK
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,297 @@
+"""The operator's operations on the store: what the `qlab` commands do, without click.
+
+Every function validates all of its input before it writes anything, so bad
+input leaves the store as it was. Errors are QuantlabError subclasses whose
+message is one line a person can act on; the CLI prints it as ``Error: ...``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import psutil
+
+from quantlab.config import Paths
+from quantlab.errors import BadInput, NotFound
+from quantlab.pool.records import (
+    Event,
+    Placement,
+    Resource,
+    StrategyResult,
+    StrategySpec,
+    Work,
+    flat,
+)
+from quantlab.pool.store import Store, check_id
+from quantlab.strategy import loader
+
+Clock = Callable[[], float]
+
+#: The reason a Work shows until the director places it.
+WAITING = "waiting for the director to place it"
+
+
+class AssignRequest(msgspec.Struct, kw_only=True):
+    """What `qlab strategy assign` asks for; None means the StrategySpec default."""
+
+    file: str
+    id: str | None = None  #: defaults to the file's stem
+    params: dict[str, Any] = {}
+    accounts: list[str] | None = None  #: defaults to the file's ACCOUNTS literal
+    region: str | None = None
+    worker: str | None = None
+    interval: float | None = None
+    heartbeat_timeout: float | None = None
+    max_errors: int | None = None
+    error_window: float | None = None
+    backoff: float | None = None
+
+
+def _strategy_id(work_id: str) -> str:
+    # Checked here so the message says "strategy id", not the store's file-level wording.
+    return check_id("strategy", work_id)
+
+
+# ---- params ----
+
+
+def _json(text: str) -> Any:
+    # msgspec refuses NaN and out-of-range numbers, which the store could not write back.
+    return msgspec.json.decode(text.encode())
+
+
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def parse_params(pairs: list[str], params_json: str | None) -> dict[str, Any]:
+    """``--params JSON`` overlaid with each ``--param k=v`` (v parsed as JSON when it parses)."""
+    params: dict[str, Any] = {}
+    if params_json is not None:
+        try:
+            params = _json(params_json)
+        except msgspec.DecodeError as e:
+            raise BadInput(f"--params is not a JSON object: {e}") from e
+        if not isinstance(params, dict):
+            raise BadInput(f"--params is not a JSON object: got {_JSON_KINDS.get(type(params), 'a value')}")
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--param expects k=v, got {pair!r}")
+        try:
+            params[key] = _json(text)
+        except msgspec.DecodeError:
+            params[key] = text  # a bare word such as BTCUSDT is meant as a string
+    return params
+
+
+# ---- assign ----
+
+
+def _check_positive(option: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise BadInput(f"--{option} must be positive, got {value:g}")
+
+
+def _check_options(request: AssignRequest) -> None:
+    _check_positive("interval", request.interval)
+    _check_positive("heartbeat-timeout", request.heartbeat_timeout)
+    _check_positive("error-window", request.error_window)
+    if request.backoff is not None and not (math.isfinite(request.backoff) and request.backoff >= 0):
+        raise BadInput(f"--backoff must be zero or more, got {request.backoff:g}")
+    if request.max_errors is not None and request.max_errors < 1:
+        raise BadInput(f"--max-errors must be at least 1, got {request.max_errors}")
+
+
+def _check_worker_pin(store: Store, worker: str) -> None:
+    check_id("worker", worker)
+    if store.find_resource(worker) is not None:
+        return
+    known = ", ".join(r.id for r in store.list_resources()) or "none registered"
+    raise BadInput(f"unknown worker {worker!r}: known workers: {known}")
+
+
+def _spec(request: AssignRequest, path: Path) -> StrategySpec:
+    """The StrategySpec with every option the request left out at its default."""
+    options = {
+        name: value
+        for name in ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff")
+        if (value := getattr(request, name)) is not None
+    }
+    accounts = request.accounts if request.accounts is not None else loader.default_accounts(path)
+    return StrategySpec(
+        file=str(path),
+        params=request.params,
+        accounts=accounts,
+        placement=Placement(region=request.region, worker=request.worker),
+        **options,
+    )
+
+
+def _assign_id(given: str | None, path: Path) -> str:
+    if given is not None:
+        return _strategy_id(given)
+    try:
+        return _strategy_id(path.stem)
+    except BadInput as e:
+        raise BadInput(f"{e}; name it with --id") from e
+
+
+def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
+    """Write a new Work with desired=running; the director places it, a worker starts it."""
+    path = loader.check_file(request.file)
+    work_id = _assign_id(request.id, path)
+    _check_options(request)
+    if request.worker is not None:
+        _check_worker_pin(store, request.worker)
+    now = clock()
+    work = Work(
+        id=work_id,
+        spec=_spec(request, path),
+        desired="running",
+        created=now,
+        result=StrategyResult(status="pending", reason=WAITING, updated=now),
+    )
+    store.add_work(work)
+    store.append_event(Event(ts=now, kind="submitted", strategy=work_id, detail=str(path)))
+    return work
+
+
+# ---- lifecycle of one strategy ----
+
+
+def _event(store: Store, clock: Clock, kind: str, work_id: str) -> None:
+    store.append_event(Event(ts=clock(), kind=kind, strategy=work_id))
+
+
+def stop(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
+    """desired=stopped; the worker calls st_exit(reason=manual). Unplaced works stop at once."""
+
+    def update(work: Work) -> Work:
+        if work.assignment is not None:
+            return msgspec.structs.replace(work, desired="stopped")
+        result = msgspec.structs.replace(
+            work.result, status="stopped", reason="stopped by operator", updated=clock()
+        )
+        return msgspec.structs.replace(work, desired="stopped", result=result)
+
+    work = store.update_work(_strategy_id(work_id), update)
+    _event(store, clock, "stop_requested", work_id)
+    return work
+
+
+def _wanted_running(work: Work, now: float) -> Work:
+    """desired=running; a failed or stopped work goes back to placement with a fresh error count."""
+    if work.result.status not in ("failed", "stopped"):
+        return msgspec.structs.replace(work, desired="running")
+    result = msgspec.structs.replace(work.result, status="pending", error_count=0, reason=WAITING, updated=now)
+    return msgspec.structs.replace(work, desired="running", assignment=None, result=result)
+
+
+def start(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
+    """Run a stopped or failed strategy again (no-op for one that runs)."""
+    work = store.update_work(_strategy_id(work_id), lambda w: _wanted_running(w, clock()))
+    _event(store, clock, "start_requested", work_id)
+    return work
+
+
+def restart(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
+    """Like start, and a running child is restarted: its worker sees restart_seq change."""
+
+    def update(work: Work) -> Work:
+        work = _wanted_running(work, clock())
+        spec = msgspec.structs.replace(work.spec, restart_seq=work.spec.restart_seq + 1)
+        return msgspec.structs.replace(work, spec=spec)
+
+    work = store.update_work(_strategy_id(work_id), update)
+    _event(store, clock, "restart_requested", work_id)
+    return work
+
+
+def remove(store: Store, work_id: str, *, clock: Clock = time.time) -> None:
+    """Delete the Work and its state; its worker stops a child whose Work vanished."""
+    store.remove_work(_strategy_id(work_id))
+    _event(store, clock, "removed", work_id)
+
+
+def send(store: Store, work_id: str, data: Any, *, clock: Clock = time.time) -> None:
+    """Queue ``data`` for the strategy's st_message hook; its worker delivers it."""
+    store.get_work(_strategy_id(work_id))
+    store.push_message(work_id, data)
+    _event(store, clock, "message_sent", work_id)
+
+
+def log_file(store: Store, paths: Paths, work_id: str) -> Path:
+    """The strategy's own log; NotFound when there is neither a log nor a strategy of that id."""
+    path = paths.strategy_log(_strategy_id(work_id))
+    if not path.exists() and store.find_work(work_id) is None:
+        raise NotFound(f"no strategy {work_id!r}")
+    return path
+
+
+# ---- the view ----
+
+
+def strategy_view(work: Work) -> dict[str, Any]:
+    """One Work as flat fields, plus where it runs (``worker``) and where it may (``region``)."""
+    entry = flat(work)
+    entry["worker"] = work.assignment.worker if work.assignment else None
+    entry["region"] = work.spec.placement.region
+    return entry
+
+
+def worker_view(resource: Resource, now: float) -> dict[str, Any]:
+    entry = flat(resource)
+    entry["alive"] = resource.state.lease_expires > now
+    return entry
+
+
+def snapshot(store: Store, now: float) -> dict[str, Any]:
+    """Directors, workers and strategies as `qlab status --json` prints them."""
+    return {
+        "directors": [msgspec.to_builtins(d) for d in store.list_directors()],
+        "workers": [worker_view(r, now) for r in store.list_resources()],
+        "strategies": [strategy_view(w) for w in store.list_works()],
+    }
+
+
+# ---- workers ----
+
+
+def _is_quantlab(pid: int) -> bool:
+    """Whether ``pid`` still runs quantlab: a dead worker's pid may belong to anything by now."""
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # the kill below reports the permission problem
+    return "qlab" in cmdline or "quantlab" in cmdline
+
+
+def stop_worker(store: Store, worker_id: str, *, clock: Clock = time.time) -> str:
+    """SIGTERM a worker on this host (it drains its strategies); returns what was done."""
+    resource = store.find_resource(check_id("worker", worker_id))
+    if resource is None:
+        raise NotFound(f"no worker {worker_id!r}")
+    host, pid = resource.spec.host, resource.spec.pid
+    if host != socket.gethostname():
+        raise BadInput(f"worker {worker_id} runs on host {host}: stop it there")
+    try:
+        if not _is_quantlab(pid):
+            raise ProcessLookupError(pid)
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        store.remove_resource(worker_id)
+        store.append_event(Event(ts=clock(), kind="worker_removed", worker=worker_id, detail="stale record"))
+        return f"worker {worker_id} (pid {pid}) was not running: removed its stale record"
+    except PermissionError as e:
+        raise BadInput(f"cannot signal worker {worker_id} (pid {pid}): permission denied") from e
+    store.append_event(Event(ts=clock(), kind="worker_stop_requested", worker=worker_id))
+    return f"worker {worker_id} (pid {pid}) is stopping"

@@ -1,0 +1,132 @@
+"""What `qlab` prints: JSON, rich tables and event lines, built from quantlab.control's views.
+
+The tables show the same dicts that ``--json`` prints, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Iterable
+
+import msgspec
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from quantlab.pool.records import Event
+
+Entry = dict[str, Any]
+
+
+def to_json(value: Any) -> str:
+    """Indented, with sorted keys, so the output of two runs diffs cleanly."""
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+def console() -> Console:
+    # Piped output: no colour (rich decides from the TTY) and no wrapping inside cells.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def age(ts: float | None, now: float) -> str:
+    """How long ago ``ts`` was, as "0.4s ago", "3m ago"; "-" for never."""
+    if not ts:
+        return "-"
+    seconds = max(0.0, now - ts)  # a clock a little ahead elsewhere is not "in the future"
+    if seconds < 60:
+        return f"{seconds:.1f}s ago"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit} ago"
+    return "-"
+
+
+def short(text: str, width: int = 60) -> str:
+    """The first line of ``text``, cut to ``width``: a traceback belongs in `logs`, not a table."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= width else first[: width - 3] + "..."
+
+
+def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    table = Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for row in rows:
+        # Text, not str: a reason like "[x]" must not be read as rich markup.
+        table.add_row(*(Text("-" if cell is None else str(cell)) for cell in row))
+    return table
+
+
+def _status(entry: Entry) -> str:
+    stopping = entry["desired"] == "stopped" and entry["status"] not in ("stopped", "failed")
+    return f"{entry['status']} (stop requested)" if stopping else str(entry["status"])
+
+
+def _why(entry: Entry) -> str:
+    error = entry["last_error"]
+    if entry["status"] in ("error", "failed") and error:
+        return short(error["message"])
+    return short(entry["reason"])
+
+
+def strategies_table(entries: list[Entry], now: float) -> Table:
+    columns = ("id", "status", "worker", "pid", "beats", "last beat", "restarts", "errors", "reason")
+    rows = (
+        (
+            e["id"],
+            _status(e),
+            e["worker"],
+            e["pid"],
+            e["heartbeats"],
+            age(e["last_heartbeat"], now),
+            e["restarts"],
+            e["error_count"],
+            _why(e),
+        )
+        for e in entries
+    )
+    return _table("strategies", columns, rows)
+
+
+def workers_table(entries: list[Entry], now: float) -> Table:
+    columns = ("id", "region", "host", "pid", "status", "lease", "strategies", "cpu", "memory", "last seen")
+    rows = (
+        (
+            e["id"],
+            e["region"],
+            e["host"],
+            e["pid"],
+            e["status"],
+            "live" if e["alive"] else "expired",
+            f"{e['load']['running_strategies']}/{e['max_strategies']}",
+            f"{e['load']['cpu']:.0f}%",
+            f"{e['load']['memory']:.0f} MiB",
+            age(e["last_seen"], now),
+        )
+        for e in entries
+    )
+    return _table("workers", columns, rows)
+
+
+def directors_table(entries: list[Entry], now: float) -> Table:
+    rows = ((e["id"], e["host"], e["pid"], e["role"], age(e["last_seen"], now)) for e in entries)
+    return _table("directors", ("id", "host", "pid", "role", "last seen"), rows)
+
+
+def status_view(snapshot: dict[str, list[Entry]], now: float) -> Group:
+    return Group(
+        directors_table(snapshot["directors"], now),
+        workers_table(snapshot["workers"], now),
+        strategies_table(snapshot["strategies"], now),
+    )
+
+
+def event_line(event: Event, as_json: bool) -> str:
+    """One event as a JSON line, or as "time  kind  strategy=.. worker=..  detail"."""
+    if as_json:
+        return json.dumps(msgspec.to_builtins(event), sort_keys=True)
+    millis = int(event.ts % 1 * 1000)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.ts)) + f".{millis:03d}"
+    about = " ".join(f"{k}={v}" for k, v in (("strategy", event.strategy), ("worker", event.worker)) if v)
+    return "  ".join(part for part in (stamp, event.kind, about, event.detail) if part)

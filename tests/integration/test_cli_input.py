@@ -1,0 +1,232 @@
+"""The real `qlab` on bad and good input: one `Error:` line, a non-zero exit, nothing changed.
+
+Every test runs the installed console script in a subprocess with a private
+--home (the `lab` fixture of tests/conftest.py); no director or worker runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from quantlab.pool.records import Resource, WorkerSpec, WorkerState
+from tests.conftest import QLAB, Lab, wait_for
+
+GOOD = """
+def st_init(ctx): pass
+def st_heartbeat(ctx, tick): pass
+def st_exit(ctx, reason): pass
+"""
+
+# The store's lock files change on every write attempt; the records must not.
+_NOT_RECORDS = {".lock", ".changes", "leader.lock"}
+
+
+def store_files(lab: Lab) -> dict[str, bytes]:
+    root = lab.home / "store"
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in _NOT_RECORDS
+    }
+
+
+def assert_refused(lab: Lab, *args: str, says: str) -> None:
+    """The command fails with one `Error:` line that contains ``says``, and leaves the store as it was."""
+    before = store_files(lab)
+    result = lab.run(*args, check=False)
+    assert result.returncode == 1, result
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("Error: "), result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert store_files(lab) == before
+
+
+@pytest.fixture
+def good(lab: Lab) -> Path:
+    return lab.strategy("good", GOOD)
+
+
+def put_worker(lab: Lab, worker_id: str) -> None:
+    spec = WorkerSpec(name=worker_id, region="JP", host=socket.gethostname(), pid=os.getpid())
+    lab.store.put_resource(Resource(id=worker_id, spec=spec, state=WorkerState(lease_expires=time.time() + 60)))
+
+
+# ---- bad input ----
+
+
+def test_missing_strategy_file(lab: Lab) -> None:
+    assert_refused(lab, "strategy", "assign", str(lab.home / "nope.py"), says="strategy file not found")
+
+
+def test_strategy_file_that_does_not_parse(lab: Lab) -> None:
+    broken = lab.strategy("broken", "def st_init(ctx:\n")
+    assert_refused(lab, "strategy", "assign", str(broken), says="syntax error")
+
+
+def test_strategy_file_without_the_hooks(lab: Lab) -> None:
+    hookless = lab.strategy("hookless", "def st_init(ctx): pass\n")
+    assert_refused(lab, "strategy", "assign", str(hookless), says="missing hook(s) st_heartbeat, st_exit")
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--params", "{not json"], "--params is not a JSON object"),
+        (["--params", "[1, 2]"], "--params is not a JSON object: got an array"),
+        (["--param", "qty"], "--param expects k=v, got 'qty'"),
+        (["--param", "=1"], "--param expects k=v, got '=1'"),
+        (["--interval", "0"], "--interval must be positive, got 0"),
+        (["--interval", "-1"], "--interval must be positive, got -1"),
+        (["--heartbeat-timeout", "0"], "--heartbeat-timeout must be positive, got 0"),
+        (["--heartbeat-timeout=-5"], "--heartbeat-timeout must be positive, got -5"),
+        (["--error-window", "0"], "--error-window must be positive, got 0"),
+        (["--backoff", "-1"], "--backoff must be zero or more, got -1"),
+        (["--max-errors", "0"], "--max-errors must be at least 1, got 0"),
+        (["--id", "../x"], "strategy id '../x' is not valid"),
+        (["--worker", "ghost"], "unknown worker 'ghost': known workers: w1"),
+    ],
+)
+def test_assign_refuses_bad_options(lab: Lab, good: Path, args: list[str], says: str) -> None:
+    put_worker(lab, "w1")
+    assert_refused(lab, "strategy", "assign", str(good), *args, says=says)
+
+
+def test_duplicate_id(lab: Lab, good: Path) -> None:
+    lab.assign(good, "--id", "twin")
+    assert_refused(lab, "strategy", "assign", str(good), "--id", "twin", says="strategy 'twin' already exists")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["strategy", "stop", "ghost"],
+        ["strategy", "start", "ghost"],
+        ["strategy", "restart", "ghost"],
+        ["strategy", "remove", "ghost"],
+        ["strategy", "send", "ghost", "{}"],
+        ["strategy", "logs", "ghost"],
+    ],
+)
+def test_unknown_strategy_id(lab: Lab, good: Path, args: list[str]) -> None:
+    lab.assign(good)  # a store with something in it, which must stay as it is
+    assert_refused(lab, *args, says="no strategy 'ghost'")
+
+
+def test_send_refuses_a_message_that_is_not_json(lab: Lab, good: Path) -> None:
+    lab.assign(good)
+    assert_refused(lab, "strategy", "send", "good", "{oops", says="message is not JSON")
+
+
+def test_worker_stop_of_an_unknown_worker(lab: Lab) -> None:
+    assert_refused(lab, "worker", "stop", "ghost", says="no worker 'ghost'")
+
+
+def test_click_usage_errors_keep_their_message_and_exit_2(lab: Lab) -> None:
+    result = lab.run("strategy", "assign", check=False)
+    assert result.returncode == 2
+    assert result.stderr.rstrip().splitlines()[-1] == "Error: Missing argument 'FILE'."
+    assert "Traceback" not in result.stderr
+
+
+# ---- good input ----
+
+
+def test_assign_writes_a_pending_work_and_returns_at_once(lab: Lab, good: Path) -> None:
+    started = time.monotonic()
+    result = lab.run("strategy", "assign", str(good), "--param", "symbol=BTCUSDT", "--params", '{"qty": 1}')
+    assert time.monotonic() - started < 10  # no waiting for a director that is not there
+    assert result.stdout.startswith("submitted good")
+
+    (entry,) = json.loads(lab.run("strategy", "list", "--json").stdout)
+    assert (entry["id"], entry["status"], entry["desired"]) == ("good", "pending", "running")
+    assert entry["params"] == {"symbol": "BTCUSDT", "qty": 1}
+    assert entry["file"] == str(good.resolve())
+
+    view = lab.status()
+    assert set(view) == {"directors", "workers", "strategies"}
+    (strategy,) = view["strategies"]
+    for field in (
+        "id", "file", "worker", "region", "desired", "status", "pid", "heartbeats",
+        "last_heartbeat", "restarts", "error_count", "last_error", "reason",
+    ):
+        assert field in strategy, field
+    assert strategy["reason"] == "waiting for the director to place it"
+
+
+def test_stop_start_restart_remove(lab: Lab, good: Path) -> None:
+    lab.assign(good)
+    assert lab.run("strategy", "stop", "good").stdout == "stopped good\n"
+    assert lab.work("good").result.status == "stopped"
+    lab.run("strategy", "start", "good")
+    assert (lab.work("good").desired, lab.work("good").result.status) == ("running", "pending")
+    lab.run("strategy", "restart", "good")
+    assert lab.work("good").spec.restart_seq == 1
+    lab.run("strategy", "send", "good", '{"cmd": "ping"}')
+    assert lab.store.take_messages("good") == [{"cmd": "ping"}]
+    lab.run("strategy", "remove", "good")
+    assert json.loads(lab.run("strategy", "list", "--json").stdout) == []
+    kinds = [json.loads(line)["kind"] for line in lab.run("events", "--strategy", "good", "--json").stdout.splitlines()]
+    assert kinds == ["submitted", "stop_requested", "start_requested", "restart_requested", "message_sent", "removed"]
+
+
+def test_human_output_is_plain_tables(lab: Lab, good: Path) -> None:
+    put_worker(lab, "w1")
+    lab.assign(good, "--worker", "w1", "--params", '{"note": "[bold]x[/bold]"}')
+    for args in (["status"], ["strategy", "list"], ["worker", "list"]):
+        out = lab.run(*args).stdout
+        assert "\x1b[" not in out  # no colour when not a terminal
+    assert "waiting for the director to place it" in lab.run("strategy", "list").stdout
+    (worker,) = json.loads(lab.run("worker", "list", "--json").stdout)
+    assert (worker["id"], worker["alive"], worker["load"]["running_strategies"]) == ("w1", True, 0)
+
+
+def test_qlab_home_from_the_environment(lab: Lab, good: Path) -> None:
+    env = {**os.environ, "QLAB_HOME": str(lab.home)}
+    subprocess.run([QLAB, "strategy", "assign", str(good)], env=env, check=True, capture_output=True, timeout=30)
+    assert lab.store.find_work("good") is not None
+
+
+def test_logs_follow_prints_new_lines_and_ends_quietly_on_ctrl_c(lab: Lab, good: Path) -> None:
+    lab.assign(good)
+    log = lab.home / "logs" / "strategies" / "good.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("one\ntwo\nthree\n")
+    assert lab.run("strategy", "logs", "good", "-n", "2").stdout == "two\nthree\n"
+
+    out, err = lab.home / "follow.out", lab.home / "follow.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen([QLAB, "--home", str(lab.home), "strategy", "logs", "good", "-f", "-n", "1"],
+                                stdout=stdout, stderr=stderr)
+    try:
+        wait_for(lambda: out.read_text() == "three\n", what="the last line")
+        with open(log, "a") as f:
+            f.write("four\n")
+        wait_for(lambda: out.read_text() == "three\nfour\n", what="the appended line")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+    assert "Traceback" not in err.read_text()
+
+
+@pytest.mark.parametrize("args", [["status", "--watch"], ["events", "--follow"]])
+def test_watching_ends_quietly_on_ctrl_c(lab: Lab, good: Path, args: list[str]) -> None:
+    lab.assign(good)
+    out, err = lab.home / "watch.out", lab.home / "watch.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen([QLAB, "--home", str(lab.home), *args], stdout=stdout, stderr=stderr)
+    try:
+        wait_for(lambda: "good" in out.read_text(), what="the first screen")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+    assert "Traceback" not in err.read_text()
