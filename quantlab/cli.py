@@ -57,7 +57,7 @@ pass_env = click.make_pass_decorator(Env)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", envvar="QLAB_HOME", metavar="DIR", help="Home directory [env QLAB_HOME; ~/.local/state/quantlab].")
+@click.option("--home", envvar="QLAB_HOME", metavar="DIR", help="Home [$QLAB_HOME, else ~/.local/state/quantlab].")
 @click.pass_context
 def qlab(ctx: click.Context, home: str | None) -> None:
     """Run live trading strategies: a director places them, workers keep them alive."""
@@ -90,7 +90,9 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 
 @director.command("start")
 @click.option("--tick", type=_POSITIVE, default=1.0, show_default=True, help="Seconds between director heartbeats.")
-@click.option("--lease-ttl", type=_POSITIVE, default=10.0, show_default=True, help="Lease time to live, in seconds.")
+@click.option(
+    "--lease-ttl", type=_POSITIVE, default=10.0, show_default=True, help="Seconds before a silent director is forgotten."
+)
 @pass_env
 def director_start(env: Env, tick: float, lease_ttl: float) -> None:
     """Run a director in the foreground until SIGTERM or Ctrl-C."""

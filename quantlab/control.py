@@ -67,7 +67,14 @@ def _json(text: str) -> Any:
     return msgspec.json.decode(text.encode())
 
 
-_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+_JSON_KINDS: dict[type, str] = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def parse_params(pairs: list[str], params_json: str | None) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class WorkerContext:
     def send_to_strategy(self, strategy_id: str, msg: Any) -> bool:
         """Deliver ``msg`` to the strategy's ``st_message`` hook; False if it is not running here."""
         slot = self.manager.slots.get(strategy_id)
-        if slot is None or not slot.alive:
+        if slot is None or slot.phase != "running":
             return False
         self.manager.send_to(slot, Message(data=msg))
         return True

@@ -27,6 +27,7 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     renew_lease(wctx, now)
     if not wctx.stopping:
         wctx.manager.reconcile(wctx.pool.store.list_works(), now)
+        deliver_messages(wctx)
     wctx.manager.flush()
     _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
 
@@ -58,6 +59,14 @@ def renew_lease(wctx: WorkerContext, now: float) -> None:
     wctx.pool.update_resource_state(wctx.resource, state)
     wctx.registered = True
     wctx.manager.lease_valid_until = state.lease_expires
+
+
+def deliver_messages(wctx: WorkerContext) -> None:
+    """Messages left in the store by `qlab strategy send`, to each strategy's st_message."""
+    for strategy_id, slot in list(wctx.strategies.items()):
+        if slot.phase == "running":  # not before st_init returned: the child could not take it
+            for data in wctx.pool.store.take_messages(strategy_id):
+                wctx.send_to_strategy(strategy_id, data)
 
 
 def _user_hook(wctx: WorkerContext, name: str, *args: object) -> None:

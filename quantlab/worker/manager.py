@@ -29,7 +29,6 @@ from quantlab.protocol import (
     Hello,
     Init,
     Log,
-    Message,
     Ready,
     Stop,
     Tick,
@@ -106,9 +105,6 @@ class StrategyManager:
         if work.spec.restart_seq != slot.work.spec.restart_seq:
             slot.work = work
             self._restart_now(slot, now)
-            return None
-        for data in self.pool.store.take_messages(slot.id):
-            self.send_to(slot, Message(data=data))
         return None
 
     def _adopt(self, work: Work, now: float) -> None:

@@ -25,6 +25,11 @@ def st_heartbeat(ctx, tick): pass
 def st_exit(ctx, reason): pass
 """
 
+#: What the issue promises `qlab status --json` shows of each strategy.
+STRATEGY_FIELDS = set(
+    "id file worker region desired status pid heartbeats last_heartbeat restarts error_count last_error reason".split()
+)
+
 # The store's lock files change on every write attempt; the records must not.
 _NOT_RECORDS = {".lock", ".changes", "leader.lock"}
 
@@ -57,6 +62,14 @@ def good(lab: Lab) -> Path:
 def put_worker(lab: Lab, worker_id: str) -> None:
     spec = WorkerSpec(name=worker_id, region="JP", host=socket.gethostname(), pid=os.getpid())
     lab.store.put_resource(Resource(id=worker_id, spec=spec, state=WorkerState(lease_expires=time.time() + 60)))
+
+
+def start_qlab(lab: Lab, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """A long-running `qlab` whose stdout and stderr go to files a test can poll."""
+    out, err = lab.home / "cmd.out", lab.home / "cmd.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        proc = subprocess.Popen([QLAB, "--home", str(lab.home), *args], stdout=stdout, stderr=stderr)
+    return proc, out, err
 
 
 # ---- bad input ----
@@ -153,11 +166,7 @@ def test_assign_writes_a_pending_work_and_returns_at_once(lab: Lab, good: Path) 
     view = lab.status()
     assert set(view) == {"directors", "workers", "strategies"}
     (strategy,) = view["strategies"]
-    for field in (
-        "id", "file", "worker", "region", "desired", "status", "pid", "heartbeats",
-        "last_heartbeat", "restarts", "error_count", "last_error", "reason",
-    ):
-        assert field in strategy, field
+    assert STRATEGY_FIELDS <= set(strategy), STRATEGY_FIELDS - set(strategy)
     assert strategy["reason"] == "waiting for the director to place it"
 
 
@@ -201,10 +210,7 @@ def test_logs_follow_prints_new_lines_and_ends_quietly_on_ctrl_c(lab: Lab, good:
     log.write_text("one\ntwo\nthree\n")
     assert lab.run("strategy", "logs", "good", "-n", "2").stdout == "two\nthree\n"
 
-    out, err = lab.home / "follow.out", lab.home / "follow.err"
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        proc = subprocess.Popen([QLAB, "--home", str(lab.home), "strategy", "logs", "good", "-f", "-n", "1"],
-                                stdout=stdout, stderr=stderr)
+    proc, out, err = start_qlab(lab, "strategy", "logs", "good", "-f", "-n", "1")
     try:
         wait_for(lambda: out.read_text() == "three\n", what="the last line")
         with open(log, "a") as f:
@@ -220,9 +226,7 @@ def test_logs_follow_prints_new_lines_and_ends_quietly_on_ctrl_c(lab: Lab, good:
 @pytest.mark.parametrize("args", [["status", "--watch"], ["events", "--follow"]])
 def test_watching_ends_quietly_on_ctrl_c(lab: Lab, good: Path, args: list[str]) -> None:
     lab.assign(good)
-    out, err = lab.home / "watch.out", lab.home / "watch.err"
-    with open(out, "wb") as stdout, open(err, "wb") as stderr:
-        proc = subprocess.Popen([QLAB, "--home", str(lab.home), *args], stdout=stdout, stderr=stderr)
+    proc, out, err = start_qlab(lab, *args)
     try:
         wait_for(lambda: "good" in out.read_text(), what="the first screen")
         proc.send_signal(signal.SIGINT)

@@ -228,3 +228,46 @@ def test_bad_accounts_file_stops_the_worker_with_the_line_number(lab: Lab) -> No
     env_result = lab.run("worker", "start", "--region", "JP", "--id", "w1", "--accounts", str(missing_env), check=False)
     assert env_result.returncode != 0 and "QLAB_NOPE_UNSET" in env_result.stderr
     assert os.environ.get("QLAB_NOPE_UNSET") is None
+
+
+def test_async_hooks_await_api_calls(lab: Lab) -> None:
+    source = '''
+ACCOUNTS = ["paper"]
+async def st_init(ctx):
+    reply = await ctx.api.bybit["paper"].get_server_time()
+    ctx.state["time_ok"] = reply["retCode"] == 0
+async def st_heartbeat(ctx, tick):
+    reply = await ctx.api.bybit["paper"].get_tickers(category="linear", symbol="ETHUSDT")
+    ctx.state["last"] = reply["result"]["list"][0]["lastPrice"]
+async def st_exit(ctx, reason): pass
+'''
+    lab.director()
+    lab.worker("w1")
+    lab.assign(lab.strategy("asyncapi", source), "--interval", "0.05")
+    state = wait_for(lambda: (s := lab.store.load_state("asyncapi")).get("last") and s, what="an awaited call")
+    assert state["time_ok"] is True and float(state["last"]) > 0
+
+
+def test_grid_example_never_duplicates_orders_across_restarts(lab: Lab) -> None:
+    grid = Path(__file__).resolve().parents[2] / "strategies" / "grid_paper.py"
+    lab.director()
+    lab.worker("w1")
+    lab.assign(grid, "--interval", "0.1", "--backoff", "0", "--param", "step=0.05")  # a wide grid: no fills
+    wait_for(lambda: len(lab.store.load_state("grid_paper").get("placed", [])) == 6, what="six grid orders")
+    for _ in range(2):
+        pid = lab.work("grid_paper").result.pid
+        assert pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: (w := lab.work("grid_paper")).result.pid not in (None, pid) and w.result.heartbeats > 0
+                 and w.result.status == "running", what="the grid bot back")
+    restarted = lab.work("grid_paper")
+    heartbeats = restarted.result.heartbeats
+    wait_for(lambda: lab.work("grid_paper").result.heartbeats > heartbeats + 3, what="more grid heartbeats")
+    account = json.loads(lab.store.get_blob("paper", "paper") or b"{}")
+    links = [o["link_id"] for o in account["open"]]
+    assert len(links) == 6 and len(set(links)) == 6, links
+    assert not account["closed"], "no order was filled or cancelled"
+    monitor = Path(__file__).resolve().parents[2] / "strategies" / "positions_monitor.py"
+    lab.assign(monitor, "--interval", "0.1")
+    wait_for(lambda: lab.work("positions_monitor").result.heartbeats >= 3, what="the monitor running")
+    assert lab.work("positions_monitor").result.error_count == 0

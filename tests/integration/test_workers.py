@@ -149,3 +149,52 @@ def test_qlab_home_works_like_home(tmp_path: Path) -> None:
     result = subprocess.run([QLAB, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert os.path.isdir(home + "/store")
+
+
+HOOKS = '''
+import json, os
+HERE = os.path.dirname(__file__)
+def _mark(name, text):
+    with open(os.path.join(HERE, name), "a") as f:
+        f.write(text + "\\n")
+def st_worker_init(wctx):
+    _mark("hooks.txt", "init " + wctx.worker.id + " " + wctx.worker.region)
+def st_worker_heartbeat(wctx, tick):
+    running = [s.id for s in wctx.strategies.values() if s.status == "running"]
+    if running and not os.path.exists(os.path.join(HERE, "broadcast.txt")):
+        _mark("broadcast.txt", str(wctx.broadcast_to_all({"from": "hook", "seq": tick.seq})))
+def st_worker_exit(wctx, reason):
+    _mark("hooks.txt", "exit " + reason.type)
+'''
+
+LISTENER = COUNTER + '''
+def st_message(ctx, msg):
+    with open(os.path.join(os.path.dirname(__file__), "heard.txt"), "a") as f:
+        f.write(msg["from"] + "\\n")
+'''
+
+
+def test_profile_and_user_hooks_with_broadcast(lab: Lab) -> None:
+    hooks = lab.strategy("hooks", HOOKS)
+    profile = lab.home / "jp-9.toml"
+    profile.write_text(f'id = "jp-9"\nregion = "JP"\nmax_strategies = 3\nheartbeat = 0.2\nhooks = "{hooks}"\n')
+    lab.director()
+    worker = lab.start("worker", "start", "--profile", str(profile))
+    resource = wait_for(lambda: lab.store.find_resource("jp-9"), what="the profile's worker")
+    assert resource.spec.max_strategies == 3 and resource.spec.region == "JP"
+    lab.assign(lab.strategy("listener", LISTENER), "--interval", "0.05")
+    heard = wait_for(lambda: (p := lab.home / "heard.txt").exists() and p.read_text(), what="the broadcast")
+    assert heard.split() == ["hook"]
+    assert (lab.home / "broadcast.txt").read_text().split() == ["1"]
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(15) == 0
+    assert (lab.home / "hooks.txt").read_text().split("\n")[:2] == ["init jp-9 JP", "exit manual"]
+
+
+def test_bad_profile_is_a_one_line_error(lab: Lab) -> None:
+    profile = lab.home / "bad.toml"
+    profile.write_text('region = "JP"\nmax_strategy = 3\n')
+    result = lab.run("worker", "start", "--profile", str(profile), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "max_strategy" in result.stderr
