@@ -58,7 +58,8 @@ class FileStore:
         self._lock = filelock.FileLock(root / ".lock")
         self._leader = filelock.FileLock(root / "leader.lock")
         self._changes = root / ".changes"
-        self._changes.touch()
+        if not self._changes.exists():
+            self._changes.touch()  # create only: touching it would wake every loop on each `qlab status`
         self._events = root / "events.jsonl"
         self._decoders: dict[type, msgspec.json.Decoder[Any]] = {}
 
