@@ -68,6 +68,7 @@ def _note_fills(ctx, api, p, price):
         ctx.state["filled"].append(link)
         ctx.state["fills"] += 1
         ctx.log.info("filled %s near %.2f", link, price)
+        ctx.send({"filled": link, "near": round(price, 2)})  # shows in `qlab events` and `qlab up`
 
 
 def _recenter(ctx, api, p, price):

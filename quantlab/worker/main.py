@@ -93,6 +93,14 @@ class WorkerRuntime:
 
         self.apis.submit(call, allowed, done)
 
+    def drain(self, timeout: float) -> None:
+        if self.channel.socket.poll(int(timeout * 1000)):
+            self._receive(time.time())
+
+    def _receive(self, now: float) -> None:
+        for routing_id, msg in self.channel.receive():
+            self.manager.on_message(routing_id, msg, now)
+
     def _deliver_api_results(self) -> None:
         try:
             os.eventfd_read(self.api_wakeup)
@@ -108,9 +116,7 @@ class WorkerRuntime:
         """Wait up to ``timeout`` seconds, then handle whatever became ready."""
         events = dict(self.poller.poll(max(0, int(timeout * 1000))))
         if self.channel.socket in events:
-            now = time.time()
-            for routing_id, msg in self.channel.receive():
-                self.manager.on_message(routing_id, msg, now)
+            self._receive(time.time())
         for fd in [fd for fd in events if isinstance(fd, int)]:
             handler = self.handlers.get(fd)
             if handler is not None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol
 import msgspec
 
 from quantlab.config import Paths
-from quantlab.errors import ApiPermissionError
+from quantlab.errors import ApiPermissionError, NotFound, StaleWriter
 from quantlab.pool.records import ErrorInfo, ExitReason, TickInfo, Work
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import (
@@ -51,7 +51,13 @@ class Transport(Protocol):
     def watch(self, fd: int, handler: Callable[[], None]) -> None: ...
     def unwatch(self, fd: int) -> None: ...
     def submit_api(self, slot_key: bytes, call: ApiCall, allowed: list[str]) -> None: ...
+    def drain(self, timeout: float) -> None:
+        """Handle the children's messages that arrive within ``timeout`` seconds."""
+        ...
 
+
+#: Seconds to wait for a self-exiting child's last message before judging its exit.
+LAST_WORDS_WAIT = 0.05
 
 _json = msgspec.json.encode
 _from_msgpack = msgspec.msgpack.decode
@@ -147,6 +153,10 @@ class StrategyManager:
         assert slot.pid is not None and slot.pidfd is not None
         pid = slot.pid
         _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and slot.error_reported is None and slot.exited is None:
+            # A child that exits by itself said why first (Error, Exited); the pidfd can beat
+            # those last words through the socket, so give them a moment to arrive.
+            self.transport.drain(LAST_WORDS_WAIT)
         how = procs.describe_status(status)
         self.transport.unwatch(slot.pidfd)
         os.close(slot.pidfd)
@@ -355,7 +365,7 @@ class StrategyManager:
 
         try:
             self.pool.report(slot.id, slot.assignment, put, notify=True)
-        except Exception as e:  # fenced off or removed: the store has moved on without us
+        except (StaleWriter, NotFound) as e:  # fenced off or removed: the store has moved on without us
             self.log.info("not recording %s for %s: %s", event, slot.id, e)
             return
         self.pool.event(event, strategy=slot.id, worker=self.worker_id, detail=result.reason)

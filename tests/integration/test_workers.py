@@ -50,7 +50,7 @@ def test_worker_sigkill_fails_over_with_state(lab: Lab) -> None:
     assert pid
     first.send_signal(signal.SIGKILL)
     first.wait(5)
-    wait_for(lambda: not pid_alive(pid), timeout=1.5, what="the orphaned strategy child to die with its worker")
+    wait_for(lambda: not pid_alive(pid), timeout=1.0, what="the orphaned strategy child to die with its worker")
     before = lab.store.load_state("mover")["n"]
     moved = wait_for(
         lambda: (w := lab.work("mover")).assignment is not None and w.assignment.worker == "w2" and w,

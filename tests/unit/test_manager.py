@@ -59,6 +59,9 @@ class ScriptedTransport:
     def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str]) -> None:
         raise AssertionError("no API calls in these tests")
 
+    def drain(self, timeout: float) -> None:
+        """Scripted: every message a test sends is delivered by the test itself."""
+
     def deliver_exits(self) -> None:
         """Run the handler of every pidfd that is readable (a child exited)."""
         ready, _, _ = select.select(list(self.watched), [], [], 5)
