@@ -31,7 +31,7 @@ class Record(msgspec.Struct, kw_only=True):
 
 class Load(msgspec.Struct, kw_only=True):
     cpu: float = 0.0  #: percent of one core, worker plus its children
-    memory: float = 0.0  #: MiB resident, worker plus its children
+    memory: float = 0.0  #: MiB, proportional set size of the worker, its zygote and its children
     running_strategies: int = 0
 
 

@@ -43,6 +43,7 @@ def st_worker_exit(wctx: WorkerContext, reason: ExitReason) -> None:
     wctx.pool.unregister_resource(wctx.worker.id)
     wctx.pool.event("worker_stopped", worker=wctx.worker.id, detail=reason.message)
     wctx.apis.close()
+    wctx.meter.close()
 
 
 def renew_lease(wctx: WorkerContext, now: float) -> None:

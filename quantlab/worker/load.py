@@ -1,27 +1,61 @@
-"""The worker's own load: CPU and memory of the worker and its children (psutil)."""
+"""The worker's own load: CPU and memory of the worker, its zygote and its children (psutil).
+
+CPU is cheap to read and is taken at every heartbeat. Memory is the
+proportional set size (PSS): children forked from the zygote share most of
+their pages, so adding up RSS would count those pages once per child (at 100
+strategies, 3.3 GiB of RSS against 0.5 GiB of PSS). PSS costs about 1 ms per
+process to read, so a background thread samples it every MEMORY_EVERY
+seconds instead of stalling the worker's loop.
+"""
 
 from __future__ import annotations
+
+import threading
 
 import psutil
 
 from quantlab.pool.records import Load
+
+#: Seconds between memory samples.
+MEMORY_EVERY = 10.0
 
 
 class LoadMeter:
     def __init__(self) -> None:
         self.me = psutil.Process()
         self.known: dict[int, psutil.Process] = {}
+        self.memory_mib = 0.0
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample_memory, name="load-memory", daemon=True)
+        self._sampler.start()
 
     def measure(self, running_strategies: int) -> Load:
         # cpu_percent() compares with the previous call on the same Process object: keep them.
-        procs = [self.me, *self.me.children(recursive=True)]
-        alive = {p.pid: self.known.get(p.pid, p) for p in procs}
+        alive = {p.pid: self.known.get(p.pid, p) for p in self._family()}
         self.known = alive
-        cpu = memory = 0.0
+        cpu = 0.0
         for proc in alive.values():
             try:
                 cpu += proc.cpu_percent(None)
-                memory += proc.memory_info().rss
             except psutil.Error:
                 continue  # exited meanwhile
-        return Load(cpu=round(cpu, 1), memory=round(memory / 2**20, 1), running_strategies=running_strategies)
+        return Load(cpu=round(cpu, 1), memory=round(self.memory_mib, 1), running_strategies=running_strategies)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sampler.join(timeout=5)
+
+    def _family(self) -> list[psutil.Process]:
+        return [self.me, *self.me.children(recursive=True)]
+
+    def _sample_memory(self) -> None:
+        while True:
+            total = 0
+            for proc in self._family():
+                try:
+                    total += proc.memory_full_info().pss
+                except psutil.Error:
+                    continue
+            self.memory_mib = total / 2**20
+            if self._stop.wait(MEMORY_EVERY):
+                return
