@@ -16,6 +16,7 @@ import time
 from typing import Callable
 
 from quantlab.config import Paths
+from quantlab.errors import QuantlabError
 from quantlab.logsetup import process_logger
 from quantlab.pool.open import open_store
 from quantlab.pool.placement import assigned_counts, choose_worker
@@ -194,7 +195,10 @@ def run_director(paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0) ->
         changed = store.change_token() != token
         if changed or now >= next_beat:
             token = store.change_token()
-            loop.st_director_heartbeat(now)
+            try:
+                loop.st_director_heartbeat(now)
+            except (OSError, QuantlabError):
+                loop.log.exception("director heartbeat failed; trying again at the next one")
             next_beat = now + tick
         time.sleep(CHANGE_POLL)
     loop.st_director_exit(ExitReason(type="manual", message=f"signal {stop.signal_name}"))

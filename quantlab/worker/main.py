@@ -22,7 +22,7 @@ from typing import Callable
 import zmq
 
 from quantlab.config import Paths
-from quantlab.errors import ConfigError
+from quantlab.errors import ConfigError, QuantlabError
 from quantlab.logsetup import process_logger
 from quantlab.pool.open import open_store
 from quantlab.pool.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
@@ -145,7 +145,12 @@ class WorkerRuntime:
             now = time.time()
             if now >= next_beat or self.store.change_token() != token:
                 seq += 1
-                st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=now, interval=heartbeat))
+                try:
+                    st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=now, interval=heartbeat))
+                except (OSError, QuantlabError):
+                    # A full disk or a store hiccup must not take the children down with the worker;
+                    # if it lasts, the lease runs out and the director moves the strategies.
+                    self.log.exception("worker heartbeat failed; trying again at the next one")
                 token = self.store.change_token()
                 if now >= next_beat:
                     next_beat = now + heartbeat

@@ -17,7 +17,7 @@ from quantlab.config import Paths
 from quantlab.pool.filestore import FileStore
 from quantlab.pool.records import Assignment, StrategySpec, Work
 from quantlab.pool.workpool import WorkPool
-from quantlab.protocol import ApiCall, Heartbeat, Hello, Init, Ready, Stop, Tick, ToChild
+from quantlab.protocol import ApiCall, ApiResult, Heartbeat, Hello, Init, Ready, Stop, Tick, ToChild
 from quantlab.worker.manager import StrategyManager
 from quantlab.worker.zygote import Spawn
 
@@ -175,3 +175,27 @@ def test_stop_sends_stop_then_kills_after_stop_timeout(env: tuple[StrategyManage
     transport.deliver_exits()
     work = store.get_work("s")
     assert work.result.status == "stopped" and work.desired == "stopped" and work.assignment is None
+
+
+def test_api_calls_are_refused_once_the_lease_ran_out(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
+    manager, transport, store = env
+    assign(store)
+    rid = start(manager, transport, store, T0)
+    manager.lease_valid_until = T0 + 5
+    manager.on_message(rid, ApiCall(call_id=7, account="paper", method="place_order", kwargs={}), T0 + 6)
+    refused = transport.last(ApiResult)
+    assert isinstance(refused, ApiResult) and not refused.ok and refused.kind == "permission"
+    assert refused.call_id == 7 and "lease" in refused.error
+
+
+def test_writes_are_fenced_after_reassignment(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
+    manager, transport, store = env
+    assign(store)
+    start(manager, transport, store, T0)
+    store.update_work("s", lambda w: setattr(w, "assignment", Assignment(worker="w2", epoch=2)) or w)
+    manager.slots["s"].result.heartbeats = 999
+    manager.flush_one(manager.slots["s"])
+    assert store.get_work("s").result.heartbeats != 999  # the stale worker's write was refused
+    manager.reconcile(store.list_works(), T0 + 1)
+    stop = transport.last(Stop)
+    assert isinstance(stop, Stop) and stop.reason.type == "reassigned"
