@@ -138,6 +138,7 @@ class StrategyManager:
         slot.pid = pid
         slot.pidfd = os.pidfd_open(pid)
         slot.started_at = now
+        slot.ticks.restart(now)
         self.by_routing_id[slot.routing_id] = slot
         self.transport.watch(slot.pidfd, lambda: self.on_exit(slot, self.clock()))
         slot.result.pid = pid

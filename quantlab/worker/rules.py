@@ -57,6 +57,12 @@ class TickSchedule:
         self.in_flight = False
         self.overruns = 0
 
+    def restart(self, now: float) -> None:
+        """A new child: numbering starts again at 1; the overrun count is the strategy's and stays."""
+        self.next_due = now
+        self.seq = 0
+        self.in_flight = False
+
     def due(self, now: float) -> bool:
         """True when a tick should be sent now; counts an overrun when one is skipped."""
         if now < self.next_due:

@@ -150,6 +150,7 @@ def test_real_pybit_against_fake_bybit_with_faults(live: Lab, fake: FakeBybit) -
     expected = {
         "bad_key": ["api", 10003],
         "http_500": ["api", 500],
+        "http_403": ["api", 403],
         "garbage": ["api", 0],
         "drop": ["network", 0],
         "slow": ["network", 0],

@@ -19,6 +19,7 @@ from quantlab.pool.records import Assignment, StrategySpec, Work
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, Heartbeat, Hello, Init, Ready, Stop, Tick, ToChild
 from quantlab.worker.manager import StrategyManager
+from quantlab.worker.rules import STABLE_AFTER
 from quantlab.worker.zygote import Spawn
 
 T0 = 1_000_000.0
@@ -199,3 +200,24 @@ def test_writes_are_fenced_after_reassignment(env: tuple[StrategyManager, Script
     manager.reconcile(store.list_works(), T0 + 1)
     stop = transport.last(Stop)
     assert isinstance(stop, Stop) and stop.reason.type == "reassigned"
+
+
+def test_backoff_doubles_then_resets_after_a_stable_run(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
+    manager, transport, store = env
+    assign(store, backoff=1.0, max_errors=100)
+    clock = manager.clock
+    start(manager, transport, store, T0)
+    delays = []
+    for round_ in range(3):
+        slot = manager.slots["s"]
+        os.killpg(slot.pid or 0, signal.SIGKILL)
+        clock.now = T0 + 100 * round_  # type: ignore[attr-defined]
+        transport.deliver_exits()
+        delays.append(slot.restart_at - clock.now)  # type: ignore[attr-defined]
+        manager.supervise(slot.restart_at)
+        manager.on_message(slot.routing_id, Hello(pid=slot.pid or 0), slot.restart_at)
+        manager.on_message(slot.routing_id, Ready(), slot.restart_at)
+        if round_ == 1:  # this incarnation runs stably for longer than STABLE_AFTER
+            manager.on_message(slot.routing_id, Heartbeat(seq=1), slot.restart_at + STABLE_AFTER + 1)
+    assert 0.9 <= delays[0] <= 1.1 and 1.8 <= delays[1] <= 2.2
+    assert 0.9 <= delays[2] <= 1.1  # reset: back to the first delay

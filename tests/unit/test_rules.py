@@ -57,3 +57,11 @@ def test_long_pause_does_not_burst() -> None:
     ticks.sent(100.0)
     ticks.answered(2)
     assert not ticks.due(100.5)
+
+
+def test_restart_numbers_ticks_afresh_and_keeps_overruns() -> None:
+    ticks = TickSchedule(1.0, now=0.0)
+    ticks.sent(0.0)
+    ticks.due(1.0)
+    ticks.restart(5.0)
+    assert ticks.due(5.0) and ticks.sent(5.0) == 1 and ticks.overruns == 1
