@@ -386,6 +386,7 @@ def test_stop_worker_sends_sigterm_to_a_local_worker(store: FileStore) -> None:
         assert kinds(store) == ["worker_stop_requested"]
     finally:
         proc.kill()
+        proc.wait()
 
 
 def test_stop_worker_never_signals_a_reused_pid(store: FileStore) -> None:
