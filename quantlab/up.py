@@ -80,6 +80,14 @@ def _summary(store: Store) -> str:
     return "status | " + (" | ".join(parts) or "no strategies")
 
 
+def _print_events(store: Store, offset: int) -> int:
+    """Print the events written since ``offset``; the new offset."""
+    events, offset = store.read_events(offset)
+    for event in events:
+        print(event_line(event, as_json=False), flush=True)
+    return offset
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> int:
     if proc.poll() is None:
         proc.terminate()
@@ -104,9 +112,7 @@ def run_up(paths: Paths, *, files: list[str], region: str = "JP") -> int:
     code = 0
     next_summary = time.time() + SUMMARY_EVERY
     while not stop.requested:
-        events, offset = store.read_events(offset)
-        for event in events:
-            print(event_line(event, as_json=False), flush=True)
+        offset = _print_events(store, offset)
         if time.time() >= next_summary:
             print(_summary(store), flush=True)
             next_summary = time.time() + SUMMARY_EVERY
@@ -118,8 +124,6 @@ def run_up(paths: Paths, *, files: list[str], region: str = "JP") -> int:
         time.sleep(0.1)
     print("stopping: worker first (every strategy gets st_exit), then the director", flush=True)
     worker_code, director_code = _stop(worker), _stop(director)
-    events, offset = store.read_events(offset)
-    for event in events:
-        print(event_line(event, as_json=False), flush=True)
+    _print_events(store, offset)
     store.close()
     return code or (1 if worker_code or director_code else 0)

@@ -61,14 +61,22 @@ def default_accounts(path: Path) -> list[str]:
     return []
 
 
+def import_file(path: str, name: str) -> ModuleType | None:
+    """Import a Python file as module ``name`` (runs its top level); None if it cannot be loaded."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_module(path: str) -> ModuleType:
     """Import the strategy file as a fresh module (runs its top level)."""
-    spec = importlib.util.spec_from_file_location("strategy", path)
-    if spec is None or spec.loader is None:
+    module = import_file(path, "strategy")
+    if module is None:
         raise StrategyFileError(f"cannot load strategy file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["strategy"] = module
-    spec.loader.exec_module(module)
     for hook in HOOKS:
         if not callable(getattr(module, hook, None)):
             raise StrategyFileError(f"{path}: missing hook {hook}")

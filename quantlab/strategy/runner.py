@@ -200,7 +200,7 @@ class Runner:
             self.ctx.log.exception("st_exit failed after an error")
 
 
-def run_child(endpoint: str, routing_id: bytes, worker_pid: int) -> int:
+def run_child(endpoint: str, routing_id: bytes) -> int:
     conn = Connection(endpoint, routing_id)
     try:
         conn.send(Hello(pid=os.getpid()))

@@ -9,7 +9,6 @@ ticks; their results come back through a queue and the eventfd.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import queue
@@ -30,6 +29,7 @@ from quantlab.pool.store import Store
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import StopRequest
+from quantlab.strategy.loader import import_file
 from quantlab.worker import procs
 from quantlab.worker.accounts import Account, load_accounts
 from quantlab.worker.apipool import ApiPool
@@ -181,11 +181,9 @@ def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:
 def _load_hooks(path: str | None) -> ModuleType | None:
     if path is None:
         return None
-    spec = importlib.util.spec_from_file_location("worker_hooks", path)
-    if spec is None or spec.loader is None or not Path(path).is_file():
+    module = import_file(path, "worker_hooks")
+    if module is None:
         raise ConfigError(f"worker hooks file not found: {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     return module
 
 

@@ -145,7 +145,7 @@ def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         from quantlab.strategy.runner import run_child
 
-        code = run_child(request.endpoint, request.routing_id, worker_pid)
+        code = run_child(request.endpoint, request.routing_id)
     finally:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # os._exit skips it, and print() output belongs in the log
