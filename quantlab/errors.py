@@ -31,6 +31,10 @@ class StaleWriter(Conflict):
     """A write came from a worker that no longer holds the assignment (fencing)."""
 
 
+class CorruptRecord(QuantlabError):
+    """A stored record does not decode; it is kept for the operator, never replaced by a default."""
+
+
 class ApiError(QuantlabError):
     """An exchange call failed; ``ret_code`` is Bybit's retCode (0 if none)."""
 

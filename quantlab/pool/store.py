@@ -1,25 +1,53 @@
-"""The store protocol: what the director, workers and the CLI need of a store.
+"""The store protocol, and the record logic every table-based store shares.
 
-Two implementations keep the same contract (tests/unit/test_store_contract.py
-runs against each): FileStore, one host, the embedded default; and a
-PostgreSQL store for many hosts.
+Whatever the backend, the rules are the same (tests/unit/test_store_contract.py
+runs one suite against each):
+
+- **No lock another process waits on.** Every change is a compare-and-swap on
+  one record's version: read version v, commit v+1 only if the record is still
+  at v; the loser re-reads and applies its update again. So an update function
+  may run more than once and must decide from the record it is given.
+- **Leases and fences are data.** A worker's registration carries its holder
+  and renewal count, the director's leadership is a ``Leader`` record with a
+  term, a Work's epoch is never handed out twice for one id (a re-created Work
+  starts above every epoch its predecessors had), and a strategy's state
+  carries the epoch of its writer and refuses older ones.
+- **Durable or an error.** A commit that returns has reached the disk (or the
+  database); one that raises changed nothing.
+- **Readers pay for what changed.** ``changes`` returns what was committed
+  since a cursor, so loops re-read only those records.
+
+``TableStore`` implements all of it over two small primitives a backend
+provides: a versioned table per kind (head, commit) and a feed. FileStore and
+MemoryStore are such backends.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Protocol
+import time
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
-from quantlab.errors import BadInput
-from quantlab.pool.records import Director, Event, Resource, Work
+import msgspec
+
+from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
+from quantlab.pool.feed import Change, Cursor
+from quantlab.pool.records import NO_STATE, Director, Event, Leader, Resource, StrategyState, Work
+from quantlab.pool.vfiles import ABSENT, Head
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 WorkUpdate = Callable[[Work], Work | None]
 """Gets the current Work, returns the new one (or None: leave it as it is).
 
 It may raise (e.g. StaleWriter) to refuse the write; nothing is written then.
+It may be called again with a newer Work when another writer got there first.
 """
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+
+#: Compare-and-swap attempts before a write gives up (each loss means another writer made progress).
+CAS_ATTEMPTS = 1000
 
 
 def check_id(kind: str, value: str) -> str:
@@ -33,33 +61,52 @@ def check_id(kind: str, value: str) -> str:
 
 class Store(Protocol):
     # works
-    def add_work(self, work: Work) -> None: ...
+    def add_work(self, work: Work) -> Work:
+        """Create a Work; its epoch starts above any its id had before. Conflict if it exists."""
+        ...
+
     def get_work(self, work_id: str) -> Work: ...
     def find_work(self, work_id: str) -> Work | None: ...
     def list_works(self) -> list[Work]: ...
-    def update_work(self, work_id: str, update: WorkUpdate, *, notify: bool = True) -> Work: ...
-    def remove_work(self, work_id: str) -> None: ...
+    def update_work(self, work_id: str, update: WorkUpdate) -> Work: ...
+    def remove_work(self, work_id: str) -> None:
+        """Delete the Work and forget its state; a late write from any of its epochs is refused."""
+        ...
 
     # resources (workers)
-    def put_resource(self, resource: Resource) -> None: ...
     def find_resource(self, worker_id: str) -> Resource | None: ...
     def list_resources(self) -> list[Resource]: ...
-    def remove_resource(self, worker_id: str) -> None: ...
+    def update_resource(
+        self, worker_id: str, update: Callable[[Resource | None], Resource | None], *, announce: bool = True
+    ) -> Resource | None:
+        """Compare-and-swap one worker record; ``announce`` False for renewals nobody needs to wake for."""
+        ...
+
+    def remove_resource(self, worker_id: str, only_if: Callable[[Resource], bool] | None = None) -> bool: ...
 
     # directors
     def put_director(self, director: Director) -> None: ...
     def list_directors(self) -> list[Director]: ...
     def remove_director(self, director_id: str) -> None: ...
-    def try_lead(self) -> bool: ...
-    def release_lead(self) -> None: ...
+    def find_leader(self) -> Leader | None: ...
+    def update_leader(self, update: Callable[[Leader | None], Leader | None]) -> Leader | None: ...
 
-    # strategy state and other opaque documents (paper accounts)
-    def load_state(self, work_id: str) -> dict[str, Any]: ...
-    def save_state(self, work_id: str, state_json: bytes) -> None: ...
+    # strategy state
+    def load_state(self, work_id: str) -> StrategyState | None:
+        """The stored state; None when there is none; CorruptRecord when it does not decode."""
+        ...
+
+    def save_state(self, work_id: str, epoch: int, state_json: bytes | None) -> StrategyState:
+        """Write as the holder of ``epoch`` (None keeps the state and only stamps the epoch).
+
+        StaleWriter when a newer epoch holds the state.
+        """
+        ...
+
+    # opaque documents (paper accounts)
     def get_blob(self, kind: str, key: str) -> bytes | None: ...
-    def put_blob(self, kind: str, key: str, data: bytes) -> None: ...
     def update_blob(self, kind: str, key: str, update: Callable[[bytes | None], bytes | None]) -> bytes | None:
-        """Read-modify-write one document under the store lock; None from ``update`` writes nothing."""
+        """Compare-and-swap one document; None from ``update`` writes nothing."""
         ...
 
     # messages for a strategy's st_message hook (`qlab strategy send`), taken by its worker
@@ -70,7 +117,323 @@ class Store(Protocol):
     def append_event(self, event: Event) -> None: ...
     def read_events(self, offset: int = 0) -> tuple[list[Event], int]: ...
 
-    # change notification: a token that differs after any control write
-    def change_token(self) -> int: ...
+    # the change feed
+    def changes_end(self) -> Cursor: ...
+    def changes(self, cursor: Cursor) -> tuple[list[Change], Cursor, bool]:
+        """Changes after ``cursor``, the next cursor, and True when some were lost (make a full pass)."""
+        ...
 
     def close(self) -> None: ...
+
+
+# ---- the shared implementation ----
+
+
+class Table(Protocol):
+    """One kind of record in a backend: versioned heads and compare-and-swap commits."""
+
+    def head(self, key: str) -> Head: ...
+    def commit(self, key: str, base: Head, data: bytes | None) -> bool: ...
+    def keys(self) -> list[str]: ...
+
+
+class Feed(Protocol):
+    def append(self, change: Change) -> None: ...
+    def end(self) -> Cursor: ...
+    def read(self, cursor: Cursor) -> tuple[list[Change], Cursor, bool]: ...
+
+
+_encode = msgspec.json.Encoder().encode
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+
+
+def decode(cls: type[T], data: bytes) -> T:
+    decoder = _decoders.get(cls)
+    if decoder is None:
+        decoder = _decoders[cls] = msgspec.json.Decoder(cls)
+    return decoder.decode(data)
+
+
+class TableStore:
+    """Store over a backend's tables and feed. Subclasses provide ``_table``, ``feed`` and events."""
+
+    feed: Feed
+
+    def _table(self, kind: str) -> Table:
+        raise NotImplementedError
+
+    def append_event(self, event: Event) -> None:
+        raise NotImplementedError
+
+    # ---- generic records ----
+
+    def _read(self, kind: str, key: str, cls: type[T]) -> tuple[T | None, Head]:
+        head = self._table(kind).head(check_id(kind, key))
+        if head.data is None:
+            return None, head
+        try:
+            return decode(cls, head.data), head
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise CorruptRecord(f"{kind}/{key} version {head.version} does not decode: {e}") from None
+
+    def _list(self, kind: str, cls: type[T]) -> list[T]:
+        out = []
+        for key in sorted(self._table(kind).keys()):
+            try:
+                record, _ = self._read(kind, key, cls)
+            except CorruptRecord as e:
+                self._report_corrupt(kind, key, e)
+                continue
+            if record is not None:
+                out.append(record)
+        return out
+
+    def _report_corrupt(self, kind: str, key: str, error: CorruptRecord) -> None:
+        """A record that does not decode is skipped and reported; it stays for the operator."""
+        self.append_event(Event(ts=time.time(), kind="quarantined", detail=f"{kind}/{key}: {error}"))
+
+    def _cas(
+        self,
+        kind: str,
+        key: str,
+        cls: type[T],
+        update: Callable[[T | None, Head], T | None],
+        *,
+        delete: bool = False,
+        announce: Callable[[T | None, T | None], str | None] | None = None,
+    ) -> tuple[T | None, Head]:
+        """Apply ``update`` to the current record until a commit wins; returns the record and its head.
+
+        ``update`` returns the new record, or None to write nothing (with ``delete``: None deletes).
+        ``announce`` says what to append to the feed for a commit (the worker hint), None for nothing.
+        """
+        check_id(kind, key)
+        table = self._table(kind)
+        for _ in range(CAS_ATTEMPTS):
+            current, head = self._read(kind, key, cls)
+            new = update(current, head)
+            if new is None and not delete:
+                return current, head
+            data = None if new is None else _encode(new)
+            if table.commit(key, head, data):
+                committed = Head(head.version + 1, data)
+                hint = announce(current, new) if announce else None
+                if hint is not None:
+                    self.feed.append(Change(kind=kind, key=key, version=committed.version, worker=hint))
+                return new, committed
+        raise Conflict(f"{kind}/{key}: gave up after {CAS_ATTEMPTS} lost races")
+
+    # ---- works ----
+
+    def add_work(self, work: Work) -> Work:
+        floor = self._epoch_floor(work.id)
+
+        def create(current: Work | None, head: Head) -> Work:
+            if current is not None:
+                raise Conflict(f"strategy {work.id!r} already exists")
+            return msgspec.structs.replace(work, epoch=max(work.epoch, floor, head.version))
+
+        new, _ = self._cas("works", work.id, Work, create, announce=_work_hint)
+        assert new is not None
+        return new
+
+    def _epoch_floor(self, work_id: str) -> int:
+        """Above every epoch a Work of this id ever had: its removal stamped its state with it."""
+        try:
+            record = self.load_state(work_id)
+        except CorruptRecord:
+            return self._table("state").head(work_id).version
+        return record.epoch if record is not None else 0
+
+    def find_work(self, work_id: str) -> Work | None:
+        return self._read("works", work_id, Work)[0]
+
+    def get_work(self, work_id: str) -> Work:
+        work = self.find_work(work_id)
+        if work is None:
+            raise NotFound(f"no strategy {work_id!r}")
+        return work
+
+    def list_works(self) -> list[Work]:
+        return self._list("works", Work)
+
+    def update_work(self, work_id: str, update: WorkUpdate) -> Work:
+        def apply(current: Work | None, head: Head) -> Work | None:
+            if current is None:
+                raise NotFound(f"no strategy {work_id!r}")
+            return update(msgspec.structs.replace(current))  # a copy: a retried update starts clean
+
+        new, _ = self._cas("works", work_id, Work, apply, announce=_work_hint)
+        assert new is not None
+        return new
+
+    def remove_work(self, work_id: str) -> None:
+        last_epoch = 0
+
+        def gone(current: Work | None, head: Head) -> None:
+            nonlocal last_epoch
+            if current is None:
+                raise NotFound(f"no strategy {work_id!r}")
+            last_epoch = current.epoch
+            return None
+
+        self._cas("works", work_id, Work, gone, delete=True, announce=_work_hint)
+        # The state is forgotten with a stamp above every epoch the Work had, so a late write
+        # from any old child is refused, and a re-created Work starts above it (_epoch_floor).
+        self._stamp_state(work_id, last_epoch + 1, forget=True)
+
+    # ---- resources ----
+
+    def find_resource(self, worker_id: str) -> Resource | None:
+        return self._read("resources", worker_id, Resource)[0]
+
+    def list_resources(self) -> list[Resource]:
+        return self._list("resources", Resource)
+
+    def update_resource(
+        self, worker_id: str, update: Callable[[Resource | None], Resource | None], *, announce: bool = True
+    ) -> Resource | None:
+        def apply(current: Resource | None, head: Head) -> Resource | None:
+            return update(None if current is None else msgspec.structs.replace(current))
+
+        new, _ = self._cas(
+            "resources", worker_id, Resource, apply, announce=(lambda old, new: "") if announce else None
+        )
+        return new
+
+    def remove_resource(self, worker_id: str, only_if: Callable[[Resource], bool] | None = None) -> bool:
+        removed = False
+
+        def gone(current: Resource | None, head: Head) -> Resource | None:
+            nonlocal removed
+            removed = current is not None and (only_if is None or only_if(current))
+            if not removed:
+                raise _Unchanged
+            return None
+
+        try:
+            self._cas("resources", worker_id, Resource, gone, delete=True, announce=lambda old, new: "")
+        except _Unchanged:
+            return False
+        return removed
+
+    # ---- directors ----
+
+    def put_director(self, director: Director) -> None:
+        self._cas("directors", director.id, Director, lambda current, head: director)
+
+    def list_directors(self) -> list[Director]:
+        return self._list("directors", Director)
+
+    def remove_director(self, director_id: str) -> None:
+        try:
+            self._cas("directors", director_id, Director, _delete_existing, delete=True)
+        except _Unchanged:
+            pass
+
+    def find_leader(self) -> Leader | None:
+        return self._read("leases", "director", Leader)[0]
+
+    def update_leader(self, update: Callable[[Leader | None], Leader | None]) -> Leader | None:
+        new, _ = self._cas("leases", "director", Leader, lambda current, head: update(current))
+        return new
+
+    # ---- strategy state ----
+
+    def load_state(self, work_id: str) -> StrategyState | None:
+        record, _ = self._read("state", work_id, StrategyState)
+        return record
+
+    def save_state(self, work_id: str, epoch: int, state_json: bytes | None) -> StrategyState:
+        def write(current: StrategyState | None, head: Head) -> StrategyState:
+            if current is not None and current.epoch > epoch:
+                raise StaleWriter(f"state of {work_id!r} is held by epoch {current.epoch}, not {epoch}")
+            if state_json is None:
+                return StrategyState(epoch=epoch, state=current.state if current else NO_STATE)
+            return StrategyState(epoch=epoch, state=msgspec.Raw(state_json))
+
+        new, _ = self._cas("state", work_id, StrategyState, write)
+        assert new is not None
+        return new
+
+    def _stamp_state(self, work_id: str, epoch: int, *, forget: bool) -> None:
+        def stamp(current: StrategyState | None, head: Head) -> StrategyState:
+            floor = max(epoch, current.epoch + 1 if current else 0)
+            return StrategyState(epoch=floor, state=NO_STATE if forget or current is None else current.state)
+
+        try:
+            self._cas("state", work_id, StrategyState, stamp)
+        except CorruptRecord:
+            self._overwrite_corrupt_state(work_id, epoch)
+
+    def _overwrite_corrupt_state(self, work_id: str, epoch: int) -> None:
+        """Forgetting a state that does not decode: a new version on top, the bad one left in history."""
+        table = self._table("state")
+        head = table.head(work_id)
+        table.commit(work_id, head, _encode(StrategyState(epoch=max(epoch, head.version))))
+
+    # ---- blobs ----
+
+    def get_blob(self, kind: str, key: str) -> bytes | None:
+        return self._table(f"blobs.{check_id('blob', kind)}").head(check_id("blob", key)).data
+
+    def update_blob(self, kind: str, key: str, update: Callable[[bytes | None], bytes | None]) -> bytes | None:
+        table = self._table(f"blobs.{check_id('blob', kind)}")
+        check_id("blob", key)
+        for _ in range(CAS_ATTEMPTS):
+            head = table.head(key)
+            new = update(head.data)
+            if new is None:
+                return head.data
+            if table.commit(key, head, new):
+                return new
+        raise Conflict(f"blob {kind}/{key}: gave up after {CAS_ATTEMPTS} lost races")
+
+    # ---- the change feed ----
+
+    def changes_end(self) -> Cursor:
+        return self.feed.end()
+
+    def changes(self, cursor: Cursor) -> tuple[list[Change], Cursor, bool]:
+        return self.feed.read(cursor)
+
+    def records(self, kind: str, keys: Iterator[str] | list[str], cls: type[T]) -> dict[str, T | None]:
+        """Several records by key (None for gone ones), skipping and reporting corrupt ones."""
+        out: dict[str, T | None] = {}
+        for key in keys:
+            try:
+                out[key] = self._read(kind, key, cls)[0]
+            except CorruptRecord as e:
+                self._report_corrupt(kind, key, e)
+        return out
+
+
+class _Unchanged(Exception):
+    """Internal: a conditional delete found nothing to delete."""
+
+
+def _delete_existing(current: msgspec.Struct | None, head: Head) -> None:
+    if current is None:
+        raise _Unchanged
+    return None
+
+
+def _work_hint(old: Work | None, new: Work | None) -> str | None:
+    """The feed line for a Work commit: who must look (its worker), or None when nobody must.
+
+    Results a worker writes on every heartbeat (counts, times) wake nobody; a change of
+    what should run, where, or of the status does.
+    """
+    if old is not None and new is not None and _control(old) == _control(new) and old.result.status == new.result.status:
+        return None
+    current = new or old
+    if current is None or current.assignment is None:
+        return "" if old is None or old.assignment is None else old.assignment.worker
+    return current.assignment.worker
+
+
+def _control(work: Work) -> tuple[Any, ...]:
+    return (work.desired, work.epoch, work.assignment, work.spec, work.created)
+
+
+__all__ = ["ABSENT", "Change", "Cursor", "Store", "TableStore", "check_id", "decode"]

@@ -1,0 +1,210 @@
+"""Lock-free records on a plain filesystem: a directory per record, a file per version.
+
+A record ``KEY`` of a kind lives in ``KIND/KEY/`` as files named by their
+version, ``000000000007``. Each file is one header line, then the record::
+
+    {"v":7,"n":"<nonce>","p":"<nonce of version 6>","gone":false}
+    {...the record, msgspec JSON...}
+
+The head is the highest version. A commit is a compare-and-swap on it: read
+version v, write the new content to a private temporary file (every byte,
+then fsync), and ``link`` it to the name of version v+1. link(2) never
+replaces a name, so of two writers from v exactly one succeeds; the other gets
+EEXIST, re-reads and decides again. Then the directory is fsynced, so a
+committed version survives a power cut. A writer stopped at any instruction
+holds nothing anyone else waits for: its temporary file is private.
+
+Old versions are pruned (the last KEEP stay), which frees their names. A
+writer that read version v long ago could then link v+1 after v+1 was pruned,
+under a newer head. So after linking, a writer checks that its version is the
+head, or that the next version names it as its predecessor (``p``). If
+neither (or the next one is already pruned too) its version is not part of
+the history: the writer reports a conflict and re-applies its update on the
+new head. Update functions must therefore be safe to apply again to a newer
+record, which every update in quantlab is (they set values, or bump a number
+once per decision they re-check).
+
+Deleting writes a tombstone version (``gone``), so the history of an id, and
+with it every fencing token ever handed out for it, survives a delete and a
+re-create.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+
+from quantlab.errors import CorruptRecord
+
+#: Versions kept per record; older ones are pruned after each commit.
+KEEP = 4
+#: Reads retried when the head was pruned between listing and opening it.
+READ_RETRIES = 50
+_WIDTH = 12
+
+
+class Head(NamedTuple):
+    """A record's current version as read: ``data`` None when absent (never written, or deleted)."""
+
+    version: int
+    data: bytes | None
+    nonce: str = ""
+
+
+ABSENT = Head(0, None, "")
+
+
+class _Header(msgspec.Struct):
+    v: int
+    n: str
+    p: str = ""
+    gone: bool = False
+
+
+_decode_header = msgspec.json.Decoder(_Header).decode
+_encode = msgspec.json.encode
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written: a short write (a full disk) raises, never truncates."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(f"write returned {written}")
+        view = view[written:]
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Create ``path`` (which must not exist) with every byte of ``data``, fsynced; no file on error."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_file(path: Path | str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _name(version: int) -> str:
+    return f"{version:0{_WIDTH}d}"
+
+
+def _versions(folder: Path) -> list[int]:
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    return [int(n) for n in names if n.isdigit()]
+
+
+class VersionedDir:
+    """The records of one kind: ``root/KEY/VERSION``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def folder(self, key: str) -> Path:
+        return self.root / key
+
+    def keys(self) -> list[str]:
+        return [n for n in os.listdir(self.root) if not n.startswith(".")]
+
+    def head(self, key: str) -> Head:
+        """The highest version of ``key``; CorruptRecord when its file does not parse."""
+        folder = f"{self.root}/{key}"  # plain strings: this runs once per record in a full pass
+        for _ in range(READ_RETRIES):
+            try:
+                names = [n for n in os.listdir(folder) if n.isdigit()]
+            except FileNotFoundError:
+                return ABSENT
+            if not names:
+                return ABSENT
+            path = f"{folder}/{max(names)}"  # fixed-width names: the highest sorts last
+            try:
+                raw = read_file(path)
+            except FileNotFoundError:
+                continue  # pruned after a newer commit while we looked: look again
+            header, data = _parse(path, raw)
+            return Head(header.v, None if header.gone else data, header.n)
+        raise CorruptRecord(f"{folder}: the head kept vanishing while read")
+
+    def commit(self, key: str, base: Head, data: bytes | None) -> bool:
+        """Write ``data`` (None: a tombstone) as version base.version + 1; False if another writer won."""
+        folder = self.folder(key)
+        self._ensure(folder)
+        version = base.version + 1
+        nonce = os.urandom(8).hex()
+        header = _encode(_Header(v=version, n=nonce, p=base.nonce, gone=data is None))
+        tmp = folder / f".tmp-{os.getpid()}-{nonce}"
+        write_durable(tmp, header + b"\n" + (data or b""))
+        try:
+            os.link(tmp, folder / _name(version))
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        fsync_dir(folder)
+        if not self._in_history(folder, version, nonce):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / _name(version))
+            return False
+        self._prune(folder, version)
+        return True
+
+    def _ensure(self, folder: Path) -> None:
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            return
+        fsync_dir(self.root)  # the new record's directory must survive a power cut too
+
+    def _in_history(self, folder: Path, version: int, nonce: str) -> bool:
+        """Whether our freshly linked ``version`` is the head, or the next version was built on it."""
+        if max(_versions(folder)) == version:
+            return True
+        path = folder / _name(version + 1)
+        try:
+            header, _ = _parse(path, read_file(path))
+        except (FileNotFoundError, CorruptRecord):
+            return False
+        return header.p == nonce
+
+    def _prune(self, folder: Path, version: int) -> None:
+        for old in _versions(folder):
+            if old <= version - KEEP:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder / _name(old))
+
+
+def _parse(path: Path | str, raw: bytes) -> tuple[_Header, bytes]:
+    line, sep, data = raw.partition(b"\n")
+    try:
+        header = _decode_header(line)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise CorruptRecord(f"{path}: bad header: {e}") from None
+    if not sep or header.v != int(os.path.basename(path)):
+        raise CorruptRecord(f"{path}: header does not match the file")
+    return header, data

@@ -1,0 +1,314 @@
+"""The Store contract: one suite, run against every store (file, memory; PostgreSQL joins later)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import msgspec
+import pytest
+
+from quantlab.errors import Conflict, CorruptRecord, NotFound, StaleWriter
+from quantlab.pool import vfiles
+from quantlab.pool.filestore import FileStore
+from quantlab.pool.memstore import MemoryStore
+from quantlab.pool.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
+from quantlab.pool.store import Store, TableStore
+
+STORES = ["file", "memory"]
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TableStore]:
+    made: TableStore = FileStore(tmp_path / "store") if request.param == "file" else MemoryStore()
+    yield made
+    made.close()
+
+
+def work(work_id: str = "s", **changes: object) -> Work:
+    return Work(id=work_id, spec=StrategySpec(file="/s.py"), **changes)  # type: ignore[arg-type]
+
+
+def resource(worker_id: str = "w1", instance: str = "i1") -> Resource:
+    return Resource(id=worker_id, spec=WorkerSpec(name=worker_id, region="JP", host="h", pid=1, instance=instance))
+
+
+def bump(field: str) -> Callable[[Work], Work]:
+    def update(w: Work) -> Work:
+        setattr(w.result, field, getattr(w.result, field) + 1)
+        return w
+
+    return update
+
+
+# ---- records ----
+
+
+def test_add_get_list_update_remove(store: Store) -> None:
+    store.add_work(work("a"))
+    store.add_work(work("b"))
+    with pytest.raises(Conflict):
+        store.add_work(work("a"))
+    assert [w.id for w in store.list_works()] == ["a", "b"]
+    updated = store.update_work("a", lambda w: setattr(w, "desired", "stopped") or w)
+    assert updated.desired == "stopped" and store.get_work("a").desired == "stopped"
+    assert store.update_work("a", lambda w: None).desired == "stopped"  # None: nothing written
+    store.remove_work("a")
+    assert store.find_work("a") is None and [w.id for w in store.list_works()] == ["b"]
+    with pytest.raises(NotFound):
+        store.get_work("a")
+    with pytest.raises(NotFound):
+        store.update_work("a", lambda w: w)
+    with pytest.raises(NotFound):
+        store.remove_work("a")
+
+
+def test_a_refused_update_writes_nothing(store: Store) -> None:
+    store.add_work(work())
+
+    def refuse(w: Work) -> Work:
+        w.desired = "stopped"
+        raise StaleWriter("not yours")
+
+    with pytest.raises(StaleWriter):
+        store.update_work("s", refuse)
+    assert store.get_work("s").desired == "running"
+
+
+def test_concurrent_updates_from_threads_lose_nothing(store: Store) -> None:
+    store.add_work(work())
+    threads = [threading.Thread(target=lambda: [store.update_work("s", bump("restarts")) for _ in range(50)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_work("s").result.restarts == 200
+
+
+def test_epochs_are_never_reused_across_remove_and_recreate(store: Store) -> None:
+    store.add_work(work())
+    for _ in range(3):
+        store.update_work("s", lambda w: setattr(w, "epoch", w.epoch + 1) or w)
+    old_epoch = store.get_work("s").epoch
+    store.remove_work("s")
+    again = store.add_work(work())
+    assert again.epoch >= old_epoch  # the next epoch handed out (epoch + 1) is new
+
+
+def test_unknown_fields_are_ignored(store: Store) -> None:
+    store.add_work(work())
+    store.update_work("s", lambda w: w)
+    assert store.get_work("s").spec.file == "/s.py"
+
+
+# ---- resources and the leader lease ----
+
+
+def test_resource_compare_and_swap_and_conditional_remove(store: Store) -> None:
+    store.update_resource("w1", lambda current: resource())
+    assert store.find_resource("w1") is not None
+    taken = store.update_resource("w1", lambda current: None if current and current.spec.instance == "i1" else resource())
+    assert taken is not None and taken.spec.instance == "i1"
+    assert not store.remove_resource("w1", lambda r: r.spec.instance == "someone else")
+    assert store.find_resource("w1") is not None
+    assert store.remove_resource("w1", lambda r: r.spec.instance == "i1")
+    assert store.find_resource("w1") is None and store.list_resources() == []
+    assert not store.remove_resource("w1")
+
+
+def test_leader_lease_is_one_record(store: Store) -> None:
+    assert store.find_leader() is None
+    store.update_leader(lambda current: Leader(director="d1", epoch=1) if current is None else None)
+    store.update_leader(lambda current: Leader(director="d2", epoch=1) if current is None else None)
+    leader = store.find_leader()
+    assert leader is not None and leader.director == "d1"
+
+
+# ---- state ----
+
+
+def test_state_is_fenced_by_epoch(store: Store) -> None:
+    store.save_state("s", 1, b'{"n":1}')
+    store.save_state("s", 2, None)  # a new owner stamps it before its first tick
+    with pytest.raises(StaleWriter):
+        store.save_state("s", 1, b'{"n":0}')
+    record = store.load_state("s")
+    assert record is not None and record.epoch == 2 and bytes(record.state) == b'{"n":1}'
+    store.save_state("s", 2, b'{"n":2}')
+    record = store.load_state("s")
+    assert record is not None and bytes(record.state) == b'{"n":2}'
+
+
+def test_remove_forgets_the_state_and_refuses_every_old_epoch(store: Store) -> None:
+    store.add_work(work())
+    w = store.update_work("s", lambda w: setattr(w, "epoch", 5) or w)
+    store.save_state("s", w.epoch, b'{"n":9}')
+    store.remove_work("s")
+    with pytest.raises(StaleWriter):
+        store.save_state("s", w.epoch, b'{"n":10}')  # the old child's last write
+    again = store.add_work(work())
+    claimed = store.save_state("s", again.epoch + 1, None)
+    assert claimed.empty
+
+
+# ---- the change feed ----
+
+
+def test_the_feed_names_control_changes_not_heartbeat_counts(store: Store) -> None:
+    cursor = store.changes_end()
+    store.add_work(work())
+    store.update_work("s", lambda w: setattr(w, "assignment", Assignment(worker="w1", epoch=1)) or w)
+    store.update_work("s", bump("heartbeats"))  # a worker's routine report: wakes nobody
+    changes, cursor, lost = store.changes(cursor)
+    assert not lost
+    assert [(c.kind, c.key, c.worker) for c in changes] == [("works", "s", ""), ("works", "s", "w1")]
+    assert store.changes(cursor)[0] == []
+
+
+# ---- file store only: processes, pauses, disks ----
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+def _hammer(root: str, n: int) -> None:
+    s = FileStore(Path(root))
+    for _ in range(n):
+        s.update_work("s", bump("restarts"))
+
+
+def test_concurrent_updates_from_processes_lose_nothing(files: FileStore) -> None:
+    files.add_work(work())
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(str(files.root), 40)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert files.get_work("s").result.restarts == 160
+
+
+def _stop_inside(root: str, where: str) -> None:
+    """Update the Work, stopping ourselves (SIGSTOP) at ``where`` in the middle of the commit."""
+    s = FileStore(Path(root))
+    stops = [where]
+
+    def stop_once(at: str) -> None:
+        if at in stops:  # the first time only: the retry after losing the race goes through
+            stops.remove(at)
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    real = vfiles.write_durable
+
+    def write_then_stop(path: Path, data: bytes) -> None:
+        real(path, data)
+        stop_once("after-tmp")
+
+    vfiles.write_durable = write_then_stop  # type: ignore[assignment]
+
+    def update(w: Work) -> Work:
+        stop_once("after-read")
+        w.result.restarts += 1000
+        return w
+
+    s.update_work("s", update)
+
+
+@pytest.mark.parametrize("where", ["after-read", "after-tmp"])
+def test_a_writer_stopped_mid_commit_delays_nobody_and_loses_nothing(files: FileStore, where: str) -> None:
+    files.add_work(work())
+    ctx = multiprocessing.get_context("fork")
+    paused = ctx.Process(target=_stop_inside, args=(str(files.root), where))
+    paused.start()
+    try:
+        _wait_stopped(paused.pid or 0)
+        began = time.monotonic()
+        for _ in range(20):
+            files.update_work("s", bump("restarts"))  # nobody waits for the stopped writer
+        other = FileStore(files.root)
+        other.add_work(work("t"))
+        assert time.monotonic() - began < 5
+    finally:
+        os.kill(paused.pid or 0, signal.SIGCONT)
+        paused.join(30)
+    assert paused.exitcode == 0
+    assert files.get_work("s").result.restarts == 1020  # its update re-applied on top, none lost
+
+
+def _wait_stopped(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.01)
+    raise AssertionError("the writer never stopped")
+
+
+def test_a_stale_writer_cannot_commit_under_a_pruned_history(files: FileStore) -> None:
+    files.add_work(work())
+    table = files._table("works")
+    stale = table.head("s")
+    for _ in range(vfiles.KEEP + 2):
+        files.update_work("s", bump("restarts"))  # prunes the version after `stale`
+    assert not table.commit("s", stale, msgspec.json.encode(work()))
+    assert files.get_work("s").result.restarts == vfiles.KEEP + 2
+
+
+def test_a_full_disk_fails_loudly_and_keeps_the_record(files: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    files.add_work(work())
+    files.save_state("s", 1, b'{"n":1}')
+    real_write = os.write
+
+    def short_then_enospc(fd: int, data: bytes) -> int:
+        if len(data) > 20:
+            return real_write(fd, bytes(data)[:10])  # a short write, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", short_then_enospc)
+    with pytest.raises(OSError):
+        files.update_work("s", bump("restarts"))
+    with pytest.raises(OSError):
+        files.save_state("s", 1, b'{"n":2}')
+    monkeypatch.undo()
+    assert files.get_work("s").result.restarts == 0
+    record = files.load_state("s")
+    assert record is not None and bytes(record.state) == b'{"n":1}'
+    leftovers = [p for p in files.root.rglob(".tmp-*")]
+    assert leftovers == []
+    assert not [e for e in files.read_events()[0] if e.kind == "quarantined"]
+
+
+def test_a_record_that_does_not_decode_is_reported_never_replaced(files: FileStore) -> None:
+    files.add_work(work("good"))
+    files.add_work(work("bad"))
+    head = files._table("works").head("bad")
+    files._table("works").commit("bad", head, b"{not json")
+    assert [w.id for w in files.list_works()] == ["good"]
+    assert [e.detail.split(":")[0] for e in files.read_events()[0] if e.kind == "quarantined"] == ["works/bad"]
+    with pytest.raises(CorruptRecord):
+        files.get_work("bad")
+    files.save_state("s", 1, b'{"n":1}')
+    files._table("state").commit("s", files._table("state").head("s"), b'{"epoch": "x"}')
+    with pytest.raises(CorruptRecord):
+        files.load_state("s")
+
+
+def test_old_flat_stores_are_migrated(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    (root / "works").mkdir(parents=True)
+    (root / "state").mkdir()
+    (root / "works" / "s.json").write_bytes(msgspec.json.encode(work()))
+    (root / "state" / "s.json").write_bytes(b'{"n": 3}')
+    store = FileStore(root)
+    assert store.get_work("s").spec.file == "/s.py"
+    record = store.load_state("s")
+    assert record is not None and msgspec.json.decode(record.state) == {"n": 3}
