@@ -2,9 +2,15 @@
 
 Its lifecycle mirrors the other layers: `st_director_init`, then
 `st_director_heartbeat` every tick (and whenever the store changes), then
-`st_director_exit`. A heartbeat is three named steps: expire workers whose
-lease ran out, place what is unplaced, settle stopped works. It never moves a
+`st_director_exit`. A heartbeat first renews (or claims) the leadership lease;
+a leader then runs named steps: refresh its view of the Works from the change
+feed, watch the workers' leases, expire the lost ones, release what lost
+workers held, place what is unplaced, settle stopped works. It never moves a
 running strategy on its own accord.
+
+Every write is a compare-and-swap that re-checks its decision on the record it
+lands on and stamps the leader's term; a write from an older term, or made
+after our leadership ran out on our own clock, is refused.
 """
 
 from __future__ import annotations
@@ -16,17 +22,24 @@ import time
 from typing import Callable
 
 from quantlab.config import Paths
-from quantlab.errors import QuantlabError
+from quantlab.errors import NotFound, QuantlabError, StaleWriter
 from quantlab.logsetup import process_logger
+from quantlab.pool.leadership import Leadership
+from quantlab.pool.leases import LeaseWatch
 from quantlab.pool.open import open_store
 from quantlab.pool.placement import assigned_counts, choose_worker
-from quantlab.pool.records import Assignment, Director, ExitReason, Work
+from quantlab.pool.records import Assignment, Director, ExitReason, Resource, StrategyStatus, Work
 from quantlab.pool.store import Store
+from quantlab.pool.view import WorkView
 from quantlab.pool.workpool import WorkPool
 from quantlab.signals import StopRequest
 
-#: Seconds between checks of the store's change token while waiting for the next tick.
+#: Seconds between checks of the change feed while waiting for the next tick.
 CHANGE_POLL = 0.02
+
+
+class NotLeading(StaleWriter):
+    """Our leadership ran out (on our own clock) before this write: it is not made."""
 
 
 class DirectorLoop:
@@ -38,6 +51,7 @@ class DirectorLoop:
         lease_ttl: float = 10.0,
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.time,
+        mono: Callable[[], float] = time.monotonic,
         director_id: str | None = None,
     ) -> None:
         self.store = store
@@ -46,13 +60,20 @@ class DirectorLoop:
         self.lease_ttl = lease_ttl
         self.log = log or logging.getLogger("quantlab.director")
         self.clock = clock
-        now = clock()
+        self.mono = mono
         self.record = Director(
             id=director_id or f"{socket.gethostname()}-{os.getpid()}",
             host=socket.gethostname(),
             pid=os.getpid(),
-            started=now,
+            started=clock(),
         )
+        self.lead = Leadership(store, self.record.id, lease_ttl, clock=clock, mono=mono)
+        self.view = WorkView(store, mono=mono)
+        self.resources: dict[str, Resource] = {}
+        self.workers = LeaseWatch()
+        self.directors = LeaseWatch()
+        self.looking_at: list[str] = []  #: the Work ids this heartbeat's steps look at
+        self.unplaced: set[str] = set()  #: Works that want a worker and have none
 
     @property
     def leading(self) -> bool:
@@ -61,74 +82,164 @@ class DirectorLoop:
     # ---- lifecycle ----
 
     def st_director_init(self) -> None:
-        self._take_lead_if_free()
+        self._lead_or_stand_by()
         self._publish(self.clock())
         self.log.info("director %s started as %s", self.record.id, self.record.role)
 
-    def st_director_heartbeat(self, now: float) -> None:
-        if not self.leading:
-            self._take_lead_if_free()
+    def st_director_heartbeat(self, now: float, *, renew: bool = True) -> None:
+        """One heartbeat: ``renew`` on the timer (lease and every Work looked at), False on a change."""
+        if renew or not self.leading:
+            self._lead_or_stand_by()
         if self.leading:
-            self.expire_workers(now)
-            self.place_works(now)
-            self.settle_stopped(now)
-            self.forget_directors(now)
-        self._publish(now)
+            try:
+                self.refresh()
+                self.expire_workers()
+                self.release_orphans()
+                self.place_works(now)
+                self.settle_stopped(now)
+                if renew:
+                    self.forget_directors()
+            except NotLeading:
+                self.log.warning("leadership ran out during a heartbeat: standing by")
+                self._lead_or_stand_by()
+        if renew:
+            self._publish(now)
 
     def st_director_exit(self, reason: ExitReason) -> None:
         self.log.info("director %s exiting: %s", self.record.id, reason.type)
         self.store.remove_director(self.record.id)
         if self.leading:
-            self.store.release_lead()
+            self.lead.release()
             self.pool.event("director_stopped", detail=self.record.id)
+
+    def wants_heartbeat(self) -> bool:
+        """Something changed in the store that a leader should look at now."""
+        return self.leading and self.view.dirty()
 
     # ---- heartbeat steps ----
 
-    def expire_workers(self, now: float) -> None:
-        """Workers whose lease ran out are gone; their works go back to placement at epoch + 1."""
+    def refresh(self) -> None:
+        """Re-read the Works that changed, and every worker record (one per worker, few)."""
+        fresh = self.view.refresh()
         resources = {r.id: r for r in self.store.list_resources()}
-        for resource in list(resources.values()):
-            if resource.state.lease_expires <= now:
-                self.store.remove_resource(resource.id)
-                del resources[resource.id]
+        joined_or_left = set(resources) != set(self.resources)
+        self.resources = resources
+        mono = self.mono()
+        for r in resources.values():
+            self.workers.observe(r.id, (r.spec.instance, r.state.renewals), mono)
+        self.workers.keep_only(set(resources))
+        if fresh.full or fresh.others or joined_or_left:
+            self.looking_at = list(self.view.works)
+        else:
+            self.looking_at = [i for i in fresh.changed if i in self.view.works]
+        self._track_unplaced(fresh.full)
+
+    def _track_unplaced(self, full: bool) -> None:
+        """Keep the set of Works waiting for a worker, so a freed place retries only those."""
+        if full:
+            self.unplaced = {i for i, w in self.view.works.items() if _wants_a_worker(w)}
+            return
+        freed = False
+        for work_id in self.looking_at:
+            work = self.view.works.get(work_id)
+            if work is not None and _wants_a_worker(work):
+                self.unplaced.add(work_id)
+            else:
+                freed |= work_id not in self.unplaced and (work is None or work.assignment is None)
+                self.unplaced.discard(work_id)
+        if freed:  # a place may have come free: everything waiting gets another look
+            self.looking_at = list(dict.fromkeys([*self.looking_at, *self.unplaced]))
+
+    def _looked_at(self) -> list[Work]:
+        return [w for i in self.looking_at if (w := self.view.works.get(i)) is not None]
+
+    def expire_workers(self) -> None:
+        """Workers whose lease stopped moving for a lease plus the margin are gone."""
+        mono = self.mono()
+        for resource in list(self.resources.values()):
+            if not self.workers.expired(resource.id, resource.spec.lease_ttl, mono):
+                continue
+            token = self.workers.token(resource.id)
+            self._check_lead()
+            if self.store.remove_resource(resource.id, lambda r: (r.spec.instance, r.state.renewals) == token):
                 self.pool.event("worker_lost", worker=resource.id, detail="lease expired")
                 self.log.warning("worker %s lost: lease expired", resource.id)
-        for work in self.store.list_works():
-            if work.assignment is not None and work.assignment.worker not in resources:
+            del self.resources[resource.id]
+            self.workers.forget(resource.id)
+            self.looking_at = list(self.view.works)  # its works are orphans now
+
+    def release_orphans(self) -> None:
+        """Works assigned to a worker that is gone go back to placement at epoch + 1."""
+        for work in self._looked_at():
+            if work.assignment is not None and work.assignment.worker not in self.resources:
                 self._unassign(work.id, work.assignment, f"worker {work.assignment.worker} lost")
 
     def place_works(self, now: float) -> None:
-        works = self.store.list_works()
-        resources = self.store.list_resources()
-        counts = assigned_counts(works)
+        works = [w for w in self._looked_at() if _wants_a_worker(w)]
+        if not works:
+            return
+        resources = list(self.resources.values())
+        counts = assigned_counts(list(self.view.works.values()))
         for work in works:
-            if work.desired != "running" or work.assignment is not None or work.result.status == "failed":
-                continue
-            choice = choose_worker(work, resources, counts, now)
+            choice = choose_worker(work, resources, counts)
             if choice.worker is None:
                 self._mark_pending(work, choice.reason)
                 continue
-            counts[choice.worker] += 1
-            self._assign(work.id, choice.worker)
+            if self._assign(work.id, choice.worker):
+                counts[choice.worker] += 1
+                self.unplaced.discard(work.id)
 
     def settle_stopped(self, now: float) -> None:
         """A stop asked for a Work that no worker runs is done at once."""
-        for work in self.store.list_works():
+        for work in self._looked_at():
             if work.desired == "stopped" and work.assignment is None and work.result.status not in ("stopped", "failed"):
                 self._set_status(work.id, "stopped", "stopped by operator")
 
-    def forget_directors(self, now: float) -> None:
-        """Drop the records of directors not seen for lease_ttl (killed ones never say goodbye)."""
-        for director in self.store.list_directors():
-            if director.id != self.record.id and director.last_seen < now - self.lease_ttl:
+    def forget_directors(self) -> None:
+        """Drop the records of directors that stopped publishing (killed ones never say goodbye)."""
+        mono = self.mono()
+        directors = self.store.list_directors()
+        for director in directors:
+            self.directors.observe(director.id, director.last_seen, mono)
+            if director.id != self.record.id and self.directors.expired(director.id, self.lease_ttl, mono):
                 self.store.remove_director(director.id)
+                self.directors.forget(director.id)
                 self.pool.event("director_lost", detail=director.id)
+        self.directors.keep_only({d.id for d in directors})
 
-    # ---- store writes ----
+    # ---- store writes: fenced by our term ----
 
-    def _assign(self, work_id: str, worker_id: str) -> None:
+    def _check_lead(self) -> None:
+        if not self.lead.leading:
+            raise NotLeading("leadership lease ran out")
+
+    def _fenced(self, work: Work) -> Work:
+        """Refuse to write over a newer leader's write; stamp ours."""
+        self._check_lead()
+        term = self.lead.term or 0
+        if work.leader_epoch > term:
+            raise NotLeading(f"work {work.id} was written by director term {work.leader_epoch}, ours is {term}")
+        work.leader_epoch = term
+        return work
+
+    def _write(self, work_id: str, update: Callable[[Work], Work | None]) -> Work | None:
+        """One fenced write; None when the Work is gone. The view keeps what landed."""
+        def fenced(work: Work) -> Work | None:
+            new = update(work)
+            return None if new is None else self._fenced(new)
+
+        try:
+            work = self.store.update_work(work_id, fenced)
+        except NotFound:
+            work = None
+        self.view.works.pop(work_id, None)
+        if work is not None:
+            self.view.works[work_id] = work
+        return work
+
+    def _assign(self, work_id: str, worker_id: str) -> bool:
         def assign(work: Work) -> Work | None:
-            if work.assignment is not None or work.desired != "running":
+            if work.assignment is not None or work.desired != "running" or work.result.status == "failed":
                 return None  # changed since we read it
             work.epoch += 1
             work.assignment = Assignment(worker=worker_id, epoch=work.epoch)
@@ -137,10 +248,12 @@ class DirectorLoop:
             work.result.updated = self.clock()
             return work
 
-        work = self.store.update_work(work_id, assign)
-        if work.assignment is not None and work.assignment.worker == worker_id:
-            self.pool.event("assigned", strategy=work_id, worker=worker_id, detail=f"epoch {work.epoch}")
-            self.log.info("assigned %s to %s (epoch %d)", work_id, worker_id, work.epoch)
+        work = self._write(work_id, assign)
+        if work is None or work.assignment is None or work.assignment.worker != worker_id:
+            return False
+        self.pool.event("assigned", strategy=work_id, worker=worker_id, detail=f"epoch {work.epoch}")
+        self.log.info("assigned %s to %s (epoch %d)", work_id, worker_id, work.epoch)
+        return True
 
     def _unassign(self, work_id: str, assignment: Assignment, why: str) -> None:
         def unassign(work: Work) -> Work | None:
@@ -154,8 +267,9 @@ class DirectorLoop:
                 work.result.reason = f"{why}; waiting for placement"
             return work
 
-        self.store.update_work(work_id, unassign)
-        self.pool.event("reassigned", strategy=work_id, worker=assignment.worker, detail=why)
+        work = self._write(work_id, unassign)
+        if work is not None and work.assignment is None:
+            self.pool.event("reassigned", strategy=work_id, worker=assignment.worker, detail=why)
 
     def _mark_pending(self, work: Work, reason: str) -> None:
         if work.result.status == "pending" and work.result.reason == reason:
@@ -163,23 +277,35 @@ class DirectorLoop:
         self._set_status(work.id, "pending", reason)
         self.pool.event("pending", strategy=work.id, detail=reason)
 
-    def _set_status(self, work_id: str, status: str, reason: str) -> None:
+    def _set_status(self, work_id: str, status: StrategyStatus, reason: str) -> None:
         def put(work: Work) -> Work:
-            work.result.status = status  # type: ignore[assignment]
+            work.result.status = status
             work.result.reason = reason
             work.result.updated = self.clock()
             return work
 
-        self.store.update_work(work_id, put, notify=False)
+        self._write(work_id, put)
 
-    def _take_lead_if_free(self) -> None:
-        if self.store.try_lead():
-            self.record.role = "leader"
-            self.pool.event("director_leading", detail=self.record.id)
+    def _lead_or_stand_by(self) -> None:
+        was = self.record.role
+        self.record.role = "leader" if self.lead.heartbeat() else "standby"
+        if self.record.role == was:
+            return
+        if self.leading:
+            self.pool.event("director_leading", detail=f"{self.record.id} term {self.lead.term}")
+            self.log.info("leading (term %s)", self.lead.term)
+            self.view.next_full = 0.0  # a new leader starts from a full view
+        else:
+            self.log.warning("lost the leadership: standing by")
+            self.pool.event("director_standby", detail=self.record.id)
 
     def _publish(self, now: float) -> None:
         self.record.last_seen = now
         self.store.put_director(self.record)
+
+
+def _wants_a_worker(work: Work) -> bool:
+    return work.desired == "running" and work.assignment is None and work.result.status != "failed"
 
 
 def run_director(paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0) -> int:
@@ -188,18 +314,17 @@ def run_director(paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0) ->
     store = open_store(paths)
     loop = DirectorLoop(store, tick=tick, lease_ttl=lease_ttl, log=process_logger("quantlab.director", paths.director_log()))
     loop.st_director_init()
-    token = store.change_token()
     next_beat = 0.0
     while not stop.requested:
-        now = time.time()
-        changed = store.change_token() != token
-        if changed or now >= next_beat:
-            token = store.change_token()
+        mono = time.monotonic()
+        due = mono >= next_beat
+        if due or loop.wants_heartbeat():
             try:
-                loop.st_director_heartbeat(now)
+                loop.st_director_heartbeat(time.time(), renew=due)
             except (OSError, QuantlabError):
                 loop.log.exception("director heartbeat failed; trying again at the next one")
-            next_beat = now + tick
+            if due:
+                next_beat = mono + tick
         time.sleep(CHANGE_POLL)
     loop.st_director_exit(ExitReason(type="manual", message=f"signal {stop.signal_name}"))
     store.close()

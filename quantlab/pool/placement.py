@@ -1,10 +1,12 @@
 """Where a Work may run: a pure function of the works and the live workers.
 
-The director calls `choose_worker` for each unplaced Work. No I/O here, so the
+The director calls `choose_worker` for each unplaced Work with the workers
+whose lease it has not seen expire (it judges leases by watching them renew,
+see quantlab/pool/leases.py, never by comparing clocks). No I/O here, so the
 rules are unit-tested directly: region, account and pin must match, the worker
-must be alive and under `max_strategies`; among the eligible, the least loaded
-(fewest assigned strategies, then CPU) wins. No eligible worker: a reason a
-person can act on.
+must not be stopping and be under `max_strategies`; among the eligible, the
+least loaded (fewest assigned strategies, then CPU) wins. No eligible worker: a
+reason a person can act on.
 """
 
 from __future__ import annotations
@@ -21,17 +23,18 @@ class Choice(msgspec.Struct, frozen=True):
     reason: str = ""  #: why no worker was chosen
 
 
-def is_alive(resource: Resource, now: float) -> bool:
-    return resource.state.lease_expires > now and resource.state.status != "stopping"
+def takes_work(resource: Resource) -> bool:
+    return resource.state.status != "stopping"
 
 
 def assigned_counts(works: list[Work]) -> Counter[str]:
     return Counter(w.assignment.worker for w in works if w.assignment is not None)
 
 
-def choose_worker(work: Work, resources: list[Resource], counts: Counter[str], now: float) -> Choice:
+def choose_worker(work: Work, resources: list[Resource], counts: Counter[str]) -> Choice:
+    """``resources``: the workers that hold a live lease."""
     spec = work.spec
-    live = [r for r in resources if is_alive(r, now)]
+    live = [r for r in resources if takes_work(r)]
     if not live:
         return Choice(None, "no live worker: start one with `qlab worker start --region R`")
     candidates = live

@@ -3,15 +3,18 @@
 Writes about a running strategy are fenced: they carry the (worker, epoch) of
 the assignment they act under, and the store refuses them once the director
 has moved the Work on (StaleWriter), so a worker that lost its lease can never
-overwrite the new owner's record.
+overwrite the new owner's record. The strategy's state is fenced the same way,
+by the epoch stamped in the state record itself.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Any, Callable
 
-from quantlab.errors import NotFound, StaleWriter
+import msgspec
+
+from quantlab.errors import CorruptRecord, NotFound, StaleWriter
 from quantlab.pool.records import Assignment, Event, Resource, StrategyResult, Work, WorkerState
 from quantlab.pool.store import Store
 
@@ -24,14 +27,29 @@ class WorkPool:
     # ---- the seed's names ----
 
     def register_resource(self, resource: Resource) -> None:
-        self.store.put_resource(resource)
+        """Write our registration (the caller has checked that the id is ours to hold)."""
+        self.store.update_resource(resource.id, lambda current: resource)
 
-    def unregister_resource(self, worker_id: str) -> None:
-        self.store.remove_resource(worker_id)
+    def unregister_resource(self, worker_id: str, instance: str) -> None:
+        """Delete our registration, unless another process holds the id by now."""
+        self.store.remove_resource(worker_id, lambda r: r.spec.instance == instance)
 
-    def update_resource_state(self, resource: Resource, state: WorkerState) -> None:
-        resource.state = state
-        self.store.put_resource(resource)
+    def update_resource_state(self, resource: Resource, state: WorkerState) -> bool:
+        """Renew our lease with ``state``; False when the record is gone or held by someone else."""
+        renewed = False
+
+        def renew(current: Resource | None) -> Resource | None:
+            nonlocal renewed
+            renewed = current is not None and current.spec.instance == resource.spec.instance
+            if not renewed:
+                return None
+            state.renewals = current.state.renewals + 1  # type: ignore[union-attr]
+            return msgspec.structs.replace(resource, state=state)
+
+        self.store.update_resource(resource.id, renew, announce=False)
+        if renewed:
+            resource.state = state
+        return renewed
 
     def get_assigned_works(self, worker_id: str) -> list[Work]:
         return [w for w in self.store.list_works() if w.assignment and w.assignment.worker == worker_id]
@@ -41,9 +59,7 @@ class WorkPool:
 
     # ---- fenced reports from a worker ----
 
-    def report(
-        self, work_id: str, assignment: Assignment, update: Callable[[Work], None], *, notify: bool = False
-    ) -> Work:
+    def report(self, work_id: str, assignment: Assignment, update: Callable[[Work], None]) -> Work:
         """Apply ``update`` to the Work only while ``assignment`` is still its assignment."""
 
         def fenced(work: Work) -> Work:
@@ -53,7 +69,7 @@ class WorkPool:
             work.result.updated = self.clock()
             return work
 
-        return self.store.update_work(work_id, fenced, notify=notify)
+        return self.store.update_work(work_id, fenced)
 
     def report_result(self, work_id: str, assignment: Assignment, result: StrategyResult) -> bool:
         """Write a strategy's result; False when the write was fenced off or the Work is gone."""
@@ -66,6 +82,38 @@ class WorkPool:
         except (StaleWriter, NotFound):
             return False
         return True
+
+    # ---- fenced strategy state ----
+
+    def claim_state(self, work_id: str, epoch: int) -> dict[str, Any]:
+        """Stamp the strategy's state with ``epoch`` and return it (before its child's first tick).
+
+        From then on a write from an older epoch is refused. Raises StaleWriter when a
+        newer epoch already holds the state, CorruptRecord when the stored state does not
+        decode (the strategy must fail with that reason, never start from {}).
+        """
+        record = self.store.save_state(work_id, epoch, None)
+        if record.empty:
+            return {}
+        try:
+            state = msgspec.json.decode(record.state)
+        except msgspec.DecodeError as e:
+            raise CorruptRecord(f"the saved state of {work_id!r} does not decode: {e}") from None
+        if not isinstance(state, dict):
+            raise CorruptRecord(f"the saved state of {work_id!r} is not a JSON object")
+        return state
+
+    def save_state(self, work_id: str, epoch: int, state_json: bytes) -> None:
+        """Write the state as the holder of ``epoch``; StaleWriter when a newer epoch holds it."""
+        self.store.save_state(work_id, epoch, state_json)
+
+    def load_state(self, work_id: str) -> dict[str, Any]:
+        """The state as it is now, for people and tests: {} when there is none."""
+        record = self.store.load_state(work_id)
+        if record is None or record.empty:
+            return {}
+        value = msgspec.json.decode(record.state)
+        return value if isinstance(value, dict) else {}
 
     def event(self, kind: str, *, strategy: str | None = None, worker: str | None = None, detail: str = "") -> None:
         self.store.append_event(Event(ts=self.clock(), kind=kind, strategy=strategy, worker=worker, detail=detail))

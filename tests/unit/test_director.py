@@ -1,105 +1,199 @@
-"""The director's heartbeat, stepped with an injected clock on a real FileStore."""
+"""The director's heartbeat, stepped with injected clocks on the in-memory store."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
 from quantlab.pool.director import DirectorLoop
-from quantlab.pool.filestore import FileStore
+from quantlab.pool.memstore import MemoryStore
 from quantlab.pool.records import Assignment, ExitReason, Resource, StrategySpec, Work, WorkerSpec, WorkerState
+
+TTL = 10.0
 
 
 class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, now: float) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
 
 
+class Setup:
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.wall = Clock(1000.0)
+        self.mono = Clock(50.0)
+        self.director = self.new_director("d1")
+        self.director.st_director_init()
+
+    def new_director(self, name: str) -> DirectorLoop:
+        return DirectorLoop(self.store, clock=self.wall, mono=self.mono, director_id=name, lease_ttl=TTL)
+
+    def advance(self, seconds: float) -> None:
+        self.wall.now += seconds
+        self.mono.now += seconds
+
+    def beat(self, director: DirectorLoop | None = None) -> None:
+        (director or self.director).st_director_heartbeat(self.wall.now)
+
+    def worker(self, wid: str, cap: int = 5) -> None:
+        """Register a worker, or renew its lease."""
+        def put(current: Resource | None) -> Resource:
+            if current is not None:
+                current.state.renewals += 1
+                return current
+            return Resource(id=wid, spec=WorkerSpec(name=wid, region="JP", host="h", pid=1, max_strategies=cap,
+                                                    lease_ttl=TTL, instance=f"{wid}-1"), state=WorkerState())
+
+        self.store.update_resource(wid, put)
+
+    def work(self, wid: str = "s") -> Work:
+        return self.store.add_work(Work(id=wid, spec=StrategySpec(file="/s.py")))
+
+
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[FileStore, DirectorLoop, Clock]:
-    store = FileStore(tmp_path / "store")
-    clock = Clock()
-    director = DirectorLoop(store, clock=clock)
-    director.st_director_init()
-    return store, director, clock
+def lab() -> Setup:
+    return Setup()
 
 
-def add_worker(store: FileStore, wid: str, lease: float, cap: int = 5) -> None:
-    store.put_resource(
-        Resource(id=wid, spec=WorkerSpec(name=wid, region="JP", host="h", pid=1, max_strategies=cap),
-                 state=WorkerState(lease_expires=lease))
-    )
-
-
-def test_places_and_fences_with_epoch(setup: tuple[FileStore, DirectorLoop, Clock]) -> None:
-    store, director, clock = setup
-    add_worker(store, "w1", clock.now + 10)
-    store.add_work(Work(id="s", spec=StrategySpec(file="/s.py")))
-    director.st_director_heartbeat(clock.now)
-    work = store.get_work("s")
+def test_places_and_fences_with_epoch(lab: Setup) -> None:
+    lab.worker("w1")
+    lab.work()
+    lab.beat()
+    work = lab.store.get_work("s")
     assert work.assignment == Assignment(worker="w1", epoch=1)
-    assert work.result.status == "assigned"
+    assert work.result.status == "assigned" and work.leader_epoch == lab.director.lead.term
 
 
-def test_expired_worker_loses_its_works(setup: tuple[FileStore, DirectorLoop, Clock]) -> None:
-    store, director, clock = setup
-    add_worker(store, "w1", clock.now + 10)
-    store.add_work(Work(id="s", spec=StrategySpec(file="/s.py")))
-    director.st_director_heartbeat(clock.now)
-    assert store.get_work("s").assignment == Assignment(worker="w1", epoch=1)
-    add_worker(store, "w2", clock.now + 100)
-    clock.now += 50
-    director.st_director_heartbeat(clock.now)
-    moved = store.get_work("s")
+def test_a_silent_worker_loses_its_works_after_lease_plus_margin(lab: Setup) -> None:
+    lab.worker("w1")
+    lab.work()
+    lab.beat()
+    lab.worker("w2")
+    for _ in range(15):  # w2 renews every second, w1 stays silent
+        lab.advance(1.0)
+        lab.worker("w2")
+        lab.beat()
+        if lab.store.get_work("s").assignment != Assignment(worker="w1", epoch=1):
+            break
+    assert lab.mono.now - 50.0 > TTL * 1.2  # not before the lease plus the margin
+    moved = lab.store.get_work("s")
     assert moved.assignment == Assignment(worker="w2", epoch=3)  # 2 fenced off w1 when it was unassigned
-    assert store.find_resource("w1") is None
-    assert [e.kind for e in store.read_events()[0] if e.kind in ("worker_lost", "reassigned")] == ["worker_lost", "reassigned"]
+    assert lab.store.find_resource("w1") is None and lab.store.find_resource("w2") is not None
+    kinds = [e.kind for e in lab.store.read_events()[0] if e.kind in ("worker_lost", "reassigned")]
+    assert kinds == ["worker_lost", "reassigned"]
 
 
-def test_never_moves_a_running_strategy(setup: tuple[FileStore, DirectorLoop, Clock]) -> None:
-    store, director, clock = setup
-    add_worker(store, "busy", clock.now + 10, cap=5)
-    store.add_work(Work(id="s", spec=StrategySpec(file="/s.py")))
-    director.st_director_heartbeat(clock.now)
-    add_worker(store, "idle", clock.now + 10, cap=5)
-    director.st_director_heartbeat(clock.now)
-    assert store.get_work("s").assignment == Assignment(worker="busy", epoch=1)
+def test_a_wall_clock_jump_expires_nobody(lab: Setup) -> None:
+    lab.worker("w1")
+    lab.work()
+    lab.beat()
+    for _ in range(5):
+        lab.wall.now += 3600  # NTP, a resumed VM: the wall clock leaps, the monotonic one does not
+        lab.mono.now += 1.0
+        lab.worker("w1")
+        lab.beat()
+    assert lab.store.get_work("s").assignment == Assignment(worker="w1", epoch=1)
+    assert lab.store.find_resource("w1") is not None
 
 
-def test_pending_with_reason_and_stopped_settles(setup: tuple[FileStore, DirectorLoop, Clock]) -> None:
-    store, director, clock = setup
-    store.add_work(Work(id="s", spec=StrategySpec(file="/s.py")))
-    director.st_director_heartbeat(clock.now)
-    work = store.get_work("s")
+def test_never_moves_a_running_strategy(lab: Setup) -> None:
+    lab.worker("busy")
+    lab.work()
+    lab.beat()
+    lab.worker("idle")
+    lab.beat()
+    assert lab.store.get_work("s").assignment == Assignment(worker="busy", epoch=1)
+
+
+def test_pending_with_reason_and_stopped_settles(lab: Setup) -> None:
+    lab.work()
+    lab.beat()
+    work = lab.store.get_work("s")
     assert work.result.status == "pending" and "no live worker" in work.result.reason
-    store.update_work("s", lambda w: setattr(w, "desired", "stopped") or w)
-    director.st_director_heartbeat(clock.now)
-    assert store.get_work("s").result.status == "stopped"
+    lab.store.update_work("s", lambda w: setattr(w, "desired", "stopped") or w)
+    lab.beat()
+    assert lab.store.get_work("s").result.status == "stopped"
 
 
-def test_only_one_leader(setup: tuple[FileStore, DirectorLoop, Clock], tmp_path: Path) -> None:
-    store, director, clock = setup
-    standby = DirectorLoop(FileStore(tmp_path / "store"), clock=clock, director_id="standby")
+def test_a_recreated_work_never_reuses_an_epoch(lab: Setup) -> None:
+    lab.worker("w1")
+    lab.work()
+    lab.beat()
+    old = lab.store.get_work("s").assignment
+    assert old is not None
+    lab.store.remove_work("s")
+    lab.work()
+    lab.beat()
+    new = lab.store.get_work("s").assignment
+    assert new is not None and new.worker == "w1" and new.epoch > old.epoch
+
+
+def test_only_one_leader_and_a_clean_exit_hands_over_at_once(lab: Setup) -> None:
+    standby = lab.new_director("d2")
     standby.st_director_init()
-    assert director.leading and not standby.leading
-    add_worker(store, "w1", clock.now + 10)
-    store.add_work(Work(id="s", spec=StrategySpec(file="/s.py")))
-    standby.st_director_heartbeat(clock.now)
-    assert store.get_work("s").assignment is None
-    director.st_director_exit(ExitReason(type="manual"))
-    standby.st_director_heartbeat(clock.now)
-    assert standby.leading and store.get_work("s").assignment is not None
+    assert lab.director.leading and not standby.leading
+    lab.worker("w1")
+    lab.work()
+    lab.beat(standby)
+    assert lab.store.get_work("s").assignment is None
+    lab.director.st_director_exit(ExitReason(type="manual"))
+    lab.beat(standby)
+    assert standby.leading and lab.store.get_work("s").assignment is not None
 
 
-def test_forgets_directors_that_died_silently(setup: tuple[FileStore, DirectorLoop, Clock], tmp_path: Path) -> None:
-    store, director, clock = setup
-    dead = DirectorLoop(FileStore(tmp_path / "store"), clock=clock, director_id="dead")
+def test_a_paused_leader_is_replaced_and_steps_down_without_writing(lab: Setup) -> None:
+    standby = lab.new_director("d2")
+    standby.st_director_init()
+    lab.worker("w1")
+    first_term = lab.director.lead.term
+    for _ in range(13):  # the leader is paused: only the standby beats
+        lab.advance(1.0)
+        lab.worker("w1")
+        lab.beat(standby)
+    assert standby.leading and standby.lead.term == (first_term or 0) + 1
+    lab.work()
+    lab.beat(standby)
+    placed = lab.store.get_work("s")
+    assert placed.assignment is not None and placed.leader_epoch == standby.lead.term
+    lab.store.update_work("s", lambda w: setattr(w, "desired", "stopped") or w)
+    before = lab.store.get_work("s")
+    lab.beat()  # the old leader resumes: it finds itself deposed and writes nothing
+    assert not lab.director.leading
+    assert lab.store.get_work("s") == before
+
+
+def test_a_write_from_an_older_term_is_refused(lab: Setup) -> None:
+    lab.worker("w1")
+    lab.work()
+    lab.store.update_work("s", lambda w: setattr(w, "leader_epoch", 99) or w)  # a newer leader wrote it
+    lab.beat()
+    assert lab.store.get_work("s").assignment is None
+
+
+def test_forgets_directors_that_died_silently(lab: Setup) -> None:
+    dead = lab.new_director("dead")
     dead.st_director_init()
-    assert len(store.list_directors()) == 2
-    clock.now += director.lease_ttl + 1
-    director.st_director_heartbeat(clock.now)
-    assert [d.id for d in store.list_directors()] == [director.record.id]
+    assert len(lab.store.list_directors()) == 2
+    for _ in range(14):
+        lab.advance(1.0)
+        lab.beat()
+    assert [d.id for d in lab.store.list_directors()] == ["d1"]
+
+
+def test_a_freed_place_goes_to_a_waiting_work_at_once(lab: Setup) -> None:
+    lab.worker("w1", cap=1)
+    lab.work("a")
+    lab.beat()
+    lab.work("b")
+    lab.beat()
+    assert "full" in lab.store.get_work("b").result.reason
+
+    def released(w: Work) -> Work:  # what the worker writes when a stop completes
+        w.assignment, w.desired, w.result.status = None, "stopped", "stopped"
+        return w
+
+    lab.store.update_work("a", released)
+    lab.director.st_director_heartbeat(lab.wall.now, renew=False)  # a change-driven heartbeat, no full pass
+    assert lab.store.get_work("b").assignment == Assignment(worker="w1", epoch=1)

@@ -22,38 +22,40 @@ def work(region: str | None = None, pin: str | None = None, accounts: tuple[str,
 
 
 def test_least_loaded_wins() -> None:
-    choice = choose_worker(work(), [worker("a"), worker("b")], Counter({"a": 1}), NOW)
+    choice = choose_worker(work(), [worker("a"), worker("b")], Counter({"a": 1}))
     assert choice.worker == "b"
 
 
 def test_cpu_breaks_ties() -> None:
-    choice = choose_worker(work(), [worker("a", cpu=50), worker("b", cpu=5)], Counter(), NOW)
+    choice = choose_worker(work(), [worker("a", cpu=50), worker("b", cpu=5)], Counter())
     assert choice.worker == "b"
 
 
 def test_no_live_worker() -> None:
-    choice = choose_worker(work(), [worker("a", lease=NOW - 1)], Counter(), NOW)
+    stopping = worker("a")
+    stopping.state.status = "stopping"
+    choice = choose_worker(work(), [stopping], Counter())
     assert choice.worker is None and "no live worker" in choice.reason
 
 
 def test_region_must_match() -> None:
-    choice = choose_worker(work(region="US"), [worker("a")], Counter(), NOW)
+    choice = choose_worker(work(region="US"), [worker("a")], Counter())
     assert choice.worker is None and "region 'US'" in choice.reason
-    assert choose_worker(work(region="US"), [worker("a"), worker("u", "US")], Counter(), NOW).worker == "u"
+    assert choose_worker(work(region="US"), [worker("a"), worker("u", "US")], Counter()).worker == "u"
 
 
 def test_pin_must_match() -> None:
-    assert choose_worker(work(pin="b"), [worker("a"), worker("b")], Counter({"b": 1}), NOW).worker == "b"
-    choice = choose_worker(work(pin="c"), [worker("a")], Counter(), NOW)
+    assert choose_worker(work(pin="b"), [worker("a"), worker("b")], Counter({"b": 1})).worker == "b"
+    choice = choose_worker(work(pin="c"), [worker("a")], Counter())
     assert choice.worker is None and "'c'" in choice.reason
 
 
 def test_account_must_be_served() -> None:
-    choice = choose_worker(work(accounts=("live1",)), [worker("a")], Counter(), NOW)
+    choice = choose_worker(work(accounts=("live1",)), [worker("a")], Counter())
     assert choice.worker is None and "serves account live1" in choice.reason
-    assert choose_worker(work(accounts=("live1",)), [worker("a"), worker("b", accounts=("live1",))], Counter(), NOW).worker == "b"
+    assert choose_worker(work(accounts=("live1",)), [worker("a"), worker("b", accounts=("live1",))], Counter()).worker == "b"
 
 
 def test_capacity_is_never_exceeded() -> None:
-    choice = choose_worker(work(), [worker("a", cap=1)], Counter({"a": 1}), NOW)
+    choice = choose_worker(work(), [worker("a", cap=1)], Counter({"a": 1}))
     assert choice.worker is None and "full" in choice.reason and "a (1/1)" in choice.reason
