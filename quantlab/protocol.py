@@ -7,7 +7,18 @@ id, ``b"<strategy id>#<incarnation>"``, so a message from an old incarnation
 is recognised and dropped.
 
 worker -> child: Init, Tick, Message, Stop, ApiResult
-child -> worker: Hello, Ready, Heartbeat, ApiCall, Log, Error, Exited
+child -> worker: Hello, Ready, Heartbeat, TickExpired, ApiCall, Log, Error, Exited
+
+Delivery: the worker keeps a bounded outbox per child and sends with
+ROUTER_MANDATORY, so a message to a child that has not connected yet (before
+Hello) or whose pipe is full waits in the outbox and is sent again on the
+next pass; nothing is dropped. A child whose outbox overflows is killed as
+hung. A Stop may come before Init (the Work moved away before the child
+connected): the child then answers Exited at once without running a hook.
+
+Strategy state travels as JSON bytes, validated in the child (a value that is
+not JSON is the strategy's error, with the key path in the message), so the
+worker stores what it received without re-encoding it.
 """
 
 from __future__ import annotations
@@ -37,6 +48,9 @@ class Init(_Msg, tag="init"):
 
 class Tick(_Msg, tag="tick"):
     tick: TickInfo
+    #: time.monotonic() until which the sender's lease holds (one host: one CLOCK_MONOTONIC).
+    #: A child that gets the tick later does not run it and answers TickExpired.
+    lease_until: float
 
 
 class Message(_Msg, tag="message"):
@@ -69,7 +83,13 @@ class Ready(_Msg, tag="ready"):
 
 class Heartbeat(_Msg, tag="heartbeat"):
     seq: int
-    state: bytes | None = None  #: msgpack of ctx.state, only when it changed since the last one
+    state: bytes | None = None  #: JSON of ctx.state, only when it changed since the last one
+
+
+class TickExpired(_Msg, tag="tick_expired"):
+    """Tick ``seq`` arrived after its lease_until: st_heartbeat did not run."""
+
+    seq: int
 
 
 class ApiCall(_Msg, tag="api_call"):
@@ -80,7 +100,7 @@ class ApiCall(_Msg, tag="api_call"):
 
 
 class Log(_Msg, tag="log"):
-    data: Any  #: what the strategy passed to ctx.send(); recorded as an event
+    data: Any  #: what the strategy passed to ctx.send() (checked to be JSON in the child); recorded as an event
 
 
 class Error(_Msg, tag="error"):
@@ -91,11 +111,11 @@ class Error(_Msg, tag="error"):
 
 class Exited(_Msg, tag="exited"):
     reason: ExitReason
-    state: bytes | None = None  #: final ctx.state after st_exit, when it changed
+    state: bytes | None = None  #: JSON of the final ctx.state after st_exit, when it changed
 
 
 ToChild = Init | Tick | Message | Stop | ApiResult
-ToWorker = Hello | Ready | Heartbeat | ApiCall | Log | Error | Exited
+ToWorker = Hello | Ready | Heartbeat | TickExpired | ApiCall | Log | Error | Exited
 
 _encoder = msgspec.msgpack.Encoder()
 encode = _encoder.encode

@@ -7,6 +7,7 @@ Stored as msgspec JSON, one file (or row) per record. Times are Unix seconds.
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Literal
 
 import msgspec
@@ -16,7 +17,7 @@ Desired = Literal["running", "stopped"]
 StrategyStatus = Literal[
     "pending", "assigned", "starting", "running", "paused", "error", "stopping", "stopped", "failed"
 ]
-ExitType = Literal["manual", "worker_exit", "error", "timeout", "reassigned", "lease_lost"]
+ExitType = Literal["manual", "worker_exit", "error", "reassigned", "lease_lost"]
 DirectorRole = Literal["leader", "standby"]
 
 
@@ -42,13 +43,17 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     pid: int
     max_strategies: int = 20
     accounts: list[str] = []  #: account names only, never secrets
+    lease_ttl: float = 10.0  #: seconds the lease lasts without a renewal
+    instance: str = ""  #: the holder: a token made once per worker process
+    started: float = 0.0  #: when the holding process started (Unix time)
 
 
 class WorkerState(msgspec.Struct, kw_only=True):
     status: WorkerStatus = "idle"
     load: Load = msgspec.field(default_factory=Load)
-    lease_expires: float = 0.0
+    lease_expires: float = 0.0  #: Unix time, for people: watchers judge the lease by ``renewals``
     last_seen: float = 0.0
+    renewals: int = 0  #: bumped by every renewal; a lease whose count stops moving expires
 
 
 class Resource(Record, kw_only=True):
@@ -78,6 +83,7 @@ class StrategySpec(msgspec.Struct, kw_only=True):
     backoff_max: float = 60.0  #: seconds
     stop_timeout: float = 10.0  #: seconds st_exit may take before SIGKILL
     restart_seq: int = 0  #: bumped by `qlab strategy restart`; a change restarts the child
+    max_memory_mb: float | None = None  #: MB of resident memory (child and its descendants) before a restart; None: no limit
 
 
 class Assignment(msgspec.Struct, kw_only=True):
@@ -112,6 +118,7 @@ class Work(Record, kw_only=True):
     assignment: Assignment | None = None
     result: StrategyResult = msgspec.field(default_factory=StrategyResult)
     created: float = 0.0
+    leader_epoch: int = 0  #: the director term that last placed or released it; older terms are refused
 
 
 # ---- lifecycle values ----
@@ -129,9 +136,50 @@ class ExitReason(msgspec.Struct, kw_only=True):
     message: str = ""
 
 
+class EventKind(enum.StrEnum):
+    """Every kind of event `qlab events` shows; the values are the strings stored since the start."""
+
+    # operator
+    SUBMITTED = "submitted"
+    STOP_REQUESTED = "stop_requested"
+    START_REQUESTED = "start_requested"
+    RESTART_REQUESTED = "restart_requested"
+    REMOVED = "removed"
+    MESSAGE_SENT = "message_sent"
+    WORKER_STOP_REQUESTED = "worker_stop_requested"
+    WORKER_REMOVED = "worker_removed"
+    # director
+    ASSIGNED = "assigned"
+    REASSIGNED = "reassigned"
+    PENDING = "pending"
+    WORKER_LOST = "worker_lost"
+    DIRECTOR_LEADING = "director_leading"
+    DIRECTOR_STOPPED = "director_stopped"
+    DIRECTOR_LOST = "director_lost"
+    # worker
+    WORKER_JOINED = "worker_joined"
+    WORKER_STOPPED = "worker_stopped"
+    LEASE_LOST = "lease_lost"  #: the worker's own lease ran out: it stopped its strategies
+    STORE_WRITE_FAILED = "store_write_failed"  #: a write (state, status) failed; retried
+    # one strategy on its worker
+    ACCEPTED = "accepted"
+    STARTED = "started"
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    CRASHED = "crashed"
+    ERROR = "error"
+    MEMORY_LIMIT = "memory_limit"
+    RESTARTED = "restarted"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    RELEASED = "released"
+    STRATEGY_MESSAGE = "strategy_message"
+    # store
+    QUARANTINED = "quarantined"
+
+
 class Event(Record, kw_only=True):
     ts: float
-    kind: str
+    kind: str  #: an EventKind value; a plain str so that a kind added later still reads
     strategy: str | None = None
     worker: str | None = None
     detail: str = ""
@@ -144,6 +192,32 @@ class Director(Record, kw_only=True):
     role: DirectorRole = "standby"
     started: float = 0.0
     last_seen: float = 0.0
+
+
+class Leader(Record, kw_only=True):
+    """The director leadership lease: one record, taken over only once it stops changing."""
+
+    director: str  #: the leading director's id
+    epoch: int  #: the term; every director write carries it
+    host: str = ""
+    pid: int = 0
+    ttl: float = 10.0  #: seconds the lease lasts without a renewal
+    renewed: float = 0.0  #: Unix time of the last renewal, for people
+    renewals: int = 0  #: bumped by every renewal; a lease whose count stops moving expires
+
+
+NO_STATE = msgspec.Raw(b"null")
+
+
+class StrategyState(Record, kw_only=True):
+    """A strategy's ctx.state, stamped with the epoch of its writer; older epochs are refused."""
+
+    epoch: int
+    state: msgspec.Raw = NO_STATE  #: the JSON object, kept as written; null when there is none (or forgotten)
+
+    @property
+    def empty(self) -> bool:
+        return bytes(self.state) == b"null"
 
 
 def flat(record: msgspec.Struct) -> dict[str, Any]:

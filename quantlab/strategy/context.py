@@ -14,6 +14,7 @@ import logging
 from typing import Any, Callable, Generator, Iterator, Mapping
 
 from quantlab.errors import ApiPermissionError
+from quantlab.strategy.jsoncheck import to_json
 
 ApiCaller = Callable[[str, str, dict[str, Any]], Any]
 
@@ -104,7 +105,12 @@ class StrategyContext:
         self.stop_reason: str | None = None
 
     def send(self, data: Any) -> None:
-        """Report something to the worker; it is recorded as an event."""
+        """Report something to the worker; it is recorded as an event.
+
+        ``data`` must be JSON (NotJson, naming the key path, otherwise): it is
+        checked here so the strategy's mistake raises in the strategy.
+        """
+        to_json(data, "data")
         self._send(data)
 
     def stop(self, reason: str = "") -> None:

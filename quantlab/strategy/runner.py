@@ -7,14 +7,20 @@
     Ready                       ->
                                 <-     Tick            (only after the last one was answered)
     st_heartbeat(ctx, tick)
-    Heartbeat(seq, state?)      ->
+    Heartbeat(seq, state?)      ->     (or TickExpired(seq) when the tick's lease_until has passed)
                                 <-     Message         -> st_message(ctx, data), if defined
                                 <-     Stop(reason)    -> st_exit(ctx, reason)
     Exited(reason)              ->     and exit 0
 
 An exception in a hook is sent as Error (message and traceback tail); the
 child then gives st_exit a chance (reason type "error") and exits 1. The
-worker counts the error and restarts it.
+worker counts the error and restarts it. A ``ctx.state`` that is not JSON is
+such an error (the message names the key path); the state is not sent, so
+the store keeps the last good one.
+
+A Stop that comes instead of Init (the Work moved away before the child
+connected) is answered with Exited at once: nothing ran, nothing to clean up.
+A Stop that comes while st_init runs is read after it: st_exit still runs.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import collections
 import inspect
 import logging
 import os
+import time
 import traceback
 from types import ModuleType
 from typing import Any
@@ -46,11 +53,13 @@ from quantlab.protocol import (
     Ready,
     Stop,
     Tick,
+    TickExpired,
     ToChild,
     decode_to_child,
     encode,
 )
 from quantlab.strategy.context import Api, StrategyContext
+from quantlab.strategy.jsoncheck import NotJson, to_json
 from quantlab.strategy.loader import load_module
 from quantlab.worker.apipool import PUBLIC_METHODS
 
@@ -147,8 +156,13 @@ class Runner:
         while True:
             msg = self.conn.recv()
             if isinstance(msg, Tick):
+                if time.monotonic() >= msg.lease_until:
+                    # Our worker's lease ran out before we got here (we or it were paused): the
+                    # strategy may run elsewhere by now, so this tick must not run; say so.
+                    self.conn.send(TickExpired(seq=msg.tick.seq))
+                    continue
                 self._call("st_heartbeat", self.ctx, msg.tick)
-                self.conn.send(Heartbeat(seq=msg.tick.seq, state=self._changed_state()))
+                self.conn.send(Heartbeat(seq=msg.tick.seq, state=self._changed_state("st_heartbeat")))
             elif isinstance(msg, Message):
                 if hasattr(self.module, "st_message"):
                     self._call("st_message", self.ctx, msg.data)
@@ -159,11 +173,12 @@ class Runner:
 
     def _finish(self, reason: ExitReason) -> int:
         self._call("st_exit", self.ctx, reason)
-        self.conn.send(Exited(reason=reason, state=self._changed_state()))
+        self.conn.send(Exited(reason=reason, state=self._changed_state("st_exit")))
         return 0
 
-    def _changed_state(self) -> bytes | None:
-        state = self._guard("state", encode, self.ctx.state)
+    def _changed_state(self, after: str) -> bytes | None:
+        """ctx.state as JSON when it changed since the last one sent; HookFailed when it is not JSON."""
+        state = self._guard(f"ctx.state after {after}", _state_json, self.ctx.state)
         if state == self.sent_state:
             return None
         self.sent_state = state
@@ -184,10 +199,10 @@ class Runner:
 
     def _report(self, hook: str, e: Exception) -> None:
         tail = "".join(traceback.format_exception(e)).splitlines()[-TRACEBACK_LINES:]
-        message = f"{hook}: {type(e).__name__}: {e}"
+        message = f"{hook}: {e}" if isinstance(e, NotJson) else f"{hook}: {type(e).__name__}: {e}"
         self.ctx.log.error("%s\n%s", message, "\n".join(tail))
         self.conn.send(Error(hook=hook, message=message, traceback="\n".join(tail)))
-        if hook not in ("st_exit", "load"):
+        if hook not in ("st_exit", "load", "ctx.state after st_exit"):
             self._last_words(message)
 
     def _last_words(self, message: str) -> None:
@@ -200,13 +215,22 @@ class Runner:
             self.ctx.log.exception("st_exit failed after an error")
 
 
+def _state_json(state: Any) -> bytes:
+    if not isinstance(state, dict):
+        raise NotJson(f"state: must be a dict, not {type(state).__name__}")
+    return to_json(state, "state")
+
+
 def run_child(endpoint: str, routing_id: bytes) -> int:
     conn = Connection(endpoint, routing_id)
     try:
         conn.send(Hello(pid=os.getpid()))
-        init = conn.recv()
-        if not isinstance(init, Init):
+        first = conn.recv()
+        if isinstance(first, Stop):
+            conn.send(Exited(reason=first.reason))
+            return 0
+        if not isinstance(first, Init):
             return 2
-        return Runner(conn, init).run()
+        return Runner(conn, first).run()
     finally:
         conn.close()

@@ -1,5 +1,10 @@
 """The worker's end of the strategy channel: one ZeroMQ ROUTER on ipc://.
 
+Sends never block and never drop: with ROUTER_MANDATORY a message to a child
+that is not connected yet, or whose pipe is at the high-water mark, is
+refused (``send`` returns False) and stays in the manager's outbox for that
+child, to be sent again on the next pass.
+
 The socket lives in a fresh directory only the worker's user can open
 (mkdtemp makes it 0700), so no other user can connect and pose as a strategy.
 Message shapes are in quantlab/protocol.py.
@@ -7,6 +12,7 @@ Message shapes are in quantlab/protocol.py.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import tempfile
@@ -18,6 +24,9 @@ import zmq
 
 from quantlab.protocol import ToChild, ToWorker, decode_to_worker, encode
 
+#: Messages ZeroMQ may queue per child before a send is refused; the manager's outbox holds the rest.
+SEND_HWM = 1000
+
 
 class Channel:
     def __init__(self, context: zmq.Context, log: logging.Logger) -> None:
@@ -27,15 +36,21 @@ class Channel:
         self.log = log
         self.socket = context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable send raises instead of vanishing
+        self.socket.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.endpoint)
 
-    def send(self, routing_id: bytes, msg: ToChild) -> None:
+    def send(self, routing_id: bytes, msg: ToChild) -> bool:
+        """True when ZeroMQ took the message; False when the child cannot take it now (try again later)."""
         try:
             self.socket.send_multipart([routing_id, encode(msg)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False  # the child's pipe is full
         except zmq.ZMQError as e:
-            # The child is gone or not connected yet; its exit is handled through its pidfd.
-            self.log.debug("drop %s to %r: %s", type(msg).__name__, routing_id, e)
+            if e.errno != errno.EHOSTUNREACH:
+                raise
+            return False  # not connected yet (or gone: its exit comes through its pidfd)
+        return True
 
     def receive(self) -> Iterator[tuple[bytes, ToWorker]]:
         """Every message waiting now, without blocking."""

@@ -1,24 +1,30 @@
-"""The strategy manager: starts, watches, restarts and stops strategy children.
+"""The strategy manager: turns what happens into machine events, and performs the machine's actions.
 
-Everything here reacts to one of four things, each a named method:
-`reconcile` (what the store says should run here), `on_message` (a child
-spoke), `on_exit` (a child's pidfd became readable) and `supervise` (time
-passed: ticks, hung children, restarts after backoff, stop deadlines).
+What happens, each a named entry point: `reconcile` (what the store says
+should run here), `on_message` (a child spoke), a child's exit (the
+transport's ``on_exit`` callback) and `supervise` (one pass of the loop: the
+lease, outboxes, timers, memory, retried writes). Decisions are made in
+quantlab/worker/machine.py; this file does I/O only through the Transport
+(processes and sockets) and the WorkPool (the store).
+
+Timers run on ``clock`` (monotonic: a wall-clock step must not silence ticks,
+hang detection or backoff); ``wall`` stamps only what people read.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
-from typing import Any, Callable, Protocol
+from typing import Callable
 
 import msgspec
 
 from quantlab.config import Paths
-from quantlab.errors import ApiPermissionError, NotFound, StaleWriter
-from quantlab.pool.records import ErrorInfo, ExitReason, TickInfo, Work
+from quantlab.errors import ApiPermissionError, CorruptRecord, QuantlabError, StaleWriter
+from quantlab.pool.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import (
     ApiCall,
@@ -29,38 +35,36 @@ from quantlab.protocol import (
     Hello,
     Init,
     Log,
+    Message,
     Ready,
     Stop,
     Tick,
+    TickExpired,
     ToChild,
     ToWorker,
 )
+from quantlab.worker import machine as m
 from quantlab.worker import procs
-from quantlab.worker.rules import STABLE_AFTER, backoff_delay
+from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
+from quantlab.worker.transport import Transport
 from quantlab.worker.zygote import Spawn
-
-
-class Transport(Protocol):
-    """How the manager reaches processes: the worker loop provides it."""
-
-    endpoint: str
-
-    def spawn(self, request: Spawn) -> int: ...
-    def send(self, routing_id: bytes, msg: ToChild) -> None: ...
-    def watch(self, fd: int, handler: Callable[[], None]) -> None: ...
-    def unwatch(self, fd: int) -> None: ...
-    def submit_api(self, slot_key: bytes, call: ApiCall, allowed: list[str]) -> None: ...
-    def drain(self, timeout: float) -> None:
-        """Handle the children's messages that arrive within ``timeout`` seconds."""
-        ...
 
 
 #: Seconds to wait for a self-exiting child's last message before judging its exit.
 LAST_WORDS_WAIT = 0.05
+#: Messages waiting for one child before it is declared hung (it does not read its socket).
+OUTBOX_LIMIT = 1000
+#: Seconds after this worker's lease ran out before the children still running are SIGKILLed.
+#: Small on purpose: the lease deadline handed to set_lease already keeps a margin before the
+#: store's lease expires, and this must fit inside that margin.
+LEASE_KILL_GRACE = 0.5
+#: Seconds between memory samples of a strategy with a memory limit.
+MEMORY_EVERY = 2.0
+#: Seconds between retries of a store write that failed (state, Init's state read).
+STORE_RETRY = 1.0
 
 _json = msgspec.json.encode
-_from_msgpack = msgspec.msgpack.decode
 
 
 class StrategyManager:
@@ -72,7 +76,8 @@ class StrategyManager:
         transport: Transport,
         paths: Paths,
         log: logging.Logger,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
     ) -> None:
         self.worker_id = worker_id
@@ -81,160 +86,233 @@ class StrategyManager:
         self.paths = paths
         self.log = log
         self.clock = clock
+        self.wall = wall
         self.rng = rng or random.Random()
         self.slots: dict[str, Slot] = {}
         self.by_routing_id: dict[bytes, Slot] = {}
-        self.lease_valid_until = 0.0
+        self.lease_until = -math.inf  #: monotonic; nothing but Stop and API answers goes to a child after it
+        self.lease_grace = LEASE_KILL_GRACE  #: seconds after lease_until when what is left is killed
+        self.lease_lapsed = False
+        self.store_retry_at = 0.0
+        self.reporter = Reporter(worker_id, pool, log, wall)
+
+    # ---- the lease ----
+
+    def set_lease(self, until: float, grace: float = LEASE_KILL_GRACE) -> None:
+        """This worker holds its lease until ``until`` (monotonic): after it, it sends its children nothing.
+
+        Children still there ``grace`` seconds later are killed: the caller keeps that inside the
+        lease's own margin, so they are gone before anyone else may start their strategies.
+        """
+        self.lease_until = until
+        self.lease_grace = grace
+        if self.clock() < until and self.lease_lapsed:
+            self.lease_lapsed = False
+            self.log.warning("lease valid again: taking strategies again")
+
+    def lease_ok(self) -> bool:
+        return self.clock() < self.lease_until
+
+    def _check_lease(self, now: float) -> None:
+        """Every pass, before anything is sent: a lapsed lease stops every child, then kills them."""
+        if now < self.lease_until:
+            return
+        if not self.lease_lapsed and self.slots:
+            self.log.error("lease ran out: stopping every strategy (lease_lost)")
+            self.reporter.note(EventKind.LEASE_LOST, None, f"{len(self.slots)} strategies stopped")
+        self.lease_lapsed = True
+        lost = ExitReason(type="lease_lost", message="this worker's lease ran out")
+        for slot in list(self.slots.values()):
+            self.feed(slot, m.StopWanted(lost))
+            if now >= self.lease_until + self.lease_grace and slot.alive:
+                self.feed(slot, m.Fault(m.Charge(EventKind.LEASE_LOST, f"lease ran out {self.lease_grace:g}s ago")))
 
     # ---- reconcile with the store ----
 
-    def reconcile(self, works: list[Work], now: float) -> None:
+    def reconcile(self, works: list[Work]) -> None:
         by_id = {w.id: w for w in works}
         for slot in list(self.slots.values()):
-            self._follow(slot, by_id.get(slot.id), now)
+            self._follow(slot, by_id.get(slot.id))
+        if not self.lease_ok():
+            return  # take nothing new on a lapsed lease
         for work in works:
             mine = work.assignment is not None and work.assignment.worker == self.worker_id
             if mine and work.desired == "running" and work.id not in self.slots:
-                self._adopt(work, now)
+                self._adopt(work)
 
-    def _follow(self, slot: Slot, work: Work | None, now: float) -> None:
-        """Carry a store change over to a running slot."""
+    def _follow(self, slot: Slot, work: Work | None) -> None:
+        """Carry a store change over to a slot."""
         if work is None or work.created != slot.work.created:  # removed (and perhaps assigned anew)
-            return self.request_stop(slot, ExitReason(type="manual", message="strategy removed"), now)
-        if work.assignment != slot.assignment:
+            self.feed(slot, m.StopWanted(ExitReason(type="manual", message="strategy removed")))
+        elif work.assignment != slot.assignment:
             moved = ExitReason(type="lease_lost", message="assignment dropped: this worker's lease ran out")
             if work.assignment is not None:
                 moved = ExitReason(type="reassigned", message=f"assigned to {work.assignment.worker} now")
-            return self.request_stop(slot, moved, now)
-        if work.desired == "stopped":
-            return self.request_stop(slot, ExitReason(type="manual", message="stopped by operator"), now)
-        if work.spec.restart_seq != slot.work.spec.restart_seq:
-            slot.work = work
-            self._restart_now(slot, now)
-        return None
+            self.feed(slot, m.StopWanted(moved))
+        elif work.desired == "stopped":
+            slot.operator_stopped = True
+            self.feed(slot, m.StopWanted(ExitReason(type="manual", message="stopped by operator")))
+        else:
+            if slot.operator_stopped:  # `start` while the stop is under way: it ends running
+                slot.operator_stopped = False
+                self.feed(slot, m.StartWanted())
+            if work.spec.restart_seq != slot.work.spec.restart_seq:
+                slot.work = work
+                self.feed(slot, m.RestartWanted())
 
-    def _adopt(self, work: Work, now: float) -> None:
+    def _adopt(self, work: Work) -> None:
         log_path = self.paths.strategy_log(work.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        slot = Slot(work, log_path)
+        slot = Slot(work, log_path, m.new_machine(m.Limits.of(work.spec), self.clock()))
         self.slots[work.id] = slot
-        self.pool.event("accepted", strategy=work.id, worker=self.worker_id, detail=f"epoch {slot.assignment.epoch}")
-        self.spawn(slot, now)
+        self.reporter.note(EventKind.ACCEPTED, slot, f"epoch {slot.assignment.epoch}")
+        self.feed(slot, m.Due())
 
-    # ---- processes ----
+    # ---- the machine ----
 
-    def spawn(self, slot: Slot, now: float) -> None:
-        slot.incarnation += 1
-        slot.error_reported = slot.exited = None
-        slot.killed_for = None
-        slot.ready_at = None
+    def feed(self, slot: Slot, event: m.Event) -> list[m.Action]:
+        """Step the slot's machine with ``event`` and perform what it says; the actions performed."""
+        slot.machine, actions = m.step(slot.machine, event, self.clock())
+        for action in actions:
+            self._perform(slot, action)
+        return actions
+
+    def _perform(self, slot: Slot, action: m.Action) -> None:
+        if isinstance(action, m.Spawn):
+            self._spawn(slot, action.incarnation)
+        elif isinstance(action, m.SendInit):
+            self._send_init(slot)
+        elif isinstance(action, m.SendTick):
+            slot.result.overruns = action.overruns
+            info = TickInfo(seq=action.seq, ts=self.wall(), interval=slot.work.spec.interval, overruns=action.overruns)
+            self.send_to(slot, Tick(tick=info, lease_until=self.lease_until))
+        elif isinstance(action, m.SendStop):
+            self.send_to(slot, Stop(reason=action.reason))
+        elif isinstance(action, m.Kill):
+            slot.marker(self.wall(), f"kill pid={action.pid}: {action.why}")
+            self.transport.kill(action.pid)
+        elif isinstance(action, m.Note):
+            self.reporter.note(action.kind, slot, action.detail)
+        elif isinstance(action, m.Mark):
+            slot.marker(self.wall(), action.text)
+        elif isinstance(action, m.Counted):
+            slot.result.error_count = action.count
+            if action.error is not None:
+                error = action.error
+                slot.result.last_error = ErrorInfo(message=error.message, traceback=error.traceback, ts=self.wall())
+        elif isinstance(action, m.Beaten):
+            slot.result.heartbeats += 1
+            slot.result.last_heartbeat = self.wall()
+            slot.dirty = True
+            if action.first:  # the first heartbeat of an incarnation shows at once, the rest with the next flush
+                self.flush_one(slot)
+        elif isinstance(action, m.Publish):
+            slot.result.status, slot.result.reason = m.status(slot.machine)
+            slot.result.pid = slot.pid
+            self.flush_one(slot)
+        elif isinstance(action, m.Settle):
+            self._forget(slot)
+            if slot.unsaved is not None:
+                self._write_state(slot)
+            self.reporter.settle(slot, action)
+
+    def _spawn(self, slot: Slot, incarnation: int) -> None:
+        slot.outbox.clear()
+        slot.init_pending = False
         request = Spawn(endpoint=self.transport.endpoint, routing_id=slot.routing_id, log_path=str(slot.log_path))
+        routing_id = slot.routing_id
         try:
-            pid = self.transport.spawn(request)
+            pid = self.transport.spawn(request, lambda status: self.on_exit(routing_id, status))
         except OSError as e:
             self.log.error("cannot spawn %s: %s", slot.id, e)
-            slot.marker(now, f"spawn failed: {e}")
-            return self._count_error(slot, ErrorInfo(message=f"spawn failed: {e}", ts=now), now)
-        slot.pid = pid
-        slot.pidfd = os.pidfd_open(pid)
-        slot.started_at = now
-        slot.ticks.restart(now)
-        self.by_routing_id[slot.routing_id] = slot
-        self.transport.watch(slot.pidfd, lambda: self.on_exit(slot, self.clock()))
-        slot.result.pid = pid
-        if slot.incarnation > 1:
+            slot.marker(self.wall(), f"spawn failed: {e}")
+            self.feed(slot, m.SpawnFailed(str(e), self.rng.random()))
+            return
+        self.by_routing_id[routing_id] = slot
+        if incarnation > 1:
             slot.result.restarts += 1
-        slot.set_phase("starting")
-        slot.marker(now, f"spawn pid={pid} incarnation={slot.incarnation} epoch={slot.assignment.epoch}")
-        self.flush_one(slot)
-        return None
+            self.reporter.note(EventKind.RESTARTED, slot, f"pid {pid}")
+        slot.marker(self.wall(), f"spawn pid={pid} incarnation={incarnation} epoch={slot.assignment.epoch}")
+        self.feed(slot, m.Spawned(pid))
 
-    def on_exit(self, slot: Slot, now: float) -> None:
-        """The child's pidfd is readable: reap it, then decide what comes next."""
-        assert slot.pid is not None and slot.pidfd is not None
-        pid = slot.pid
-        _, status = os.waitpid(pid, 0)
-        if os.WIFEXITED(status) and slot.error_reported is None and slot.exited is None:
+    def on_exit(self, routing_id: bytes, status: int) -> None:
+        """The child was reaped: judge its exit (after its last words, if it left by itself)."""
+        slot = self.by_routing_id.get(routing_id)
+        if slot is None:
+            return
+        child = m.alive(slot.machine)
+        if os.WIFEXITED(status) and child is not None and child.error is None and child.exited is None:
             # A child that exits by itself said why first (Error, Exited); the pidfd can beat
             # those last words through the socket, so give them a moment to arrive.
             self.transport.drain(LAST_WORDS_WAIT)
         how = procs.describe_status(status)
-        self.transport.unwatch(slot.pidfd)
-        os.close(slot.pidfd)
-        self.by_routing_id.pop(slot.routing_id, None)
-        slot.pid = slot.pidfd = slot.result.pid = None
-        slot.marker(now, f"exit pid={pid} {how}")
-        if slot.stop_reason is not None or slot.exited is not None:
-            return self._stopped(slot, now)
-        error = slot.error_reported or ErrorInfo(
-            message=f"hung: {slot.killed_for}" if slot.killed_for else f"crashed: {how}", ts=now
-        )
-        kind = "heartbeat_timeout" if slot.killed_for else ("error" if slot.error_reported else "crashed")
-        self.pool.event(kind, strategy=slot.id, worker=self.worker_id, detail=error.message)
-        return self._count_error(slot, error, now)
+        self.by_routing_id.pop(routing_id, None)
+        slot.outbox.clear()
+        slot.marker(self.wall(), f"exit pid={child.pid if child else '?'} {how}")
+        self.feed(slot, m.Gone(how, self.rng.random()))
 
-    def kill(self, slot: Slot, why: str, now: float) -> None:
-        if slot.pid is None:
-            return
-        slot.killed_for = why
-        slot.marker(now, f"kill pid={slot.pid}: {why}")
-        procs.kill_group(slot.pid)
+    def _forget(self, slot: Slot) -> None:
+        if self.slots.get(slot.id) is slot:
+            del self.slots[slot.id]
+        self.by_routing_id.pop(slot.routing_id, None)
 
     # ---- messages from children ----
 
-    def on_message(self, routing_id: bytes, msg: ToWorker, now: float) -> None:
+    def on_message(self, routing_id: bytes, msg: ToWorker) -> None:
         slot = self.by_routing_id.get(routing_id)
         if slot is None:
             return  # an older incarnation, already written off
+        try:
+            self._dispatch(slot, msg)
+            self._flush_outbox(slot)
+        except Exception as e:
+            # Whatever it was, it came from this strategy: charge it there, never to the loop.
+            self.log.exception("handling %s from %s failed", type(msg).__name__, slot.id)
+            charge = m.Charge(EventKind.ERROR, f"worker could not handle its {type(msg).__name__}: {type(e).__name__}: {e}")
+            self.feed(slot, m.Fault(charge))
+
+    def _dispatch(self, slot: Slot, msg: ToWorker) -> None:
         if isinstance(msg, Heartbeat):
-            self._on_heartbeat(slot, msg, now)
+            if any(isinstance(a, m.Beaten) for a in self.feed(slot, m.Beat(msg.seq))):
+                self._save_state(slot, msg.state)
         elif isinstance(msg, Hello):
-            self._send_init(slot)
+            self.feed(slot, m.HelloCame())
         elif isinstance(msg, Ready):
-            slot.ready_at = now
-            slot.set_phase("running")
-            self.flush_one(slot)
-            self.pool.event("started", strategy=slot.id, worker=self.worker_id, detail=f"pid {slot.pid}")
-            self._tick(slot, now)
+            self.feed(slot, m.ReadyCame())
+        elif isinstance(msg, TickExpired):
+            self.feed(slot, m.TickRefused(msg.seq))
         elif isinstance(msg, ApiCall):
-            self._on_api_call(slot, msg, now)
+            self._on_api_call(slot, msg)
         elif isinstance(msg, Error):
-            slot.error_reported = ErrorInfo(message=msg.message, traceback=msg.traceback, ts=now)
+            self.feed(slot, m.Reported(msg.message, msg.traceback))
         elif isinstance(msg, Exited):
-            slot.exited = msg.reason
             self._save_state(slot, msg.state)
+            self.feed(slot, m.Confirmed(msg.reason))
         elif isinstance(msg, Log):
-            self.pool.event("strategy_message", strategy=slot.id, worker=self.worker_id, detail=_json(msg.data).decode())
+            self.reporter.note(EventKind.STRATEGY_MESSAGE, slot, _json(msg.data).decode())
 
     def _send_init(self, slot: Slot) -> None:
+        try:
+            state = self.pool.claim_state(slot.id, slot.assignment.epoch)
+        except StaleWriter as e:
+            self.feed(slot, m.StopWanted(ExitReason(type="reassigned", message=f"its state belongs to a newer epoch: {e}")))
+            return
+        except CorruptRecord as e:
+            self.feed(slot, m.Fatal(f"its state is unreadable: {e}"))
+            return
+        except (OSError, QuantlabError) as e:
+            slot.init_pending = True  # the child waits; supervise tries again
+            self.reporter.store_failed(slot, "reading its state", e)
+            return
+        slot.init_pending = False
         spec = slot.work.spec
-        init = Init(
-            id=slot.id,
-            file=spec.file,
-            params=spec.params,
-            state=self.pool.store.load_state(slot.id),
-            accounts=spec.accounts,
-            log_path=str(slot.log_path),
-        )
+        init = Init(id=slot.id, file=spec.file, params=spec.params, state=state, accounts=spec.accounts, log_path=str(slot.log_path))
         self.send_to(slot, init)
 
-    def _on_heartbeat(self, slot: Slot, msg: Heartbeat, now: float) -> None:
-        if not slot.ticks.answered(msg.seq):
-            return
-        first = slot.result.last_heartbeat is None or slot.result.last_heartbeat < slot.started_at
-        slot.result.heartbeats += 1
-        slot.result.last_heartbeat = now
-        slot.dirty = True
-        self._save_state(slot, msg.state)
-        if first:  # the first heartbeat of an incarnation shows at once, the rest with the next flush
-            self.flush_one(slot)
-        if slot.ready_at is not None and now - slot.ready_at >= STABLE_AFTER:
-            slot.consecutive_failures = 0
-
-    def _on_api_call(self, slot: Slot, call: ApiCall, now: float) -> None:
+    def _on_api_call(self, slot: Slot, call: ApiCall) -> None:
         # Fencing: no exchange call once this worker's lease or the slot's epoch is in doubt
         # (st_exit of a manual or worker_exit stop may still cancel its orders).
-        if now >= self.lease_valid_until or slot.moved_away:
+        if not self.lease_ok() or slot.moved_away:
             refused = ApiPermissionError("worker lease not valid for this strategy; call refused")
             self.send_to(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
             return
@@ -245,137 +323,120 @@ class StrategyManager:
         if slot is not None:
             self.send_to(slot, result)
 
-    def _save_state(self, slot: Slot, state: bytes | None) -> None:
-        if state is None or slot.moved_away:
-            return  # unchanged, or the strategy is someone else's now
-        self.pool.store.save_state(slot.id, _json(_from_msgpack(state)))
+    def send_message(self, strategy_id: str, data: object) -> bool:
+        """``data`` to the strategy's st_message hook; False when it does not run here now."""
+        slot = self.slots.get(strategy_id)
+        if slot is None or not slot.running or not self.lease_ok():
+            return False
+        self.send_to(slot, Message(data=data))
+        return True
+
+    # ---- sending ----
 
     def send_to(self, slot: Slot, msg: ToChild) -> None:
-        if slot.pid is not None:
-            self.transport.send(slot.routing_id, msg)
+        """Queue ``msg`` for the child and send what it can take now; the rest goes on later passes."""
+        if slot.pid is None:
+            return
+        if not self.lease_ok() and not isinstance(msg, (Stop, ApiResult)):
+            # Past the lease only what ends the child goes out: a Stop, and answers to calls it waits on.
+            self.log.info("lease ran out: not sending %s to %s", type(msg).__name__, slot.id)
+            return
+        slot.outbox.append(msg)
+        self._flush_outbox(slot)
 
-    # ---- time passes ----
+    def _flush_outbox(self, slot: Slot) -> None:
+        while slot.outbox and self.transport.send(slot.routing_id, slot.outbox[0]):
+            slot.outbox.popleft()
+        if len(slot.outbox) > OUTBOX_LIMIT:
+            slot.outbox.clear()
+            charge = m.Charge(EventKind.HEARTBEAT_TIMEOUT, f"hung: {OUTBOX_LIMIT} messages to it could not be delivered")
+            self.feed(slot, m.Fault(charge))
 
-    def supervise(self, now: float) -> None:
+    # ---- one pass ----
+
+    def supervise(self) -> None:
+        """One pass: the lease first (before anything is sent), then each strategy's outbox and timers."""
+        now = self.clock()
+        self._check_lease(now)
+        retry_store = now >= self.store_retry_at
+        if retry_store:
+            self.store_retry_at = now + STORE_RETRY
         for slot in list(self.slots.values()):
-            if slot.phase == "running" and slot.ticks.due(now):
-                self._tick(slot, now)
-            if slot.phase in ("starting", "running"):
-                timeout = slot.work.spec.heartbeat_timeout
-                if slot.hung_for(now) > timeout and slot.killed_for is None:
-                    self.kill(slot, f"no heartbeat for {timeout:g}s", now)
-            elif slot.phase == "stopping" and now >= slot.stop_deadline and slot.killed_for is None:
-                self.kill(slot, f"st_exit took longer than {slot.work.spec.stop_timeout:g}s", now)
-            elif slot.phase == "backoff" and now >= slot.restart_at:
-                self.pool.event("restarted", strategy=slot.id, worker=self.worker_id)
-                self.spawn(slot, now)
+            try:
+                self._supervise_one(slot, now, retry_store)
+            except Exception as e:
+                self.log.exception("supervising %s failed", slot.id)
+                self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"worker could not supervise it: {type(e).__name__}: {e}")))
 
-    def next_deadline(self, now: float) -> float:
+    def _supervise_one(self, slot: Slot, now: float, retry_store: bool) -> None:
+        self._flush_outbox(slot)
+        self.feed(slot, m.Due())
+        if retry_store and slot.unsaved is not None:
+            self._write_state(slot)
+        if retry_store and slot.init_pending:
+            self._send_init(slot)
+        limit = slot.work.spec.max_memory_mb
+        pid = slot.pid
+        if limit is not None and pid is not None and now >= slot.memory_checked + MEMORY_EVERY:
+            slot.memory_checked = now
+            used = self.transport.memory_mb(pid)
+            if used > limit:
+                charge = m.Charge(EventKind.MEMORY_LIMIT, f"over its memory limit: {used:.0f} MB > {limit:g} MB (max-memory)")
+                self.feed(slot, m.Fault(charge))
+
+    def next_deadline(self) -> float:
+        """The next moment (monotonic) a pass has something to do; at most a second away."""
+        now = self.clock()
         deadlines = [now + 1.0]
+        if self.slots:  # the lease's end, then the kill after it (each only while ahead)
+            deadlines += [t for t in (self.lease_until, self.lease_until + self.lease_grace) if t > now]
         for slot in self.slots.values():
-            if slot.phase == "running":
-                deadlines.append(slot.ticks.next_due)
-            if slot.phase in ("starting", "running"):
-                deadlines.append(max(slot.started_at, slot.result.last_heartbeat or 0) + slot.work.spec.heartbeat_timeout)
-            elif slot.phase == "stopping":
-                deadlines.append(slot.stop_deadline)
-            elif slot.phase == "backoff":
-                deadlines.append(slot.restart_at)
+            due = m.deadline(slot.machine)
+            if due is not None:
+                deadlines.append(due)
         return min(deadlines)
-
-    def _tick(self, slot: Slot, now: float) -> None:
-        seq = slot.ticks.sent(now)
-        slot.result.overruns = slot.ticks.overruns
-        tick = TickInfo(seq=seq, ts=now, interval=slot.work.spec.interval, overruns=slot.ticks.overruns)
-        self.send_to(slot, Tick(tick=tick))
 
     # ---- stopping ----
 
-    def request_stop(self, slot: Slot, reason: ExitReason, now: float) -> None:
-        if slot.stop_reason is not None:
-            return
-        slot.stop_reason = reason
-        if slot.pid is None:
-            return self._stopped(slot, now)
-        slot.stop_deadline = now + slot.work.spec.stop_timeout
-        slot.set_phase("stopping", reason.message)
-        self.send_to(slot, Stop(reason=reason))
-        self.flush_one(slot)
-        return None
-
-    def stop_all(self, reason: ExitReason, now: float) -> None:
+    def stop_all(self, reason: ExitReason) -> None:
         for slot in list(self.slots.values()):
-            self.request_stop(slot, reason, now)
+            self.feed(slot, m.StopWanted(reason))
 
-    def _restart_now(self, slot: Slot, now: float) -> None:
-        """`qlab strategy restart`: a clean stop, then a fresh start with a fresh error count."""
-        slot.marker(now, "restart requested by operator")
-        slot.restart_requested = True
-        self.request_stop(slot, ExitReason(type="manual", message="restart requested"), now)
+    def kill_all(self, why: str) -> None:
+        """The worker is going: whatever did not stop in time is killed."""
+        for slot in list(self.slots.values()):
+            self.feed(slot, m.Fault(m.Charge(EventKind.STOPPED, why)))
 
-    def _stopped(self, slot: Slot, now: float) -> None:
-        reason = slot.stop_reason or slot.exited or ExitReason(type="manual")
-        del self.slots[slot.id]
-        if reason.type in ("reassigned", "lease_lost"):
-            self.pool.event("released", strategy=slot.id, worker=self.worker_id, detail=reason.type)
-            return
-        if slot.restart_requested:
-            slot.result.error_count = 0
-            self._write_back(slot, now, lambda w: None, "restart")
-            return
-        if reason.type == "worker_exit":
-            slot.result.status = "pending"
-            slot.result.reason = f"worker {self.worker_id} stopped; waiting for placement"
-            self._write_back(slot, now, lambda w: setattr(w, "assignment", None), "released")
-            return
-        slot.result.status = "stopped"
-        slot.result.reason = reason.message or "stopped"
+    # ---- the store ----
 
-        def settle(work: Work) -> None:
-            work.assignment = None
-            work.desired = "stopped"  # also when the strategy called ctx.stop() itself
+    def _save_state(self, slot: Slot, state: bytes | None) -> None:
+        if state is None or slot.moved_away:
+            return  # unchanged, or the strategy is someone else's now
+        if not isinstance(msgspec.json.decode(state), dict):
+            raise ValueError("its state is not a JSON object")  # charged to the strategy by on_message
+        slot.unsaved = state
+        self._write_state(slot)
 
-        self._write_back(slot, now, settle, "stopped")
-
-    def _count_error(self, slot: Slot, error: ErrorInfo, now: float) -> None:
-        slot.result.last_error = error
-        slot.result.error_count = slot.errors.add(now)
-        spec = slot.work.spec
-        if slot.result.error_count > spec.max_errors:
-            del self.slots[slot.id]
-            slot.result.status = "failed"
-            slot.result.reason = f"{slot.result.error_count} errors within {spec.error_window:g}s (max {spec.max_errors}): {error.message}"
-            slot.marker(now, f"failed: {slot.result.reason}")
-            self._write_back(slot, now, lambda w: setattr(w, "assignment", None), "failed")
-            return
-        slot.consecutive_failures += 1
-        delay = backoff_delay(spec.backoff, spec.backoff_max, slot.consecutive_failures, self.rng.random())
-        slot.restart_at = now + delay
-        slot.set_phase("backoff", f"{error.message}; restarting in {delay:.1f}s")
-        slot.marker(now, f"restart in {delay:.2f}s after: {error.message}")
-        self.flush_one(slot)
-
-    # ---- results to the store ----
-
-    def _write_back(self, slot: Slot, now: float, change: Callable[[Work], Any], event: str) -> None:
-        result = slot.result
-
-        def put(work: Work) -> None:
-            work.result = result
-            change(work)
-
+    def _write_state(self, slot: Slot) -> None:
+        assert slot.unsaved is not None
         try:
-            self.pool.report(slot.id, slot.assignment, put, notify=True)
-        except (StaleWriter, NotFound) as e:  # fenced off or removed: the store has moved on without us
-            self.log.info("not recording %s for %s: %s", event, slot.id, e)
+            self.pool.save_state(slot.id, slot.assignment.epoch, slot.unsaved)
+        except StaleWriter as e:
+            slot.unsaved = None
+            self.feed(slot, m.StopWanted(ExitReason(type="reassigned", message=f"its state belongs to a newer epoch: {e}")))
             return
-        self.pool.event(event, strategy=slot.id, worker=self.worker_id, detail=result.reason)
+        except (OSError, QuantlabError) as e:
+            self.reporter.store_failed(slot, "saving its state", e)
+            return
+        slot.unsaved = None
+        self.reporter.recovered(slot)
 
     def flush_one(self, slot: Slot) -> None:
-        if self.pool.report_result(slot.id, slot.assignment, slot.result):
-            slot.dirty = False
+        self.reporter.flush_one(slot)
 
     def flush(self) -> None:
+        """Write the statuses that changed since the last flush, and settles the store refused before."""
         for slot in list(self.slots.values()):
             if slot.dirty:
-                self.flush_one(slot)
+                self.reporter.flush_one(slot)
+        self.reporter.retry()

@@ -1,10 +1,22 @@
-"""Linux process plumbing: subreaper, parent-death signal, killing a group."""
+"""Linux process plumbing: subreaper, parent-death signal, killing a group, reaping.
+
+Hygiene (issue 7): every way a strategy child ends goes through `Children.reap`,
+which kills the child's whole process group before it reaps the child (the
+unreaped leader keeps the group id from being reused, so the kill cannot hit
+a stranger), and the worker, a child subreaper, also reaps every orphan it
+inherits (the helpers of a dead strategy), so nothing is left as a zombie or
+running on.
+"""
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
+from typing import Callable
+
+import psutil
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -46,3 +58,71 @@ def describe_status(status: int) -> str:
         except ValueError:
             return f"signal {sig}"
     return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+class Children:
+    """The strategy children this worker is the parent of: a pidfd each, reaped here and only here."""
+
+    def __init__(self, watch: Callable[[int, Callable[[], None]], None], unwatch: Callable[[int], None], log: logging.Logger) -> None:
+        self._watch = watch
+        self._unwatch = unwatch
+        self.log = log
+        self.tracked: dict[int, tuple[int, Callable[[int], None]]] = {}  #: pid -> (pidfd, on_exit)
+
+    def track(self, pid: int, on_exit: Callable[[int], None]) -> None:
+        """Watch ``pid`` (our child); ``on_exit(wait status)`` runs once it is reaped."""
+        pidfd = os.pidfd_open(pid)
+        self.tracked[pid] = (pidfd, on_exit)
+        self._watch(pidfd, lambda: self.reap(pid))
+
+    def reap(self, pid: int) -> None:
+        """Reap ``pid`` if it has exited: kill its group first, then report its status."""
+        if pid not in self.tracked:
+            return
+        # Peek first: a stale poller event (a pidfd number reused) must never block in waitpid.
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            return
+        pidfd, on_exit = self.tracked.pop(pid)
+        kill_group(pid)  # its helpers go with it, while the zombie leader still holds the group id
+        _, status = os.waitpid(pid, 0)
+        self._unwatch(pidfd)
+        os.close(pidfd)
+        on_exit(status)
+
+    def reap_orphans(self, reap_other: Callable[[int], bool]) -> int:
+        """Reap every exited child: ours through `reap`, others that ``reap_other`` claims
+        (the zygote's Popen), and orphans re-parented to us. How many orphans were reaped."""
+        orphans = 0
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return orphans
+            if info is None:
+                return orphans
+            pid = info.si_pid
+            if pid in self.tracked:
+                self.reap(pid)
+            elif not reap_other(pid):
+                os.waitpid(pid, os.WNOHANG)
+                orphans += 1
+
+    def kill_all(self) -> None:
+        for pid in list(self.tracked):
+            kill_group(pid)
+
+
+def tree_memory_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its descendants in MB (pages shared with the zygote count too)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.Error:
+            continue  # exited meanwhile
+    return total / 1e6

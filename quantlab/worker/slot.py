@@ -1,53 +1,36 @@
-"""One supervised strategy on a worker: its typed supervision state."""
+"""One supervised strategy on a worker: its machine, its outbox and what the store shows of it."""
 
 from __future__ import annotations
 
+import collections
 import datetime
 from pathlib import Path
-from typing import Literal
 
 import msgspec
 
-from quantlab.pool.records import Assignment, ErrorInfo, ExitReason, StrategyResult, StrategyStatus, Work
-from quantlab.worker.rules import ErrorWindow, TickSchedule
-
-Phase = Literal["starting", "running", "stopping", "backoff", "done"]
-
-_STATUS: dict[Phase, StrategyStatus] = {
-    "starting": "starting",
-    "running": "running",
-    "stopping": "stopping",
-    "backoff": "error",
-    "done": "stopped",
-}
+from quantlab.pool.records import Assignment, StrategyResult, StrategyStatus, Work
+from quantlab.protocol import ToChild
+from quantlab.worker import machine as m
 
 
 class Slot:
     """What the worker knows about one strategy it runs (the seed's wctx.strategies entry)."""
 
-    def __init__(self, work: Work, log_path: Path) -> None:
+    def __init__(self, work: Work, log_path: Path, machine: m.Machine) -> None:
         assert work.assignment is not None
         self.id = work.id
         self.work = work
         self.assignment: Assignment = work.assignment
         self.log_path = log_path
+        self.machine = machine
         self.result = msgspec.structs.replace(work.result, pid=None, reason="")
-        self.phase: Phase = "backoff"
-        self.incarnation = 0
-        self.pid: int | None = None
-        self.pidfd: int | None = None
-        self.started_at = 0.0
-        self.ready_at: float | None = None
-        self.restart_at = 0.0
-        self.stop_deadline = 0.0
-        self.stop_reason: ExitReason | None = None
-        self.error_reported: ErrorInfo | None = None  #: an Error message from the child before it exited
-        self.exited: ExitReason | None = None  #: the child said Exited: a clean stop
-        self.killed_for: str | None = None  #: why the worker killed it (hung, stop timeout)
-        self.restart_requested = False  #: `qlab strategy restart`: start again once stopped
-        self.consecutive_failures = 0
-        self.errors = ErrorWindow(work.spec.error_window)
-        self.ticks = TickSchedule(work.spec.interval, 0.0)
+        #: Messages the child could not take yet (not connected, or its pipe full): sent on the next pass.
+        self.outbox: collections.deque[ToChild] = collections.deque()
+        self.unsaved: bytes | None = None  #: state JSON the store refused (disk full...): written again later
+        self.store_failing = False  #: a store write failed and was reported; reset by the next success
+        self.operator_stopped = False  #: the stop under way came from desired=stopped (a start may cancel it)
+        self.init_pending = False  #: Init could not be built (the store failed): tried again next pass
+        self.memory_checked = 0.0  #: when the memory limit was last checked (monotonic)
         self.dirty = True
 
     # ---- the seed's view ----
@@ -65,31 +48,33 @@ class Slot:
         return self.result.error_count
 
     @property
-    def routing_id(self) -> bytes:
-        return f"{self.id}#{self.incarnation}".encode()
+    def pid(self) -> int | None:
+        child = m.alive(self.machine)
+        return child.pid if child else None
 
     @property
     def alive(self) -> bool:
-        return self.pid is not None
+        return m.alive(self.machine) is not None
+
+    @property
+    def running(self) -> bool:
+        """st_init returned and no stop is under way: the child takes ticks and messages."""
+        return isinstance(self.machine.state, m.Running)
+
+    @property
+    def routing_id(self) -> bytes:
+        return f"{self.id}#{self.machine.incarnation}".encode()
 
     @property
     def moved_away(self) -> bool:
         """The Work is no longer this worker's at this epoch: its writes and orders are fenced off."""
-        return self.stop_reason is not None and self.stop_reason.type in ("reassigned", "lease_lost")
+        return m.moved_away(self.machine)
 
-    def set_phase(self, phase: Phase, reason: str = "") -> None:
-        self.phase = phase
-        self.result.status = _STATUS[phase]
-        self.result.reason = reason
-        self.dirty = True
-
-    def hung_for(self, now: float) -> float:
-        """Seconds since the last sign of a completed heartbeat (or since spawn)."""
-        last = max(self.started_at, self.result.last_heartbeat or 0.0)
-        return now - last
-
-    def marker(self, now: float, text: str) -> None:
+    def marker(self, wall: float, text: str) -> None:
         """A line from the worker in the strategy's own log: spawn, exit, kill, restart."""
-        stamp = datetime.datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(f"{stamp} WORKER {text}\n")
+        stamp = datetime.datetime.fromtimestamp(wall).strftime("%Y-%m-%d %H:%M:%S,%f")[:-3]
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(f"{stamp} WORKER {text}\n")
+        except OSError:
+            pass  # a full disk must not stop supervision; the worker's own log says what failed

@@ -11,8 +11,16 @@ pidfd in its poller), the worker is a child subreaper and the zygote
 double-forks: the intermediate exits at once, the grandchild is re-parented to
 the worker, then arms its parent-death signal so it never outlives the worker.
 
-Wire: a SOCK_SEQPACKET socketpair, one msgpack Spawn per request, one Spawned
-per reply.
+A child's own helpers (processes it starts) are in its process group; the
+worker kills that group whenever it reaps the child. When the worker itself
+dies (SIGKILL) the children die with it, but their helpers would be
+re-parented to init: so the zygote, which outlives the worker by a moment
+(it has no parent-death signal; its socket's EOF tells it), kills the group of
+every child the worker had not reaped yet, then exits.
+
+Wire: a SOCK_SEQPACKET socketpair; requests are msgpack Spawn (answered with
+one Spawned) or Forget (no answer: the worker reaped that child and killed
+its group, so the zygote must never kill that group id again).
 """
 
 from __future__ import annotations
@@ -29,10 +37,14 @@ import msgspec
 from quantlab.worker import procs
 
 
-class Spawn(msgspec.Struct):
+class Spawn(msgspec.Struct, tag="spawn"):
     endpoint: str
     routing_id: bytes
     log_path: str
+
+
+class Forget(msgspec.Struct, tag="forget"):
+    pid: int
 
 
 class Spawned(msgspec.Struct):
@@ -41,7 +53,7 @@ class Spawned(msgspec.Struct):
 
 
 _encode = msgspec.msgpack.encode
-_decode_spawn = msgspec.msgpack.Decoder(Spawn).decode
+_decode_request = msgspec.msgpack.Decoder(Spawn | Forget).decode
 _decode_spawned = msgspec.msgpack.Decoder(Spawned).decode
 
 #: Seconds a new child may wait to be re-parented to the worker.
@@ -75,6 +87,10 @@ class Zygote:
             raise OSError(f"zygote could not fork: {reply.error}")
         return reply.pid
 
+    def forget(self, pid: int) -> None:
+        """The worker reaped ``pid`` and killed its group: the zygote must not kill that group on its way out."""
+        self.sock.sendall(_encode(Forget(pid=pid)))
+
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -95,13 +111,20 @@ def _serve(sock: socket.socket, worker_pid: int) -> None:
     # Imported here, once: every child starts with them loaded.
     from quantlab.strategy import runner  # noqa: F401
 
+    unreaped: set[int] = set()  # children the worker has not reaped: their groups may hold helpers
     while True:
         data = sock.recv(65536)
-        if not data:
+        if not data:  # the worker closed us, or died: leave nothing of its children behind
+            for pgid in unreaped:
+                procs.kill_group(pgid)
             return
-        request = _decode_spawn(data)
+        request = _decode_request(data)
+        if isinstance(request, Forget):
+            unreaped.discard(request.pid)
+            continue
         try:
             reply = Spawned(pid=_double_fork(request, sock, worker_pid))
+            unreaped.add(reply.pid)
         except OSError as e:
             reply = Spawned(error=str(e))
         sock.sendall(_encode(reply))
@@ -174,7 +197,10 @@ def _redirect_output(log_path: str) -> None:
 
 def main() -> None:
     fd, worker_pid = int(sys.argv[1]), int(sys.argv[2])
-    procs.die_with_parent(worker_pid)
+    # No parent-death signal here: when the worker dies, the EOF on our socket makes us kill
+    # the groups of its children before we exit (see _serve).
+    if os.getppid() != worker_pid:
+        os._exit(1)
     # The terminal's Ctrl-C reaches the worker's whole group; the worker decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

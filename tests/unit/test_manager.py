@@ -1,223 +1,441 @@
-"""The StrategyManager stepped with an injected `now`: scripted child messages, real (sleep) processes."""
+"""The StrategyManager stepped with fakes: no processes, no sockets, no store files.
+
+The fake transport plays the children (connected or not, exiting when told)
+and the fake pool is a dict of Works with the WorkPool's fenced writes.
+"""
 
 from __future__ import annotations
 
+import errno
 import logging
-import os
 import random
-import select
 import signal
-import subprocess
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable
 
+import msgspec
 import pytest
 
 from quantlab.config import Paths
-from quantlab.pool.filestore import FileStore
-from quantlab.pool.records import Assignment, StrategySpec, Work
-from quantlab.pool.workpool import WorkPool
-from quantlab.protocol import ApiCall, ApiResult, Heartbeat, Hello, Init, Ready, Stop, Tick, ToChild
-from quantlab.worker.manager import StrategyManager
-from quantlab.worker.rules import STABLE_AFTER
+from quantlab.errors import CorruptRecord, NotFound, StaleWriter
+from quantlab.pool.records import Assignment, Event, StrategyResult, StrategySpec, Work
+from quantlab.protocol import (
+    ApiCall,
+    ApiResult,
+    Exited,
+    Heartbeat,
+    Hello,
+    Init,
+    Ready,
+    Stop,
+    Tick,
+    TickExpired,
+    ToChild,
+)
+from quantlab.worker.manager import LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, StrategyManager
 from quantlab.worker.zygote import Spawn
 
-T0 = 1_000_000.0
+T0 = 1000.0  # monotonic
+WALL0 = 1_700_000_000.0
+KILLED = signal.SIGKILL  # a wait status: killed by SIGKILL
 
 
-class Clock:
+def exit_code(n: int) -> int:
+    return n << 8  # a wait status: exited with code n
+
+
+class Clocks:
     def __init__(self) -> None:
-        self.now = T0
+        self.mono = T0
+        self.wall = WALL0
 
-    def __call__(self) -> float:
-        return self.now
+    def advance(self, seconds: float) -> None:
+        self.mono += seconds
+        self.wall += seconds
 
 
-class ScriptedTransport:
-    """Children are plain `sleep` processes in their own group; messages are recorded, not sent."""
+class FakeTransport:
+    """Children that exist only here: they connect when told, exit when told."""
 
     endpoint = "ipc:///nowhere"
 
     def __init__(self) -> None:
+        self.next_pid = 100
+        self.on_exit: dict[int, Callable[[int], None]] = {}
+        self.routing: dict[int, bytes] = {}
+        self.connected: set[bytes] = set()
+        self.full: set[bytes] = set()  #: routing ids whose pipe is at the high-water mark
         self.sent: list[tuple[bytes, ToChild]] = []
-        self.watched: dict[int, Callable[[], None]] = {}
-        self.children: list[subprocess.Popen[bytes]] = []
+        self.killed: list[int] = []
+        self.memory: dict[int, float] = {}
+        self.api_calls: list[ApiCall] = []
 
-    def spawn(self, request: Spawn) -> int:
-        child = subprocess.Popen(["sleep", "60"], start_new_session=True)
-        self.children.append(child)
-        return child.pid
+    def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
+        self.next_pid += 1
+        self.on_exit[self.next_pid] = on_exit
+        self.routing[self.next_pid] = request.routing_id
+        return self.next_pid
 
-    def send(self, routing_id: bytes, msg: ToChild) -> None:
+    def kill(self, pid: int) -> None:
+        self.killed.append(pid)
+
+    def send(self, routing_id: bytes, msg: ToChild) -> bool:
+        if routing_id not in self.connected or routing_id in self.full:
+            return False
         self.sent.append((routing_id, msg))
-
-    def watch(self, fd: int, handler: Callable[[], None]) -> None:
-        self.watched[fd] = handler
-
-    def unwatch(self, fd: int) -> None:
-        del self.watched[fd]
+        return True
 
     def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str]) -> None:
-        raise AssertionError("no API calls in these tests")
+        self.api_calls.append(call)
+
+    def memory_mb(self, pid: int) -> float:
+        return self.memory.get(pid, 10.0)
 
     def drain(self, timeout: float) -> None:
         """Scripted: every message a test sends is delivered by the test itself."""
 
-    def deliver_exits(self) -> None:
-        """Run the handler of every pidfd that is readable (a child exited)."""
-        ready, _, _ = select.select(list(self.watched), [], [], 5)
-        for fd in ready:
-            self.watched[fd]()
+    def exit(self, pid: int, status: int) -> None:
+        self.on_exit.pop(pid)(status)
 
-    def last(self, kind: type) -> ToChild:
-        return [m for _, m in self.sent if isinstance(m, kind)][-1]
+    def of(self, kind: type, rid: bytes | None = None) -> list[Any]:
+        return [msg for r, msg in self.sent if isinstance(msg, kind) and (rid is None or r == rid)]
+
+
+class FakePool:
+    """The WorkPool's worker-side calls over a dict, with its fencing."""
+
+    def __init__(self, clocks: Clocks) -> None:
+        self.works: dict[str, Work] = {}
+        self.state: dict[str, tuple[int, bytes]] = {}
+        self.events: list[Event] = []
+        self.clocks = clocks
+        self.fail_writes: OSError | None = None
+        self.corrupt: set[str] = set()
+
+    def report(self, work_id: str, assignment: Assignment, update: Callable[[Work], None]) -> Work:
+        if work_id not in self.works:
+            raise NotFound(work_id)
+        work = msgspec.structs.replace(self.works[work_id], result=msgspec.structs.replace(self.works[work_id].result))
+        if work.assignment != assignment:
+            raise StaleWriter(f"{work_id} moved")
+        update(work)
+        self.works[work_id] = work
+        return work
+
+    def report_result(self, work_id: str, assignment: Assignment, result: StrategyResult) -> bool:
+        try:
+            self.report(work_id, assignment, lambda w: setattr(w, "result", msgspec.structs.replace(result)))
+        except (StaleWriter, NotFound):
+            return False
+        return True
+
+    def claim_state(self, work_id: str, epoch: int) -> dict[str, Any]:
+        if work_id in self.corrupt:
+            raise CorruptRecord(f"state/{work_id}: not JSON")
+        held, data = self.state.get(work_id, (0, b"{}"))
+        if held > epoch:
+            raise StaleWriter("newer epoch")
+        self.state[work_id] = (epoch, data)
+        return msgspec.json.decode(data)  # type: ignore[no-any-return]
+
+    def save_state(self, work_id: str, epoch: int, state_json: bytes) -> None:
+        if self.fail_writes is not None:
+            raise self.fail_writes
+        if self.state.get(work_id, (0, b""))[0] > epoch:
+            raise StaleWriter("newer epoch")
+        self.state[work_id] = (epoch, state_json)
+
+    def event(self, kind: str, *, strategy: str | None = None, worker: str | None = None, detail: str = "") -> None:
+        self.events.append(Event(ts=self.clocks.wall, kind=kind, strategy=strategy, worker=worker, detail=detail))
+
+    def kinds(self, strategy: str = "s") -> list[str]:
+        return [e.kind for e in self.events if e.strategy == strategy]
+
+
+class Env:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clocks = Clocks()
+        self.transport = FakeTransport()
+        self.pool = FakePool(self.clocks)
+        self.manager = StrategyManager(
+            worker_id="w1", pool=self.pool, transport=self.transport, paths=Paths(tmp_path),  # type: ignore[arg-type]
+            log=logging.getLogger("test"), clock=lambda: self.clocks.mono, wall=lambda: self.clocks.wall,
+            rng=random.Random(1),
+        )
+        self.manager.set_lease(T0 + 10_000)
+
+    def assign(self, work_id: str = "s", **spec: Any) -> Work:
+        work = Work(id=work_id, spec=StrategySpec(file="/s.py", **spec), assignment=Assignment(worker="w1", epoch=1), epoch=1)
+        self.pool.works[work_id] = work
+        self.manager.reconcile(list(self.pool.works.values()))
+        return work
+
+    def change(self, work_id: str = "s", **fields: Any) -> None:
+        self.pool.works[work_id] = msgspec.structs.replace(self.pool.works[work_id], **fields)
+        self.manager.reconcile(list(self.pool.works.values()))
+
+    def slot_rid(self, work_id: str = "s") -> bytes:
+        return self.manager.slots[work_id].routing_id
+
+    def pid(self, work_id: str = "s") -> int:
+        pid = self.manager.slots[work_id].pid
+        assert pid is not None
+        return pid
+
+    def hello(self, work_id: str = "s") -> bytes:
+        rid = self.slot_rid(work_id)
+        self.transport.connected.add(rid)
+        self.manager.on_message(rid, Hello(pid=self.pid(work_id)))
+        return rid
+
+    def start(self, work_id: str = "s") -> bytes:
+        rid = self.hello(work_id)
+        self.manager.on_message(rid, Ready())
+        return rid
+
+    def step(self, seconds: float) -> None:
+        self.clocks.advance(seconds)
+        self.manager.supervise()
+
+    def work(self, work_id: str = "s") -> Work:
+        return self.pool.works[work_id]
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[StrategyManager, ScriptedTransport, FileStore]]:
-    store = FileStore(tmp_path / "store")
-    transport = ScriptedTransport()
-    clock = Clock()
-    manager = StrategyManager(
-        worker_id="w1", pool=WorkPool(store, clock=clock), transport=transport,
-        paths=Paths(tmp_path), log=logging.getLogger("test"), clock=clock, rng=random.Random(1),
-    )
-    manager.lease_valid_until = T0 + 10_000
-    yield manager, transport, store
-    for child in transport.children:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
 
 
-def assign(store: FileStore, **spec: float) -> Work:
-    work = Work(id="s", spec=StrategySpec(file="/s.py", **spec), assignment=Assignment(worker="w1", epoch=1), epoch=1)  # type: ignore[arg-type]
-    store.add_work(work)
-    return work
+def test_ticks_go_out_only_after_answers(env: Env) -> None:
+    env.assign(interval=1.0)
+    rid = env.start()
+    assert [t.tick.seq for t in env.transport.of(Tick)] == [1]
+    env.step(1.0)
+    env.step(1.0)
+    assert len(env.transport.of(Tick)) == 1  # unanswered: overruns, no backlog
+    env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
+    env.step(1.0)
+    second = env.transport.of(Tick)[-1]
+    assert second.tick.seq == 2 and second.tick.overruns == 2
+    assert env.manager.slots["s"].result.heartbeats == 1 and env.pool.state["s"] == (1, b'{"n": 1}')
 
 
-def start(manager: StrategyManager, transport: ScriptedTransport, store: FileStore, now: float) -> bytes:
-    manager.reconcile(store.list_works(), now)
-    slot = manager.slots["s"]
-    manager.on_message(slot.routing_id, Hello(pid=slot.pid or 0), now)
-    assert isinstance(transport.last(Init), Init)
-    manager.on_message(slot.routing_id, Ready(), now)
-    return slot.routing_id
+@pytest.mark.parametrize("jump", [-3600.0, 3600.0])
+def test_a_wall_clock_step_does_not_move_ticks_or_hang_detection(env: Env, jump: float) -> None:
+    """Issue 7 item 7: a backward step silenced every strategy and its hang detection for that long."""
+    env.assign(interval=1.0, heartbeat_timeout=5.0)
+    rid = env.start()
+    env.clocks.wall += jump
+    for seq in range(1, 4):
+        env.manager.on_message(rid, Heartbeat(seq=seq))
+        env.step(1.0)
+    assert [t.tick.seq for t in env.transport.of(Tick)] == [1, 2, 3, 4]
+    env.step(5.5)  # monotonic time passes, the wall clock says nothing about it
+    assert env.transport.killed == [env.pid()]
+    assert env.manager.slots["s"].result.last_heartbeat == pytest.approx(WALL0 + jump + 2.0)
 
 
-def test_ready_child_gets_ticks_only_after_answers(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
-    manager, transport, store = env
-    assign(store, interval=1.0)
-    rid = start(manager, transport, store, T0)
-    first = transport.last(Tick)
-    assert isinstance(first, Tick) and first.tick.seq == 1
-    manager.supervise(T0 + 1.0)  # unanswered: an overrun, no second tick
-    manager.supervise(T0 + 2.0)
-    assert len([m for _, m in transport.sent if isinstance(m, Tick)]) == 1
-    manager.on_message(rid, Heartbeat(seq=1), T0 + 2.1)
-    manager.supervise(T0 + 3.0)
-    second = transport.last(Tick)
-    assert isinstance(second, Tick) and second.tick.seq == 2 and second.tick.overruns == 2
-    assert manager.slots["s"].result.heartbeats == 1
+def test_a_stop_before_hello_waits_in_the_outbox_and_st_exit_still_runs(env: Env) -> None:
+    """Issue 7 item 1: the Stop to a child not connected yet was dropped; Ready made it run on."""
+    env.assign()
+    env.change(desired="stopped")
+    assert env.transport.sent == []  # not connected: nothing could go out, nothing was dropped
+    rid = env.hello()
+    assert [type(m) for _, m in env.transport.sent] == [Init, Stop]
+    env.manager.on_message(rid, Ready())
+    assert env.manager.slots["s"].status == "stopping" and env.transport.of(Tick) == []
+    assert len(env.transport.of(Stop)) == 2  # sent again on Ready: harmless, and never lost
+    env.manager.on_message(rid, Exited(reason=env.transport.of(Stop)[0].reason, state=b'{"n": 2}'))
+    env.transport.exit(env.pid(), exit_code(0))
+    work = env.work()
+    assert work.result.status == "stopped" and work.assignment is None and env.pool.state["s"][1] == b'{"n": 2}'
 
 
-def test_hung_child_is_killed_counted_and_restarted_after_backoff(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
-    manager, transport, store = env
-    assign(store, heartbeat_timeout=5.0, backoff=2.0)
-    start(manager, transport, store, T0)
-    first_pid = manager.slots["s"].pid
-    manager.supervise(T0 + 4.0)
-    assert manager.slots["s"].killed_for is None
-    manager.supervise(T0 + 5.5)
-    assert manager.slots["s"].killed_for == "no heartbeat for 5s"
-    manager.clock.now = T0 + 5.5  # type: ignore[attr-defined]
-    transport.deliver_exits()
-    slot = manager.slots["s"]
-    assert slot.phase == "backoff" and slot.result.error_count == 1
-    assert slot.result.last_error is not None and slot.result.last_error.message.startswith("hung")
-    restart_at = slot.restart_at
-    assert T0 + 5.5 + 1.8 <= restart_at <= T0 + 5.5 + 2.2  # 2 s with 10% jitter
-    manager.supervise(restart_at - 0.01)
-    assert slot.pid is None
-    manager.supervise(restart_at)
-    assert slot.pid not in (None, first_pid) and slot.result.restarts == 1
-    assert store.get_work("s").result.status == "starting"
+def test_stop_then_start_while_st_exit_runs_ends_running(env: Env) -> None:
+    """Issue 7 item 3: a completed stop always wrote desired=stopped."""
+    env.assign()
+    rid = env.start()
+    first = env.pid()
+    env.change(desired="stopped")
+    env.change(desired="running")  # `qlab strategy start` while st_exit runs
+    env.manager.on_message(rid, Exited(reason=env.transport.of(Stop)[0].reason))
+    env.transport.exit(first, exit_code(0))
+    env.step(0.0)
+    assert env.manager.slots["s"].pid not in (None, first)
+    assert env.work().desired == "running" and env.work().assignment is not None
 
 
-def test_too_many_errors_fail_and_release_the_work(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
-    manager, transport, store = env
-    assign(store, max_errors=2, backoff=0.0)
-    now = T0
-    start(manager, transport, store, now)
-    for crash in range(3):
-        slot = manager.slots["s"]
-        os.killpg(slot.pid or 0, signal.SIGKILL)
-        transport.deliver_exits()
-        if crash < 2:
-            now += 1
-            manager.supervise(now)  # backoff 0: restarted at once
-    assert "s" not in manager.slots
-    work = store.get_work("s")
-    assert work.result.status == "failed" and work.assignment is None
-    assert work.result.error_count == 3 and "signal SIGKILL" in work.result.reason
+def test_a_late_start_after_the_stop_settled_is_not_overwritten(env: Env) -> None:
+    env.assign()
+    rid = env.start()
+    env.change(desired="stopped")
+    env.pool.works["s"].desired = "running"  # the start lands after the worker's last reconcile
+    env.manager.on_message(rid, Exited(reason=env.transport.of(Stop)[0].reason))
+    env.transport.exit(env.pid(), exit_code(0))
+    work = env.work()
+    assert work.desired == "running" and work.assignment is None and work.result.status == "pending"
 
 
-def test_stop_sends_stop_then_kills_after_stop_timeout(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
-    manager, transport, store = env
-    assign(store, stop_timeout=3.0)
-    start(manager, transport, store, T0)
-    store.update_work("s", lambda w: setattr(w, "desired", "stopped") or w)
-    manager.reconcile(store.list_works(), T0 + 1)
-    stop = transport.last(Stop)
-    assert isinstance(stop, Stop) and stop.reason.type == "manual"
-    manager.supervise(T0 + 3.9)
-    assert manager.slots["s"].killed_for is None
-    manager.supervise(T0 + 4.1)
-    transport.deliver_exits()
-    work = store.get_work("s")
-    assert work.result.status == "stopped" and work.desired == "stopped" and work.assignment is None
+def test_ctx_stop_keeps_it_stopped_unless_restarted_meanwhile(env: Env) -> None:
+    from quantlab.pool.records import ExitReason
+
+    env.assign()
+    rid = env.start()
+    env.manager.on_message(rid, Exited(reason=ExitReason(type="manual", message="enough")))
+    env.transport.exit(env.pid(), exit_code(0))
+    assert env.work().desired == "stopped" and env.work().result.status == "stopped"
 
 
-def test_api_calls_are_refused_once_the_lease_ran_out(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
-    manager, transport, store = env
-    assign(store)
-    rid = start(manager, transport, store, T0)
-    manager.lease_valid_until = T0 + 5
-    manager.on_message(rid, ApiCall(call_id=7, account="paper", method="place_order", kwargs={}), T0 + 6)
-    refused = transport.last(ApiResult)
-    assert isinstance(refused, ApiResult) and not refused.ok and refused.kind == "permission"
-    assert refused.call_id == 7 and "lease" in refused.error
+def test_a_bad_message_is_the_strategys_fault_not_the_workers(env: Env) -> None:
+    """Issue 7 item 4: an exception while handling one child's message ended the worker loop."""
+    env.assign("bad")
+    env.assign("good")
+    bad, good = env.start("bad"), env.start("good")
+    env.manager.on_message(bad, Heartbeat(seq=1, state=b"[1, 2"))  # not JSON: must not raise here
+    assert env.transport.killed == [env.pid("bad")]
+    env.transport.exit(env.pid("bad"), KILLED)
+    result = env.manager.slots["bad"].result
+    assert result.status == "error" and result.last_error is not None
+    assert result.last_error.message.startswith("worker could not handle its Heartbeat")
+    env.manager.on_message(good, Heartbeat(seq=1, state=b'{"ok": true}'))
+    assert env.manager.slots["good"].result.heartbeats == 1
 
 
-def test_writes_are_fenced_after_reassignment(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
-    manager, transport, store = env
-    assign(store)
-    start(manager, transport, store, T0)
-    store.update_work("s", lambda w: setattr(w, "assignment", Assignment(worker="w2", epoch=2)) or w)
-    manager.slots["s"].result.heartbeats = 999
-    manager.flush_one(manager.slots["s"])
-    assert store.get_work("s").result.heartbeats != 999  # the stale worker's write was refused
-    manager.reconcile(store.list_works(), T0 + 1)
-    stop = transport.last(Stop)
-    assert isinstance(stop, Stop) and stop.reason.type == "reassigned"
+def test_a_full_disk_is_reported_and_retried_while_strategies_run(env: Env) -> None:
+    """Issue 7 item 4: a failed store write took the worker down."""
+    env.assign()
+    rid = env.start()
+    env.pool.fail_writes = OSError(errno.ENOSPC, "No space left on device")
+    env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
+    env.step(1.0)
+    env.manager.on_message(rid, Heartbeat(seq=2, state=b'{"n": 2}'))
+    assert env.pool.kinds().count("store_write_failed") == 1  # once per run of failures
+    assert env.manager.slots["s"].running and env.transport.killed == []
+    env.pool.fail_writes = None
+    env.step(1.0)
+    assert env.pool.state["s"] == (1, b'{"n": 2}')
+    assert any("No space left" in e.detail for e in env.pool.events if e.kind == "store_write_failed")
 
 
-def test_backoff_doubles_then_resets_after_a_stable_run(env: tuple[StrategyManager, ScriptedTransport, FileStore]) -> None:
-    manager, transport, store = env
-    assign(store, backoff=1.0, max_errors=100)
-    clock = manager.clock
-    start(manager, transport, store, T0)
-    delays = []
-    for round_ in range(3):
-        slot = manager.slots["s"]
-        os.killpg(slot.pid or 0, signal.SIGKILL)
-        clock.now = T0 + 100 * round_  # type: ignore[attr-defined]
-        transport.deliver_exits()
-        delays.append(slot.restart_at - clock.now)  # type: ignore[attr-defined]
-        manager.supervise(slot.restart_at)
-        manager.on_message(slot.routing_id, Hello(pid=slot.pid or 0), slot.restart_at)
-        manager.on_message(slot.routing_id, Ready(), slot.restart_at)
-        if round_ == 1:  # this incarnation runs stably for longer than STABLE_AFTER
-            manager.on_message(slot.routing_id, Heartbeat(seq=1), slot.restart_at + STABLE_AFTER + 1)
-    assert 0.9 <= delays[0] <= 1.1 and 1.8 <= delays[1] <= 2.2
-    assert 0.9 <= delays[2] <= 1.1  # reset: back to the first delay
+def test_a_newer_epoch_holding_the_state_stops_the_slot_without_more_writes(env: Env) -> None:
+    env.assign()
+    rid = env.start()
+    env.pool.state["s"] = (2, b'{"theirs": 1}')
+    env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
+    stop = env.transport.of(Stop)[-1]
+    assert stop.reason.type == "reassigned"
+    env.manager.on_message(rid, Exited(reason=stop.reason, state=b'{"n": 9}'))
+    env.transport.exit(env.pid(), exit_code(0))
+    assert env.pool.state["s"] == (2, b'{"theirs": 1}') and "s" not in env.manager.slots
+    assert "released" in env.pool.kinds()
+
+
+def test_an_unreadable_state_fails_the_strategy(env: Env) -> None:
+    env.pool.corrupt.add("s")
+    env.assign()
+    env.hello()
+    assert env.transport.of(Init) == [] and env.transport.killed == [env.pid()]
+    env.transport.exit(env.pid(), KILLED)
+    work = env.work()
+    assert work.result.status == "failed" and "state is unreadable" in work.result.reason and work.assignment is None
+
+
+def test_an_api_result_that_cannot_go_out_now_is_sent_on_a_later_pass(env: Env) -> None:
+    """Issue 7 item 8: a result that met the high-water mark was lost and the child blocked."""
+    env.assign()
+    rid = env.start()
+    env.manager.on_message(rid, ApiCall(call_id=1, account="paper", method="get_tickers", kwargs={}))
+    env.transport.full.add(rid)
+    env.manager.deliver_api_result(rid, ApiResult(call_id=1, ok=True, result={"retCode": 0}))
+    assert env.transport.of(ApiResult) == []
+    env.transport.full.clear()
+    env.step(0.01)
+    assert [r.call_id for r in env.transport.of(ApiResult)] == [1]
+
+
+def test_a_child_that_never_reads_is_killed_as_hung(env: Env) -> None:
+    env.assign()
+    rid = env.start()
+    env.transport.full.add(rid)
+    for _ in range(OUTBOX_LIMIT + 1):
+        env.manager.send_message("s", {"x": 1})
+    assert env.transport.killed == [env.pid()]
+    env.transport.exit(env.pid(), KILLED)
+    error = env.manager.slots["s"].result.last_error
+    assert error is not None and "could not be delivered" in error.message
+
+
+def test_lease_lapse_stops_every_child_stops_ticking_then_kills(env: Env) -> None:
+    """Issue 7 item 9 (child side): a worker past its lease kept ticking its children."""
+    env.assign(interval=1.0)
+    rid = env.start()
+    assert env.transport.of(Tick)[0].lease_until == T0 + 10_000
+    env.manager.set_lease(T0 + 2.0)
+    env.manager.on_message(rid, Heartbeat(seq=1))
+    env.step(1.0)
+    assert env.transport.of(Tick)[-1].lease_until == T0 + 2.0
+    env.manager.on_message(rid, Heartbeat(seq=2))
+    env.step(1.5)  # past the lease: a Stop, no tick
+    assert [t.tick.seq for t in env.transport.of(Tick)] == [1, 2]
+    assert env.transport.of(Stop)[-1].reason.type == "lease_lost"
+    env.manager.on_message(rid, ApiCall(call_id=3, account="paper", method="place_order", kwargs={}))
+    refused = env.transport.of(ApiResult)[-1]
+    assert not refused.ok and refused.kind == "permission" and env.transport.api_calls == []
+    assert not env.manager.send_message("s", {"late": True})
+    env.step(LEASE_KILL_GRACE)
+    assert env.transport.killed == [env.pid()]
+    env.transport.exit(env.pid(), KILLED)
+    assert "s" not in env.manager.slots and "lease_lost" in [e.kind for e in env.pool.events]
+    env.manager.reconcile(list(env.pool.works.values()))
+    assert "s" not in env.manager.slots  # nothing new is taken on a lapsed lease
+
+
+def test_an_expired_tick_reported_by_the_child_is_not_a_heartbeat(env: Env) -> None:
+    env.assign(interval=1.0)
+    rid = env.start()
+    env.manager.on_message(rid, TickExpired(seq=1))
+    env.step(1.0)
+    assert [t.tick.seq for t in env.transport.of(Tick)] == [1, 2]
+    assert env.manager.slots["s"].result.heartbeats == 0
+
+
+def test_over_its_memory_limit_a_strategy_is_restarted_with_that_reason(env: Env) -> None:
+    env.assign(max_memory_mb=100.0, backoff=0.0)
+    env.start()
+    env.transport.memory[env.pid()] = 150.0
+    env.step(MEMORY_EVERY)
+    assert env.transport.killed == [env.pid()]
+    env.transport.exit(env.pid(), KILLED)
+    error = env.manager.slots["s"].result.last_error
+    assert error is not None and error.message == "over its memory limit: 150 MB > 100 MB (max-memory)"
+    assert "memory_limit" in env.pool.kinds()
+    env.step(0.0)
+    assert env.manager.slots["s"].alive
+
+
+def test_hung_killed_counted_restarted_and_failed_after_too_many(env: Env) -> None:
+    env.assign(heartbeat_timeout=5.0, backoff=2.0, max_errors=1)
+    env.start()
+    env.step(5.5)
+    env.transport.exit(env.pid(), KILLED)
+    slot = env.manager.slots["s"]
+    assert slot.status == "error" and slot.result.error_count == 1 and "hung" in slot.result.reason
+    assert env.work().result.status == "error"
+    env.step(1.7)
+    assert not slot.alive
+    env.step(0.6)  # 2 s with 10% jitter
+    assert slot.alive and slot.result.restarts == 1
+    env.transport.exit(env.pid(), exit_code(3))
+    work = env.work()
+    assert work.result.status == "failed" and work.assignment is None and "crashed: exit code 3" in work.result.reason
+
+
+def test_writes_are_fenced_after_reassignment(env: Env) -> None:
+    env.assign()
+    env.start()
+    env.pool.works["s"].assignment = Assignment(worker="w2", epoch=2)
+    env.manager.slots["s"].result.heartbeats = 999
+    env.manager.flush_one(env.manager.slots["s"])
+    assert env.work().result.heartbeats != 999
+    env.manager.reconcile(list(env.pool.works.values()))
+    assert env.transport.of(Stop)[-1].reason.type == "reassigned"

@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantlab.worker.rules import JITTER, ErrorWindow, TickSchedule, backoff_delay
+from quantlab.worker.rules import JITTER, backoff_delay, next_tick
 
 
 def test_backoff_doubles_and_caps() -> None:
@@ -22,46 +22,10 @@ def test_backoff_jitter_stays_in_bounds(base: float, n: int, rand: float) -> Non
     assert plain * (1 - JITTER) - 1e-9 <= delay <= min(60.0, plain * (1 + JITTER)) + 1e-9
 
 
-def test_error_window_forgets_old_errors() -> None:
-    window = ErrorWindow(10.0)
-    assert [window.add(t) for t in (0.0, 1.0, 2.0)] == [1, 2, 3]
-    assert window.count(10.5) == 2
-    assert window.add(20.0) == 1
+def test_next_tick_is_one_interval_on() -> None:
+    assert next_tick(10.0, 1.0, now=10.2) == 11.0
 
 
-def test_tick_sent_only_after_answer_and_overruns_counted() -> None:
-    ticks = TickSchedule(1.0, now=0.0)
-    assert ticks.due(0.0)
-    assert ticks.sent(0.0) == 1
-    assert not ticks.due(0.5)
-    assert not ticks.due(1.0)  # still in flight: an overrun, skipped
-    assert not ticks.due(2.0)
-    assert ticks.overruns == 2
-    assert ticks.answered(1)
-    assert ticks.due(3.0)
-    assert ticks.sent(3.0) == 2
-
-
-def test_stale_answer_is_ignored() -> None:
-    ticks = TickSchedule(1.0, now=0.0)
-    ticks.sent(0.0)
-    assert not ticks.answered(7)
-    assert ticks.in_flight
-
-
-def test_long_pause_does_not_burst() -> None:
-    ticks = TickSchedule(1.0, now=0.0)
-    ticks.sent(0.0)
-    ticks.answered(1)
-    assert ticks.due(100.0)
-    ticks.sent(100.0)
-    ticks.answered(2)
-    assert not ticks.due(100.5)
-
-
-def test_restart_numbers_ticks_afresh_and_keeps_overruns() -> None:
-    ticks = TickSchedule(1.0, now=0.0)
-    ticks.sent(0.0)
-    ticks.due(1.0)
-    ticks.restart(5.0)
-    assert ticks.due(5.0) and ticks.sent(5.0) == 1 and ticks.overruns == 1
+def test_next_tick_after_a_long_pause_skips_ahead_never_bursts() -> None:
+    assert next_tick(10.0, 1.0, now=100.0) == 101.0
+    assert next_tick(10.0, 1.0, now=11.0) == 12.0  # due exactly now: not in the past

@@ -1,0 +1,41 @@
+"""The seam between the StrategyManager and the operating system.
+
+Every process and socket call the manager needs (fork through the zygote,
+pidfd and waitpid, killpg, ZeroMQ sends, psutil) is behind this protocol:
+WorkerRuntime (quantlab/worker/main.py) implements it, unit tests fake it.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from quantlab.protocol import ApiCall, ToChild
+from quantlab.worker.zygote import Spawn
+
+
+class Transport(Protocol):
+    """How the manager reaches processes and sockets: the worker loop provides it, tests fake it."""
+
+    endpoint: str
+
+    def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
+        """Fork a child, its pid; ``on_exit(wait status)`` runs once it is reaped (its group killed first)."""
+        ...
+
+    def kill(self, pid: int) -> None:
+        """SIGKILL the child's whole process group."""
+        ...
+
+    def send(self, routing_id: bytes, msg: ToChild) -> bool:
+        """True when sent; False when the child cannot take it now (not connected, pipe full)."""
+        ...
+
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str]) -> None: ...
+
+    def memory_mb(self, pid: int) -> float:
+        """Resident memory of the child and its descendants, in MB (0 when it is gone)."""
+        ...
+
+    def drain(self, timeout: float) -> None:
+        """Handle the children's messages that arrive within ``timeout`` seconds."""
+        ...

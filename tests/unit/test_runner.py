@@ -1,0 +1,150 @@
+"""The strategy child's runner against an in-process ROUTER socket: the child's side of the protocol."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import zmq
+
+from quantlab.pool.records import ExitReason, TickInfo
+from quantlab.protocol import (
+    Error,
+    Exited,
+    Heartbeat,
+    Hello,
+    Init,
+    Ready,
+    Stop,
+    Tick,
+    TickExpired,
+    ToChild,
+    ToWorker,
+    decode_to_worker,
+    encode,
+)
+from quantlab.strategy.runner import run_child
+
+RID = b"s#1"
+STRATEGY = '''
+def st_init(ctx):
+    ctx.state.setdefault("n", 0)
+def st_heartbeat(ctx, tick):
+    ctx.state["n"] += 1
+    if ctx.params.get("bad") and ctx.state["n"] == 2:
+        ctx.state["a"] = {(1, 2): "x"}
+def st_exit(ctx, reason):
+    ctx.state["exit"] = reason.type
+'''
+
+
+class FakeWorker:
+    def __init__(self, tmp_path: Path) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.endpoint = f"ipc://{tmp_path}/ch"
+        self.socket.bind(self.endpoint)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._child, daemon=True)
+        self.thread.start()
+
+    def _child(self) -> None:
+        self.code = run_child(self.endpoint, RID)
+
+    def send(self, msg: ToChild) -> None:
+        self.socket.send_multipart([RID, encode(msg)])
+
+    def recv(self) -> ToWorker:
+        assert self.socket.poll(5000), "the child said nothing"
+        rid, data = self.socket.recv_multipart()
+        assert rid == RID
+        return decode_to_worker(data)
+
+    def close(self) -> None:
+        self.thread.join(5)
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Iterator[FakeWorker]:
+    fake = FakeWorker(tmp_path)
+    yield fake
+    fake.close()
+
+
+def _init(tmp_path: Path, **params: object) -> Init:
+    file = tmp_path / "s.py"
+    file.write_text(STRATEGY)
+    return Init(id="s", file=str(file), params=dict(params), state={}, accounts=[], log_path=str(tmp_path / "s.log"))
+
+
+def _tick(seq: int, lease_until: float) -> Tick:
+    return Tick(tick=TickInfo(seq=seq, ts=time.time(), interval=1.0), lease_until=lease_until)
+
+
+def test_a_stop_before_init_is_answered_at_once(worker: FakeWorker) -> None:
+    assert isinstance(worker.recv(), Hello)
+    worker.send(Stop(reason=ExitReason(type="reassigned", message="moved")))
+    exited = worker.recv()
+    assert isinstance(exited, Exited) and exited.reason.type == "reassigned" and exited.state is None
+    worker.thread.join(5)
+    assert worker.code == 0
+
+
+def test_an_expired_tick_does_not_run(worker: FakeWorker, tmp_path: Path) -> None:
+    """Issue 7 item 9: a child resumed after its worker lost the lease ran the tick it already held."""
+    worker.recv()
+    worker.send(_init(tmp_path))
+    assert isinstance(worker.recv(), Ready)
+    worker.send(_tick(1, lease_until=time.monotonic() - 0.001))
+    assert worker.recv() == TickExpired(seq=1)
+    worker.send(_tick(2, lease_until=time.monotonic() + 60))
+    beat = worker.recv()
+    assert isinstance(beat, Heartbeat) and beat.seq == 2 and beat.state == b'{"n":1}'  # JSON, one tick ran
+    worker.send(Stop(reason=ExitReason(type="manual")))
+    exited = worker.recv()
+    assert isinstance(exited, Exited) and exited.state == b'{"n":1,"exit":"manual"}'
+
+
+def test_a_state_that_is_not_json_is_an_error_naming_the_key_path(worker: FakeWorker, tmp_path: Path) -> None:
+    worker.recv()
+    worker.send(_init(tmp_path, bad=True))
+    worker.recv()
+    worker.send(_tick(1, lease_until=time.monotonic() + 60))
+    assert isinstance(worker.recv(), Heartbeat)
+    worker.send(_tick(2, lease_until=time.monotonic() + 60))
+    error = worker.recv()
+    assert isinstance(error, Error)
+    assert error.message == "ctx.state after st_heartbeat: state['a'][(1, 2)]: key is not a string"
+    worker.thread.join(5)
+    assert worker.code == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ({"a": {(1, 2): "x"}}, "state['a'][(1, 2)]: key is not a string"),
+        ({None: 1}, "state[None]: key is not a string"),
+        ({True: 1}, "state[True]: key is not a string"),
+        ({1: 1}, "state[1]: key is not a string"),
+        ({"s": {1, 2}}, "state['s']: set is not JSON"),
+        ({"f": float("nan")}, "state['f']: nan is not a JSON number"),
+        ({"o": [object()]}, "state['o'][0]: object is not JSON"),
+    ],
+)
+def test_what_is_not_json_is_named_by_its_path(value: object, message: str) -> None:
+    from quantlab.strategy.jsoncheck import NotJson, to_json
+
+    with pytest.raises(NotJson) as caught:
+        to_json(value, "state")
+    assert str(caught.value) == message
+
+
+def test_json_passes_as_it_is() -> None:
+    from quantlab.strategy.jsoncheck import to_json
+
+    assert to_json({"a": [1, 2.5, "x", None, True, (3, 4)], "big": 2**70}, "state") == b'{"a":[1,2.5,"x",null,true,[3,4]],"big":1180591620717411303424}'
