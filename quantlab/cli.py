@@ -91,7 +91,8 @@ _POSITIVE = click.FloatRange(min=0, min_open=True)
 @director.command("start")
 @click.option("--tick", type=_POSITIVE, default=1.0, show_default=True, help="Seconds between director heartbeats.")
 @click.option(
-    "--lease-ttl", type=_POSITIVE, default=10.0, show_default=True, help="Seconds before a silent director is forgotten."
+    "--lease-ttl", type=_POSITIVE, default=10.0, show_default=True,
+    help="Seconds the leadership lease lasts without renewal; a standby takes over after it plus a margin.",
 )
 @pass_env
 def director_start(env: Env, tick: float, lease_ttl: float) -> None:
@@ -111,7 +112,7 @@ def worker() -> None:
 @click.option("--id", "id", help="Worker id [<host>-<region>].")
 @click.option("--max-strategies", type=int, help="Most strategies this worker runs at once [20].")
 @click.option("--heartbeat", type=float, help="Seconds between worker heartbeats [1].")
-@click.option("--lease-ttl", type=float, help="Seconds the worker's lease lasts without renewal [10].")
+@click.option("--lease-ttl", type=float, help="Seconds the worker's lease lasts without renewal [15].")
 @click.option("--stop-timeout", type=float, help="Seconds strategies get for st_exit on stop [10].")
 @click.option("--accounts", "accounts_file", metavar="FILE", help="Accounts file (env.jsonl).")
 @click.option("--proxy", metavar="URL", help="HTTP(S) proxy for the exchange.")
@@ -168,6 +169,7 @@ def strategy() -> None:
 @click.option("--max-errors", type=int, help="More errors than this within the window fail it [5].")
 @click.option("--error-window", type=float, help="Seconds over which errors are counted [600].")
 @click.option("--backoff", type=float, help="First restart delay in seconds, doubling [1].")
+@click.option("--max-memory", "max_memory_mb", type=float, metavar="MB", help="Restart it when its memory exceeds MB [no limit].")
 @pass_env
 def strategy_assign(
     env: Env,

@@ -52,6 +52,7 @@ class AssignRequest(msgspec.Struct, kw_only=True):
     max_errors: int | None = None
     error_window: float | None = None
     backoff: float | None = None
+    max_memory_mb: float | None = None  #: None: no memory limit
 
 
 def _strategy_id(work_id: str) -> str:
@@ -110,6 +111,7 @@ def _check_options(request: AssignRequest) -> None:
     _check_positive("interval", request.interval)
     _check_positive("heartbeat-timeout", request.heartbeat_timeout)
     _check_positive("error-window", request.error_window)
+    _check_positive("max-memory", request.max_memory_mb)
     if request.backoff is not None and not (math.isfinite(request.backoff) and request.backoff >= 0):
         raise BadInput(f"--backoff must be zero or more, got {request.backoff:g}")
     if request.max_errors is not None and request.max_errors < 1:
@@ -128,7 +130,7 @@ def _spec(request: AssignRequest, path: Path) -> StrategySpec:
     """The StrategySpec with every option the request left out at its default."""
     options = {
         name: value
-        for name in ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff")
+        for name in ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff", "max_memory_mb")
         if (value := getattr(request, name)) is not None
     }
     accounts = request.accounts if request.accounts is not None else loader.default_accounts(path)

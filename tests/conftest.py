@@ -15,10 +15,26 @@ import pytest
 
 from quantlab.pool.filestore import FileStore
 from quantlab.pool.records import Event, Work
+from quantlab.pool.workpool import WorkPool
 
 T = TypeVar("T")
 
 QLAB = shutil.which("qlab") or "qlab"
+
+#: Strategy-file helpers: ``once(name)`` is True the first time only (across restarts, a marker
+#: file beside the strategy); ``note(ctx, text)`` appends a line to exit-ID.txt beside it.
+ONCE = '''
+import os, time
+def once(name):
+    path = os.path.join(os.path.dirname(__file__), name)
+    if os.path.exists(path):
+        return False
+    open(path, "w").close()
+    return True
+def note(ctx, text):
+    with open(os.path.join(os.path.dirname(__file__), f"exit-{ctx.id}.txt"), "a") as f:
+        f.write(text + "\\n")
+'''
 
 
 def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
@@ -71,8 +87,15 @@ class Lab:
         self, worker_id: str = "w1", *args: str, region: str = "JP", env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         proc = self.start("worker", "start", "--region", region, "--id", worker_id, "--heartbeat", "0.2", *args, env=env)
-        wait_for(lambda: self.store.find_resource(worker_id), what=f"worker {worker_id} to register")
+        wait_for(lambda: self._exited(proc) or self.store.find_resource(worker_id), what=f"worker {worker_id} to register")
         return proc
+
+    def _exited(self, proc: subprocess.Popen[bytes]) -> bool:
+        """A process that should keep running exited: fail with what it said."""
+        if proc.poll() is None:
+            return False
+        said = (self.home / f"proc-{self.procs.index(proc)}.err").read_text()
+        raise AssertionError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}: {said}")
 
     def strategy(self, name: str, source: str) -> Path:
         path = self.home / f"{name}.py"
@@ -84,6 +107,10 @@ class Lab:
 
     def work(self, work_id: str) -> Work:
         return self.store.get_work(work_id)
+
+    def state(self, work_id: str) -> dict[str, Any]:
+        """The strategy's saved ctx.state ({} when there is none)."""
+        return WorkPool(self.store).load_state(work_id)
 
     def wait_status(self, work_id: str, status: str, timeout: float = 10.0) -> Work:
         return wait_for(

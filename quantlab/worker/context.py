@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgspec
 
 from quantlab.pool.records import Resource, WorkerState
+from quantlab.pool.view import WorkView
 from quantlab.pool.workpool import WorkPool
-from quantlab.protocol import Message
 from quantlab.worker.load import LoadMeter
 from quantlab.worker.manager import StrategyManager
 from quantlab.worker.options import WorkerOptions
@@ -38,7 +38,8 @@ class WorkerContext:
         apis: "ApiPool",
         manager: StrategyManager,
         log: logging.Logger,
-        run_until: Callable[[Callable[[], bool], float], None],
+        run_until: Callable[[Callable[[], bool], float, Callable[[], None] | None], None],
+        view: WorkView,
         hooks: ModuleType | None = None,
     ) -> None:
         self.worker = worker
@@ -49,6 +50,7 @@ class WorkerContext:
         self.apis = apis
         self.manager = manager
         self.log = log
+        self.view = view  #: the Works assigned here (or running here), kept fresh from the change feed
         self.hooks = hooks  #: the profile's optional user hooks
         self.meter = LoadMeter()
         self.stopping = False
@@ -62,15 +64,14 @@ class WorkerContext:
 
     def send_to_strategy(self, strategy_id: str, msg: Any) -> bool:
         """Deliver ``msg`` to the strategy's ``st_message`` hook; False if it is not running here."""
-        slot = self.manager.slots.get(strategy_id)
-        if slot is None or slot.phase != "running":
-            return False
-        self.manager.send_to(slot, Message(data=msg))
-        return True
+        return self.manager.send_message(strategy_id, msg)
 
     def broadcast_to_all(self, msg: Any) -> int:
         return sum(self.send_to_strategy(sid, msg) for sid in list(self.manager.slots))
 
-    def run_until(self, done: Callable[[], bool], timeout: float) -> None:
-        """Keep serving children (messages, exits) until ``done()`` or ``timeout`` seconds pass."""
-        self._run_until(done, timeout)
+    def run_until(self, done: Callable[[], bool], timeout: float, every: Callable[[], None] | None = None) -> None:
+        """Keep serving children (messages, exits) until ``done()`` or ``timeout`` seconds pass.
+
+        ``every`` runs once a heartbeat meanwhile (the lease renewal while draining).
+        """
+        self._run_until(done, timeout, every)

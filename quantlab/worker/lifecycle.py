@@ -8,8 +8,14 @@ add user hooks of the same names; they run after the built-in steps.
 
 from __future__ import annotations
 
+import time
+
+import msgspec
+
+from quantlab.pool.leases import fence_margin, holder_deadline
 from quantlab.pool.records import ExitReason, TickInfo
 from quantlab.worker.context import WorkerContext
+from quantlab.worker.registration import claim_record
 
 
 def st_worker_init(wctx: WorkerContext) -> None:
@@ -17,8 +23,9 @@ def st_worker_init(wctx: WorkerContext) -> None:
         "worker %s starting: region %s, accounts %s, max %d strategies",
         wctx.worker.id, wctx.worker.region, ", ".join(wctx.apis.names) or "none", wctx.options.max_strategies,
     )
+    detail = claim_record(wctx.pool.store, wctx.resource, say=wctx.log.warning)
     renew_lease(wctx, wctx.pool.clock())
-    wctx.pool.event("worker_joined", worker=wctx.worker.id, detail=f"region {wctx.worker.region}")
+    wctx.pool.event("worker_joined", worker=wctx.worker.id, detail=f"region {wctx.worker.region}: {detail}")
     _user_hook(wctx, "st_worker_init", wctx)
 
 
@@ -26,7 +33,8 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     now = tick.ts
     renew_lease(wctx, now)
     if not wctx.stopping:
-        wctx.manager.reconcile(wctx.pool.store.list_works(), now)
+        wctx.view.refresh()
+        wctx.manager.reconcile(list(wctx.view.works.values()))
         deliver_messages(wctx)
     wctx.manager.flush()
     _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
@@ -35,37 +43,60 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
 def st_worker_exit(wctx: WorkerContext, reason: ExitReason) -> None:
     wctx.log.info("worker %s exiting: %s %s", wctx.worker.id, reason.type, reason.message)
     wctx.stopping = True
-    now = wctx.pool.clock()
-    renew_lease(wctx, now)
-    wctx.manager.stop_all(ExitReason(type="worker_exit", message=reason.message), now)
-    wctx.run_until(lambda: not wctx.manager.slots, wctx.options.stop_timeout + 1.0)
+    renew_lease(wctx, wctx.pool.clock())
+    wctx.manager.stop_all(ExitReason(type="worker_exit", message=reason.message))
+    # Until its last child is gone the worker still owns its strategies: letting the lease
+    # lapse here would let the director start them elsewhere while st_exit still runs.
+    wctx.run_until(lambda: not wctx.manager.slots, wctx.options.stop_timeout + 1.0,
+                   lambda: renew_lease(wctx, wctx.pool.clock()))
     _user_hook(wctx, "st_worker_exit", wctx, reason)
-    wctx.pool.unregister_resource(wctx.worker.id)
+    wctx.pool.unregister_resource(wctx.worker.id, wctx.resource.spec.instance)
     wctx.pool.event("worker_stopped", worker=wctx.worker.id, detail=reason.message)
     wctx.apis.close()
     wctx.meter.close()
 
 
+def _hold_until(wctx: WorkerContext, started: float) -> None:
+    """Act until the lease minus its margin; kill what is left half-way into the margin."""
+    ttl = wctx.options.lease_ttl
+    wctx.manager.set_lease(holder_deadline(started, ttl), grace=fence_margin(ttl) / 2)
+
+
 def renew_lease(wctx: WorkerContext, now: float) -> None:
-    """Report load and status, and extend the lease (re-registering if the director dropped us)."""
+    """Report load and status and extend the lease; self-fence when the lease is no longer ours.
+
+    The manager may act until the lease's end minus a margin, counted on the monotonic
+    clock from the start of the renewal (the write itself may stall). A renewal that
+    finds the record gone (the director expired us while we were paused) or held by
+    another process stops every strategy here at once (lease_lost) and registers anew;
+    one that fails (a full disk) leaves the old deadline, which then runs out.
+    """
+    started = time.monotonic()
     running = sum(1 for slot in wctx.manager.slots.values() if slot.alive)
-    state = wctx.state
+    state = msgspec.structs.replace(wctx.resource.state)
     state.load = wctx.meter.measure(running)
     state.status = "stopping" if wctx.stopping else ("busy" if running else "idle")
     state.last_seen = now
     state.lease_expires = now + wctx.options.lease_ttl
-    if wctx.registered and wctx.pool.store.find_resource(wctx.worker.id) is None:
-        wctx.log.warning("worker %s was dropped by the director (lease lost?): registering again", wctx.worker.id)
-        wctx.pool.event("worker_joined", worker=wctx.worker.id, detail="registered again after losing its lease")
-    wctx.pool.update_resource_state(wctx.resource, state)
-    wctx.registered = True
-    wctx.manager.lease_valid_until = state.lease_expires
+    if wctx.pool.update_resource_state(wctx.resource, state):
+        _hold_until(wctx, started)
+        return
+    wctx.log.warning("worker %s lost its lease (expired while it was paused?): stopping its strategies", wctx.worker.id)
+    wctx.pool.event("lease_lost", worker=wctx.worker.id, detail="the registration was gone or taken at renewal")
+    wctx.manager.set_lease(0.0)
+    if wctx.stopping:
+        return
+    wctx.resource.state = state
+    detail = claim_record(wctx.pool.store, wctx.resource, say=wctx.log.warning)
+    wctx.pool.event("worker_joined", worker=wctx.worker.id, detail=f"registered again after losing its lease: {detail}")
+    if wctx.pool.update_resource_state(wctx.resource, state):
+        _hold_until(wctx, started)
 
 
 def deliver_messages(wctx: WorkerContext) -> None:
     """Messages left in the store by `qlab strategy send`, to each strategy's st_message."""
     for strategy_id, slot in list(wctx.strategies.items()):
-        if slot.phase == "running":  # not before st_init returned: the child could not take it
+        if slot.running:  # not before st_init returned, nor once a stop is under way
             for data in wctx.pool.store.take_messages(strategy_id):
                 wctx.send_to_strategy(strategy_id, data)
 

@@ -4,7 +4,9 @@ One thread runs the loop; a zmq Poller watches the ROUTER socket, every
 child's pidfd (a death is seen at once, not at the next heartbeat), the
 signal wake-up pipe and the API pool's completion eventfd. API calls run on
 the pool's threads so one slow exchange call never stalls another strategy's
-ticks; their results come back through a queue and the eventfd.
+ticks; their results come back through a queue and the eventfd. Every pass
+also reaps the orphans the worker inherits as a subreaper. Timers use the
+monotonic clock; the wall clock only stamps what people read.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from quantlab.logsetup import process_logger
 from quantlab.pool.open import open_store
 from quantlab.pool.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
 from quantlab.pool.store import Store
+from quantlab.pool.view import WorkView
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import StopRequest
 from quantlab.strategy.loader import import_file
 from quantlab.worker import procs
+from quantlab.worker.procs import Children
 from quantlab.worker.accounts import Account, load_accounts
 from quantlab.worker.apipool import ApiPool
 from quantlab.worker.channel import Channel
@@ -38,6 +42,7 @@ from quantlab.worker.context import WorkerContext, WorkerIdentity
 from quantlab.worker.lifecycle import st_worker_exit, st_worker_heartbeat, st_worker_init
 from quantlab.worker.manager import StrategyManager
 from quantlab.worker.options import WorkerOptions
+from quantlab.worker.registration import WorkerIdLock, new_instance, process_started
 from quantlab.worker.zygote import Spawn, Zygote
 
 #: Seconds between checks of the store's change token (how fast a new assignment is seen).
@@ -63,20 +68,40 @@ class WorkerRuntime:
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.apis = ApiPool(accounts, store, proxy=options.proxy)
         self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
+        self.children = Children(self.watch, self.unwatch, log)
         self.poller.register(self.channel.socket, zmq.POLLIN)
         self.watch(stop.fd, stop.drain)
         self.watch(self.api_wakeup, self._deliver_api_results)
 
     # ---- Transport ----
 
-    def spawn(self, request: Spawn) -> int:
+    def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
         if not self.zygote.alive:
             self.log.error("zygote died: starting a new one")
             self.zygote = Zygote(self.zygote.env)
-        return self.zygote.spawn(request)
+        pid = self.zygote.spawn(request)
 
-    def send(self, routing_id: bytes, msg: ToChild) -> None:
-        self.channel.send(routing_id, msg)
+        def reaped(status: int) -> None:
+            self._forget(pid)
+            on_exit(status)
+
+        self.children.track(pid, reaped)
+        return pid
+
+    def _forget(self, pid: int) -> None:
+        try:
+            self.zygote.forget(pid)
+        except OSError:
+            pass  # the zygote died: a new one never knew this child
+
+    def kill(self, pid: int) -> None:
+        procs.kill_group(pid)
+
+    def send(self, routing_id: bytes, msg: ToChild) -> bool:
+        return self.channel.send(routing_id, msg)
+
+    def memory_mb(self, pid: int) -> float:
+        return procs.tree_memory_mb(pid)
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
         self.handlers[fd] = handler
@@ -95,11 +120,15 @@ class WorkerRuntime:
 
     def drain(self, timeout: float) -> None:
         if self.channel.socket.poll(int(timeout * 1000)):
-            self._receive(time.time())
+            self._receive()
 
-    def _receive(self, now: float) -> None:
+    def _receive(self) -> None:
         for routing_id, msg in self.channel.receive():
-            self.manager.on_message(routing_id, msg, now)
+            self.manager.on_message(routing_id, msg)
+
+    def _reap_zygote(self, pid: int) -> bool:
+        """The zygote is Popen's to reap (its returncode tells `alive`)."""
+        return pid == self.zygote.proc.pid and self.zygote.proc.poll() is not None
 
     def _deliver_api_results(self) -> None:
         try:
@@ -116,46 +145,57 @@ class WorkerRuntime:
         """Wait up to ``timeout`` seconds, then handle whatever became ready."""
         events = dict(self.poller.poll(max(0, int(timeout * 1000))))
         if self.channel.socket in events:
-            self._receive(time.time())
+            self._receive()
         for fd in [fd for fd in events if isinstance(fd, int)]:
             handler = self.handlers.get(fd)
             if handler is not None:
-                handler()
-        self.manager.supervise(time.time())
+                self._guarded(handler)
+        self._guarded(lambda: self.children.reap_orphans(self._reap_zygote))
+        self.manager.supervise()
 
-    def run_until(self, done: Callable[[], bool], timeout: float) -> None:
-        deadline = time.time() + timeout
-        while not done() and time.time() < deadline:
-            now = time.time()
-            self.poll_once(min(deadline, self.manager.next_deadline(now), now + 0.05) - now)
-        for slot in list(self.manager.slots.values()):  # whatever did not stop in time
-            self.manager.kill(slot, "worker stopping", time.time())
-        end = time.time() + 2.0
-        while self.manager.slots and time.time() < end:
+    def _guarded(self, step: Callable[[], object]) -> None:
+        # A bug in one step must not end the loop: the children would lose their supervisor.
+        try:
+            step()
+        except Exception:
+            self.log.exception("worker loop step failed; carrying on")
+
+    def run_until(self, done: Callable[[], bool], timeout: float, every: Callable[[], None] | None = None) -> None:
+        """Serve the children until ``done()`` or ``timeout``, calling ``every`` once a heartbeat."""
+        deadline = time.monotonic() + timeout
+        next_every = time.monotonic() + self.options.heartbeat
+        while not done() and time.monotonic() < deadline:
+            now = time.monotonic()
+            self.poll_once(min(deadline, self.manager.next_deadline(), now + 0.05) - now)
+            if every is not None and time.monotonic() >= next_every:
+                every()
+                next_every = time.monotonic() + self.options.heartbeat
+        self.manager.kill_all("worker stopping")  # whatever did not stop in time
+        end = time.monotonic() + 2.0
+        while self.manager.slots and time.monotonic() < end:
             self.poll_once(0.05)
 
     def run(self, wctx: WorkerContext) -> None:
         heartbeat = self.options.heartbeat
-        token = self.store.change_token()
         next_beat = 0.0
         seq = 0
         while not self.stop.requested:
-            now = time.time()
-            self.poll_once(min(next_beat, self.manager.next_deadline(now), now + CHANGE_POLL) - now)
-            now = time.time()
-            if now >= next_beat or self.store.change_token() != token:
+            now = time.monotonic()
+            self.poll_once(min(next_beat, self.manager.next_deadline(), now + CHANGE_POLL) - now)
+            now = time.monotonic()
+            if now >= next_beat or wctx.view.dirty():
                 seq += 1
                 try:
-                    st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=now, interval=heartbeat))
+                    st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=time.time(), interval=heartbeat))
                 except (OSError, QuantlabError):
                     # A full disk or a store hiccup must not take the children down with the worker;
                     # if it lasts, the lease runs out and the director moves the strategies.
                     self.log.exception("worker heartbeat failed; trying again at the next one")
-                token = self.store.change_token()
                 if now >= next_beat:
                     next_beat = now + heartbeat
 
     def close(self) -> None:
+        self.children.kill_all()  # nothing outlives the worker, whatever path brought us here
         self.channel.close()
         self.context.term()
         self.zygote.close()
@@ -192,6 +232,8 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     stop = StopRequest().install()
     procs.become_subreaper()  # before the zygote: its grandchildren must come to us
     store = open_store(paths)
+    id_lock = WorkerIdLock(paths.store, options.id)
+    id_lock.take(store)  # before anything else: a second process with our id stops here
     log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id))
     hooks = _load_hooks(options.hooks)
     runtime = WorkerRuntime(store, options, paths, log, stop)
@@ -205,8 +247,17 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
             pid=os.getpid(),
             max_strategies=options.max_strategies,
             accounts=runtime.apis.names,
+            lease_ttl=options.lease_ttl,
+            instance=new_instance(),
+            started=process_started(),
         ),
         state=WorkerState(),
+    )
+    manager = runtime.manager
+    view = WorkView(
+        store,
+        wants=lambda change: change.worker == options.id or change.key in manager.slots,
+        keeps=lambda work: (work.assignment is not None and work.assignment.worker == options.id) or work.id in manager.slots,
     )
     wctx = WorkerContext(
         worker=identity,
@@ -217,6 +268,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
         manager=runtime.manager,
         log=log,
         run_until=runtime.run_until,
+        view=view,
         hooks=hooks,
     )
     try:
@@ -226,4 +278,5 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     finally:
         runtime.close()
         store.close()
+        id_lock.release()
     return 0

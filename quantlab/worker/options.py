@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from quantlab.errors import ConfigError
+from quantlab.pool.leases import fence_margin
 
 
 class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -17,7 +18,7 @@ class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     region: str = "JP"
     max_strategies: int = 20
     heartbeat: float = 1.0  #: seconds between worker heartbeats
-    lease_ttl: float = 10.0  #: seconds the worker's lease lasts without a renewal
+    lease_ttl: float = 15.0  #: seconds the worker's lease lasts without a renewal
     stop_timeout: float = 10.0  #: seconds strategies get for st_exit when the worker stops
     accounts_file: str | None = None  #: env.jsonl; default: etc/env.jsonl under the home, then the repo
     proxy: str | None = None  #: HTTP(S) proxy for the exchange, for the region
@@ -33,6 +34,13 @@ class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("worker max-strategies must be at least 1")
         if self.lease_ttl <= self.heartbeat:
             raise ConfigError("worker lease-ttl must be longer than its heartbeat")
+        usable = self.lease_ttl - fence_margin(self.lease_ttl)
+        if self.stop_timeout >= usable:
+            # A worker that loses its lease stops its strategies within what is left of it.
+            raise ConfigError(
+                f"worker stop-timeout ({self.stop_timeout:g}s) must fit inside its lease: under lease-ttl "
+                f"({self.lease_ttl:g}s) minus the fence margin ({fence_margin(self.lease_ttl):g}s)"
+            )
         return msgspec.structs.replace(self, id=worker_id, name=self.name or worker_id)
 
 

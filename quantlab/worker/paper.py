@@ -8,7 +8,7 @@ leverage, no funding, no liquidation.
 
 The account is one JSON document in the store. Every call first matches
 resting orders against the walk up to ``clock()``; calls that change the
-account do it inside ``store.update_blob`` (under the store's lock), so
+account do it inside ``store.update_blob`` (one compare-and-swap), so
 processes sharing an account lose no order and a new PaperExchange continues
 where the last stopped. Reads write only when that matching filled an order.
 """
@@ -122,12 +122,12 @@ class PaperExchange:
         return handler(_Call(self.account, state, market, ms), kwargs)
 
     def _write(self, handler: Handler | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Run ``handler`` on the stored state under the store lock; store the result unless refused."""
+        """Run ``handler`` on the stored state as one compare-and-swap; store the result unless refused."""
         outcome: dict[str, Any] = {}
 
         def update(raw: bytes | None) -> bytes | None:
             outcome.clear()  # a store may run ``update`` again after a conflict: only the last run counts
-            ms = self._ms()  # read under the lock, so the walk anchor never moves backwards
+            ms = self._ms()  # read in each attempt, so the walk anchor never moves backwards
             state = self._load(raw, ms)
             market = Market(self.account.seed, state.pins)
             filled = advance(state, market, ms)

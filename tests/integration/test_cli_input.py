@@ -61,7 +61,8 @@ def good(lab: Lab) -> Path:
 
 def put_worker(lab: Lab, worker_id: str) -> None:
     spec = WorkerSpec(name=worker_id, region="JP", host=socket.gethostname(), pid=os.getpid())
-    lab.store.put_resource(Resource(id=worker_id, spec=spec, state=WorkerState(lease_expires=time.time() + 60)))
+    record = Resource(id=worker_id, spec=spec, state=WorkerState(lease_expires=time.time() + 60))
+    lab.store.update_resource(worker_id, lambda current: record)
 
 
 def start_qlab(lab: Lab, *args: str) -> tuple[subprocess.Popen[bytes], Path, Path]:

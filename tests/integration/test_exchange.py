@@ -71,7 +71,7 @@ def live(lab: Lab, fake: FakeBybit) -> Lab:
 
 
 def seen(lab: Lab, work_id: str) -> list[list[object]]:
-    return lab.store.load_state(work_id).get("seen", [])
+    return lab.state(work_id).get("seen", [])
 
 
 def test_paper_orders_positions_and_persistence(lab: Lab) -> None:
@@ -91,7 +91,7 @@ def st_exit(ctx, reason): pass
     lab.director()
     worker = lab.worker("w1")
     lab.assign(lab.strategy("buyer", source), "--interval", "0.1")
-    assert wait_for(lambda: lab.store.load_state("buyer").get("size"), what="a position") == "0.01"
+    assert wait_for(lambda: lab.state("buyer").get("size"), what="a position") == "0.01"
     worker.send_signal(signal.SIGTERM)
     worker.wait(15)
     # a new worker process: the paper account is in the store, so the position and the used orderLinkId remain
@@ -111,7 +111,7 @@ def st_heartbeat(ctx, tick):
 def st_exit(ctx, reason): pass
 '''
     lab.assign(lab.strategy("dup", dup), "--interval", "0.1", "--account", "paper")
-    state = wait_for(lambda: (s := lab.store.load_state("dup")).get("dup") and s, what="the duplicate's answer")
+    state = wait_for(lambda: (s := lab.state("dup")).get("dup") and s, what="the duplicate's answer")
     assert state["dup"] == 110072
     assert state["size"] == "0.01"
 
@@ -136,7 +136,7 @@ def st_exit(ctx, reason): pass
     lab.director()
     lab.worker("w1")
     lab.assign(lab.strategy("nosy", source), "--interval", "0.1", "--account", "paper")
-    state = wait_for(lambda: (s := lab.store.load_state("nosy")).get("other") and s, what="the strategy's findings")
+    state = wait_for(lambda: (s := lab.state("nosy")).get("other") and s, what="the strategy's findings")
     assert state["other"].startswith("ApiPermissionError") and "someone-else" in state["other"]
     assert state["method"].startswith("ApiPermissionError") and "not_a_pybit_method" in state["method"]
     assert state["private"].startswith("AttributeError")
@@ -157,11 +157,11 @@ def test_real_pybit_against_fake_bybit_with_faults(live: Lab, fake: FakeBybit) -
     }
     for fault, outcome in expected.items():
         before = len(seen(live, "probe"))
-        ticks = live.store.load_state("bystander").get("n", 0)
+        ticks = live.state("bystander").get("n", 0)
         fake.inject(fault)
         wait_for(lambda: outcome in seen(live, "probe")[before - 1:], what=f"{fault} -> {outcome}")
         # the other strategy kept ticking, and the probe recovers
-        wait_for(lambda: live.store.load_state("bystander").get("n", 0) > ticks + 3, what="bystander ticks")
+        wait_for(lambda: live.state("bystander").get("n", 0) > ticks + 3, what="bystander ticks")
         wait_for(lambda: seen(live, "probe")[-1] == ["ok", 0], what=f"recovery after {fault}")
     fake.inject("rate_limit")  # pybit's 10006 with a reset time: the pool waits and retries
     wait_for(lambda: sum(1 for r in fake.requests if r.fault == "rate_limit") == 1, what="the 10006 reply")
@@ -245,7 +245,7 @@ async def st_exit(ctx, reason): pass
     lab.director()
     lab.worker("w1")
     lab.assign(lab.strategy("asyncapi", source), "--interval", "0.05")
-    state = wait_for(lambda: (s := lab.store.load_state("asyncapi")).get("last") and s, what="an awaited call")
+    state = wait_for(lambda: (s := lab.state("asyncapi")).get("last") and s, what="an awaited call")
     assert state["time_ok"] is True and float(state["last"]) > 0
 
 
@@ -254,7 +254,7 @@ def test_grid_example_never_duplicates_orders_across_restarts(lab: Lab) -> None:
     lab.director()
     lab.worker("w1")
     lab.assign(grid, "--interval", "0.1", "--backoff", "0", "--param", "step=0.05")  # a wide grid: no fills
-    wait_for(lambda: len(lab.store.load_state("grid_paper").get("placed", [])) == 6, what="six grid orders")
+    wait_for(lambda: len(lab.state("grid_paper").get("placed", [])) == 6, what="six grid orders")
     for _ in range(2):
         pid = lab.work("grid_paper").result.pid
         assert pid

@@ -8,30 +8,21 @@ import time
 
 import pytest
 
-from tests.conftest import Lab, pid_alive, wait_for
+from tests.conftest import ONCE, Lab, pid_alive, wait_for
 
 COUNTER = '''
-import os
-def once(name):
-    """True the first time only (across restarts): a marker file beside the strategy."""
-    path = os.path.join(os.path.dirname(__file__), name)
-    if os.path.exists(path):
-        return False
-    open(path, "w").close()
-    return True
 def st_init(ctx):
     ctx.state.setdefault("n", 0)
 def st_heartbeat(ctx, tick):
     ctx.state["n"] += 1
     {body}
 def st_exit(ctx, reason):
-    with open(os.path.join(os.path.dirname(__file__), f"exit-{{ctx.id}}.txt"), "a") as f:
-        f.write(reason.type + "\\n")
+    note(ctx, reason.type)
 '''
 
 
 def counter(body: str = "pass") -> str:
-    return COUNTER.format(body=body)
+    return ONCE + COUNTER.format(body=body)
 
 
 @pytest.fixture
@@ -47,7 +38,7 @@ def test_strategy_runs_ticks_and_keeps_state(running: Lab) -> None:
     work = running.wait_heartbeats("count", 5)
     assert work.result.status == "running"
     assert work.assignment is not None and work.assignment.worker == "w1"
-    state = wait_for(lambda: (s := running.store.load_state("count")).get("n", 0) >= 5 and s, what="state")
+    state = wait_for(lambda: (s := running.state("count")).get("n", 0) >= 5 and s, what="state")
     assert state["n"] >= 5
     assert running.events("started", "count")
 
@@ -184,7 +175,7 @@ async def st_exit(ctx, reason):
     running.assign(file, "--interval", "0.05")
     work = running.wait_status("asyncy", "stopped")
     assert work.desired == "stopped"
-    state = running.store.load_state("asyncy")
+    state = running.state("asyncy")
     assert state == {"ready": True, "seq": 3, "exit": ["manual", "enough"]}
 
 

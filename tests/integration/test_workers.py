@@ -39,26 +39,26 @@ def test_worker_sigterm_stops_strategies_with_worker_exit(lab: Lab) -> None:
 
 def test_worker_sigkill_fails_over_with_state(lab: Lab) -> None:
     lab.director()
-    first = lab.worker("w1", "--lease-ttl", "1")
+    first = lab.worker("w1", "--lease-ttl", "1", "--stop-timeout", "0.5")
     file = lab.strategy("mover", COUNTER)
     lab.assign(file, "--interval", "0.05", "--worker", "w1")
     work = lab.wait_heartbeats("mover", 5)
     # unpin so the director may place it elsewhere once w1 is gone
     lab.store.update_work("mover", lambda w: setattr(w.spec.placement, "worker", None) or w)
-    lab.worker("w2", "--lease-ttl", "1")
+    lab.worker("w2", "--lease-ttl", "1", "--stop-timeout", "0.5")
     pid = work.result.pid
     assert pid
     first.send_signal(signal.SIGKILL)
     first.wait(5)
     wait_for(lambda: not pid_alive(pid), timeout=1.0, what="the orphaned strategy child to die with its worker")
-    before = lab.store.load_state("mover")["n"]
+    before = lab.state("mover")["n"]
     moved = wait_for(
         lambda: (w := lab.work("mover")).assignment is not None and w.assignment.worker == "w2" and w,
         what="the strategy to move to w2",
     )
     assert moved.epoch > work.epoch
     lab.wait_status("mover", "running")
-    after = wait_for(lambda: (n := lab.store.load_state("mover")["n"]) > before + 3 and n, what="state to continue")
+    after = wait_for(lambda: (n := lab.state("mover")["n"]) > before + 3 and n, what="state to continue")
     assert after > before
     assert lab.events("worker_lost") and lab.events("reassigned", "mover")
 
@@ -104,9 +104,9 @@ def test_status_json_fields(lab: Lab) -> None:
 
 
 def test_second_director_stands_by_and_takes_over(lab: Lab) -> None:
-    first = lab.director()
+    first = lab.director("--lease-ttl", "1")
     wait_for(lambda: any(d.role == "leader" for d in lab.store.list_directors()), what="a leader")
-    lab.director()
+    lab.director("--lease-ttl", "1")
     wait_for(lambda: len(lab.store.list_directors()) == 2, what="two directors")
     assert sorted(d.role for d in lab.store.list_directors()) == ["leader", "standby"]
     first.send_signal(signal.SIGKILL)

@@ -64,7 +64,7 @@ def register_worker(
 ) -> None:
     spec = WorkerSpec(name=worker_id, region="JP", host=host, pid=pid, accounts=["paper"])
     state = WorkerState(status="busy", load=Load(cpu=12.5, memory=80.0, running_strategies=1), lease_expires=lease)
-    store.put_resource(Resource(id=worker_id, spec=spec, state=state))
+    store.update_resource(worker_id, lambda current: Resource(id=worker_id, spec=spec, state=state))
 
 
 def kinds(store: FileStore) -> list[str]:
@@ -294,9 +294,10 @@ def test_restart_bumps_restart_seq(store: FileStore, tmp_path: Path) -> None:
 
 def test_remove_deletes_the_work_and_its_state(store: FileStore, tmp_path: Path) -> None:
     assign(store, strategy_file(tmp_path))
-    store.save_state("demo", b'{"n": 3}')
+    store.save_state("demo", 1, b'{"n": 3}')
     control.remove(store, "demo", clock=clock)
-    assert store.find_work("demo") is None and store.load_state("demo") == {}
+    record = store.load_state("demo")
+    assert store.find_work("demo") is None and record is not None and record.empty
     assert kinds(store) == ["submitted", "removed"]
 
 
