@@ -20,15 +20,19 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import msgspec
+import psutil
 import zmq
 
 from quantlab import control
 from quantlab.pool.filestore import FileStore
-from quantlab.pool.records import ExitReason, TickInfo
+from quantlab.pool.records import ExitReason, Resource, StrategySpec, TickInfo, Work, WorkerSpec
+from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_to_worker, encode
 from quantlab.worker import procs
 from quantlab.worker.zygote import Spawn, Zygote
@@ -148,7 +152,8 @@ def run_hammers(cluster: Cluster, file: Path, count: int, params: dict[str, obje
     for work_id in ids:
         control.assign(cluster.store, control.AssignRequest(file=str(file), id=work_id, interval=3600.0,
                                                             params=params, accounts=[str(params["account"])]))
-    samples = [poll(lambda: cluster.store.load_state(w).get("samples"), timeout=120) for w in ids]
+    pool = WorkPool(cluster.store)
+    samples = [poll(lambda: pool.load_state(w).get("samples"), timeout=120) for w in ids]
     for work_id in ids:
         control.remove(cluster.store, work_id)
     return samples  # type: ignore[return-value]
@@ -169,14 +174,15 @@ def bench_api(cluster: Cluster, file: Path, quick: bool) -> Iterator[Row]:
 
 
 class Rate(Row):
-    """A throughput figure: one number, not a distribution."""
+    """One figure, not a distribution: a throughput, a duration, a share of a core."""
 
-    def __init__(self, name: str, per_second: float, n: int) -> None:
-        super().__init__(name, [], unit="/s")
-        self.per_second, self.n = per_second, n
+    def __init__(self, name: str, value: float, n: int, unit: str = "/s") -> None:
+        super().__init__(name, [], unit=unit)
+        self.value, self.n = value, n
 
     def cells(self) -> tuple[str, str, str, str]:
-        return (self.name, f"{self.per_second:.0f} /s", "-", str(self.n))
+        shown = f"{self.value:.0f}" if self.unit == "/s" else f"{self.value:.2f}"
+        return (self.name, f"{shown} {self.unit}", "-", str(self.n))
 
 
 class ChildHarness:
@@ -230,7 +236,7 @@ def bench_tick_round_trip(harness: ChildHarness, file: Path, n: int) -> Row:
     samples = []
     for seq in range(1, n + 1):
         start = time.perf_counter()
-        harness.send(routing_id, Tick(tick=TickInfo(seq=seq, ts=time.time(), interval=1.0)))
+        harness.send(routing_id, Tick(tick=TickInfo(seq=seq, ts=time.time(), interval=1.0), lease_until=time.monotonic() + 3600))
         reply = harness.recv(routing_id)
         samples.append(time.perf_counter() - start)
         assert isinstance(reply, Heartbeat) and reply.seq == seq
@@ -248,7 +254,7 @@ def bench_fresh_interpreter(n: int) -> Row:
     return Row("for comparison: fresh interpreter + import", samples)
 
 
-def rows(quick: bool) -> Iterator[Row]:
+def rows(quick: bool, scale: bool) -> Iterator[Row]:
     k = 1 if quick else 4
     with tempfile.TemporaryDirectory(prefix="qlab-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -270,8 +276,94 @@ def rows(quick: bool) -> Iterator[Row]:
                 yield bench_assign_to_heartbeat(cluster, file, 10 * k)
                 yield bench_kill_to_heartbeat(cluster, file, 10 * k)
                 yield from bench_api(cluster, hammer, quick)
+                yield from bench_idle_worker(cluster, file, 100)
             finally:
                 cluster.close()
+        if scale:
+            yield from bench_scale(tmp, file, 2_000 if quick else 10_000)
+
+
+class FakeWorkers:
+    """``n`` registered workers whose leases a thread renews every second, as live workers would."""
+
+    def __init__(self, store: FileStore, n: int) -> None:
+        self.store, self.ids = store, [f"fw{i:03d}" for i in range(n)]
+        for wid in self.ids:
+            spec = WorkerSpec(name=wid, region="JP", host="bench", pid=0, max_strategies=1000, accounts=["paper"],
+                              instance=f"{wid}-bench")
+            store.update_resource(wid, lambda current, spec=spec: Resource(id=wid, spec=spec))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._renew, daemon=True)
+        self.thread.start()
+
+    def _renew(self) -> None:
+        pool = WorkPool(self.store)
+        while not self.stop.wait(1.0):
+            for wid in self.ids:
+                resource = self.store.find_resource(wid)
+                if resource is not None:
+                    pool.update_resource_state(resource, msgspec.structs.replace(resource.state, last_seen=time.time()))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def cpu_percent(pid: int, seconds: float, children: bool = False) -> float:
+    """Percent of one core used by ``pid`` (and its children) over ``seconds``."""
+    def total() -> float:
+        procs_ = [psutil.Process(pid)] + (psutil.Process(pid).children(recursive=True) if children else [])
+        return sum(sum(p.cpu_times()[:2]) for p in procs_ if p.is_running())
+
+    before, start = total(), time.monotonic()
+    time.sleep(seconds)
+    return 100.0 * (total() - before) / (time.monotonic() - start)
+
+
+def bench_scale(tmp: Path, file: Path, works: int) -> Iterator[Row]:
+    """The store at scale: placing many Works, status, an idle director and an idle worker."""
+    home = tmp / "scale"
+    store = FileStore(home / "store")
+    fake = FakeWorkers(store, 100)
+    director = subprocess.Popen([QLAB, "--home", str(home), "director", "start", "--tick", "1"],
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        poll(lambda: store.find_leader())
+        spec = StrategySpec(file=str(file), interval=60.0)
+        for i in range(works):
+            store.add_work(Work(id=f"s{i:05d}", spec=spec))
+        last_add = time.monotonic()
+        offset, placed = 0, 0
+        while placed < works:
+            events, offset = store.read_events(offset)
+            placed += sum(1 for e in events if e.kind == "assigned")
+            if time.monotonic() - last_add > 300:
+                raise TimeoutError(f"only {placed} of {works} placed")
+            time.sleep(0.05)
+        yield Rate(f"{works} Works on 100 workers: placed, seconds after the last assign", time.monotonic() - last_add, works, unit="s")
+        status = []
+        for _ in range(5):
+            start = time.perf_counter()
+            subprocess.run([QLAB, "--home", str(home), "status", "--json"], check=True, capture_output=True)
+            status.append(time.perf_counter() - start)
+        yield Row(f"qlab status --json, {works} Works", status)
+        yield Rate(f"idle director, {works} Works, 100 workers: % of a core", cpu_percent(director.pid, 10.0), 1, unit="%")
+    finally:
+        fake.close()
+        director.send_signal(signal.SIGTERM)
+        director.wait(30)
+
+
+def bench_idle_worker(cluster: Cluster, file: Path, n: int) -> Iterator[Row]:
+    ids = [f"idle{i}" for i in range(n)]
+    for work_id in ids:
+        control.assign(cluster.store, control.AssignRequest(file=str(file), id=work_id, interval=1.0))
+    poll(lambda: all(cluster.store.get_work(w).result.heartbeats >= 2 for w in ids), timeout=120)
+    worker = cluster.procs[1].pid
+    yield Rate(f"idle worker with {n} strategies (1 s ticks): % of a core, worker alone", cpu_percent(worker, 10.0), n, unit="%")
+    yield Rate(f"idle worker with {n} strategies: % of a core, with zygote and children", cpu_percent(worker, 10.0, children=True), n, unit="%")
+    for work_id in ids:
+        control.remove(cluster.store, work_id)
 
 
 def write_accounts(tmp: Path, url: str) -> Path:
@@ -287,14 +379,15 @@ def write_accounts(tmp: Path, url: str) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument("--quick", action="store_true", help="fewer samples, 2,000 Works at scale")
+    parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 10,000-Work figures")
     args = parser.parse_args()
     print(f"# quantlab bench: {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} cores, {platform.machine()}, {time.strftime('%Y-%m-%d')}")
     header = ("figure", "median", "p95", "n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for row in rows(args.quick):
+    for row in rows(args.quick, args.scale):
         print("| " + " | ".join(row.cells()) + " |", flush=True)
 
 

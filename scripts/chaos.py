@@ -1,0 +1,458 @@
+"""The chaos soak: real `qlab` processes, random faults from a seed, invariants checked throughout.
+
+    python scripts/chaos.py --duration 60 --seed 1
+    python scripts/chaos.py --faults worker-stop,stop-start --duration 20
+
+In a private temporary home it starts a director and a standby, three
+workers with a short lease (2 s) and N strategies (default 12,
+scripts/chaos_strategy.py) that record every heartbeat and place one paper
+order per tick with an orderLinkId from ctx.state. For ``--duration``
+seconds it injects one random fault every couple of seconds, then lets
+everything settle, checks, stops everything and looks for leftovers. It
+ends with a table and exits 1 on any violation (2 if the cluster never came
+up). The seed is printed first: it replays the same schedule of fault kinds,
+pauses and choices (the targets depend on where things run by then).
+
+The pieces: chaos_strategy.py (what runs), chaos_checks.py (its records and
+the invariants over them), chaos_faults.py (faults and recovery times),
+chaos_cluster.py (processes, /proc, `qlab status`). Kept in a failing run's
+home: procs/*.log, logs/, store/events.jsonl, records/*.jsonl and
+chaos-report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
+from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
+from chaos_faults import FAULT_KINDS, Injector, Limits, Recovery, Timeline  # noqa: E402
+
+VIOLATION_KINDS = (
+    "double-runner",  # an older runner began a heartbeat after a newer one's st_init
+    "counter-rollback",  # st_init restored a counter older than the last delivered heartbeat
+    "duplicate-order",  # an orderLinkId accepted twice, or refused as a duplicate when it was fresh
+    "stale-order",  # an order accepted from a runner after a newer runner began (fencing)
+    "ran-while-stopped",  # a heartbeat while the strategy was stopped
+    "stop-lost",  # `qlab strategy stop` took no effect
+    "recovery",  # not back within the bound after a fault
+    "work-lost",  # a strategy missing or not running at the end
+    "process-died",  # a director or worker exited by itself
+    "unclean-exit",  # a director or worker did not exit 0 on SIGTERM
+    "process-leak",  # a process outlived its owner or the run
+    "zombie",  # a child not reaped
+)
+
+SETUP_TIMEOUT = 60.0  #: seconds for the cluster to come up and every strategy to beat
+SETTLE_EXTRA = 15.0  #: seconds past twice the bound that settling may take
+SCAN_EVERY = 1.0  #: seconds between /proc scans
+PATIENCE = 1.5  #: seconds a planned fault may wait for a target (none may fit while others recover)
+LOOP_SLEEP = 0.05
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: float
+    seed: int
+    strategies: int
+    faults: tuple[str, ...]
+    workers: int = 3
+    lease_ttl: float = 2.0  #: workers' and directors' lease, s
+    heartbeat_timeout: float = 3.0  #: strategies' hang timeout, s
+    interval: float = 0.2  #: strategies' tick, s
+    backoff: float = 0.1  #: first restart delay, s
+    director_tick: float = 0.2
+    worker_heartbeat: float = 0.2
+    stop_timeout: float = 1.0  #: st_exit's time; fits inside the lease
+    gap: float = 2.0  #: mean seconds between faults
+    helpers: bool = True
+    home: Path | None = None
+    keep_home: bool = False
+
+    @property
+    def bound(self) -> float:
+        """Seconds within which every strategy must beat again after a fault: lease + hang timeout + a tick."""
+        return self.lease_ttl + self.heartbeat_timeout + max(self.director_tick, self.interval)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.bound, self.lease_ttl, self.heartbeat_timeout, fresh=max(1.0, 5 * self.interval))
+
+    def replay(self) -> str:
+        line = f"python scripts/chaos.py --seed {self.seed} --duration {self.duration:g} --strategies {self.strategies}"
+        return line + (f" --faults {','.join(self.faults)}" if self.faults != FAULT_KINDS else "")
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults [60]")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the fault schedule [random, printed]")
+    parser.add_argument("--strategies", type=int, default=12, help="strategies to run [12]")
+    parser.add_argument("--faults", default="all", help=f"comma-separated kinds [all]: {','.join(FAULT_KINDS)}")
+    parser.add_argument("--lease-ttl", type=float, default=2.0, help="workers' and directors' lease in seconds [2]")
+    parser.add_argument("--heartbeat-timeout", type=float, default=3.0, help="strategies' hang timeout in seconds [3]")
+    parser.add_argument("--interval", type=float, default=0.2, help="strategies' tick in seconds [0.2]")
+    parser.add_argument("--gap", type=float, default=2.0, help="mean seconds between faults [2]")
+    parser.add_argument("--no-helpers", action="store_true", help="strategies start no helper process")
+    parser.add_argument("--home", type=Path, help="an empty or new directory for the home [a temporary one]")
+    parser.add_argument("--keep-home", action="store_true", help="keep the home even when the run passes")
+    args = parser.parse_args(argv)
+    kinds = FAULT_KINDS if args.faults == "all" else tuple(k.strip() for k in args.faults.split(",") if k.strip())
+    unknown = sorted(set(kinds) - set(FAULT_KINDS))
+    if unknown or not kinds:
+        parser.error(f"unknown fault kind(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(FAULT_KINDS)}")
+    if args.strategies < 1 or args.duration <= 0 or args.gap <= 0:
+        parser.error("--strategies, --duration and --gap must be positive")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    return Settings(
+        duration=args.duration, seed=seed, strategies=args.strategies, faults=kinds, lease_ttl=args.lease_ttl,
+        heartbeat_timeout=args.heartbeat_timeout, interval=args.interval, gap=args.gap, helpers=not args.no_helpers,
+        home=args.home, keep_home=args.keep_home,
+    )  # fmt: skip
+
+
+class SetupError(Exception):
+    """The cluster did not come up: nothing was soaked."""
+
+
+class Soak:
+    """Set up, inject for the duration, settle, check, shut down: each a named step."""
+
+    def __init__(self, settings: Settings, cluster: Cluster, console: Console) -> None:
+        self.s = settings
+        self.cluster = cluster
+        self.home = cluster.home
+        self.console = console
+        self.t0 = time.monotonic()
+        self.violations: list[Violation] = []
+        self.ids = [f"s{i:02d}" for i in range(1, settings.strategies + 1)]
+        self.logs = {sid: StrategyLog(sid, self.home / "records" / f"{sid}.jsonl") for sid in self.ids}
+        self.timeline = Timeline()
+        self.status = StatusPoller(cluster)
+        self.procs = ProcessWatch(cluster, self.violation)
+        self.recovery = Recovery(settings.bound, self.violation, self.say, self.t0)
+        self.skipped = {kind: 0 for kind in settings.faults}
+        self.injector = Injector(
+            cluster=cluster, logs=self.logs, recovery=self.recovery, procs=self.procs, status=self.status,
+            timeline=self.timeline, rng=random.Random(f"{settings.seed}:choices"), limits=settings.limits,
+            report=self.violation, say=self.say, start_worker=self.start_worker, start_director=self.start_director,
+        )  # fmt: skip
+        self.next_scan = 0.0
+
+    # ---- output ----
+
+    def say(self, text: str) -> None:
+        self.console.print(f"[dim]{time.monotonic() - self.t0:7.2f}s[/dim] {text}")
+
+    def violation(self, kind: str, strategy: str | None, detail: str) -> None:
+        self.violations.append(Violation(kind, strategy, detail))
+        self.say(f"[bold red]VIOLATION {kind}[/bold red] {strategy or ''} {detail}")
+
+    # ---- the processes ----
+
+    def start_worker(self, name: str) -> None:
+        s = self.s
+        self.cluster.start(
+            name, "worker", "start", "--region", "JP", "--id", name, "--heartbeat", str(s.worker_heartbeat),
+            "--lease-ttl", str(s.lease_ttl), "--stop-timeout", str(s.stop_timeout),
+            "--accounts", str(self.home / "etc" / "env.jsonl"),
+        )  # fmt: skip
+
+    def start_director(self) -> None:
+        lease = ("--lease-ttl", str(self.s.lease_ttl)) if self.cluster.supports("--lease-ttl", "director", "start") else ()
+        self.cluster.start(self.cluster.next_name("d"), "director", "start", "--tick", str(self.s.director_tick), *lease)
+
+    def reap(self) -> None:
+        """A director or worker that exits unbidden is a violation; it is started again, as systemd would."""
+        for name, managed in list(self.cluster.procs.items()):
+            code = managed.proc.poll()
+            if code is None or managed.expected_exit:
+                continue
+            managed.expected_exit = True
+            log = tail(self.home / "logs" / f"worker-{name}.log", 4) if managed.is_worker else ""
+            self.violation("process-died", None, f"{name} (pid {managed.pid}) exited by itself with {code}: {tail(managed.log)} {log}")
+            restart = functools.partial(self.start_worker, name) if managed.is_worker else self.start_director
+            self.timeline.later(time.monotonic() + 0.5, restart)
+
+    # ---- setup ----
+
+    def setup(self) -> None:
+        self._write_home()
+        deadline = time.monotonic() + SETUP_TIMEOUT
+        self.start_director()
+        self._until(deadline, "a leading director", self._has_leader)
+        self.start_director()
+        workers = [f"w{i}" for i in range(1, self.s.workers + 1)]
+        for name in workers:
+            self.start_worker(name)
+        self._until(deadline, "every worker to register", lambda: {w["id"] for w in self.cluster.json("worker", "list", "--json") or []} >= set(workers))
+        for sid in self.ids:
+            self._assign(sid)
+        self._until(deadline, "every strategy to beat", self._all_beating)
+        self.say(f"up: 2 directors, {len(workers)} workers, {len(self.ids)} strategies beating")
+
+    def _write_home(self) -> None:
+        for sub in ("records", "poison", "etc"):
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+        # IOC orders never rest, so the account stays small; the limit is far above what 12 strategies use.
+        paper = {"name": "paper", "type": "paper", "balances": {"USDT": 1_000_000}, "symbols": ["BTCUSDT"], "seed": 7, "rate_limit": 1000}
+        (self.home / "etc" / "env.jsonl").write_text(json.dumps(paper) + "\n")
+        shutil.copy(Path(__file__).resolve().parent / "chaos_strategy.py", self.home / "chaos_strategy.py")
+
+    def _assign(self, sid: str) -> None:
+        s = self.s
+        stop = ("--stop-timeout", str(s.stop_timeout)) if self.cluster.supports("--stop-timeout", "strategy", "assign") else ()
+        result = self.cluster.run(
+            "strategy", "assign", str(self.home / "chaos_strategy.py"), "--id", sid, "--interval", str(s.interval),
+            "--heartbeat-timeout", str(s.heartbeat_timeout), "--backoff", str(s.backoff), "--max-errors", "100000",
+            "--param", f"helper={'true' if s.helpers else 'false'}", *stop,
+        )  # fmt: skip
+        if result is None or result.returncode != 0:
+            raise SetupError(f"assign {sid} failed: {result.stderr.strip() if result else 'timed out'}")
+
+    def _has_leader(self) -> bool:
+        status = self.cluster.json("status", "--json")
+        return bool(status) and leader_of(status, set()) is not None
+
+    def _all_beating(self) -> bool:
+        self.read_records()
+        return all(self.logs[sid].latest() for sid in self.ids)
+
+    def _until(self, deadline: float, what: str, check: Callable[[], bool]) -> None:
+        while not check():
+            self.reap()
+            if time.monotonic() > deadline:
+                raise SetupError(f"timed out waiting for {what}")
+            time.sleep(0.2)
+
+    # ---- the loop ----
+
+    def run(self) -> None:
+        """Inject the planned faults for the duration; one that finds no target waits PATIENCE, then is skipped."""
+        self.status.start()
+        plan = self._plan()
+        self.say(f"{len(plan)} faults planned over {self.s.duration:g}s, seed {self.s.seed}; recovery bound {self.s.bound:.1f}s")
+        start = time.monotonic()
+        while time.monotonic() < start + self.s.duration:
+            now = time.monotonic()
+            self.run_once(now)
+            if plan and start + plan[0][0] <= now:
+                offset, kind = plan[0]
+                if self.injector.inject(kind, now) is not None:
+                    plan.pop(0)
+                elif now > start + offset + PATIENCE:
+                    self.skipped[kind] += 1
+                    plan.pop(0)
+            time.sleep(LOOP_SLEEP)
+
+    def _plan(self) -> list[tuple[float, str]]:
+        rng = random.Random(f"{self.s.seed}:plan")
+        plan: list[tuple[float, str]] = []
+        t = rng.uniform(0.5 * self.s.gap, 1.5 * self.s.gap)
+        while t < self.s.duration:
+            plan.append((t, rng.choice(self.s.faults)))
+            t += rng.uniform(0.5 * self.s.gap, 1.5 * self.s.gap)
+        return plan
+
+    def run_once(self, now: float) -> None:
+        """One pass: new records, due actions, command results, recoveries, processes."""
+        self.read_records()
+        self.timeline.run_due(now)
+        self.injector.step(now)
+        self.recovery.check_leader(now, self.status, {m.pid for m in self.cluster.procs.values() if m.stopped})
+        self.recovery.check_overdue(now, self.whereabouts)
+        self.reap()
+        if now >= self.next_scan:
+            self.procs.scan(now)
+            self.next_scan = now + SCAN_EVERY
+
+    def read_records(self) -> None:
+        for sid, log in self.logs.items():
+            known = {id(r) for r in log.runners}
+            for runner, beat in log.poll():
+                self.recovery.on_beat(sid, beat)
+            for runner in log.runners:
+                if id(runner) not in known:
+                    self.procs.remember(runner)
+
+    def settle(self) -> None:
+        """No new faults: let the pauses end, the restarts happen, every open recovery finish or time out."""
+        self.say("faults over: settling")
+        deadline = time.monotonic() + SETTLE_EXTRA + 2 * self.s.bound
+        while time.monotonic() < deadline:
+            self.run_once(time.monotonic())
+            if not (len(self.timeline) or self.injector.ops or self.recovery.unsettled()):
+                return
+            time.sleep(LOOP_SLEEP)
+
+    def whereabouts(self, sid: str) -> str:
+        """Where a strategy is, for a violation's evidence: its last beat and what `status` says."""
+        parts = []
+        if (latest := self.logs[sid].latest()) is not None:
+            parts.append(f"last beat pid {latest[1].pid} {time.monotonic() - latest[1].m:.1f}s ago")
+        status = self.status.latest()
+        entry = next((e for e in status[1].get("strategies", []) if e["id"] == sid), None) if status else None
+        if entry:
+            parts.append(f"status {entry['status']}/{entry['desired']} on {entry['worker']}: {str(entry.get('reason'))[:100]}")
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    # ---- the end ----
+
+    def final_checks(self) -> None:
+        """Every Work still there and beating; then the invariants over every record."""
+        self.read_records()
+        status = self.cluster.json("status", "--json") or {}
+        present = {e["id"] for e in status.get("strategies", [])}
+        for sid in self.ids:
+            if sid not in present:
+                self.violation("work-lost", sid, "no longer in `qlab status --json`")
+            elif self.injector.running(sid) is None:
+                self.violation("work-lost", sid, f"not heartbeating at the end{self.whereabouts(sid)}")
+        for sid, log in self.logs.items():
+            for v in check_log(log, self.injector.stopped_windows[sid]):
+                self.violation(v.kind, v.strategy, v.detail)
+
+    def shutdown(self) -> None:
+        """SIGTERM the workers, then the directors: each must exit 0; then nothing of ours may be left."""
+        self.status.stop()
+        self.injector.close()
+        for managed in self.cluster.procs.values():
+            if managed.stopped:
+                managed.stopped = False
+                managed.signal(signal.SIGCONT)
+        for workers in (True, False):
+            group = [m for m in self.cluster.procs.values() if m.is_worker == workers and m.alive()]
+            for managed in group:
+                managed.expected_exit = True
+                managed.signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.s.stop_timeout + 10.0
+            for managed in group:
+                try:
+                    code = managed.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.violation("unclean-exit", None, f"{managed.name} (pid {managed.pid}) still running 10s after SIGTERM")
+                    continue
+                if code != 0:
+                    self.violation("unclean-exit", None, f"{managed.name} (pid {managed.pid}) exited {code} on SIGTERM: {tail(managed.log)}")
+        deadline = time.monotonic() + 2.0
+        while self.cluster.ours() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.procs.scan(time.monotonic(), final=True)
+
+    # ---- the report ----
+
+    def faults_table(self) -> Table:
+        title = f"chaos soak: seed {self.s.seed}, {self.s.duration:g}s, {len(self.ids)} strategies, recovery bound {self.s.bound:.1f}s"
+        table = Table(title=title, title_justify="left")
+        for column in ("fault", "injected", "skipped", "recovered", "median s", "max s"):
+            table.add_column(column, justify="left" if column == "fault" else "right")
+        for kind in self.s.faults:
+            faults = [f for f in self.recovery.faults if f.kind == kind]
+            times = [t for f in faults if (t := f.recovery()) is not None]
+            median = f"{statistics.median(times):.2f}" if times else "-"
+            worst = f"{max(times):.2f}" if times else "-"
+            table.add_row(kind, str(len(faults)), str(self.skipped[kind]), f"{len(times)}/{len(faults)}", median, worst)
+        return table
+
+    def violations_table(self) -> Table:
+        table = Table(title="violations (all must be 0)", title_justify="left")
+        table.add_column("violation")
+        table.add_column("count", justify="right")
+        counts = dict.fromkeys(VIOLATION_KINDS, 0)
+        for v in self.violations:
+            counts[v.kind] = counts.get(v.kind, 0) + 1
+        for kind, count in counts.items():
+            table.add_row(kind, f"[bold red]{count}[/bold red]" if count else "0")
+        return table
+
+    def save_report(self) -> None:
+        faults = [
+            {"kind": f.kind, "at": round(f.at - self.t0, 3), "target": f.target, "recovery": f.recovery(), "hit": [w.strategy for w in f.watches]}
+            for f in self.recovery.faults
+        ]
+        violations = [{"kind": v.kind, "strategy": v.strategy, "detail": v.detail} for v in self.violations]
+        report = {"seed": self.s.seed, "duration": self.s.duration, "faults": faults, "violations": violations}
+        (self.home / "chaos-report.json").write_text(json.dumps(report, indent=2))
+
+
+# ---- main ----
+
+
+@contextlib.contextmanager
+def soak_home(settings: Settings, passed: Callable[[], bool]) -> Iterator[Path]:
+    """The home: a fresh temporary one unless given; removed afterwards only when the run passed."""
+    if settings.home is not None:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        if any(settings.home.iterdir()):
+            raise SystemExit(f"chaos: --home {settings.home} is not empty")
+        home = settings.home.resolve()
+    else:
+        home = Path(tempfile.mkdtemp(prefix="qlab-chaos-")).resolve()
+    try:
+        yield home
+    finally:
+        if passed() and not settings.keep_home:
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            print(f"chaos: home kept: {home}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    signal.signal(signal.SIGTERM, _interrupt)  # so the finally below runs: it ends every process
+    outcome = {"code": 1}
+    with soak_home(settings, lambda: outcome["code"] == 0) as home:
+        console.print(f"chaos: seed {settings.seed} (replay: {settings.replay()})")
+        console.print(f"chaos: home {home}; faults {','.join(settings.faults)}")
+        cluster = Cluster(home)
+        soak = Soak(settings, cluster, console)
+        try:
+            soak.setup()
+            soak.run()
+            soak.settle()
+            soak.final_checks()
+            soak.shutdown()
+        except SetupError as e:
+            console.print(f"chaos: the cluster did not come up: {e}")
+            outcome["code"] = 2
+            return 2
+        except KeyboardInterrupt:
+            console.print("chaos: interrupted; every process it started is ended")
+            outcome["code"] = 130
+            return 130
+        finally:
+            soak.status.stop()
+            cluster.sweep()
+        soak.save_report()
+        console.print(soak.faults_table())
+        console.print(soak.violations_table())
+        console.print(f"chaos: seed {settings.seed}: {len(soak.violations)} violation(s); replay: {settings.replay()}")
+        outcome["code"] = 1 if soak.violations else 0
+    return outcome["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
