@@ -68,24 +68,24 @@ def qlab(ctx: click.Context, home: str | None) -> None:
 
 # ---- the long-running processes ----
 
+_POSITIVE = click.FloatRange(min=0, min_open=True)
+
 
 @qlab.command()
 @click.argument("files", nargs=-1)
 @click.option("--region", default="JP", show_default=True, help="Region of the local worker.")
+@click.option("--interval", type=_POSITIVE, help="Seconds between ticks for the FILEs [1].")
 @pass_env
-def up(env: Env, files: tuple[str, ...], region: str) -> None:
+def up(env: Env, files: tuple[str, ...], region: str, interval: float | None) -> None:
     """A director and one local worker in the foreground, running FILEs; Ctrl-C stops all."""
     from quantlab.up import run_up
 
-    sys.exit(run_up(env.paths, files=list(files), region=region))
+    sys.exit(run_up(env.paths, files=list(files), region=region, interval=interval))
 
 
 @qlab.group()
 def director() -> None:
     """The director: places strategies on workers."""
-
-
-_POSITIVE = click.FloatRange(min=0, min_open=True)
 
 
 @director.command("start")
@@ -170,6 +170,7 @@ def strategy() -> None:
 @click.option("--error-window", type=float, help="Seconds over which errors are counted [600].")
 @click.option("--backoff", type=float, help="First restart delay in seconds, doubling [1].")
 @click.option("--max-memory", "max_memory_mb", type=float, metavar="MB", help="Restart it when its memory exceeds MB [no limit].")
+@click.option("--stop-timeout", type=float, help="Seconds st_exit may take before the child is killed [10].")
 @pass_env
 def strategy_assign(
     env: Env,

@@ -21,6 +21,7 @@ import psutil
 from quantlab.config import Paths
 from quantlab.errors import BadInput, NotFound
 from quantlab.pool.records import (
+    EventKind,
     Event,
     Placement,
     Resource,
@@ -53,6 +54,7 @@ class AssignRequest(msgspec.Struct, kw_only=True):
     error_window: float | None = None
     backoff: float | None = None
     max_memory_mb: float | None = None  #: None: no memory limit
+    stop_timeout: float | None = None  #: seconds st_exit may take before SIGKILL
 
 
 def _strategy_id(work_id: str) -> str:
@@ -112,6 +114,7 @@ def _check_options(request: AssignRequest) -> None:
     _check_positive("heartbeat-timeout", request.heartbeat_timeout)
     _check_positive("error-window", request.error_window)
     _check_positive("max-memory", request.max_memory_mb)
+    _check_positive("stop-timeout", request.stop_timeout)
     if request.backoff is not None and not (math.isfinite(request.backoff) and request.backoff >= 0):
         raise BadInput(f"--backoff must be zero or more, got {request.backoff:g}")
     if request.max_errors is not None and request.max_errors < 1:
@@ -130,7 +133,7 @@ def _spec(request: AssignRequest, path: Path) -> StrategySpec:
     """The StrategySpec with every option the request left out at its default."""
     options = {
         name: value
-        for name in ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff", "max_memory_mb")
+        for name in ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff", "max_memory_mb", "stop_timeout")
         if (value := getattr(request, name)) is not None
     }
     accounts = request.accounts if request.accounts is not None else loader.default_accounts(path)
@@ -168,14 +171,14 @@ def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) ->
         result=StrategyResult(status="pending", reason=WAITING, updated=now),
     )
     store.add_work(work)
-    store.append_event(Event(ts=now, kind="submitted", strategy=work_id, detail=str(path)))
+    store.append_event(Event(ts=now, kind=EventKind.SUBMITTED, strategy=work_id, detail=str(path)))
     return work
 
 
 # ---- lifecycle of one strategy ----
 
 
-def _event(store: Store, clock: Clock, kind: str, work_id: str) -> None:
+def _event(store: Store, clock: Clock, kind: EventKind, work_id: str) -> None:
     store.append_event(Event(ts=clock(), kind=kind, strategy=work_id))
 
 
@@ -191,7 +194,7 @@ def stop(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
         return msgspec.structs.replace(work, desired="stopped", result=result)
 
     work = store.update_work(_strategy_id(work_id), update)
-    _event(store, clock, "stop_requested", work_id)
+    _event(store, clock, EventKind.STOP_REQUESTED, work_id)
     return work
 
 
@@ -206,7 +209,7 @@ def _wanted_running(work: Work, now: float) -> Work:
 def start(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Run a stopped or failed strategy again (no-op for one that runs)."""
     work = store.update_work(_strategy_id(work_id), lambda w: _wanted_running(w, clock()))
-    _event(store, clock, "start_requested", work_id)
+    _event(store, clock, EventKind.START_REQUESTED, work_id)
     return work
 
 
@@ -219,21 +222,21 @@ def restart(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
         return msgspec.structs.replace(work, spec=spec)
 
     work = store.update_work(_strategy_id(work_id), update)
-    _event(store, clock, "restart_requested", work_id)
+    _event(store, clock, EventKind.RESTART_REQUESTED, work_id)
     return work
 
 
 def remove(store: Store, work_id: str, *, clock: Clock = time.time) -> None:
     """Delete the Work and its state; its worker stops a child whose Work vanished."""
     store.remove_work(_strategy_id(work_id))
-    _event(store, clock, "removed", work_id)
+    _event(store, clock, EventKind.REMOVED, work_id)
 
 
 def send(store: Store, work_id: str, data: Any, *, clock: Clock = time.time) -> None:
     """Queue ``data`` for the strategy's st_message hook; its worker delivers it."""
     store.get_work(_strategy_id(work_id))
     store.push_message(work_id, data)
-    _event(store, clock, "message_sent", work_id)
+    _event(store, clock, EventKind.MESSAGE_SENT, work_id)
 
 
 def log_file(store: Store, paths: Paths, work_id: str) -> Path:
@@ -298,9 +301,9 @@ def stop_worker(store: Store, worker_id: str, *, clock: Clock = time.time) -> st
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         store.remove_resource(worker_id)
-        store.append_event(Event(ts=clock(), kind="worker_removed", worker=worker_id, detail="stale record"))
+        store.append_event(Event(ts=clock(), kind=EventKind.WORKER_REMOVED, worker=worker_id, detail="stale record"))
         return f"worker {worker_id} (pid {pid}) was not running: removed its stale record"
     except PermissionError as e:
         raise BadInput(f"cannot signal worker {worker_id} (pid {pid}): permission denied") from e
-    store.append_event(Event(ts=clock(), kind="worker_stop_requested", worker=worker_id))
+    store.append_event(Event(ts=clock(), kind=EventKind.WORKER_STOP_REQUESTED, worker=worker_id))
     return f"worker {worker_id} (pid {pid}) is stopping"

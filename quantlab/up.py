@@ -58,11 +58,11 @@ def _term_with_parent() -> None:
     procs.die_with_parent(os.getppid(), signal.SIGTERM)
 
 
-def _assign_or_start(store: Store, file: str) -> str:
+def _assign_or_start(store: Store, file: str, interval: float | None) -> str:
     """Assign a file; if a strategy of that id exists already (an earlier `up`), run it again."""
     path = check_file(file)
     try:
-        return control.assign(store, control.AssignRequest(file=str(path))).id
+        return control.assign(store, control.AssignRequest(file=str(path), interval=interval)).id
     except Conflict:
         work_id = path.stem
         existing = store.get_work(work_id)
@@ -98,7 +98,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def run_up(paths: Paths, *, files: list[str], region: str = "JP") -> int:
+def run_up(paths: Paths, *, files: list[str], region: str = "JP", interval: float | None = None) -> int:
     stop = StopRequest().install()
     store = open_store(paths)
     for file in files:
@@ -108,7 +108,7 @@ def run_up(paths: Paths, *, files: list[str], region: str = "JP") -> int:
     worker = _spawn(paths, "worker", "start", "--region", region, "--id", LOCAL_WORKER)
     children = {"director": director, "worker": worker}
     for file in files:
-        print(f"assigned {_assign_or_start(store, file)}", flush=True)
+        print(f"assigned {_assign_or_start(store, file, interval)}", flush=True)
     code = 0
     next_summary = time.time() + SUMMARY_EVERY
     while not stop.requested:

@@ -28,7 +28,7 @@ from quantlab.pool.leadership import Leadership
 from quantlab.pool.leases import LeaseWatch
 from quantlab.pool.open import open_store
 from quantlab.pool.placement import assigned_counts, choose_worker
-from quantlab.pool.records import Assignment, Director, ExitReason, Resource, StrategyStatus, Work
+from quantlab.pool.records import Assignment, Director, EventKind, ExitReason, Resource, StrategyStatus, Work
 from quantlab.pool.store import Store
 from quantlab.pool.view import WorkView
 from quantlab.pool.workpool import WorkPool
@@ -110,7 +110,7 @@ class DirectorLoop:
         self.store.remove_director(self.record.id)
         if self.leading:
             self.lead.release()
-            self.pool.event("director_stopped", detail=self.record.id)
+            self.pool.event(EventKind.DIRECTOR_STOPPED, detail=self.record.id)
 
     def wants_heartbeat(self) -> bool:
         """Something changed in the store that a leader should look at now."""
@@ -162,7 +162,7 @@ class DirectorLoop:
             token = self.workers.token(resource.id)
             self._check_lead()
             if self.store.remove_resource(resource.id, lambda r: (r.spec.instance, r.state.renewals) == token):
-                self.pool.event("worker_lost", worker=resource.id, detail="lease expired")
+                self.pool.event(EventKind.WORKER_LOST, worker=resource.id, detail="lease expired")
                 self.log.warning("worker %s lost: lease expired", resource.id)
             del self.resources[resource.id]
             self.workers.forget(resource.id)
@@ -204,7 +204,7 @@ class DirectorLoop:
             if director.id != self.record.id and self.directors.expired(director.id, self.lease_ttl, mono):
                 self.store.remove_director(director.id)
                 self.directors.forget(director.id)
-                self.pool.event("director_lost", detail=director.id)
+                self.pool.event(EventKind.DIRECTOR_LOST, detail=director.id)
         self.directors.keep_only({d.id for d in directors})
 
     # ---- store writes: fenced by our term ----
@@ -251,7 +251,7 @@ class DirectorLoop:
         work = self._write(work_id, assign)
         if work is None or work.assignment is None or work.assignment.worker != worker_id:
             return False
-        self.pool.event("assigned", strategy=work_id, worker=worker_id, detail=f"epoch {work.epoch}")
+        self.pool.event(EventKind.ASSIGNED, strategy=work_id, worker=worker_id, detail=f"epoch {work.epoch}")
         self.log.info("assigned %s to %s (epoch %d)", work_id, worker_id, work.epoch)
         return True
 
@@ -269,13 +269,13 @@ class DirectorLoop:
 
         work = self._write(work_id, unassign)
         if work is not None and work.assignment is None:
-            self.pool.event("reassigned", strategy=work_id, worker=assignment.worker, detail=why)
+            self.pool.event(EventKind.REASSIGNED, strategy=work_id, worker=assignment.worker, detail=why)
 
     def _mark_pending(self, work: Work, reason: str) -> None:
         if work.result.status == "pending" and work.result.reason == reason:
             return
         self._set_status(work.id, "pending", reason)
-        self.pool.event("pending", strategy=work.id, detail=reason)
+        self.pool.event(EventKind.PENDING, strategy=work.id, detail=reason)
 
     def _set_status(self, work_id: str, status: StrategyStatus, reason: str) -> None:
         def put(work: Work) -> Work:
@@ -292,12 +292,12 @@ class DirectorLoop:
         if self.record.role == was:
             return
         if self.leading:
-            self.pool.event("director_leading", detail=f"{self.record.id} term {self.lead.term}")
+            self.pool.event(EventKind.DIRECTOR_LEADING, detail=f"{self.record.id} term {self.lead.term}")
             self.log.info("leading (term %s)", self.lead.term)
             self.view.next_full = 0.0  # a new leader starts from a full view
         else:
             self.log.warning("lost the leadership: standing by")
-            self.pool.event("director_standby", detail=self.record.id)
+            self.pool.event(EventKind.DIRECTOR_STANDBY, detail=self.record.id)
 
     def _publish(self, now: float) -> None:
         self.record.last_seen = now

@@ -46,6 +46,7 @@ class FileFeed:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._last: int | None = None  #: the newest segment seen by ``end``
 
     def _segments(self) -> list[int]:
         return sorted(int(n[:-4]) for n in os.listdir(self.root) if n.endswith(".log") and n[:-4].isdigit())
@@ -74,10 +75,17 @@ class FileFeed:
                 os.unlink(self._path(old))
 
     def end(self) -> Cursor:
-        """A cursor at the end of the feed as it is now."""
+        """A cursor at the end of the feed as it is now (loops ask this every few ms: one stat)."""
+        last = self._last
+        if last is not None and not os.path.exists(self._path(last + 1)):
+            try:
+                return Cursor(last, os.stat(self._path(last)).st_size)
+            except FileNotFoundError:
+                pass
         segments = self._segments()
         if not segments:
             return Cursor(1, 0)
+        self._last = segments[-1]
         try:
             size = os.stat(self._path(segments[-1])).st_size
         except FileNotFoundError:

@@ -156,6 +156,7 @@ class EventKind(enum.StrEnum):
     DIRECTOR_LEADING = "director_leading"
     DIRECTOR_STOPPED = "director_stopped"
     DIRECTOR_LOST = "director_lost"
+    DIRECTOR_STANDBY = "director_standby"  #: a director found its leadership taken and stands by
     # worker
     WORKER_JOINED = "worker_joined"
     WORKER_STOPPED = "worker_stopped"

@@ -32,7 +32,7 @@ import msgspec
 
 from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
 from quantlab.pool.feed import Change, Cursor
-from quantlab.pool.records import NO_STATE, Director, Event, Leader, Resource, StrategyState, Work
+from quantlab.pool.records import NO_STATE, Director, Event, EventKind, Leader, Resource, StrategyState, Work
 from quantlab.pool.vfiles import ABSENT, Head
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -190,7 +190,7 @@ class TableStore:
 
     def _report_corrupt(self, kind: str, key: str, error: CorruptRecord) -> None:
         """A record that does not decode is skipped and reported; it stays for the operator."""
-        self.append_event(Event(ts=time.time(), kind="quarantined", detail=f"{kind}/{key}: {error}"))
+        self.append_event(Event(ts=time.time(), kind=EventKind.QUARANTINED, detail=f"{kind}/{key}: {error}"))
 
     def _cas(
         self,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import msgspec
 
 from quantlab.errors import CorruptRecord, NotFound, StaleWriter
-from quantlab.pool.records import Assignment, Event, Resource, StrategyResult, Work, WorkerState
+from quantlab.pool.records import Assignment, Event, EventKind, Resource, StrategyResult, Work, WorkerState
 from quantlab.pool.store import Store
 
 
@@ -115,5 +115,5 @@ class WorkPool:
         value = msgspec.json.decode(record.state)
         return value if isinstance(value, dict) else {}
 
-    def event(self, kind: str, *, strategy: str | None = None, worker: str | None = None, detail: str = "") -> None:
+    def event(self, kind: EventKind, *, strategy: str | None = None, worker: str | None = None, detail: str = "") -> None:
         self.store.append_event(Event(ts=self.clock(), kind=kind, strategy=strategy, worker=worker, detail=detail))

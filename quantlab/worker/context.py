@@ -54,7 +54,7 @@ class WorkerContext:
         self.hooks = hooks  #: the profile's optional user hooks
         self.meter = LoadMeter()
         self.stopping = False
-        self.registered = False
+        self.next_counts = 0.0  #: monotonic: when heartbeat counts are written next
         self._run_until = run_until
 
     @property

@@ -13,9 +13,12 @@ import time
 import msgspec
 
 from quantlab.pool.leases import fence_margin, holder_deadline
-from quantlab.pool.records import ExitReason, TickInfo
+from quantlab.pool.records import EventKind, ExitReason, TickInfo
 from quantlab.worker.context import WorkerContext
 from quantlab.worker.registration import claim_record
+
+#: Worker heartbeats between writes of the strategies' heartbeat counts and times.
+COUNTS_EVERY = 5
 
 
 def st_worker_init(wctx: WorkerContext) -> None:
@@ -25,7 +28,7 @@ def st_worker_init(wctx: WorkerContext) -> None:
     )
     detail = claim_record(wctx.pool.store, wctx.resource, say=wctx.log.warning)
     renew_lease(wctx, wctx.pool.clock())
-    wctx.pool.event("worker_joined", worker=wctx.worker.id, detail=f"region {wctx.worker.region}: {detail}")
+    wctx.pool.event(EventKind.WORKER_JOINED, worker=wctx.worker.id, detail=f"region {wctx.worker.region}: {detail}")
     _user_hook(wctx, "st_worker_init", wctx)
 
 
@@ -36,8 +39,17 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
         wctx.view.refresh()
         wctx.manager.reconcile(list(wctx.view.works.values()))
         deliver_messages(wctx)
-    wctx.manager.flush()
+    wctx.manager.flush(counts=_counts_due(wctx))
     _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
+
+
+def _counts_due(wctx: WorkerContext) -> bool:
+    """Heartbeat counts go to the store every COUNTS_EVERY worker heartbeats (statuses at once)."""
+    now = time.monotonic()
+    if now < wctx.next_counts:
+        return False
+    wctx.next_counts = now + COUNTS_EVERY * wctx.options.heartbeat
+    return True
 
 
 def st_worker_exit(wctx: WorkerContext, reason: ExitReason) -> None:
@@ -51,7 +63,7 @@ def st_worker_exit(wctx: WorkerContext, reason: ExitReason) -> None:
                    lambda: renew_lease(wctx, wctx.pool.clock()))
     _user_hook(wctx, "st_worker_exit", wctx, reason)
     wctx.pool.unregister_resource(wctx.worker.id, wctx.resource.spec.instance)
-    wctx.pool.event("worker_stopped", worker=wctx.worker.id, detail=reason.message)
+    wctx.pool.event(EventKind.WORKER_STOPPED, worker=wctx.worker.id, detail=reason.message)
     wctx.apis.close()
     wctx.meter.close()
 
@@ -82,13 +94,13 @@ def renew_lease(wctx: WorkerContext, now: float) -> None:
         _hold_until(wctx, started)
         return
     wctx.log.warning("worker %s lost its lease (expired while it was paused?): stopping its strategies", wctx.worker.id)
-    wctx.pool.event("lease_lost", worker=wctx.worker.id, detail="the registration was gone or taken at renewal")
+    wctx.pool.event(EventKind.LEASE_LOST, worker=wctx.worker.id, detail="the registration was gone or taken at renewal")
     wctx.manager.set_lease(0.0)
     if wctx.stopping:
         return
     wctx.resource.state = state
     detail = claim_record(wctx.pool.store, wctx.resource, say=wctx.log.warning)
-    wctx.pool.event("worker_joined", worker=wctx.worker.id, detail=f"registered again after losing its lease: {detail}")
+    wctx.pool.event(EventKind.WORKER_JOINED, worker=wctx.worker.id, detail=f"registered again after losing its lease: {detail}")
     if wctx.pool.update_resource_state(wctx.resource, state):
         _hold_until(wctx, started)
 

@@ -17,7 +17,7 @@ import psutil
 from quantlab.pool.records import Load
 
 #: Seconds between memory samples.
-MEMORY_EVERY = 10.0
+MEMORY_EVERY = 30.0
 
 
 class LoadMeter:

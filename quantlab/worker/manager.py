@@ -175,6 +175,7 @@ class StrategyManager:
         slot.machine, actions = m.step(slot.machine, event, self.clock())
         for action in actions:
             self._perform(slot, action)
+        slot.due = m.deadline(slot.machine)  # only a step changes it: passes compare, not recompute
         return actions
 
     def _perform(self, slot: Slot, action: m.Action) -> None:
@@ -369,15 +370,19 @@ class StrategyManager:
                 self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"worker could not supervise it: {type(e).__name__}: {e}")))
 
     def _supervise_one(self, slot: Slot, now: float, retry_store: bool) -> None:
-        self._flush_outbox(slot)
-        self.feed(slot, m.Due())
+        if slot.outbox:
+            self._flush_outbox(slot)
+        if slot.due is not None and slot.due <= now:  # time changes nothing before a deadline
+            self.feed(slot, m.Due())
         if retry_store and slot.unsaved is not None:
             self._write_state(slot)
         if retry_store and slot.init_pending:
             self._send_init(slot)
         limit = slot.work.spec.max_memory_mb
+        if limit is None or now < slot.memory_checked + MEMORY_EVERY:
+            return
         pid = slot.pid
-        if limit is not None and pid is not None and now >= slot.memory_checked + MEMORY_EVERY:
+        if pid is not None:
             slot.memory_checked = now
             used = self.transport.memory_mb(pid)
             if used > limit:
@@ -390,10 +395,7 @@ class StrategyManager:
         deadlines = [now + 1.0]
         if self.slots:  # the lease's end, then the kill after it (each only while ahead)
             deadlines += [t for t in (self.lease_until, self.lease_until + self.lease_grace) if t > now]
-        for slot in self.slots.values():
-            due = m.deadline(slot.machine)
-            if due is not None:
-                deadlines.append(due)
+        deadlines += [slot.due for slot in self.slots.values() if slot.due is not None]
         return min(deadlines)
 
     # ---- stopping ----
@@ -434,9 +436,14 @@ class StrategyManager:
     def flush_one(self, slot: Slot) -> None:
         self.reporter.flush_one(slot)
 
-    def flush(self) -> None:
-        """Write the statuses that changed since the last flush, and settles the store refused before."""
+    def flush(self, *, counts: bool = True) -> None:
+        """Write what changed since the last flush, and settles the store refused before.
+
+        A status change is written when it happens; what is left dirty between those is
+        heartbeat counts and times, written only when ``counts``: one fsynced write per
+        strategy per heartbeat would cost the worker more than running its strategies.
+        """
         for slot in list(self.slots.values()):
-            if slot.dirty:
+            if slot.dirty and (counts or slot.store_failing):
                 self.reporter.flush_one(slot)
         self.reporter.retry()

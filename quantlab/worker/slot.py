@@ -23,6 +23,7 @@ class Slot:
         self.assignment: Assignment = work.assignment
         self.log_path = log_path
         self.machine = machine
+        self.due = m.deadline(machine)  #: the machine's next deadline (monotonic), kept by StrategyManager.feed
         self.result = msgspec.structs.replace(work.result, pid=None, reason="")
         #: Messages the child could not take yet (not connected, or its pipe full): sent on the next pass.
         self.outbox: collections.deque[ToChild] = collections.deque()

@@ -108,7 +108,8 @@ def test_assign_takes_every_option(store: FileStore, tmp_path: Path) -> None:
     register_worker(store, "w1")
     file = strategy_file(tmp_path, source='ACCOUNTS = ["paper-1"]\n' + HOOKS)
 
-    options = dict(interval=0.5, heartbeat_timeout=5, max_errors=2, error_window=30, backoff=0)
+    options = dict(interval=0.5, heartbeat_timeout=5, max_errors=2, error_window=30, backoff=0, stop_timeout=3,
+                   max_memory_mb=200)
     work = assign(
         store, file, id="mine", params={"qty": 0.5}, accounts=["acct-2"], region="JP", worker="w1", **options
     )
@@ -131,6 +132,7 @@ def test_assign_takes_every_option(store: FileStore, tmp_path: Path) -> None:
         ({"error_window": -1}, "--error-window must be positive, got -1"),
         ({"backoff": -0.1}, "--backoff must be zero or more, got -0.1"),
         ({"max_errors": 0}, "--max-errors must be at least 1, got 0"),
+        ({"stop_timeout": 0}, "--stop-timeout must be positive, got 0"),
         ({"id": "a/b"}, "strategy id 'a/b' is not valid"),
         ({"worker": "ghost"}, "unknown worker 'ghost': known workers: w1, w2"),
     ],
