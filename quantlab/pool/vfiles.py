@@ -16,13 +16,16 @@ holds nothing anyone else waits for: its temporary file is private.
 
 Old versions are pruned (the last KEEP stay), which frees their names. A
 writer that read version v long ago could then link v+1 after v+1 was pruned,
-under a newer head. So after linking, a writer checks that its version is the
-head, or that the next version names it as its predecessor (``p``). If
-neither (or the next one is already pruned too) its version is not part of
-the history: the writer reports a conflict and re-applies its update on the
-new head. Update functions must therefore be safe to apply again to a newer
-record, which every update in quantlab is (they set values, or bump a number
-once per decision they re-check).
+under a newer head. So after linking, a writer checks that its version is in
+the history: each version carries the nonces of its last ANCESTORS
+predecessors (``a``), and the writer looks for its own nonce in the current
+head's list. Found: committed, whatever was built on it meanwhile. Not found
+while the list reaches back past its version: not part of the history, so it
+reports a conflict and applies its update again on the new head. Only a writer
+stalled between its link and its check for more than ANCESTORS commits by
+others cannot tell; it then retries too, so an update function must be safe to
+apply again to a newer record (every quantlab update is: they set values, or
+bump a number once per decision they re-check).
 
 Deleting writes a tombstone version (``gone``), so the history of an id, and
 with it every fencing token ever handed out for it, survives a delete and a
@@ -42,6 +45,8 @@ from quantlab.errors import CorruptRecord
 
 #: Versions kept per record; older ones are pruned after each commit.
 KEEP = 4
+#: Predecessor nonces each version carries, so a writer can find its own commit under newer ones.
+ANCESTORS = 32
 #: Reads retried when the head was pruned between listing and opening it.
 READ_RETRIES = 50
 _WIDTH = 12
@@ -53,6 +58,7 @@ class Head(NamedTuple):
     version: int
     data: bytes | None
     nonce: str = ""
+    ancestors: tuple[str, ...] = ()  #: the nonces of its predecessors, newest first
 
 
 ABSENT = Head(0, None, "")
@@ -63,6 +69,7 @@ class _Header(msgspec.Struct):
     n: str
     p: str = ""
     gone: bool = False
+    a: list[str] = []  #: predecessors' nonces, newest first (``p`` is the first)
 
 
 _decode_header = msgspec.json.Decoder(_Header).decode
@@ -91,6 +98,20 @@ def write_durable(path: Path, data: bytes) -> None:
             os.unlink(path)
         raise
     os.close(fd)
+
+
+def private_dir(path: Path) -> None:
+    """``mkdir -p`` with every folder it creates 0700, whatever the umask (parents too)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 def fsync_dir(path: Path) -> None:
@@ -123,7 +144,7 @@ class VersionedDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
 
     def folder(self, key: str) -> Path:
         return self.root / key
@@ -147,7 +168,7 @@ class VersionedDir:
             except FileNotFoundError:
                 continue  # pruned after a newer commit while we looked: look again
             header, data = _parse(path, raw)
-            return Head(header.v, None if header.gone else data, header.n)
+            return Head(header.v, None if header.gone else data, header.n, tuple(header.a))
         raise CorruptRecord(f"{folder}: the head kept vanishing while read")
 
     def commit(self, key: str, base: Head, data: bytes | None) -> bool:
@@ -156,7 +177,8 @@ class VersionedDir:
         self._ensure(folder)
         version = base.version + 1
         nonce = os.urandom(8).hex()
-        header = _encode(_Header(v=version, n=nonce, p=base.nonce, gone=data is None))
+        ancestors = [base.nonce, *base.ancestors[: ANCESTORS - 1]] if base.nonce else []
+        header = _encode(_Header(v=version, n=nonce, p=base.nonce, gone=data is None, a=ancestors))
         tmp = folder / f".tmp-{os.getpid()}-{nonce}"
         write_durable(tmp, header + b"\n" + (data or b""))
         try:
@@ -167,7 +189,7 @@ class VersionedDir:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         fsync_dir(folder)
-        if not self._in_history(folder, version, nonce):
+        if not self._in_history(key, version, nonce):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / _name(version))
             return False
@@ -176,21 +198,22 @@ class VersionedDir:
 
     def _ensure(self, folder: Path) -> None:
         try:
-            folder.mkdir()
+            folder.mkdir(mode=0o700)
         except FileExistsError:
             return
         fsync_dir(self.root)  # the new record's directory must survive a power cut too
 
-    def _in_history(self, folder: Path, version: int, nonce: str) -> bool:
-        """Whether our freshly linked ``version`` is the head, or the next version was built on it."""
-        if max(_versions(folder)) == version:
-            return True
-        path = folder / _name(version + 1)
+    def _in_history(self, key: str, version: int, nonce: str) -> bool:
+        """Whether our freshly linked ``version`` is part of the record's history."""
         try:
-            header, _ = _parse(path, read_file(path))
-        except (FileNotFoundError, CorruptRecord):
+            head = self.head(key)
+        except CorruptRecord:
             return False
-        return header.p == nonce
+        if head.version == version:
+            return head.nonce == nonce
+        # Not among the head's ancestors: when the list reaches back to our version, we are
+        # certainly not in the history; past it we cannot tell, and trying again is the safe side.
+        return nonce in head.ancestors
 
     def _prune(self, folder: Path, version: int) -> None:
         for old in _versions(folder):
