@@ -23,6 +23,8 @@ class Paths(msgspec.Struct, frozen=True):
     """The layout of one home directory."""
 
     home: Path
+    #: The store's URL (--store, $QLAB_STORE): "" for the file store under the home, or postgresql://...
+    store_url: str = ""
 
     @property
     def store(self) -> Path:

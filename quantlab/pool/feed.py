@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from quantlab.pool.vfiles import write_all
+from quantlab.pool.vfiles import private_dir, write_all
 
 #: Bytes after which appenders start a new segment.
 SEGMENT_BYTES = 8 << 20
@@ -45,7 +45,7 @@ class Cursor(NamedTuple):
 class FileFeed:
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
         self._last: int | None = None  #: the newest segment seen by ``end``
 
     def _segments(self) -> list[int]:

@@ -26,7 +26,7 @@ import msgspec
 from quantlab.pool.feed import Change, FileFeed
 from quantlab.pool.records import Event
 from quantlab.pool.store import TableStore, check_id
-from quantlab.pool.vfiles import VersionedDir, fsync_dir, read_file, write_all, write_durable
+from quantlab.pool.vfiles import VersionedDir, fsync_dir, private_dir, read_file, write_all, write_durable
 from quantlab.errors import CorruptRecord
 
 _encode = msgspec.json.Encoder().encode
@@ -38,7 +38,7 @@ _KINDS = ("works", "resources", "directors", "leases", "state")
 class FileStore(TableStore):
     def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        private_dir(root)
         os.chmod(root, 0o700)
         self._tables: dict[str, VersionedDir] = {}
         self.feed = FileFeed(root / "changes")
@@ -67,7 +67,7 @@ class FileStore(TableStore):
 
     def push_message(self, work_id: str, data: Any) -> None:
         folder = self._inbox(work_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         write_durable(folder / f"{time.time_ns()}-{os.urandom(4).hex()}.json", _encode(data))
         fsync_dir(folder)
         self.feed.append(Change(kind="inbox", key=work_id, version=0))  # wakes its worker now

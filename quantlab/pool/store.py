@@ -18,8 +18,8 @@ runs one suite against each):
   since a cursor, so loops re-read only those records.
 
 ``TableStore`` implements all of it over two small primitives a backend
-provides: a versioned table per kind (head, commit) and a feed. FileStore and
-MemoryStore are such backends.
+provides: a versioned table per kind (head, commit) and a feed. FileStore,
+MemoryStore and PostgresStore are such backends.
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ class TableStore:
     """Store over a backend's tables and feed. Subclasses provide ``_table``, ``feed`` and events."""
 
     feed: Feed
+    #: Called with each commit's duration in seconds (a process serving metrics sets it).
+    commit_observer: Callable[[float], None] | None = None
 
     def _table(self, kind: str) -> Table:
         raise NotImplementedError
@@ -208,20 +210,32 @@ class TableStore:
         ``announce`` says what to append to the feed for a commit (the worker hint), None for nothing.
         """
         check_id(kind, key)
-        table = self._table(kind)
         for _ in range(CAS_ATTEMPTS):
             current, head = self._read(kind, key, cls)
             new = update(current, head)
             if new is None and not delete:
                 return current, head
             data = None if new is None else _encode(new)
-            if table.commit(key, head, data):
-                committed = Head(head.version + 1, data)
-                hint = announce(current, new) if announce else None
-                if hint is not None:
-                    self.feed.append(Change(kind=kind, key=key, version=committed.version, worker=hint))
-                return new, committed
+            hint = announce(current, new) if announce else None
+            change = None if hint is None else Change(kind=kind, key=key, version=head.version + 1, worker=hint)
+            started = time.perf_counter()
+            won = self._commit(kind, key, head, data, change)
+            if self.commit_observer is not None:
+                self.commit_observer(time.perf_counter() - started)
+            if won:
+                return new, Head(head.version + 1, data)
         raise Conflict(f"{kind}/{key}: gave up after {CAS_ATTEMPTS} lost races")
+
+    def _commit(self, kind: str, key: str, base: Head, data: bytes | None, change: Change | None) -> bool:
+        """Commit version base + 1 and, if it won, its feed line; False when another writer won.
+
+        A backend that can make both one atomic step (PostgreSQL: one statement) overrides this.
+        """
+        if not self._table(kind).commit(key, base, data):
+            return False
+        if change is not None:
+            self.feed.append(change)
+        return True
 
     # ---- works ----
 

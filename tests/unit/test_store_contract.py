@@ -1,4 +1,4 @@
-"""The Store contract: one suite, run against every store (file, memory; PostgreSQL joins later)."""
+"""The Store contract: one suite, run against every store (file, memory, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import msgspec
 import pytest
@@ -20,14 +20,34 @@ from quantlab.pool.memstore import MemoryStore
 from quantlab.pool.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
 from quantlab.pool.store import Store, TableStore
 
-STORES = ["file", "memory"]
+STORES = ["file", "memory", "postgres"]
+SHARED = ["file", "postgres"]  #: stores that several processes share
+
+
+def open_at(where: str) -> TableStore:
+    """A store by its place: a postgresql:// URL or a file store's directory (fresh in each process)."""
+    if where.startswith("postgresql://"):
+        from quantlab.pool.pgstore import PostgresStore
+
+        return PostgresStore(where)
+    return FileStore(Path(where))
+
+
+def _place(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return request.getfixturevalue("pg_url") if request.param == "postgres" else str(tmp_path / "store")
 
 
 @pytest.fixture(params=STORES)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TableStore]:
-    made: TableStore = FileStore(tmp_path / "store") if request.param == "file" else MemoryStore()
+    made = MemoryStore() if request.param == "memory" else open_at(_place(request, tmp_path))
     yield made
     made.close()
+
+
+@pytest.fixture(params=SHARED)
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a store shared by processes lives (each process opens its own)."""
+    yield _place(request, tmp_path)
 
 
 def work(work_id: str = "s", **changes: object) -> Work:
@@ -178,27 +198,29 @@ def files(tmp_path: Path) -> FileStore:
     return FileStore(tmp_path / "store")
 
 
-def _hammer(root: str, n: int) -> None:
-    s = FileStore(Path(root))
+def _hammer(place: str, n: int) -> None:
+    s = open_at(place)
     for _ in range(n):
         s.update_work("s", bump("restarts"))
 
 
-def test_concurrent_updates_from_processes_lose_nothing(files: FileStore) -> None:
-    files.add_work(work())
+def test_concurrent_updates_from_processes_lose_nothing(shared: str) -> None:
+    store = open_at(shared)
+    store.add_work(work())
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_hammer, args=(str(files.root), 40)) for _ in range(4)]
+    procs = [ctx.Process(target=_hammer, args=(shared, 40)) for _ in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert files.get_work("s").result.restarts == 160
+    assert store.get_work("s").result.restarts == 160
+    store.close()
 
 
-def _stop_inside(root: str, where: str) -> None:
+def _stop_inside(place: str, where: str) -> None:
     """Update the Work, stopping ourselves (SIGSTOP) at ``where`` in the middle of the commit."""
-    s = FileStore(Path(root))
+    s = open_at(place)
     stops = [where]
 
     def stop_once(at: str) -> None:
@@ -213,6 +235,14 @@ def _stop_inside(root: str, where: str) -> None:
         stop_once("after-tmp")
 
     vfiles.write_durable = write_then_stop  # type: ignore[assignment]
+    commit = s._commit
+
+    def commit_then_stop(*args: Any) -> bool:
+        won = commit(*args)  # PostgreSQL: the statement has committed; the client stops before going on
+        stop_once("after-commit")
+        return won
+
+    s._commit = commit_then_stop  # type: ignore[method-assign]
 
     def update(w: Work) -> Work:
         stop_once("after-read")
@@ -222,25 +252,37 @@ def _stop_inside(root: str, where: str) -> None:
     s.update_work("s", update)
 
 
-@pytest.mark.parametrize("where", ["after-read", "after-tmp"])
-def test_a_writer_stopped_mid_commit_delays_nobody_and_loses_nothing(files: FileStore, where: str) -> None:
-    files.add_work(work())
+# Where a writer stops: after reading the record; the file store after writing its temporary file
+# (before the link); after the commit returned (PostgreSQL: the statement has committed, so the
+# server holds nothing for the stopped client; it has no open transaction).
+PAUSES = [
+    ("file", "after-read"), ("file", "after-tmp"), ("file", "after-commit"),
+    ("postgres", "after-read"), ("postgres", "after-commit"),
+]
+
+
+@pytest.mark.parametrize("shared, where", PAUSES, indirect=["shared"])
+def test_a_writer_stopped_mid_commit_delays_nobody_and_loses_nothing(shared: str, where: str) -> None:
+    store = open_at(shared)
+    store.add_work(work())
     ctx = multiprocessing.get_context("fork")
-    paused = ctx.Process(target=_stop_inside, args=(str(files.root), where))
+    paused = ctx.Process(target=_stop_inside, args=(shared, where))
     paused.start()
     try:
         _wait_stopped(paused.pid or 0)
         began = time.monotonic()
         for _ in range(20):
-            files.update_work("s", bump("restarts"))  # nobody waits for the stopped writer
-        other = FileStore(files.root)
+            store.update_work("s", bump("restarts"))  # nobody waits for the stopped writer
+        other = open_at(shared)
         other.add_work(work("t"))
+        other.close()
         assert time.monotonic() - began < 5
     finally:
         os.kill(paused.pid or 0, signal.SIGCONT)
         paused.join(30)
     assert paused.exitcode == 0
-    assert files.get_work("s").result.restarts == 1020  # its update re-applied on top, none lost
+    assert store.get_work("s").result.restarts == 1020  # its update landed first or re-applied on top: none lost
+    store.close()
 
 
 def _wait_stopped(pid: int) -> None:
@@ -287,7 +329,8 @@ def test_a_full_disk_fails_loudly_and_keeps_the_record(files: FileStore, monkeyp
     assert not [e for e in files.read_events()[0] if e.kind == "quarantined"]
 
 
-def test_a_record_that_does_not_decode_is_reported_never_replaced(files: FileStore) -> None:
+def test_a_record_that_does_not_decode_is_reported_never_replaced(shared: str) -> None:
+    files = open_at(shared)
     files.add_work(work("good"))
     files.add_work(work("bad"))
     head = files._table("works").head("bad")
@@ -312,3 +355,27 @@ def test_old_flat_stores_are_migrated(tmp_path: Path) -> None:
     assert store.get_work("s").spec.file == "/s.py"
     record = store.load_state("s")
     assert record is not None and msgspec.json.decode(record.state) == {"n": 3}
+
+
+def test_a_writer_slow_between_its_link_and_its_check_is_not_applied_twice(
+    files: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Others commit (and prune) on top of a version before its writer checks it: still exactly once."""
+    files.add_work(work())
+    table = files._table("works")
+    real_check = vfiles.VersionedDir._in_history
+    others = {"left": 1}
+
+    def slow_check(self: vfiles.VersionedDir, key: str, version: int, nonce: str) -> bool:
+        if others["left"]:
+            others["left"] = 0
+            other = FileStore(files.root)
+            for _ in range(vfiles.KEEP + 6):  # enough to prune the version right after ours
+                other.update_work("s", bump("heartbeats"))
+        return real_check(self, key, version, nonce)
+
+    monkeypatch.setattr(vfiles.VersionedDir, "_in_history", slow_check)
+    files.update_work("s", bump("restarts"))
+    result = files.get_work("s").result
+    assert (result.restarts, result.heartbeats) == (1, vfiles.KEEP + 6)
+    assert table.head("s").version == 2 + vfiles.KEEP + 6
