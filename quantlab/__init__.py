@@ -1,5 +1,5 @@
 """quantlab: a runtime for live trading strategies."""
 
-from quantlab.errors import ApiError, ApiNetworkError, ApiPermissionError, QuantlabError
+from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError, QuantlabError
 
-__all__ = ["ApiError", "ApiNetworkError", "ApiPermissionError", "QuantlabError"]
+__all__ = ["ApiError", "ApiHaltedError", "ApiNetworkError", "ApiPermissionError", "QuantlabError"]

@@ -50,3 +50,11 @@ class ApiNetworkError(ApiError):
 
 class ApiPermissionError(ApiError):
     """The strategy asked for an account or method it may not use."""
+
+
+class ApiHaltedError(ApiPermissionError):
+    """A call that could open or increase exposure was refused: a halt (`qlab halt`) covers it."""
+
+
+class StoreUnavailable(QuantlabError):
+    """The store (a database server) cannot be reached, or a write's outcome is unknown."""

@@ -44,6 +44,8 @@ class Init(_Msg, tag="init"):
     state: dict[str, Any]
     accounts: list[str]
     log_path: str
+    log_max_bytes: int = 10_000_000  #: the strategy's log rotates past this size
+    log_keep: int = 5  #: rotated files kept
 
 
 class Tick(_Msg, tag="tick"):
@@ -51,6 +53,7 @@ class Tick(_Msg, tag="tick"):
     #: time.monotonic() until which the sender's lease holds (one host: one CLOCK_MONOTONIC).
     #: A child that gets the tick later does not run it and answers TickExpired.
     lease_until: float
+    halted: bool = False  #: a halt covers this strategy (ctx.halted): orders that open exposure are refused
 
 
 class Message(_Msg, tag="message"):
@@ -67,7 +70,7 @@ class ApiResult(_Msg, tag="api_result"):
     result: Any = None
     error: str = ""
     ret_code: int = 0
-    kind: str = "api"  #: api | network | permission: which ApiError subclass to raise
+    kind: str = "api"  #: api | network | permission | halted: which ApiError subclass to raise
 
 
 # ---- child -> worker ----

@@ -103,6 +103,9 @@ class StrategyContext:
         self.api = api
         self._send = send
         self.stop_reason: str | None = None
+        #: A halt (`qlab halt`) covers this strategy: calls that open exposure are refused, reduce-only
+        #: orders and cancels pass. Updated with every tick.
+        self.halted = False
 
     def send(self, data: Any) -> None:
         """Report something to the worker; it is recorded as an event.

@@ -28,8 +28,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import inspect
+import io
 import logging
+import logging.handlers
 import os
+import sys
 import time
 import traceback
 from types import ModuleType
@@ -38,7 +41,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from quantlab.errors import ApiError, ApiNetworkError, ApiPermissionError
+from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError
 from quantlab.pool.records import ExitReason
 from quantlab.protocol import (
     ApiCall,
@@ -61,7 +64,7 @@ from quantlab.protocol import (
 from quantlab.strategy.context import Api, StrategyContext
 from quantlab.strategy.jsoncheck import NotJson, to_json
 from quantlab.strategy.loader import load_module
-from quantlab.worker.apipool import PUBLIC_METHODS
+from quantlab.exchange.methods import PUBLIC_METHODS
 
 #: Lines of traceback kept in last_error.
 TRACEBACK_LINES = 12
@@ -72,6 +75,7 @@ _API_ERRORS: dict[str, type[ApiError]] = {
     "api": ApiError,
     "network": ApiNetworkError,
     "permission": ApiPermissionError,
+    "halted": ApiHaltedError,
 }
 
 
@@ -117,14 +121,42 @@ class Connection:
         self.context.term()
 
 
-def _strategy_logger(strategy_id: str, path: str) -> logging.Logger:
-    log = logging.getLogger(f"strategy.{strategy_id}")
-    handler = logging.FileHandler(path)
+def _strategy_logger(init: Init) -> logging.Logger:
+    """ctx.log, and print(), into the strategy's own log, which rotates by size."""
+    log = logging.getLogger(f"strategy.{init.id}")
+    handler = logging.handlers.RotatingFileHandler(init.log_path, maxBytes=init.log_max_bytes, backupCount=init.log_keep)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    # print() goes through the same handler, so it rotates with it; output written straight to
+    # fd 1 or 2 (a C extension, a subprocess) still lands in the file the zygote opened.
+    sys.stdout = sys.stderr = _Printed(handler)
     return log
+
+
+class _Printed(io.TextIOBase):
+    """sys.stdout for a strategy: text written to its rotating log handler's current file."""
+
+    def __init__(self, handler: logging.handlers.RotatingFileHandler) -> None:
+        self.handler = handler
+
+    def write(self, text: str) -> int:
+        handler = self.handler
+        handler.acquire()
+        try:
+            if handler.stream is None:
+                handler.stream = handler._open()
+            if handler.maxBytes and handler.stream.tell() + len(text) >= handler.maxBytes:
+                handler.doRollover()
+            handler.stream.write(text)
+            handler.stream.flush()
+        finally:
+            handler.release()
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
 
 
 class Runner:
@@ -136,7 +168,7 @@ class Runner:
             id=init.id,
             params=init.params,
             state=init.state,
-            log=_strategy_logger(init.id, init.log_path),
+            log=_strategy_logger(init),
             api=Api(init.accounts, conn.call_api, PUBLIC_METHODS),
             send=lambda data: conn.send(Log(data=data)),
         )
@@ -161,6 +193,7 @@ class Runner:
                     # strategy may run elsewhere by now, so this tick must not run; say so.
                     self.conn.send(TickExpired(seq=msg.tick.seq))
                     continue
+                self.ctx.halted = msg.halted
                 self._call("st_heartbeat", self.ctx, msg.tick)
                 self.conn.send(Heartbeat(seq=msg.tick.seq, state=self._changed_state("st_heartbeat")))
             elif isinstance(msg, Message):

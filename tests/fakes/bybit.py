@@ -6,10 +6,13 @@
         session.endpoint = fake.url
         session.client.trust_env = False   # HTTP_PROXY must not catch loopback calls
 
-It checks what the real exchange checks (key 10003, timestamp 10002, HMAC
+It checks what the real exchange checks (key 10003, timestamp 10002: accepted
+only if ``server_time - recv_window <= timestamp < server_time + 1000``, HMAC
 over the exact raw payload 10004, required parameters 10001), keeps one
 account's orders, positions and wallet behind one lock, logs every request,
-sends the rate-limit headers on every reply and plays injected faults.
+sends the rate-limit headers on every reply and plays injected faults;
+"hold" keeps a request ``hold_delay`` seconds before judging it, like a slow
+network between a paused sender and the exchange.
 HTTP/1.1 with exact Content-Length, because pybit keeps connections alive.
 """
 
@@ -28,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
-FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "garbage", "drop"})
+FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "hold", "garbage", "drop"})
 
 Params = dict[str, Any]
 Outcome = tuple[int, str, Any]  # retCode, retMsg, result
@@ -42,6 +45,8 @@ class LoggedRequest:
     api_key: str | None
     verified: bool  #: the request was signed, and the signature checked out
     fault: str | None  #: the injected fault it met, if any
+    recv_window: int | None = None  #: X-BAPI-RECV-WINDOW as sent (signed requests)
+    arrived: float = 0.0  #: time.monotonic() when it arrived
 
 
 @dataclass
@@ -185,11 +190,13 @@ class FakeBybit:
 
     def __init__(self, *, slow_delay: float = 5.0, limit: int = 100, rate_limit_reset: float = 0.1) -> None:
         self.slow_delay = slow_delay  #: seconds a "slow" reply waits (release() ends it early)
+        self.hold_delay = 1.0  #: seconds a "hold" request waits before it is judged (release() ends it early)
         self.limit = limit  #: X-Bapi-Limit: calls per key per one-second window (reported, not enforced)
         self.rate_limit_reset = rate_limit_reset  #: seconds from a "rate_limit" fault to its reset time
         self.skew_ms = 0  #: added to the server's clock, to provoke 10002
         self._lock = threading.Condition()
-        self._exchange = _Exchange(time.time)
+        self._exchange = _Exchange(self._now)  # /v5/market/time answers with the skewed clock too
+        self._outcomes: list[tuple[str, int]] = []  # (path, retCode) of every judged request, in order
         self._keys: dict[str, str] = {}
         self._faults: list[str] = []
         self._log: list[LoggedRequest] = []
@@ -227,6 +234,19 @@ class FakeBybit:
         with self._lock:
             for event in self._slow:
                 event.set()
+
+    def _now(self) -> float:
+        return time.time() + self.skew_ms / 1000
+
+    def accepted(self, path: str) -> int:
+        """How many requests to ``path`` the exchange carried out (retCode 0)."""
+        with self._lock:
+            return sum(1 for p, code in self._outcomes if p == path and code == 0)
+
+    def outcomes(self, path: str) -> list[int]:
+        """The retCodes given to requests to ``path``, in order."""
+        with self._lock:
+            return [code for p, code in self._outcomes if p == path]
 
     @property
     def requests(self) -> list[LoggedRequest]:
@@ -283,19 +303,22 @@ class FakeBybit:
         with self._lock:
             fault = self._faults.pop(0) if self._faults else None
             verified = route is not None and route.auth and self._auth(headers, payload) == (0, "")
-            self._log.append(LoggedRequest(method, split.path, params or {}, api_key, verified, fault))
+            window = headers.get("X-BAPI-RECV-WINDOW")
+            self._log.append(LoggedRequest(method, split.path, params or {}, api_key, verified, fault,
+                                           int(window) if window and window.isdigit() else None, time.monotonic()))
             self._lock.notify_all()
-            slow = threading.Event() if fault == "slow" else None
+            slow = threading.Event() if fault in ("slow", "hold") else None
             if slow is not None:
                 self._slow.append(slow)
         if slow is not None:
-            slow.wait(self.slow_delay)
+            slow.wait(self.hold_delay if fault == "hold" else self.slow_delay)
         elif fault is not None:
             return self._fault(fault, api_key)
         with self._lock:
             if route is None:
                 return self._reply(404, b"", api_key)
             code, msg, result = self._outcome(route, headers, payload, params)
+            self._outcomes.append((split.path, code))
             return self._envelope(code, msg, result, api_key)
 
     def _outcome(self, route: _Route, headers: Message, payload: str, params: Params | None) -> Outcome:
@@ -332,8 +355,8 @@ class FakeBybit:
             window = int(headers.get("X-BAPI-RECV-WINDOW", "5000"))
         except ValueError:
             return 10001, "params error: timestamp or recv_window invalid"
-        now = _ms(time.time) + self.skew_ms
-        if not now - window <= stamp < now + 1000:
+        now = _ms(self._now)
+        if not now - window <= stamp < now + 1000:  # Bybit's rule, judged when the request is handled
             return 10002, f"invalid request, please check your server timestamp or recv_window param. server_timestamp[{now}]"
         signed = f"{stamp}{api_key}{window}{payload}"
         expected = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).hexdigest()

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quantlab.pool.filestore import FileStore
-from quantlab.worker.accounts import Account
-from quantlab.worker.paper import PaperExchange
-from quantlab.worker.paper_state import MAKER_FEE, TAKER_FEE, Walk, _path
+from quantlab.exchange.accounts import Account
+from quantlab.exchange.paper import PaperExchange
+from quantlab.exchange.paper_state import MAKER_FEE, TAKER_FEE, Walk, _path
 
 T0 = 1_700_000_000.0
 MARKET_BUY = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market"}
@@ -464,3 +464,26 @@ def test_equity_is_conserved_up_to_price_moves_and_fees(trades: list[tuple[int, 
             expected -= qty * price * TAKER_FEE
         assert float(wallet(ex)["totalEquity"]) == pytest.approx(10_000 + expected, abs=1e-6)
         assert float(position(ex)["size"]) == pytest.approx(abs(size), abs=1e-9)
+
+
+def test_every_order_link_id_is_remembered_however_many_came_after(
+    store: FileStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 8 item 4: only the last 20,000 orderLinkIds were remembered; an older one was accepted again.
+
+    The document keeps LINK_IDS_KEEP ids (20,000); older ones move to an archive that is
+    never trimmed. The bound is made small here so the test places hundreds, not 20,001, orders.
+    """
+    import quantlab.exchange.paper_state as paper_state
+
+    monkeypatch.setattr(paper_state, "LINK_IDS_KEEP", 20)
+    ex = PaperExchange(account(), store, clock)
+    limit = {"side": "Buy", "orderType": "Limit", "qty": "0.001", "price": "1000", "timeInForce": "GTC"}
+    for i in range(61):  # the first id is 60 ids older than the newest: three times the bound
+        ok(ex.call("place_order", {"category": "linear", "symbol": "BTCUSDT", **limit, "orderLinkId": f"id-{i}"}))
+    for i in (0, 1, 25, 60):
+        again = ex.call("place_order", {"category": "linear", "symbol": "BTCUSDT", **limit, "orderLinkId": f"id-{i}"})
+        assert again["retCode"] == 110072, (i, again)
+    fresh = PaperExchange(account(), store, clock)  # a new worker process: the archive is in the store
+    assert fresh.call("place_order", {"category": "linear", "symbol": "BTCUSDT", **limit, "orderLinkId": "id-0"})["retCode"] == 110072
+    assert ok(fresh.call("place_order", {"category": "linear", "symbol": "BTCUSDT", **limit, "orderLinkId": "id-new"}))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantlab.worker.ratelimit import RateLimiter
+from quantlab.exchange.ratelimit import RateLimiter
 
 
 class FakeClock:

@@ -15,12 +15,14 @@ where the last stopped. Reads write only when that matching filled an order.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, cast
 
@@ -28,13 +30,18 @@ import msgspec
 
 from quantlab.errors import ApiError, BadInput
 from quantlab.pool.store import Store
-from quantlab.worker.accounts import Account
-from quantlab.worker.paper_state import SETTLE, Market, Order, OrderType, PaperState, Position, Side, TimeInForce
-from quantlab.worker.paper_state import advance, amend, close, fmt, margins, match_resting, place
+from quantlab.exchange import paper_state
+from quantlab.exchange.accounts import Account
+from quantlab.exchange.paper_state import SETTLE, Market, Order, OrderType, PaperState, Position, Side, TimeInForce
+from quantlab.exchange.paper_state import advance, amend, close, fmt, margins, match_resting, place
 
 log = logging.getLogger(__name__)
 
 BLOB_KIND = "paper"  #: store.get_blob(BLOB_KIND, account name) holds the account
+#: store.get_blob(ARCHIVE_KIND, "<account>.<shard>") holds orderLinkIds older than the document's list.
+ARCHIVE_KIND = "paper-links"
+ARCHIVE_SHARDS = 64  #: shards of the archive: a placement reads one, of 1/64 of the old ids
+ARCHIVE_BATCH = 1_000  #: ids moved to the archive at a time, once the document holds this many extra
 
 _MARKET_CATEGORIES = ("linear", "spot")
 _TRADE_CATEGORIES = ("linear",)
@@ -52,6 +59,7 @@ class _Call:
     state: PaperState
     market: Market
     ms: int
+    archived: Callable[[str], bool]  #: was this orderLinkId used before the document's list begins?
 
     @property
     def now(self) -> int:
@@ -119,7 +127,7 @@ class PaperExchange:
         if advance(state, market, ms):
             # Persist the fill: once the catch-up window moves past it, it could not be found again.
             self._write(None, {})
-        return handler(_Call(self.account, state, market, ms), kwargs)
+        return handler(_Call(self.account, state, market, ms, self._archived), kwargs)
 
     def _write(self, handler: Handler | None, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Run ``handler`` on the stored state as one compare-and-swap; store the result unless refused."""
@@ -132,17 +140,69 @@ class PaperExchange:
             market = Market(self.account.seed, state.pins)
             filled = advance(state, market, ms)
             try:
-                outcome["result"] = handler(_Call(self.account, state, market, ms), kwargs) if handler else {}
+                outcome["result"] = handler(_Call(self.account, state, market, ms, self._archived), kwargs) if handler else {}
             except ApiError as e:
                 outcome["error"] = e
                 return msgspec.json.encode(state) if filled else None  # refused, but the fills stand
             return msgspec.json.encode(state) if handler or filled else None
 
         with self._lock:
-            self._store.update_blob(BLOB_KIND, self.account.name, update)
+            raw = self._store.update_blob(BLOB_KIND, self.account.name, update)
+            self._archive_overflow(raw)
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
+
+    # ---- the orderLinkId archive ----
+    #
+    # Bybit never accepts an orderLinkId twice, so neither may the simulator, however long the
+    # account lives; the document holds the newest ids and the archive every older one. Ids are
+    # written to the archive first and trimmed from the document after, so at every moment each
+    # is in one place or both: a crash in between leaves it in both, and the next trim goes on.
+
+    def _archived(self, link_id: str) -> bool:
+        return link_id in self._shard(self._shard_key(link_id))
+
+    def _shard_key(self, link_id: str) -> str:
+        return f"{self.account.name}.{zlib.crc32(link_id.encode()) % ARCHIVE_SHARDS:02d}"
+
+    def _shard(self, key: str) -> set[str]:
+        raw = self._store.get_blob(ARCHIVE_KIND, key)
+        return set(msgspec.json.decode(raw, type=list[str])) if raw else set()
+
+    def _archive_overflow(self, raw: bytes | None) -> None:
+        """Move the oldest ids out of the document once it holds a batch more than it keeps."""
+        if raw is None:
+            return
+        ids = msgspec.json.decode(raw, type=PaperState).link_ids
+        keep = paper_state.LINK_IDS_KEEP
+        batch = min(ARCHIVE_BATCH, max(1, keep // 2))  # small bounds (tests) archive in smaller batches
+        if len(ids) <= keep + batch - 1:
+            return
+        moving = ids[: len(ids) - keep]
+        by_shard: dict[str, list[str]] = {}
+        for link_id in moving:
+            by_shard.setdefault(self._shard_key(link_id), []).append(link_id)
+        for key, added in by_shard.items():
+            self._store.update_blob(ARCHIVE_KIND, key, functools.partial(_union, added=added))
+        gone = set(moving)
+
+        def trim(old: bytes | None) -> bytes | None:
+            if old is None:
+                return None
+            state = msgspec.json.decode(old, type=PaperState)
+            kept = [i for i in state.link_ids if i not in gone]
+            state.archived += len(state.link_ids) - len(kept)
+            state.link_ids = kept
+            return msgspec.json.encode(state)
+
+        self._store.update_blob(BLOB_KIND, self.account.name, trim)
+
+
+def _union(old: bytes | None, *, added: list[str]) -> bytes:
+    ids = msgspec.json.decode(old, type=list[str]) if old else []
+    known = set(ids)
+    return msgspec.json.encode(ids + [i for i in added if i not in known])
 
 
 def _envelope(ms: int, result: dict[str, Any], code: int = 0, message: str = "OK") -> dict[str, Any]:
@@ -355,7 +415,7 @@ def _new_order(call: _Call, kwargs: dict[str, Any]) -> Order:
 def _place_order(call: _Call, kwargs: dict[str, Any]) -> dict[str, Any]:
     _category(kwargs, _TRADE_CATEGORIES)
     order = _new_order(call, kwargs)
-    place(call.state, call.market, order, call.ms)
+    place(call.state, call.market, order, call.ms, call.archived)
     return {"orderId": order.order_id, "orderLinkId": order.link_id}
 
 

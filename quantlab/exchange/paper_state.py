@@ -1,7 +1,7 @@
 """The paper account's market and ledger: a seeded price walk, orders, positions, a USDT wallet.
 
 Everything here is pure: functions take a PaperState and change it in memory;
-quantlab.worker.paper loads and stores it, one JSON document per account, and
+quantlab.exchange.paper loads and stores it, one JSON document per account, and
 answers with the Bybit v5 rows the records and the market render here.
 
 The walk is a function of (seed, symbol, second), never of the account's
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from functools import lru_cache
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import msgspec
 
@@ -30,7 +30,7 @@ TAKER_FEE = 0.00055  #: fee rate of market and marketable orders (Bybit's base l
 MAKER_FEE = 0.0002  #: fee rate of resting limit orders when they fill
 CATCH_UP_CAP = 3600  #: seconds of walk matched against resting orders after a gap; older ones are jumped
 CLOSED_KEEP = 500  #: filled and cancelled orders kept for get_order_history
-LINK_IDS_KEEP = 20_000  #: orderLinkIds remembered (refused if reused); bounds the stored document
+LINK_IDS_KEEP = 20_000  #: orderLinkIds kept in the account's document; older ones go to the archive (paper.py)
 SETTLE = "USDT"  #: the coin every linear contract settles in
 TURNOVER_PER_SECOND = 1_000.0  #: USDT traded per second in a calm market; volatile candles trade more
 
@@ -228,7 +228,8 @@ class PaperState(msgspec.Struct, kw_only=True):
     positions: dict[str, Position] = {}
     open: list[Order] = []  #: resting orders, oldest first
     closed: list[Order] = []  #: newest last, at most CLOSED_KEEP
-    link_ids: list[str] = []  #: the last LINK_IDS_KEEP orderLinkIds used, oldest first: Bybit refuses reuse
+    link_ids: list[str] = []  #: the newest orderLinkIds used, oldest first: Bybit refuses reuse
+    archived: int = 0  #: how many older orderLinkIds were moved to the archive (never forgotten)
     pins: dict[str, float] = {}
     checked_at: int  #: the walk anchor: resting orders were matched up to this second
 
@@ -277,9 +278,14 @@ def margins(state: PaperState, market: Market, now: int) -> Margins:
     return Margins(state.balances.get(SETTLE, 0.0), unrealised, position_im, orders)
 
 
-def place(state: PaperState, market: Market, order: Order, ms: int) -> None:
-    """Accept ``order`` (ApiError 110072/110007/110017 if it cannot be), then fill or rest it."""
-    if order.link_id and order.link_id in state.link_ids:
+def place(
+    state: PaperState, market: Market, order: Order, ms: int, archived: Callable[[str], bool] = lambda _: False
+) -> None:
+    """Accept ``order`` (ApiError 110072/110007/110017 if it cannot be), then fill or rest it.
+
+    ``archived(link_id)`` says whether an id older than the document's list was used.
+    """
+    if order.link_id and (order.link_id in state.link_ids or (state.archived and archived(order.link_id))):
         raise ApiError("OrderLinkedID is duplicate", 110072)
     price = market.price(order.symbol, ms // 1000)
     if order.reduce_only:
@@ -288,8 +294,7 @@ def place(state: PaperState, market: Market, order: Order, ms: int) -> None:
             raise ApiError("reduce-only order has no opposite position to reduce", 110017)
     check_margin(state, market, order, price, ms)
     if order.link_id:
-        state.link_ids.append(order.link_id)
-        del state.link_ids[:-LINK_IDS_KEEP]
+        state.link_ids.append(order.link_id)  # trimmed only once archived (PaperExchange)
     state.open.append(order)
     match_new(state, order, price, ms)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Literal
 
 import msgspec
@@ -48,8 +49,8 @@ class Account(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     __str__ = __repr__
 
     def secret(self) -> str:
-        """The API secret, read from the environment variable if one is named."""
-        if self.api_secret_env:
+        """The API secret: the one read at start (take_secrets), else from its environment variable."""
+        if self.api_secret_env and not self.api_secret:
             value = os.environ.get(self.api_secret_env)
             if value is None:
                 raise ConfigError(
@@ -57,6 +58,48 @@ class Account(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 )
             return value
         return self.api_secret
+
+
+#: An environment variable that may hold the worker's proxy URL with its credentials, read once
+#: and removed: a URL given with --proxy is visible to every user in /proc/PID/cmdline.
+PROXY_ENV = "QLAB_PROXY"
+#: Proxy variables that requests and most tools read; children get them without credentials.
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+def take_secrets(accounts: list[Account]) -> None:
+    """Read every secret named by an environment variable into its account, then drop the variable.
+
+    What is left in the environment would reach every process this one starts.
+    """
+    for account in accounts:
+        if account.api_secret_env and not account.api_secret:
+            account.api_secret = account.secret()
+    for name in {a.api_secret_env for a in accounts if a.api_secret_env}:
+        os.environ.pop(name, None)
+
+
+def take_proxy(option: str | None) -> str | None:
+    """The worker's proxy: --proxy (credentials refused there), else QLAB_PROXY (then removed)."""
+    from_env = os.environ.pop(PROXY_ENV, None)
+    return option or from_env or None
+
+
+def has_credentials(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.username or parts.password)
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with any user:password@ removed."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password):
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def default_paper_account() -> Account:

@@ -6,6 +6,14 @@ that account and method before any client is touched, waits for the account's
 rate limiter (one per account, shared by every strategy on this worker), runs
 the call and turns every outcome into an ``ApiResult``; it never raises.
 
+Each account has its own queue and threads: a call waiting for one account's
+rate limit (or a slow reply) never holds a thread another account needs.
+Every call has a deadline; one that cannot start before it is refused unsent.
+A call that changes something (quantlab/exchange/calls.py) carries a fence,
+checked when pybit signs the request and turned into its ``recv_window``
+(quantlab/exchange/signing.py), so it leaves only while the worker's lease
+and the strategy's epoch hold, and the exchange refuses it if it arrives later.
+
 Bybit accounts use pybit's ``HTTP`` client, one per account per thread, since
 requests does not promise that a session is thread safe. Paper accounts go to
 one ``PaperExchange`` per account. pybit is left to retry what it retries well
@@ -19,41 +27,37 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping
 from urllib.parse import urlsplit
 
 import requests
-from pybit._http_manager import _V5HTTPManager
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 
 from quantlab.pool.store import Store
 from quantlab.protocol import ApiCall, ApiResult
-from quantlab.worker.accounts import Account
-from quantlab.worker.ratelimit import RateLimiter
+from quantlab.exchange import calls, halts
+from quantlab.exchange.accounts import Account
+from quantlab.exchange.methods import PUBLIC_METHODS
+from quantlab.exchange.ratelimit import RateLimiter
+from quantlab.exchange.signing import ClockOffset, Fence, Fenced, recv_window_ms, time_left
 
 if TYPE_CHECKING:
-    from quantlab.worker.paper import PaperExchange
+    from quantlab.exchange.paper import PaperExchange
 
 log = logging.getLogger(__name__)
 
 
-def _request_methods() -> frozenset[str]:
-    """pybit's endpoint methods: what the endpoint mixins add to the client, not its own helpers."""
-    helpers = set(dir(_V5HTTPManager))  # prepare_payload and the like: they build, they do not send
-    return frozenset(
-        name for name in dir(HTTP) if not name.startswith("_") and name not in helpers and callable(getattr(HTTP, name))
-    )
 
-
-PUBLIC_METHODS: frozenset[str] = _request_methods()
-
-ACQUIRE_TIMEOUT = 10.0  #: seconds a call waits for its account's rate limiter before failing with 10006
+CALL_DEADLINE = 10.0  #: seconds from submission within which a call must start, else it is refused unsent
 RETRY_DELAY = 0.2  #: seconds pybit waits before retrying a retried retCode (its default is 3)
 DEFAULT_PAUSE = 1.0  #: seconds to pause an account after a 10006 that names no reset time
 MAX_PAUSE = 60.0  #: seconds; a longer reset time from the exchange is taken as this
 RATE_LIMITED = 10006  # Bybit's retCode for "too many visits"
+STALE_TIMESTAMP = 10002  # Bybit's retCode for a timestamp outside the recv_window
+THREADS_PER_ACCOUNT = 4  #: threads per account: calls of one account wait only for each other
 MIN_SCRUB = 6  # shorter "secrets" (tests, typos) occur in plain words: blanking them mangles messages
 
 NETWORK_ERRORS = (
@@ -74,6 +78,17 @@ class _Failure(Exception):
         self.kind = kind
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One call as the pool runs it."""
+
+    call: ApiCall
+    allowed: Collection[str]
+    fence: Fence | None
+    deadline: float  #: monotonic: a call that cannot start before it is refused unsent
+    strategy: str  #: the caller, for halts; "" for the worker's own calls
+
+
 class ApiPool:
     """Runs exchange calls for the accounts this worker serves."""
 
@@ -83,43 +98,70 @@ class ApiPool:
         store: Store,
         *,
         proxy: str | None = None,
-        threads: int = 8,
+        worker: str = "",
+        threads: int = THREADS_PER_ACCOUNT,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._accounts = {account.name: account for account in accounts}
         self._proxy = proxy
+        self._store = store  # the halts are read from it as each call that opens exposure is signed
+        self._worker = worker
         self._clock = clock
-        self._limiters = {a.name: RateLimiter(a.rate_limit, clock=clock, sleep=sleep) for a in accounts}
+        self._closing = threading.Event()
+        wait: Callable[[float], object] = sleep or self._closing.wait  # close() ends a rate-limit wait at once
+        self._limiters = {a.name: RateLimiter(a.rate_limit, clock=clock, sleep=wait) for a in accounts}
+        self._offsets = {a.name: ClockOffset() for a in accounts}
         self._papers = {a.name: _paper_exchange(a, store) for a in accounts if a.type == "paper"}  # thread safe
-        self._local = threading.local()  # .clients: account name -> this thread's HTTP
+        self._local = threading.local()  # .clients: account name -> this thread's HTTP; .fence: the call's
         self._sessions: list[requests.Session] = []  # every client's session, to close them all
         self._sessions_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apipool")
+        # One queue and its threads per account (threads start on demand).
+        self._queues = {
+            a.name: ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"api-{a.name}") for a in accounts
+        }
         self._closed = False
 
     @property
     def names(self) -> list[str]:
         return list(self._accounts)
 
-    def call(self, account: str, method: str, kwargs: dict[str, Any], allowed: Collection[str]) -> ApiResult:
+    def call(
+        self, account: str, method: str, kwargs: dict[str, Any], allowed: Collection[str], fence: Fence | None = None,
+        strategy: str = "",
+    ) -> ApiResult:
         """Run one call on this thread and wait for it; never raises."""
-        return self._run(ApiCall(call_id=0, account=account, method=method, kwargs=kwargs), allowed)
+        call = ApiCall(call_id=0, account=account, method=method, kwargs=kwargs)
+        return self._run(_Job(call, allowed, fence, self._clock() + CALL_DEADLINE, strategy))
 
-    def submit(self, call: ApiCall, allowed: Collection[str], done: Callable[[ApiResult], None]) -> None:
-        """Run ``call`` on a pool thread, then ``done(result)`` on that thread.
+    def submit(
+        self, call: ApiCall, allowed: Collection[str], done: Callable[[ApiResult], None], fence: Fence | None = None,
+        strategy: str = "",
+    ) -> None:
+        """Run ``call`` on its account's queue, then ``done(result)`` on that thread.
 
-        After close() the call is refused and ``done`` runs at once on the caller's thread.
+        ``fence`` guards a call that changes something (see quantlab/exchange/signing.py); a call
+        that needs one and has none is refused. ``strategy`` (the caller) decides which halts
+        cover the call. A call refused before it is queued (an account not served, after
+        close()) has ``done`` run at once on the caller's thread.
         """
+        job = _Job(call, allowed, fence, self._clock() + CALL_DEADLINE, strategy)
+        queue = self._queues.get(call.account)
         try:
-            self._executor.submit(self._run_and_deliver, call, allowed, done)
-        except RuntimeError:  # the executor is shut down
-            _deliver(done, _result(call.call_id, _Failure("the API pool is closed", 0, "api")))
+            if queue is None:
+                raise RuntimeError("no such account")  # _run refuses it with the permission message
+            queue.submit(self._run_and_deliver, job, done)
+        except RuntimeError:  # not served, or the queue is shut down
+            _deliver(done, self._run(job))
 
     def close(self) -> None:
-        """Let running calls finish, drop queued ones, close every connection."""
+        """Let running calls finish, drop queued ones, end rate-limit waits, close every connection."""
         self._closed = True
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._closing.set()
+        for queue in self._queues.values():
+            queue.shutdown(wait=False, cancel_futures=True)
+        for queue in self._queues.values():
+            queue.shutdown(wait=True)
         with self._sessions_lock:
             sessions, self._sessions = self._sessions, []
         for session in sessions:
@@ -127,13 +169,18 @@ class ApiPool:
 
     # ---- one call ----
 
-    def _run_and_deliver(self, call: ApiCall, allowed: Collection[str], done: Callable[[ApiResult], None]) -> None:
-        _deliver(done, self._run(call, allowed))
+    def _run_and_deliver(self, job: _Job, done: Callable[[ApiResult], None]) -> None:
+        _deliver(done, self._run(job))
 
-    def _run(self, call: ApiCall, allowed: Collection[str]) -> ApiResult:
+    def _run(self, job: _Job) -> ApiResult:
+        call = job.call
         try:
-            account = self._permitted(call, allowed)
-            return ApiResult(call_id=call.call_id, ok=True, result=self._attempts(account, call))
+            account = self._permitted(call, job.allowed)
+            if calls.fenced(call.method) and job.fence is None:
+                raise _Failure(f"{call.method!r} changes the account and needs a fence; refused", 0, "permission")
+            fence = job.fence if calls.fenced(call.method) else None  # reads skip the lease check
+            gate = self._halt_gate(account, job) if calls.opens_exposure(call.method, call.kwargs) else None
+            return ApiResult(call_id=call.call_id, ok=True, result=self._attempts(account, call, fence, job.deadline, gate))
         except _Failure as failure:
             return _result(call.call_id, self._scrubbed(failure, call.account))
         except Exception as e:  # a bug of ours must not kill the pool thread or leave a call unanswered
@@ -149,31 +196,76 @@ class ApiPool:
             raise _Failure(f"{call.method!r} is not an exchange API method", 0, "permission")
         return account
 
-    def _attempts(self, account: Account, call: ApiCall) -> Any:
-        """Send the call, again after a rate-limit pause, up to the account's max_retries."""
-        if self._closed:
-            raise _Failure("the API pool is closed", 0, "api")
+    def _halt_gate(self, account: Account, job: _Job) -> Callable[[], None]:
+        """A check, run as the call is signed, that no halt covers it (fail closed: unreadable = halted)."""
+
+        def gate() -> None:
+            found, problem = halts.read_or_closed(self._store)
+            halt = found.covering(self._worker, job.strategy, [account.name])
+            if halt is not None:
+                why = problem or f"halted ({halt.label})"
+                raise _Failure(f"{job.call.method}: {why}: calls that open exposure are refused", halts.HALTED, "halted")
+
+        return gate
+
+    def _attempts(
+        self, account: Account, call: ApiCall, fence: Fence | None, deadline: float, gate: Callable[[], None] | None
+    ) -> Any:
+        """Send the call, again after a rate-limit pause, up to the account's max_retries, before its deadline."""
         limiter = self._limiters[account.name]
         attempts = max(1, account.max_retries)
         attempt = 1
         while True:
-            if not limiter.acquire(ACQUIRE_TIMEOUT):
-                raise _Failure(f"rate limit: no turn on {account.name!r} within {ACQUIRE_TIMEOUT:g} s", RATE_LIMITED, "api")
+            self._check_open(fence)
+            wait = deadline - self._clock()
+            if wait <= 0 or not limiter.acquire(wait):
+                raise _Failure(f"rate limit: no turn on {account.name!r} within its {CALL_DEADLINE:g} s deadline",
+                               RATE_LIMITED, "api")
+            self._check_open(fence)
+            if gate is not None:
+                gate()  # early, so a halted call does not spend a turn; again as it is signed
             try:
-                return self._send(account, call.method, call.kwargs)
+                return self._send(account, call.method, call.kwargs, fence, gate)
             except _Failure as failure:
                 # A 10006 was refused before the exchange acted on it, so sending again is safe.
                 if failure.ret_code != RATE_LIMITED or attempt >= attempts:
                     raise
             attempt += 1
 
-    def _send(self, account: Account, method: str, kwargs: dict[str, Any]) -> Any:
+    def _check_open(self, fence: Fence | None) -> None:
+        if self._closed:
+            raise _Failure("the API pool is closed", 0, "api")
+        if fence is not None:
+            try:
+                time_left(fence, self._clock())
+            except Fenced as e:
+                raise _Failure(str(e), 0, "permission") from None
+
+    def _send(
+        self, account: Account, method: str, kwargs: dict[str, Any], fence: Fence | None, gate: Callable[[], None] | None
+    ) -> Any:
         if account.type == "paper":
+            self._check_open(fence)  # the simulator answers at once: this is the moment it is "signed"
+            if gate is not None:
+                gate()
             return _paper_body(method, self._papers[account.name].call(method, kwargs))
         try:
-            body, _elapsed, headers = getattr(self._client(account), method)(**kwargs)
+            client = self._client(account)
+            if fence is not None and self._offsets[account.name].stale(self._clock()):
+                self._measure_offset(account, client)
+            self._local.fence, self._local.gate = fence, gate  # read by the signer (_install_signer)
+            try:
+                body, _elapsed, headers = getattr(client, method)(**kwargs)
+            finally:
+                self._local.fence = self._local.gate = None
+        except Fenced as e:
+            raise _Failure(f"{method}: {e}", 0, "permission") from None
+        except _Failure:
+            raise
         except InvalidRequestError as e:
             self._note_limits(account, e.resp_headers, rate_limited=e.status_code == RATE_LIMITED)
+            if e.status_code == STALE_TIMESTAMP:
+                self._offsets[account.name].invalidate()  # our idea of the exchange's clock may be wrong
             raise _Failure(f"{method}: {e.message} (retCode {e.status_code})", e.status_code, "api") from None
         except FailedRequestError as e:
             # pybit gives the HTTP status for a non-200 reply (it has resp_headers then) and
@@ -188,6 +280,42 @@ class ApiPool:
             raise _Failure(f"{method}: {type(e).__name__}: {e}", 0, "api") from None
         self._note_limits(account, headers, rate_limited=False)
         return body
+
+    def _measure_offset(self, account: Account, client: HTTP) -> None:
+        """The exchange's clock against ours, from /v5/market/time (public, unsigned)."""
+        try:
+            before = time.time()
+            body, _elapsed, _headers = client.get_server_time()
+            after = time.time()
+            server = int(body["result"]["timeNano"]) / 1e9
+        except NETWORK_ERRORS as e:
+            raise _Failure(f"cannot read the exchange's time to fence the call: {e}", 0, "network") from None
+        except Exception as e:  # a fenced call does not leave on a guess
+            raise _Failure(f"cannot read the exchange's time to fence the call: {type(e).__name__}: {e}", 0, "api") from None
+        offset, error = server - (before + after) / 2, (after - before) / 2
+        self._offsets[account.name].update(offset, error, self._clock())
+        if abs(offset) > 1.0:
+            log.warning("clock offset to the exchange for %s: %.3f s (fenced calls get shorter windows)", account.name, offset)
+
+    def _install_signer(self, client: HTTP, account: Account) -> None:
+        """Wrap pybit's signing: a fenced call is checked, and its recv_window cut, as it is signed.
+
+        pybit signs every attempt (its own retries too) through ``_prepare_headers``, so no
+        attempt of a fenced call is signed after its lease, and none with a window that outlasts it.
+        """
+        original = client._prepare_headers
+        offset = self._offsets[account.name]
+
+        def prepare_headers(payload: Any, recv_window: int, *args: Any, **kwargs: Any) -> Any:
+            fence: Fence | None = getattr(self._local, "fence", None)
+            gate: Callable[[], None] | None = getattr(self._local, "gate", None)
+            if gate is not None:
+                gate()  # raises _Failure through pybit, which catches only network and JSON errors
+            if fence is not None:
+                recv_window = recv_window_ms(fence, self._clock(), offset.slack(), recv_window)
+            return original(payload, recv_window, *args, **kwargs)
+
+        client._prepare_headers = prepare_headers
 
     def _note_limits(self, account: Account, headers: Mapping[str, str] | None, *, rate_limited: bool) -> None:
         """Pause the account when the exchange says its budget is spent (pybit ignores these headers)."""
@@ -242,6 +370,7 @@ class ApiPool:
             log_requests=False,  # True logs the key and signature
         )
         client.retry_codes = set(client.retry_codes) - {RATE_LIMITED}  # ours to handle, for all threads
+        self._install_signer(client, account)
         proxy = account.proxy or self._proxy
         if account.endpoint:
             client.endpoint = account.endpoint
@@ -255,7 +384,7 @@ class ApiPool:
 
 
 def _paper_exchange(account: Account, store: Store) -> PaperExchange:
-    from quantlab.worker.paper import PaperExchange  # the simulator loads only where a paper account is served
+    from quantlab.exchange.paper import PaperExchange  # the simulator loads only where a paper account is served
 
     return PaperExchange(account, store)
 

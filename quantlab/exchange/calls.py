@@ -1,0 +1,49 @@
+"""Which exchange calls are which: read-only, order-changing, exposure-opening.
+
+A fixed rule rather than a table of pybit's 358 methods, and one that fails
+closed: a method whose name does not start with ``get_`` is taken to change
+something (orders, positions, leverage, transfers, withdrawals, sub-accounts,
+loans...), so it is fenced at send time and refused while halted unless it
+is known to only reduce exposure. Reading ``get_*`` changes nothing, so a
+read may run without the lease check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Calls that only take orders away: they pass a halt.
+CANCELS = frozenset({"cancel_order", "cancel_all_orders", "cancel_batch_order", "spread_cancel_order",
+                     "spread_cancel_all_orders"})
+#: Order placements that pass a halt when every order in them is reduce-only.
+PLACEMENTS = frozenset({"place_order", "place_batch_order"})
+
+
+def read_only(method: str) -> bool:
+    """True for calls that change nothing at the exchange (they skip the lease check)."""
+    return method.startswith("get_")
+
+
+def fenced(method: str) -> bool:
+    """True for calls that must leave only while the lease and the epoch hold (every non-read)."""
+    return not read_only(method)
+
+
+def _reduce_only(order: Any) -> bool:
+    return isinstance(order, dict) and order.get("reduceOnly") in (True, "true", "True", 1, "1")
+
+
+def opens_exposure(method: str, kwargs: dict[str, Any]) -> bool:
+    """True unless the call surely cannot open or increase exposure: reads, cancels, reduce-only orders.
+
+    Everything else (amends, leverage, transfers, withdrawals, any other write) counts as opening:
+    a halt must hold even for a call this rule did not foresee.
+    """
+    if read_only(method) or method in CANCELS:
+        return False
+    if method == "place_order":
+        return not _reduce_only(kwargs)
+    if method == "place_batch_order":
+        orders = kwargs.get("request")
+        return not (isinstance(orders, list) and orders and all(_reduce_only(o) for o in orders))
+    return True

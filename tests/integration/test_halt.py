@@ -1,0 +1,93 @@
+"""The kill switch end to end: `qlab halt` during a burst of orders, against the fake Bybit."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import Lab, wait_for
+from tests.fakes.bybit import FakeBybit
+
+SECRET = "s3cr3t-Halt-7yQ2vN7mL4kR9w"
+KEY = "HALTKEY123"
+CREATE, CANCEL, CANCEL_ALL = "/v5/order/create", "/v5/order/cancel", "/v5/order/cancel-all"
+
+BURST = '''
+from quantlab import ApiError, ApiHaltedError
+ACCOUNTS = ["live"]
+def st_init(ctx):
+    ctx.state.setdefault("n", 0)
+def st_heartbeat(ctx, tick):
+    api = ctx.api.bybit["live"]
+    ctx.state["n"] += 1
+    n = ctx.state["n"]
+    ctx.state["halted"] = ctx.halted
+    if ctx.halted:
+        ctx.state["saw_halted"] = True
+    try:
+        api.place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Limit", qty="0.01",
+                        price="100", orderLinkId=f"{ctx.id}-{n}")
+    except ApiHaltedError:
+        ctx.state["refused"] = ctx.state.get("refused", 0) + 1
+    try:
+        api.cancel_order(category="linear", symbol="BTCUSDT", orderLinkId=f"{ctx.id}-{n - 1}")
+    except ApiError:
+        pass
+def st_exit(ctx, reason):
+    pass
+'''
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBybit]:
+    with FakeBybit() as server:
+        server.add_key(KEY, SECRET)
+        yield server
+
+
+def test_halt_during_a_burst_of_orders(lab: Lab, fake: FakeBybit) -> None:
+    """Issue 8: a kill switch; nothing that opens exposure leaves once `qlab halt` returned."""
+    accounts = lab.home / "env.jsonl"
+    accounts.write_text(json.dumps({"name": "live", "type": "bybit", "api_key": KEY, "api_secret_env": "QLAB_HALT_SECRET",
+                                    "endpoint": fake.url, "timeout": 2.0, "rate_limit": 500}) + "\n")
+    lab.director()
+    lab.worker("w1", "--accounts", str(accounts), env={"QLAB_HALT_SECRET": SECRET})
+    for i in range(2):
+        lab.assign(lab.strategy(f"burst{i}", BURST), "--interval", "0.02")
+    wait_for(lambda: fake.accepted(CREATE) >= 20, timeout=20, what="a burst of orders")
+
+    lab.run("halt", "--all")
+    halted_at = time.monotonic()
+    cancels = len([r for r in fake.requests if r.path == CANCEL])
+    wait_for(lambda: all(lab.state(f"burst{i}").get("refused", 0) >= 3 for i in range(2)), what="refused orders")
+    wait_for(lambda: len([r for r in fake.requests if r.path == CANCEL]) > cancels + 3, what="cancels going on")
+    late = [r for r in fake.requests if r.path == CREATE and r.arrived > halted_at]
+    assert late == [], f"{len(late)} order(s) left after the halt was written"
+    wait_for(lambda: lab.state("burst0").get("saw_halted"), what="ctx.halted in the strategy")
+    assert all(lab.work(f"burst{i}").result.status == "running" for i in range(2))  # still ticking
+    status = lab.status()
+    assert [(h["scope"], h["target"]) for h in status["halts"]] == [("all", "")]
+    assert "HALTED: all" in lab.run("status").stdout
+
+    assert "resumed: all" in lab.run("resume", "--all").stdout
+    accepted = fake.accepted(CREATE)
+    wait_for(lambda: fake.accepted(CREATE) > accepted + 5, what="orders again after resume")
+    wait_for(lambda: lab.state("burst0").get("halted") is False, what="ctx.halted cleared")
+    assert lab.status()["halts"] == []
+
+    lab.run("halt", "--account", "live", "--cancel-orders")
+    wait_for(lambda: any(r.path == CANCEL_ALL for r in fake.requests), what="the worker cancelling every order")
+    assert fake.outcomes(CANCEL_ALL) == [0]
+    wait_for(lambda: lab.status()["halts"][0]["cancelled_by"] == ["w1"], what="the cancel noted")
+
+
+def test_halt_input_errors(lab: Lab) -> None:
+    both = lab.run("halt", "--all", "--account", "x", check=False)
+    assert both.returncode == 2 and "exactly one" in both.stderr
+    strategy_cancel = lab.run("halt", "--strategy", "s", "--cancel-orders", check=False)
+    assert strategy_cancel.returncode == 1 and strategy_cancel.stderr.startswith("Error: ")
+    nothing = lab.run("resume", "--worker", "w9", check=False)
+    assert nothing.returncode == 1 and "no halt" in nothing.stderr

@@ -1,0 +1,95 @@
+"""The kill switch in the API pool: halts from the store, what passes them, failing closed."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quantlab.exchange import halts
+from quantlab.exchange.accounts import default_paper_account
+from quantlab.exchange.apipool import ApiPool
+from quantlab.exchange.calls import opens_exposure
+from quantlab.pool.filestore import FileStore
+
+
+def forever() -> float:
+    return math.inf
+
+
+def market(side: str = "Buy", **extra: Any) -> dict[str, Any]:
+    return {"category": "linear", "symbol": "BTCUSDT", "side": side, "orderType": "Market", "qty": "0.01", **extra}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    return FileStore(tmp_path / "store")
+
+
+@pytest.fixture
+def pool(store: FileStore) -> ApiPool:
+    pool = ApiPool([default_paper_account()], store, worker="w1")
+    yield pool  # type: ignore[misc]
+    pool.close()
+
+
+def place(pool: ApiPool, kwargs: dict[str, Any], strategy: str = "s1") -> Any:
+    return pool.call("paper", "place_order", kwargs, ["paper"], forever, strategy)
+
+
+@pytest.mark.parametrize(
+    ("scope", "target", "covered"),
+    [("all", "", True), ("account", "paper", True), ("account", "other", False), ("worker", "w1", True),
+     ("worker", "w2", False), ("strategy", "s1", True), ("strategy", "s2", False)],
+)
+def test_a_halt_refuses_what_opens_exposure_where_it_applies(
+    pool: ApiPool, store: FileStore, scope: halts.Scope, target: str, covered: bool
+) -> None:
+    assert place(pool, market()).ok  # a long position to reduce later
+    halts.halt(store, scope, target)
+    opened = place(pool, market())
+    assert opened.ok is not covered
+    if covered:
+        assert (opened.kind, opened.ret_code) == ("halted", halts.HALTED) and "halted" in opened.error
+    assert place(pool, market("Sell", reduceOnly=True)).ok  # reducing always passes
+    assert pool.call("paper", "cancel_all_orders", {"category": "linear", "settleCoin": "USDT"}, ["paper"], forever).ok
+    assert pool.call("paper", "get_positions", {"category": "linear", "symbol": "BTCUSDT"}, ["paper"]).ok
+    assert halts.resume(store, scope, target)
+    assert place(pool, market()).ok
+
+
+def test_an_unreadable_halt_state_halts_everything(pool: ApiPool, store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(kind: str, key: str) -> bytes | None:
+        if kind == halts.BLOB_KIND:
+            raise OSError(5, "Input/output error")
+        return original(kind, key)
+
+    original = store.get_blob
+    monkeypatch.setattr(store, "get_blob", broken)
+    refused = place(pool, market())
+    assert refused.kind == "halted" and "unreadable" in refused.error
+    assert pool.call("paper", "get_wallet_balance", {"accountType": "UNIFIED"}, ["paper"]).ok
+
+
+def test_halts_are_one_entry_per_scope_and_survive_a_new_reader(store: FileStore) -> None:
+    halts.halt(store, "account", "a", cancel_orders=True)
+    halts.halt(store, "account", "a")
+    halts.halt(store, "all")
+    found = halts.read(FileStore(store.root))  # another process's view
+    assert [(h.scope, h.target, h.cancel_orders) for h in found.halts] == [("account", "a", False), ("all", "", False)]
+    assert not halts.resume(store, "worker", "w9")
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "opens"),
+    [("place_order", market(), True), ("place_order", market(reduceOnly=True), False),
+     ("place_order", market(reduceOnly="true"), False), ("amend_order", {}, True), ("cancel_order", {}, False),
+     ("cancel_all_orders", {}, False), ("set_leverage", {}, True), ("withdraw", {}, True),
+     ("create_internal_transfer", {}, True), ("get_positions", {}, False),
+     ("place_batch_order", {"request": [market(reduceOnly=True), market(reduceOnly=True)]}, False),
+     ("place_batch_order", {"request": [market(reduceOnly=True), market()]}, True)],
+)
+def test_what_opens_exposure(method: str, kwargs: dict[str, Any], opens: bool) -> None:
+    assert opens_exposure(method, kwargs) is opens
