@@ -1,0 +1,109 @@
+"""Prometheus metrics: one endpoint per process (`--metrics-port` on a director or a worker).
+
+Names follow Prometheus' conventions: base units (seconds), `_total` for
+counters, label sets that stay small (a status, a reason, an account, a
+result). prometheus-client is imported only by processes that serve metrics,
+so the CLI does not pay for it.
+
+Worker: `quantlab_strategies{status}`, `quantlab_heartbeats_total`,
+`quantlab_tick_latency_seconds` (tick sent to its heartbeat back, i.e. the
+hook's duration plus the channel), `quantlab_overruns_total`,
+`quantlab_restarts_total{reason}`, `quantlab_api_calls_total{account,result}`,
+`quantlab_lease_seconds_left`, `quantlab_store_write_seconds`.
+Director: `quantlab_strategies{status}`, `quantlab_workers{state}`,
+`quantlab_leading`, `quantlab_lease_seconds_left`, `quantlab_store_write_seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from quantlab.worker import machine as m
+    from quantlab.worker.slot import Slot
+
+#: Restart reasons, by the event kind that announced the fault (a bounded label set).
+RESTART_REASONS = {"crashed": "crashed", "heartbeat_timeout": "hung", "error": "error", "memory_limit": "memory", "lease_lost": "lease_lost"}
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WRITE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+
+
+class _Process:
+    """What every process serves."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.strategies = Gauge("quantlab_strategies", "Strategies by status.", ["status"], registry=self.registry)
+        self.lease_left = Gauge("quantlab_lease_seconds_left", "Seconds this process may still act on its lease.",
+                                registry=self.registry)
+        self.store_write = Histogram("quantlab_store_write_seconds", "Time of one store commit.",
+                                     buckets=_WRITE_BUCKETS, registry=self.registry)
+
+    def serve(self, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, registry=self.registry)
+
+    def set_statuses(self, statuses: Iterable[str]) -> None:
+        counts: dict[str, int] = {}
+        for status in statuses:
+            counts[status] = counts.get(status, 0) + 1
+        for status in ("pending", "assigned", "starting", "running", "error", "stopping", "stopped", "failed"):
+            self.strategies.labels(status=status).set(counts.get(status, 0))
+
+
+class WorkerMetrics(_Process):
+    def __init__(self) -> None:
+        super().__init__()
+        from prometheus_client import Counter, Histogram
+
+        self.heartbeats = Counter("quantlab_heartbeats", "Heartbeats completed (st_heartbeat answered).", registry=self.registry)
+        self.tick_latency = Histogram("quantlab_tick_latency_seconds", "From a tick sent to its heartbeat back.",
+                                      buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.overruns = Counter("quantlab_overruns", "Ticks skipped: the last one was still running.", registry=self.registry)
+        self.restarts = Counter("quantlab_restarts", "Strategy faults that lead to a restart, by reason.", ["reason"],
+                                registry=self.registry)
+        self.api_calls = Counter("quantlab_api_calls", "Exchange calls by account and result.", ["account", "result"],
+                                 registry=self.registry)
+        self._sent: dict[str, tuple[float, int]] = {}  #: strategy -> (monotonic tick sent, overruns then)
+
+    def observe(self, slot: "Slot", actions: list["m.Action"]) -> None:
+        """Called by the manager after each machine step with the actions it performed."""
+        from quantlab.worker import machine as m
+
+        for action in actions:
+            if isinstance(action, m.SendTick):
+                _, before = self._sent.get(slot.id, (0.0, action.overruns))
+                if action.overruns > before:
+                    self.overruns.inc(action.overruns - before)
+                self._sent[slot.id] = (time.monotonic(), action.overruns)
+            elif isinstance(action, m.Beaten):
+                self.heartbeats.inc()
+                sent = self._sent.get(slot.id)
+                if sent is not None:
+                    self.tick_latency.observe(time.monotonic() - sent[0])
+            elif isinstance(action, m.Note) and str(action.kind) in RESTART_REASONS:
+                self.restarts.labels(reason=RESTART_REASONS[str(action.kind)]).inc()
+
+    def api_call(self, account: str, ok: bool, kind: str) -> None:
+        self.api_calls.labels(account=account, result="ok" if ok else kind).inc()
+
+
+class DirectorMetrics(_Process):
+    def __init__(self) -> None:
+        super().__init__()
+        from prometheus_client import Gauge
+
+        self.workers = Gauge("quantlab_workers", "Registered workers by lease state.", ["state"], registry=self.registry)
+        self.leading = Gauge("quantlab_leading", "1 while this director leads.", registry=self.registry)
+
+
+def store_commit_timing(store: object, metrics: _Process) -> None:
+    """Have a table-based store report each commit's duration (other stores: nothing to time)."""
+    from quantlab.pool.store import TableStore
+
+    if isinstance(store, TableStore):
+        store.commit_observer = metrics.store_write.observe
