@@ -16,16 +16,17 @@ from typing import Any, Callable
 
 import click
 import msgspec
+from click.core import ParameterSource
 from rich.console import RenderableType
 from rich.live import Live
 
-from quantlab import control, views
+from quantlab import control, settings, views
 from quantlab.config import Paths, resolve_home
 from quantlab.errors import BadInput, QuantlabError
 from quantlab.logs import tail_log
-from quantlab.pool.open import open_store
+from quantlab.pool.open import migrate_store, open_store
 from quantlab.pool.store import Store
-from quantlab.worker.options import WorkerOptions, load_profile
+from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
 
 EXIT_OK = 0
 EXIT_ERROR = 1  #: a QuantlabError: bad input, unknown id, a conflict
@@ -41,6 +42,8 @@ class Env:
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
         self._store: Store | None = None
+        self.config_path: Path | None = None  #: the settings file in force, if any
+        self.config: dict[str, dict[str, Any]] = {}
 
     @property
     def store(self) -> Store:
@@ -58,10 +61,20 @@ pass_env = click.make_pass_decorator(Env)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", envvar="QLAB_HOME", metavar="DIR", help="Home [$QLAB_HOME, else ~/.local/state/quantlab].")
+@click.option(
+    "--store", "store_url", envvar="QLAB_STORE", metavar="URL",
+    help="The store: postgresql://USER@HOST/DB shared by many hosts [$QLAB_STORE, else the home's store/ directory].",
+)
+@click.option("--config", "config_file", envvar="QLAB_CONFIG", metavar="FILE",
+              help="Settings file [$QLAB_CONFIG, else quantlab.toml in the home].")
 @click.pass_context
-def qlab(ctx: click.Context, home: str | None) -> None:
+def qlab(ctx: click.Context, home: str | None, store_url: str | None, config_file: str | None) -> None:
     """Run live trading strategies: a director places them, workers keep them alive."""
-    env = Env(Paths(resolve_home(home)))
+    env = Env(Paths(resolve_home(home), store_url=store_url or ""))
+    _warn_if_open(env.paths.home)
+    env.config_path = settings.find(config_file, env.paths.home)
+    env.config = settings.load(env.config_path, qlab)
+    ctx.default_map = settings.default_map(env.config)
     ctx.obj = env
     ctx.call_on_close(env.close)
 
@@ -94,12 +107,21 @@ def director() -> None:
     "--lease-ttl", type=_POSITIVE, default=10.0, show_default=True,
     help="Seconds the leadership lease lasts without renewal; a standby takes over after it plus a margin.",
 )
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="The log: text, or one JSON object a line.")
+@click.option("--log-max-mb", type=_POSITIVE, default=10.0, show_default=True, help="The log rotates past this size.")
+@click.option("--log-keep", type=click.IntRange(min=0), default=5, show_default=True, help="Rotated log files kept.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port.")
 @pass_env
-def director_start(env: Env, tick: float, lease_ttl: float) -> None:
+def director_start(
+    env: Env, tick: float, lease_ttl: float, log_format: str, log_max_mb: float, log_keep: int, metrics_port: int | None
+) -> None:
     """Run a director in the foreground until SIGTERM or Ctrl-C."""
+    from quantlab.logsetup import LogSettings
     from quantlab.pool.director import run_director
 
-    sys.exit(run_director(env.paths, tick=tick, lease_ttl=lease_ttl))
+    logs = LogSettings(format=log_format, max_mb=log_max_mb, keep=log_keep)  # type: ignore[arg-type]
+    sys.exit(run_director(env.paths, tick=tick, lease_ttl=lease_ttl, logs=logs, metrics_port=metrics_port))
 
 
 @qlab.group()
@@ -116,6 +138,10 @@ def worker() -> None:
 @click.option("--stop-timeout", type=float, help="Seconds strategies get for st_exit on stop [10].")
 @click.option("--accounts", "accounts_file", metavar="FILE", help="Accounts file (env.jsonl).")
 @click.option("--proxy", metavar="URL", help="HTTP(S) proxy for the exchange.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Its log: text, or one JSON object a line [text].")
+@click.option("--log-max-mb", type=_POSITIVE, help="Its and its strategies' logs rotate past this size [10].")
+@click.option("--log-keep", type=click.IntRange(min=0), help="Rotated log files kept [5].")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port.")
 @click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), help="Worker profile TOML.")
 @pass_env
 def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
@@ -125,7 +151,14 @@ def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
     if profile is None and given["region"] is None:
         raise click.UsageError("Missing option '--region' (or a --profile that sets it).")
     base = load_profile(profile) if profile is not None else WorkerOptions()
-    passed = {name: value for name, value in given.items() if value is not None}
+    in_profile = profile_keys(profile) if profile is not None else set()
+    source = click.get_current_context().get_parameter_source
+    passed = {
+        name: value
+        for name, value in given.items()
+        # command line and environment win over the profile; the profile wins over the settings file
+        if value is not None and not (source(name) == ParameterSource.DEFAULT_MAP and name in in_profile)
+    }
     options = msgspec.structs.replace(base, **passed).resolved()
     sys.exit(run_worker(env.paths, options))
 
@@ -146,6 +179,21 @@ def worker_list(env: Env, as_json: bool) -> None:
 def worker_stop(env: Env, worker_id: str) -> None:
     """Ask a worker on this host to drain its strategies and exit (SIGTERM)."""
     click.echo(control.stop_worker(env.store, worker_id))
+
+
+# ---- the store (issue 9) ----
+
+
+@qlab.group("store")
+def store_group() -> None:
+    """The store itself."""
+
+
+@store_group.command("migrate")
+@pass_env
+def store_migrate(env: Env) -> None:
+    """Create or update the store's schema (PostgreSQL; opening the store does it too)."""
+    click.echo(migrate_store(env.paths))
 
 
 # ---- strategies ----
@@ -271,11 +319,22 @@ def strategy_logs(env: Env, work_id: str, follow: bool, lines: int) -> None:
 @qlab.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: directors, workers, strategies.")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
+@click.option("--check", is_flag=True, help="For scripts: exit 1 when a strategy failed or waits too long for a worker.")
+@click.option("--pending-after", type=_POSITIVE, default=60.0, show_default=True, metavar="S",
+              help="With --check: seconds a strategy may be pending before it counts.")
 @pass_env
-def status(env: Env, as_json: bool, watch: bool) -> None:
+def status(env: Env, as_json: bool, watch: bool, check: bool, pending_after: float) -> None:
     """Directors, workers and strategies."""
     if as_json and watch:
         raise click.UsageError("--json and --watch do not go together.")
+    if check:
+        now = time.time()
+        snapshot = control.snapshot(env.store, now)
+        found = control.problems(snapshot, now, pending_after)
+        for line in found:
+            click.echo(line)
+        click.echo(("FAIL: " if found else "ok: ") + views.summary(snapshot))
+        sys.exit(EXIT_ERROR if found else EXIT_OK)
     if as_json:
         click.echo(views.to_json(control.snapshot(env.store, time.time())))
         return
@@ -334,6 +393,93 @@ def _status_view(store: Store) -> RenderableType:
     return views.status_view(control.snapshot(store, now), now)
 
 
+# ---- the kill switch (issue 8) ----
+
+
+def _halt_scope(all_: bool, account: str | None, worker: str | None, strategy: str | None) -> tuple[str, str]:
+    given: list[tuple[str, str | None]] = [("all", "" if all_ else None), ("account", account),
+                                           ("worker", worker), ("strategy", strategy)]
+    chosen = [(scope, target) for scope, target in given if target is not None]
+    if len(chosen) != 1:
+        raise click.UsageError("Give exactly one of --all, --account A, --worker W, --strategy S.")
+    return chosen[0][0], chosen[0][1] or ""
+
+
+def _halt_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+        click.option("--all", "all_", is_flag=True, help="Every account, worker and strategy."),
+        click.option("--account", metavar="NAME", help="One exchange account, on every worker."),
+        click.option("--worker", metavar="ID", help="Every call made on one worker."),
+        click.option("--strategy", metavar="ID", help="One strategy, wherever it runs."),
+    )):
+        fn = option(fn)
+    return fn
+
+
+@qlab.command()
+@_halt_options
+@click.option("--cancel-orders", is_flag=True, help="Also cancel the open orders of the accounts it covers.")
+@pass_env
+def halt(env: Env, all_: bool, account: str | None, worker: str | None, strategy: str | None,
+         cancel_orders: bool) -> None:
+    """Refuse every call that opens or increases exposure (reduce-only orders and cancels pass)."""
+    scope, target = _halt_scope(all_, account, worker, strategy)
+    click.echo(control.halt(env.store, scope, target, cancel_orders=cancel_orders))
+
+
+@qlab.command()
+@_halt_options
+@pass_env
+def resume(env: Env, all_: bool, account: str | None, worker: str | None, strategy: str | None) -> None:
+    """Lift a halt written by `qlab halt` with the same scope."""
+    scope, target = _halt_scope(all_, account, worker, strategy)
+    click.echo(control.resume(env.store, scope, target))
+
+
+# ---- settings ----
+
+
+@qlab.group()
+def config() -> None:
+    """The settings in force."""
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of {name, value, source}.")
+@pass_env
+def config_show(env: Env, as_json: bool) -> None:
+    """Every setting, its value, and where it came from (environment, file or default)."""
+    found = settings.effective(env.config, env.config_path, qlab)
+    if as_json:
+        click.echo(views.to_json([msgspec.to_builtins(s) for s in found]))
+        return
+    for setting in found:
+        shown = "-" if setting.value is None else repr(setting.value)
+        click.echo(f"{setting.name} = {shown}  ({setting.source})")
+
+
+# ---- systemd ----
+
+
+@qlab.group()
+def systemd() -> None:
+    """systemd units for this install."""
+
+
+@systemd.command("render")
+@click.option("--user", default="quantlab", show_default=True, help="The user the units run as.")
+@click.option("--home", "qlab_home", default="/var/lib/quantlab", show_default=True, help="QLAB_HOME for the units.")
+@click.option("--venv", type=click.Path(file_okay=False), help="The virtualenv quantlab is installed in [/usr/local].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+              help="Folder to write the units into (e.g. /etc/systemd/system).")
+def systemd_render(user: str, qlab_home: str, venv: str | None, out: Path) -> None:
+    """Write qlab-director.service and qlab-worker@.service (Type=notify, watchdog, KillMode=mixed)."""
+    from quantlab.ops.units import Install, write
+
+    for path in write(Install(user=user, home=qlab_home, venv=venv), out):
+        click.echo(f"wrote {path}")
+
+
 # ---- entry point ----
 
 
@@ -342,10 +488,22 @@ def _error(message: str) -> None:
     click.echo("Error: " + " ".join(message.split("\n")), err=True)
 
 
+def _warn_if_open(home: Path) -> None:
+    try:
+        mode = home.stat().st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        click.echo(f"warning: {home} can be read by other users (mode {mode:o}): chmod 700 {home}", err=True)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run one `qlab` command and return its exit code; never lets a traceback through."""
+    # Private by default, whatever the caller's umask: every folder and file qlab and its
+    # children create (home, store, sockets, logs) is the user's alone.
+    os.umask(0o077)
     try:
-        result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False)
+        result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False, auto_envvar_prefix=settings.ENV_PREFIX)
     except (click.exceptions.Abort, KeyboardInterrupt):
         return EXIT_INTERRUPTED  # click already printed a newline after the ^C
     except click.ClickException as e:
@@ -353,6 +511,9 @@ def run(argv: list[str] | None = None) -> int:
         return e.exit_code
     except QuantlabError as e:
         _error(str(e))
+        return EXIT_ERROR
+    except OSError as e:  # a home that cannot be made or read, a full disk: what and where, in one line
+        _error(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
         return EXIT_ERROR
     except Exception as e:
         if os.environ.get("QLAB_DEBUG"):

@@ -13,13 +13,14 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import msgspec
 import psutil
 
 from quantlab.config import Paths
 from quantlab.errors import BadInput, NotFound
+from quantlab.exchange import halts
 from quantlab.pool.records import (
     EventKind,
     Event,
@@ -265,12 +266,45 @@ def worker_view(resource: Resource, now: float) -> dict[str, Any]:
 
 
 def snapshot(store: Store, now: float) -> dict[str, Any]:
-    """Directors, workers and strategies as `qlab status --json` prints them."""
+    """Directors, workers, strategies and halts as `qlab status --json` prints them."""
+    found, problem = halts.read_or_closed(store)
     return {
         "directors": [msgspec.to_builtins(d) for d in store.list_directors()],
         "workers": [worker_view(r, now) for r in store.list_resources()],
         "strategies": [strategy_view(w) for w in store.list_works()],
+        "halts": [{**msgspec.to_builtins(h), "problem": problem} for h in found.halts],
     }
+
+
+# ---- the kill switch (issue 8) ----
+
+
+def halt(store: Store, scope: str, target: str, *, cancel_orders: bool = False, clock: Clock = time.time) -> str:
+    """Write a halt; what was done, in words."""
+    if scope == "strategy" and cancel_orders:
+        raise BadInput("--cancel-orders is not available for one strategy (its orders are not known apart from "
+                       "other strategies' on the same account yet): halt it, and cancel with --account")
+    written = halts.halt(store, cast(halts.Scope, scope), target, cancel_orders=cancel_orders, clock=clock)
+    also = "; its accounts' open orders are being cancelled" if cancel_orders else ""
+    return f"halted: {written.label}: calls that open or increase exposure are refused{also}"
+
+
+def resume(store: Store, scope: str, target: str) -> str:
+    label = "all" if scope == "all" else f"{scope} {target}"
+    if not halts.resume(store, cast(halts.Scope, scope), target):
+        raise NotFound(f"no halt on {label}")
+    return f"resumed: {label}"
+
+
+def problems(snapshot: dict[str, Any], now: float, pending_after: float) -> list[str]:
+    """What `qlab status --check` fails on: failed strategies, and strategies pending too long."""
+    found = []
+    for entry in snapshot["strategies"]:
+        if entry["status"] == "failed":
+            found.append(f"{entry['id']} failed: {entry['reason']}")
+        elif entry["status"] == "pending" and now - (entry["updated"] or entry["created"]) > pending_after:
+            found.append(f"{entry['id']} pending for {now - (entry['updated'] or entry['created']):.0f}s: {entry['reason']}")
+    return found
 
 
 # ---- workers ----

@@ -21,6 +21,7 @@ from quantlab.config import Paths
 from quantlab.errors import Conflict, QuantlabError
 from quantlab.pool.open import open_store
 from quantlab.pool.store import Store
+from quantlab.pool.vfiles import private_dir
 from quantlab.signals import StopRequest
 from quantlab.strategy.loader import check_file
 from quantlab.views import event_line
@@ -35,8 +36,9 @@ STOP_GRACE = 15.0
 
 def _spawn(paths: Paths, name: str, *args: str) -> subprocess.Popen[bytes]:
     """Start `qlab NAME ...`; its stderr (log lines, an `Error:`) goes to logs/up-NAME.err."""
-    command = [sys.executable, "-m", "quantlab.cli", "--home", str(paths.home), name, *args]
-    paths.logs.mkdir(parents=True, exist_ok=True)
+    store = ["--store", paths.store_url] if paths.store_url else []
+    command = [sys.executable, "-m", "quantlab.cli", "--home", str(paths.home), *store, name, *args]
+    private_dir(paths.logs)
     with open(_stderr_path(paths, name), "wb") as err:
         # Each in its own process group, and stopped cleanly (SIGTERM) if `up` itself dies.
         return subprocess.Popen(

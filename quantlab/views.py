@@ -5,6 +5,7 @@ The tables show the same dicts that ``--json`` prints, so the two never disagree
 
 from __future__ import annotations
 
+import collections
 import json
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any, Iterable
 
 import msgspec
 from rich import box
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -70,23 +71,19 @@ def _why(entry: Entry) -> str:
     return short(entry["reason"])
 
 
+#: How a strategy row stands out: failed and pending need a person.
+_ROW_STYLE = {"failed": "bold red", "error": "red", "pending": "yellow"}
+
+
 def strategies_table(entries: list[Entry], now: float) -> Table:
     columns = ("id", "status", "worker", "pid", "beats", "last beat", "restarts", "errors", "reason")
-    rows = (
-        (
-            e["id"],
-            _status(e),
-            e["worker"],
-            e["pid"],
-            e["heartbeats"],
-            age(e["last_heartbeat"], now),
-            e["restarts"],
-            e["error_count"],
-            _why(e),
-        )
-        for e in entries
-    )
-    return _table("strategies", columns, rows)
+    table = Table(*columns, title="strategies", title_justify="left", box=box.SIMPLE_HEAD)
+    for e in entries:
+        cells = (e["id"], _status(e), e["worker"], e["pid"], e["heartbeats"], age(e["last_heartbeat"], now),
+                 e["restarts"], e["error_count"], _why(e))
+        # Text, not str: a reason like "[x]" must not be read as rich markup.
+        table.add_row(*(Text("-" if c is None else str(c)) for c in cells), style=_ROW_STYLE.get(str(e["status"])))
+    return table
 
 
 def workers_table(entries: list[Entry], now: float) -> Table:
@@ -114,12 +111,32 @@ def directors_table(entries: list[Entry], now: float) -> Table:
     return _table("directors", ("id", "host", "pid", "role", "last seen"), rows)
 
 
+def summary(snapshot: dict[str, list[Entry]]) -> str:
+    """One line: directors, workers live/total, strategies by status."""
+    directors = snapshot["directors"]
+    leading = sum(1 for d in directors if d["role"] == "leader")
+    workers = snapshot["workers"]
+    live = sum(1 for w in workers if w["alive"])
+    counts = collections.Counter(str(e["status"]) for e in snapshot["strategies"])
+    by_status = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
+    return (f"directors: {leading} leading, {len(directors) - leading} standby | "
+            f"workers: {live}/{len(workers)} live | strategies: {by_status}")
+
+
 def status_view(snapshot: dict[str, list[Entry]], now: float) -> Group:
-    return Group(
-        directors_table(snapshot["directors"], now),
-        workers_table(snapshot["workers"], now),
-        strategies_table(snapshot["strategies"], now),
-    )
+    """The summary line, then only the tables that have rows; failed and pending stand out."""
+    parts: list[RenderableType] = [Text(summary(snapshot), style="bold")]
+    for entry in snapshot.get("halts", []):  # the kill switch: impossible to miss
+        what = "all" if entry["scope"] == "all" else f"{entry['scope']} {entry['target']}"
+        why = entry["problem"] or f"since {age(entry['ts'], now)}" + (", cancel orders" if entry["cancel_orders"] else "")
+        parts.append(Text(f"HALTED: {what} ({why}): nothing that opens exposure is sent", style="bold red"))
+    if snapshot["directors"]:
+        parts.append(directors_table(snapshot["directors"], now))
+    if snapshot["workers"]:
+        parts.append(workers_table(snapshot["workers"], now))
+    if snapshot["strategies"]:
+        parts.append(strategies_table(snapshot["strategies"], now))
+    return Group(*parts)
 
 
 def event_line(event: Event, as_json: bool) -> str:

@@ -2,6 +2,7 @@
 
     python scripts/bench.py            # all figures
     python scripts/bench.py --quick    # fewer samples
+    python scripts/bench.py --store postgresql://root@127.0.0.1/postgres   # the store figures on PostgreSQL
 
 Everything is real: `qlab` director and worker processes on a temporary home,
 children forked by the real zygote, the real ZeroMQ channel.
@@ -10,6 +11,7 @@ children forked by the real zygote, the real ZeroMQ channel.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -30,7 +32,9 @@ import psutil
 import zmq
 
 from quantlab import control
-from quantlab.pool.filestore import FileStore
+from quantlab.config import Paths
+from quantlab.pool.open import open_store
+from quantlab.pool.store import Store
 from quantlab.pool.records import ExitReason, Resource, StrategySpec, TickInfo, Work, WorkerSpec
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_to_worker, encode
@@ -39,6 +43,24 @@ from quantlab.worker.zygote import Spawn, Zygote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fakes.bybit import FakeBybit  # noqa: E402  (the fake server lives with the tests)
+from tests.pgutil import scratch_database  # noqa: E402
+
+#: --store: an admin URL of a PostgreSQL server (each cluster gets a scratch database on it), or "" for files.
+STORE_ADMIN = ""
+
+
+@contextlib.contextmanager
+def store_url() -> Iterator[str]:
+    """Where one cluster's store lives: "" (the home's files) or a scratch PostgreSQL database."""
+    if not STORE_ADMIN:
+        yield ""
+        return
+    with scratch_database(STORE_ADMIN) as url:
+        yield url
+
+
+def qlab_args(home: Path, url: str) -> list[str]:
+    return [QLAB, "--home", str(home), *(["--store", url] if url else [])]
 
 QLAB = shutil.which("qlab") or "qlab"
 
@@ -91,16 +113,16 @@ def poll(check: Callable[[], object], timeout: float = 30.0) -> object:
 class Cluster:
     """A director and a worker on a temporary home."""
 
-    def __init__(self, home: Path, accounts: Path, env: dict[str, str]) -> None:
-        self.home = home
-        self.store = FileStore(home / "store")
+    def __init__(self, home: Path, accounts: Path, env: dict[str, str], url: str = "") -> None:
+        self.home, self.url = home, url
+        self.store = open_store(Paths(home, store_url=url))
         worker = ("worker", "start", "--region", "JP", "--id", "bench", "--max-strategies", "200", "--accounts", str(accounts))
         self.procs = [self._start("director", "start", "--tick", "1"), self._start(*worker, env=env)]
         poll(lambda: self.store.find_resource("bench"))
 
     def _start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [QLAB, "--home", str(self.home), *args],
+            [*qlab_args(self.home, self.url), *args],
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             env={**os.environ, **(env or {})},
@@ -111,6 +133,7 @@ class Cluster:
             proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             proc.wait(30)
+        self.store.close()
 
 
 def bench_assign_to_heartbeat(cluster: Cluster, file: Path, n: int) -> Row:
@@ -171,6 +194,40 @@ def bench_api(cluster: Cluster, file: Path, quick: bool) -> Iterator[Row]:
     live = {"account": "live", "method": "get_wallet_balance", "kwargs": {"accountType": "UNIFIED"}}
     [signed] = run_hammers(cluster, file, 1, {**live, "calls": calls // 3, "seconds": 60})
     yield Row("API round trip through real pybit -> fake Bybit (signed)", signed, unit="us")
+
+
+def bench_idle_account(tmp: Path, fake: FakeBybit, n: int) -> Row:
+    """An idle account's calls while another account's queue waits for its rate limit (per-account queues)."""
+    from quantlab.exchange.accounts import Account
+    from quantlab.exchange.apipool import ApiPool
+    from quantlab.pool.memstore import MemoryStore
+    from quantlab.protocol import ApiCall, ApiResult
+
+    def account(name: str, rate: float) -> Account:
+        return Account(name=name, type="bybit", api_key="BENCHKEY", api_secret="BENCH-SECRET", endpoint=fake.url,
+                       rate_limit=rate)
+
+    pool = ApiPool([account("busy", 2.0), account("idle", 1e6)], MemoryStore())  # no paper account: unused
+    names = ["busy", "idle"]
+    limit, fake.limit = fake.limit, 10**6  # the fake's own per-key budget must not pause the idle account
+    try:
+        for i in range(40):  # 20 s of queue at 2 calls/s
+            pool.submit(ApiCall(call_id=i, account="busy", method="get_server_time", kwargs={}), names, lambda r: None)
+        samples = []
+        for i in range(n):
+            answered = threading.Event()
+            started = time.perf_counter()
+
+            def done(result: ApiResult) -> None:
+                answered.set()
+
+            pool.submit(ApiCall(call_id=1000 + i, account="idle", method="get_server_time", kwargs={}), names, done)
+            answered.wait(10)
+            samples.append(time.perf_counter() - started)
+        return Row("API call on an idle account while another waits for its rate limit", samples)
+    finally:
+        pool.close()
+        fake.limit = limit
 
 
 class Rate(Row):
@@ -254,39 +311,44 @@ def bench_fresh_interpreter(n: int) -> Row:
     return Row("for comparison: fresh interpreter + import", samples)
 
 
-def rows(quick: bool, scale: bool) -> Iterator[Row]:
+def rows(quick: bool, scale: bool, store_only: bool = False) -> Iterator[Row]:
     k = 1 if quick else 4
     with tempfile.TemporaryDirectory(prefix="qlab-bench-") as tmp_name:
         tmp = Path(tmp_name)
         file = tmp / "quiet.py"
         file.write_text(QUIET)
-        harness = ChildHarness(tmp)
-        try:
-            yield bench_fork(harness, 50 * k)
-            yield bench_tick_round_trip(harness, file, 2000 * k)
-        finally:
-            harness.close()
-        yield bench_fresh_interpreter(5 * k)
+        if not store_only:
+            harness = ChildHarness(tmp)
+            try:
+                yield bench_fork(harness, 50 * k)
+                yield bench_tick_round_trip(harness, file, 2000 * k)
+            finally:
+                harness.close()
+            yield bench_fresh_interpreter(5 * k)
         hammer = tmp / "hammer.py"
         hammer.write_text(HAMMER)
         with FakeBybit() as fake:
             fake.add_key("BENCHKEY", "BENCH-SECRET")
-            cluster = Cluster(tmp / "home", write_accounts(tmp, fake.url), {"QLAB_BENCH_SECRET": "BENCH-SECRET"})
-            try:
-                yield bench_assign_to_heartbeat(cluster, file, 10 * k)
-                yield bench_kill_to_heartbeat(cluster, file, 10 * k)
-                yield from bench_api(cluster, hammer, quick)
-                yield from bench_idle_worker(cluster, file, 100)
-            finally:
-                cluster.close()
+            with store_url() as url:
+                cluster = Cluster(tmp / "home", write_accounts(tmp, fake.url), {"QLAB_BENCH_SECRET": "BENCH-SECRET"}, url)
+                try:
+                    yield bench_assign_to_heartbeat(cluster, file, 10 * k)
+                    yield bench_kill_to_heartbeat(cluster, file, 10 * k)
+                    if not store_only:
+                        yield from bench_api(cluster, hammer, quick)
+                        yield bench_idle_account(tmp, fake, 50 * k)
+                    yield from bench_idle_worker(cluster, file, 100)
+                finally:
+                    cluster.close()
         if scale:
-            yield from bench_scale(tmp, file, 2_000 if quick else 10_000)
+            with store_url() as url:
+                yield from bench_scale(tmp, file, 2_000 if quick else 10_000, url)
 
 
 class FakeWorkers:
     """``n`` registered workers whose leases a thread renews every second, as live workers would."""
 
-    def __init__(self, store: FileStore, n: int) -> None:
+    def __init__(self, store: Store, n: int) -> None:
         self.store, self.ids = store, [f"fw{i:03d}" for i in range(n)]
         for wid in self.ids:
             spec = WorkerSpec(name=wid, region="JP", host="bench", pid=0, max_strategies=1000, accounts=["paper"],
@@ -320,12 +382,12 @@ def cpu_percent(pid: int, seconds: float, children: bool = False) -> float:
     return 100.0 * (total() - before) / (time.monotonic() - start)
 
 
-def bench_scale(tmp: Path, file: Path, works: int) -> Iterator[Row]:
+def bench_scale(tmp: Path, file: Path, works: int, url: str = "") -> Iterator[Row]:
     """The store at scale: placing many Works, status, an idle director and an idle worker."""
     home = tmp / "scale"
-    store = FileStore(home / "store")
+    store = open_store(Paths(home, store_url=url))
     fake = FakeWorkers(store, 100)
-    director = subprocess.Popen([QLAB, "--home", str(home), "director", "start", "--tick", "1"],
+    director = subprocess.Popen([*qlab_args(home, url), "director", "start", "--tick", "1"],
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         poll(lambda: store.find_leader())
@@ -344,7 +406,7 @@ def bench_scale(tmp: Path, file: Path, works: int) -> Iterator[Row]:
         status = []
         for _ in range(5):
             start = time.perf_counter()
-            subprocess.run([QLAB, "--home", str(home), "status", "--json"], check=True, capture_output=True)
+            subprocess.run([*qlab_args(home, url), "status", "--json"], check=True, capture_output=True)
             status.append(time.perf_counter() - start)
         yield Row(f"qlab status --json, {works} Works", status)
         yield Rate(f"idle director, {works} Works, 100 workers: % of a core", cpu_percent(director.pid, 10.0), 1, unit="%")
@@ -352,6 +414,7 @@ def bench_scale(tmp: Path, file: Path, works: int) -> Iterator[Row]:
         fake.close()
         director.send_signal(signal.SIGTERM)
         director.wait(30)
+        store.close()
 
 
 def bench_idle_worker(cluster: Cluster, file: Path, n: int) -> Iterator[Row]:
@@ -381,13 +444,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples, 2,000 Works at scale")
     parser.add_argument("--no-scale", dest="scale", action="store_false", help="skip the 10,000-Work figures")
+    parser.add_argument("--store", metavar="URL", default="",
+                        help="PostgreSQL admin URL: the store figures on a scratch database there (files otherwise)")
+    parser.add_argument("--store-only", action="store_true", help="only the figures that involve the store")
     args = parser.parse_args()
+    global STORE_ADMIN
+    STORE_ADMIN = args.store
     print(f"# quantlab bench: {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} cores, {platform.machine()}, {time.strftime('%Y-%m-%d')}")
     header = ("figure", "median", "p95", "n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for row in rows(args.quick, args.scale):
+    print(f"# store: {'PostgreSQL' if args.store else 'files'}")
+    for row in rows(args.quick, args.scale, args.store_only):
         print("| " + " | ".join(row.cells()) + " |", flush=True)
 
 

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 from chaos_checks import Runner
 
+from quantlab.worker.procs import become_subreaper
+
 MARKER_VAR = "QLAB_CHAOS_RUN"
 CLI_TIMEOUT = 20.0  #: seconds any one `qlab` command may take
 LEAK_GRACE = 2.0  #: seconds a process may outlive its owner (signal delivery, reaping) before it is a leak
@@ -50,6 +52,15 @@ def read_proc(pid: int) -> Proc | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
     return Proc(pid, int(fields[1]), fields[0], int(fields[19]), cmdline)
+
+
+def _session(pid: int) -> int | None:
+    """The session id of ``pid`` (a zombie's too), from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[3])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def all_procs() -> dict[int, Proc]:
@@ -278,6 +289,9 @@ class ProcessWatch:
     def __init__(self, cluster: Cluster, report: Callable[[str, str | None, str], None]) -> None:
         self.cluster = cluster
         self.report = report
+        # The soak stands where systemd would: orphans of a killed worker come to it, not to
+        # whatever pid 1 is here (a sandbox's init may never reap), and it reaps them.
+        become_subreaper()
         self.identity: dict[int, int] = {}  #: pid -> start time, of every runner and helper seen
         self.helpers: dict[tuple[int, int], Runner] = {}  #: helper (pid, start) -> the runner that started it
         self._first_seen: dict[tuple[int, int], float] = {}
@@ -296,7 +310,25 @@ class ProcessWatch:
         proc = read_proc(pid)
         return proc is not None and proc.state != "Z" and self.identity.get(pid) == proc.start
 
+    def _reap_orphans(self) -> None:
+        """Reap zombies re-parented to the soak: strategy processes, each in a session of its own.
+
+        Never the soak's own children: the qlab processes it manages and its `qlab` commands
+        (which stay in the soak's session) are reaped by their Popen.
+        """
+        managed = {m.proc.pid for m in self.cluster.procs.values()}
+        own_session = os.getsid(0)
+        for proc in all_procs().values():
+            if proc.state != "Z" or proc.ppid != os.getpid() or proc.pid in managed:
+                continue
+            if _session(proc.pid) not in (None, own_session):
+                try:
+                    os.waitpid(proc.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
     def scan(self, now: float, final: bool = False) -> None:
+        self._reap_orphans()
         procs = all_procs()
         ours = {pid for pid in procs if pid != os.getpid() and has_marker(pid, self.cluster.marker)}
         for pid in ours:
@@ -315,8 +347,9 @@ class ProcessWatch:
                     self._report("zombie", left, "a strategy process left a zombie after the run")
 
     def _leak(self, proc: Proc) -> str:
-        if proc.ppid == 1:
-            return "re-parented to init: it outlived its parent"
+        managed = {m.proc.pid for m in self.cluster.procs.values()}
+        if proc.ppid == 1 or (proc.ppid == os.getpid() and proc.pid not in managed):
+            return "re-parented to the soak (where init would be): it outlived its parent"
         runner = self.helpers.get((proc.pid, proc.start))
         if runner is not None and proc.state != "Z" and not self.same_process(runner.pid):
             return f"helper of {runner.strategy} pid {runner.pid}, which has ended"

@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 
-from quantlab.pool.filestore import FileStore
+from quantlab.config import Paths
+from quantlab.pool.open import open_store
 from quantlab.pool.records import Event, Work
 from quantlab.pool.workpool import WorkPool
 
@@ -52,30 +53,37 @@ def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "conditi
 class Lab:
     """One private quantlab home and every process a test starts in it."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, store_url: str = "") -> None:
         self.home = home
-        self.store = FileStore(home / "store")
+        self.store_url = store_url  #: "" for the file store; postgresql://... (issue 9)
+        self.store = open_store(Paths(home, store_url=store_url))
         self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _qlab(self) -> list[str]:
+        return [QLAB, "--home", str(self.home), *(["--store", self.store_url] if self.store_url else [])]
 
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run one `qlab --home H ...` command to completion."""
         result = subprocess.run(
-            [QLAB, "--home", str(self.home), *args], capture_output=True, text=True, timeout=timeout
+            [*self._qlab(), *args], capture_output=True, text=True, timeout=timeout
         )
         if check and result.returncode != 0:
             raise AssertionError(f"qlab {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
 
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """Start a long-running `qlab --home H ...` in its own session."""
+    def start(
+        self, *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a long-running `qlab --home H ...` in its own session (``preexec_fn``: run in the child first)."""
         log = open(self.home / f"proc-{len(self.procs)}.err", "wb")
         proc = subprocess.Popen(
-            [QLAB, "--home", str(self.home), *args],
+            [*self._qlab(), *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=None if env is None else {**os.environ, **env},
+            preexec_fn=preexec_fn,
         )
         self.procs.append(proc)
         return proc
@@ -84,9 +92,11 @@ class Lab:
         return self.start("director", "start", "--tick", "0.2", *args)
 
     def worker(
-        self, worker_id: str = "w1", *args: str, region: str = "JP", env: dict[str, str] | None = None
+        self, worker_id: str = "w1", *args: str, region: str = "JP", env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> subprocess.Popen[bytes]:
-        proc = self.start("worker", "start", "--region", region, "--id", worker_id, "--heartbeat", "0.2", *args, env=env)
+        proc = self.start("worker", "start", "--region", region, "--id", worker_id, "--heartbeat", "0.2", *args,
+                          env=env, preexec_fn=preexec_fn)
         wait_for(lambda: self._exited(proc) or self.store.find_resource(worker_id), what=f"worker {worker_id} to register")
         return proc
 
@@ -159,6 +169,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+        self.store.close()
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -180,8 +191,29 @@ def pid_alive(pid: int) -> bool:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     home = tmp_path / "home"
-    home.mkdir()
+    home.mkdir(mode=0o700)
     lab = Lab(home)
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A scratch PostgreSQL database for this test (issue 9); skips without a server, fails under CI=true."""
+    from tests.pgutil import scratch_database
+
+    with scratch_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_lab(tmp_path: Path, pg_url: str) -> Iterator[Lab]:
+    """A Lab whose every `qlab` runs with --store on a scratch PostgreSQL database."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    lab = Lab(home, pg_url)
     try:
         yield lab
     finally:
@@ -192,5 +224,6 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 def _no_inherited_home(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's own QLAB_HOME must never leak into a test.
     monkeypatch.delenv("QLAB_HOME", raising=False)
+    monkeypatch.delenv("QLAB_STORE", raising=False)
 
 

@@ -23,7 +23,9 @@ from typing import Callable
 
 from quantlab.config import Paths
 from quantlab.errors import NotFound, QuantlabError, StaleWriter
-from quantlab.logsetup import process_logger
+from quantlab.logsetup import LogSettings, process_logger
+from quantlab.ops.metrics import DirectorMetrics, store_commit_timing
+from quantlab.ops.notify import Notifier
 from quantlab.pool.leadership import Leadership
 from quantlab.pool.leases import LeaseWatch
 from quantlab.pool.open import open_store
@@ -111,6 +113,21 @@ class DirectorLoop:
         if self.leading:
             self.lead.release()
             self.pool.event(EventKind.DIRECTOR_STOPPED, detail=self.record.id)
+
+    def report(self, metrics: DirectorMetrics) -> None:
+        """The figures a scrape shows: what this director sees, as leader (a standby shows nothing)."""
+        metrics.leading.set(1 if self.leading else 0)
+        metrics.set_statuses(w.result.status for w in self.view.works.values() if self.leading)
+        metrics.workers.labels(state="live").set(len(self.resources) if self.leading else 0)
+        metrics.lease_left.set(max(0.0, self.lead.valid_until - self.mono()) if self.leading else 0.0)
+
+    def status_line(self) -> str:
+        """What `systemctl status` shows."""
+        if not self.leading:
+            return "standby"
+        pending = sum(1 for w in self.view.works.values() if w.result.status == "pending")
+        return (f"leading (term {self.lead.term}): {len(self.resources)} workers, "
+                f"{len(self.view.works)} strategies, {pending} pending")
 
     def wants_heartbeat(self) -> bool:
         """Something changed in the store that a leader should look at now."""
@@ -308,11 +325,21 @@ def _wants_a_worker(work: Work) -> bool:
     return work.desired == "running" and work.assignment is None and work.result.status != "failed"
 
 
-def run_director(paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0) -> int:
+def run_director(
+    paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0, logs: LogSettings = LogSettings(),
+    metrics_port: int | None = None,
+) -> int:
     """`qlab director start`: run in the foreground until SIGTERM/SIGINT."""
     stop = StopRequest().install()
     store = open_store(paths)
-    loop = DirectorLoop(store, tick=tick, lease_ttl=lease_ttl, log=process_logger("quantlab.director", paths.director_log()))
+    log = process_logger("quantlab.director", paths.director_log(), logs)
+    loop = DirectorLoop(store, tick=tick, lease_ttl=lease_ttl, log=log)
+    notifier = Notifier()
+    metrics = None
+    if metrics_port is not None:
+        metrics = DirectorMetrics()
+        store_commit_timing(store, metrics)
+        metrics.serve(metrics_port)
     loop.st_director_init()
     next_beat = 0.0
     while not stop.requested:
@@ -325,7 +352,13 @@ def run_director(paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0) ->
                 loop.log.exception("director heartbeat failed; trying again at the next one")
             if due:
                 next_beat = mono + tick
+                notifier.ready()
+                notifier.status(loop.status_line())
+                if metrics is not None:
+                    loop.report(metrics)
+        notifier.watchdog()  # only from the loop: a stuck loop must go quiet
         time.sleep(CHANGE_POLL)
+    notifier.stopping("stopping")
     loop.st_director_exit(ExitReason(type="manual", message=f"signal {stop.signal_name}"))
     store.close()
     return 0

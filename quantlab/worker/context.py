@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgspec
 
 from quantlab.pool.records import Resource, WorkerState
+from quantlab.ops.notify import Notifier
 from quantlab.pool.view import WorkView
 from quantlab.pool.workpool import WorkPool
 from quantlab.worker.load import LoadMeter
@@ -17,7 +18,7 @@ from quantlab.worker.options import WorkerOptions
 from quantlab.worker.slot import Slot
 
 if TYPE_CHECKING:
-    from quantlab.worker.apipool import ApiPool
+    from quantlab.exchange.apipool import ApiPool
 
 
 class WorkerIdentity(msgspec.Struct, frozen=True):
@@ -53,8 +54,10 @@ class WorkerContext:
         self.view = view  #: the Works assigned here (or running here), kept fresh from the change feed
         self.hooks = hooks  #: the profile's optional user hooks
         self.meter = LoadMeter()
+        self.notifier = Notifier()  #: systemd's READY/STATUS/WATCHDOG/STOPPING (nothing outside systemd)
         self.stopping = False
         self.next_counts = 0.0  #: monotonic: when heartbeat counts are written next
+        self.halt_problem: str | None = None  #: why the halts could not be read (all halted meanwhile)
         self._run_until = run_until
 
     @property

@@ -8,6 +8,7 @@ add user hooks of the same names; they run after the built-in steps.
 
 from __future__ import annotations
 
+import collections
 import time
 
 import msgspec
@@ -15,6 +16,7 @@ import msgspec
 from quantlab.pool.leases import fence_margin, holder_deadline
 from quantlab.pool.records import EventKind, ExitReason, TickInfo
 from quantlab.worker.context import WorkerContext
+from quantlab.worker.halting import follow_halts
 from quantlab.worker.registration import claim_record
 
 #: Worker heartbeats between writes of the strategies' heartbeat counts and times.
@@ -28,6 +30,7 @@ def st_worker_init(wctx: WorkerContext) -> None:
     )
     detail = claim_record(wctx.pool.store, wctx.resource, say=wctx.log.warning)
     renew_lease(wctx, wctx.pool.clock())
+    follow_halts(wctx)  # before the first tick: a strategy starting under a halt sees ctx.halted
     wctx.pool.event(EventKind.WORKER_JOINED, worker=wctx.worker.id, detail=f"region {wctx.worker.region}: {detail}")
     _user_hook(wctx, "st_worker_init", wctx)
 
@@ -35,12 +38,28 @@ def st_worker_init(wctx: WorkerContext) -> None:
 def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     now = tick.ts
     renew_lease(wctx, now)
+    follow_halts(wctx)
     if not wctx.stopping:
         wctx.view.refresh()
         wctx.manager.reconcile(list(wctx.view.works.values()))
         deliver_messages(wctx)
     wctx.manager.flush(counts=_counts_due(wctx))
+    wctx.notifier.ready()  # registered, and what was assigned here is reconciled
+    wctx.notifier.status(status_line(wctx))
+    metrics = wctx.manager.metrics
+    if metrics is not None:
+        metrics.set_statuses(slot.result.status for slot in wctx.manager.slots.values())
+        metrics.lease_left.set(max(0.0, wctx.manager.lease_until - time.monotonic()))
     _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
+
+
+def status_line(wctx: WorkerContext) -> str:
+    """What `systemctl status` shows: strategies here by status, and how much lease is left."""
+    counts = collections.Counter(slot.result.status for slot in wctx.manager.slots.values())
+    shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no strategies"
+    left = wctx.manager.lease_until - time.monotonic()
+    lease = f"lease ok ({left:.0f}s left)" if left > 0 else "LEASE LOST: strategies stopped"
+    return f"{shown}; {lease}"
 
 
 def _counts_due(wctx: WorkerContext) -> bool:
@@ -54,6 +73,7 @@ def _counts_due(wctx: WorkerContext) -> bool:
 
 def st_worker_exit(wctx: WorkerContext, reason: ExitReason) -> None:
     wctx.log.info("worker %s exiting: %s %s", wctx.worker.id, reason.type, reason.message)
+    wctx.notifier.stopping(f"stopping: {len(wctx.manager.slots)} strategies get st_exit")
     wctx.stopping = True
     renew_lease(wctx, wctx.pool.clock())
     wctx.manager.stop_all(ExitReason(type="worker_exit", message=reason.message))

@@ -37,12 +37,15 @@ from quantlab.signals import StopRequest
 from quantlab.strategy.loader import import_file
 from quantlab.worker import procs
 from quantlab.worker.procs import Children
-from quantlab.worker.accounts import Account, load_accounts
-from quantlab.worker.apipool import ApiPool
+from quantlab.exchange.accounts import PROXY_ENV, PROXY_VARIABLES, Account, load_accounts, take_proxy, take_secrets
+from quantlab.exchange.accounts import without_credentials
+from quantlab.exchange.apipool import ApiPool
+from quantlab.exchange.signing import Fence
 from quantlab.worker.channel import Channel
 from quantlab.worker.context import WorkerContext, WorkerIdentity
 from quantlab.worker.lifecycle import st_worker_exit, st_worker_heartbeat, st_worker_init
 from quantlab.worker.manager import StrategyManager
+from quantlab.ops.metrics import WorkerMetrics, store_commit_timing
 from quantlab.worker.options import WorkerOptions
 from quantlab.worker.registration import WorkerIdLock, new_instance, process_started
 from quantlab.worker.zygote import Spawn, Zygote
@@ -60,6 +63,8 @@ class WorkerRuntime:
         self.log = log
         self.stop = stop
         accounts = load_accounts(_accounts_path(options, paths))
+        take_secrets(accounts)  # out of the environment before anything is started
+        proxy = take_proxy(options.proxy)
         self.zygote = Zygote(env=strategy_environment(accounts))
         self.context = zmq.Context()
         self.channel = Channel(self.context, log)
@@ -71,7 +76,7 @@ class WorkerRuntime:
         self.handlers: dict[int, Callable[[], None]] = {}
         self.api_done: queue.SimpleQueue[tuple[bytes, ApiResult]] = queue.SimpleQueue()
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.apis = ApiPool(accounts, store, proxy=options.proxy)
+        self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id)
         self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
         self.children = Children(self.watch, self.unwatch, log)
         self.poller.register(self.channel.socket, zmq.POLLIN)
@@ -117,12 +122,14 @@ class WorkerRuntime:
         self.handlers.pop(fd, None)
         self.fds.unregister(fd)
 
-    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str]) -> None:
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, strategy: str) -> None:
         def done(result: ApiResult) -> None:  # runs on a pool thread
             self.api_done.put((routing_id, result))
             os.eventfd_write(self.api_wakeup, 1)
+            if self.manager.metrics is not None:
+                self.manager.metrics.api_call(call.account, result.ok, result.kind)
 
-        self.apis.submit(call, allowed, done)
+        self.apis.submit(call, allowed, done, fence, strategy)
 
     def drain(self, timeout: float) -> None:
         if self.channel.socket.poll(int(timeout * 1000)):
@@ -201,6 +208,7 @@ class WorkerRuntime:
                     self.log.exception("worker heartbeat failed; trying again at the next one")
                 if now >= next_beat:
                     next_beat = now + heartbeat
+            wctx.notifier.watchdog()  # only from here: a stuck loop must go quiet
 
     def close(self) -> None:
         self.children.kill_all()  # nothing outlives the worker, whatever path brought us here
@@ -212,10 +220,17 @@ class WorkerRuntime:
 
 
 def strategy_environment(accounts: list[Account]) -> dict[str, str]:
-    """The worker's environment without any secret: what strategy children inherit."""
-    names = {a.api_secret_env for a in accounts if a.api_secret_env}
+    """The worker's environment without any secret: what strategy children inherit.
+
+    Proxy variables keep their host and lose their credentials.
+    """
+    names = {a.api_secret_env for a in accounts if a.api_secret_env} | {PROXY_ENV}
     secrets = {a.secret() for a in accounts if a.type == "bybit"} - {""}
-    return {k: v for k, v in os.environ.items() if k not in names and v not in secrets}
+    env = {k: v for k, v in os.environ.items() if k not in names and v not in secrets}
+    for name in PROXY_VARIABLES:
+        if name in env:
+            env[name] = without_credentials(env[name])
+    return env
 
 
 def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:
@@ -238,12 +253,13 @@ def _load_hooks(path: str | None) -> ModuleType | None:
 
 def run_worker(paths: Paths, options: WorkerOptions) -> int:
     """Run a worker in the foreground until SIGTERM/SIGINT (or `qlab worker stop`)."""
+    procs.become_undumpable()  # first: the environment may hold secrets until take_secrets
     stop = StopRequest().install()
     procs.become_subreaper()  # before the zygote: its grandchildren must come to us
     store = open_store(paths)
     id_lock = WorkerIdLock(paths.store, options.id)
     id_lock.take(store)  # before anything else: a second process with our id stops here
-    log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id))
+    log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id), options.log_settings)
     hooks = _load_hooks(options.hooks)
     runtime = WorkerRuntime(store, options, paths, log, stop)
     identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=socket.gethostname())
@@ -263,6 +279,11 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
         state=WorkerState(),
     )
     manager = runtime.manager
+    manager.log_settings = options.log_settings
+    if options.metrics_port is not None:
+        manager.metrics = WorkerMetrics()
+        store_commit_timing(store, manager.metrics)
+        manager.metrics.serve(options.metrics_port)
     view = WorkView(
         store,
         wants=lambda change: change.worker == options.id or change.key in manager.slots,

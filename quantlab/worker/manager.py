@@ -24,6 +24,8 @@ import msgspec
 
 from quantlab.config import Paths
 from quantlab.errors import ApiPermissionError, CorruptRecord, QuantlabError, StaleWriter
+from quantlab.exchange.halts import Halts
+from quantlab.exchange.signing import Fence
 from quantlab.pool.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import (
@@ -49,6 +51,9 @@ from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
 from quantlab.worker.transport import Transport
 from quantlab.worker.zygote import Spawn
+from quantlab.logsetup import LogSettings
+from quantlab.ops.metrics import WorkerMetrics
+from quantlab.pool.vfiles import private_dir
 
 
 #: Seconds to wait for a self-exiting child's last message before judging its exit.
@@ -94,7 +99,11 @@ class StrategyManager:
         self.lease_grace = LEASE_KILL_GRACE  #: seconds after lease_until when what is left is killed
         self.lease_lapsed = False
         self.store_retry_at = 0.0
+        #: The halts in force, read every worker heartbeat (the pool reads them again as it sends).
+        self.halts = Halts()
         self.reporter = Reporter(worker_id, pool, log, wall)
+        self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
+        self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
 
     # ---- the lease ----
 
@@ -104,9 +113,16 @@ class StrategyManager:
         Children still there ``grace`` seconds later are killed: the caller keeps that inside the
         lease's own margin, so they are gone before anyone else may start their strategies.
         """
+        now = self.clock()
+        if self.slots and (now >= self.lease_until or now >= until):
+            # The lease ran out (or was taken): what runs now ran under it, and may belong to
+            # someone else already. Its calls stay fenced off even if a new lease comes before
+            # the store tells us where its strategies went (they may be queued in the API pool).
+            for slot in self.slots.values():
+                slot.fenced_off = True
         self.lease_until = until
         self.lease_grace = grace
-        if self.clock() < until and self.lease_lapsed:
+        if now < until and self.lease_lapsed:
             self.lease_lapsed = False
             self.log.warning("lease valid again: taking strategies again")
 
@@ -117,6 +133,8 @@ class StrategyManager:
         """Every pass, before anything is sent: a lapsed lease stops every child, then kills them."""
         if now < self.lease_until:
             return
+        for slot in self.slots.values():
+            slot.fenced_off = True  # its queued calls must not leave, whatever lease comes next
         if not self.lease_lapsed and self.slots:
             self.log.error("lease ran out: stopping every strategy (lease_lost)")
             self.reporter.note(EventKind.LEASE_LOST, None, f"{len(self.slots)} strategies stopped")
@@ -162,7 +180,7 @@ class StrategyManager:
 
     def _adopt(self, work: Work) -> None:
         log_path = self.paths.strategy_log(work.id)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(log_path.parent)
         slot = Slot(work, log_path, m.new_machine(m.Limits.of(work.spec), self.clock()))
         self.slots[work.id] = slot
         self.reporter.note(EventKind.ACCEPTED, slot, f"epoch {slot.assignment.epoch}")
@@ -176,6 +194,8 @@ class StrategyManager:
         for action in actions:
             self._perform(slot, action)
         slot.due = m.deadline(slot.machine)  # only a step changes it: passes compare, not recompute
+        if self.metrics is not None:
+            self.metrics.observe(slot, actions)
         return actions
 
     def _perform(self, slot: Slot, action: m.Action) -> None:
@@ -186,7 +206,8 @@ class StrategyManager:
         elif isinstance(action, m.SendTick):
             slot.result.overruns = action.overruns
             info = TickInfo(seq=action.seq, ts=self.wall(), interval=slot.work.spec.interval, overruns=action.overruns)
-            self.send_to(slot, Tick(tick=info, lease_until=self.lease_until))
+            halted = self.halts.covering(self.worker_id, slot.id, slot.work.spec.accounts) is not None
+            self.send_to(slot, Tick(tick=info, lease_until=self.lease_until, halted=halted))
         elif isinstance(action, m.SendStop):
             self.send_to(slot, Stop(reason=action.reason))
         elif isinstance(action, m.Kill):
@@ -307,17 +328,34 @@ class StrategyManager:
             return
         slot.init_pending = False
         spec = slot.work.spec
-        init = Init(id=slot.id, file=spec.file, params=spec.params, state=state, accounts=spec.accounts, log_path=str(slot.log_path))
+        init = Init(id=slot.id, file=spec.file, params=spec.params, state=state, accounts=spec.accounts,
+                    log_path=str(slot.log_path), log_max_bytes=int(self.log_settings.max_mb * 1_000_000),
+                    log_keep=self.log_settings.keep)
         self.send_to(slot, init)
 
     def _on_api_call(self, slot: Slot, call: ApiCall) -> None:
         # Fencing: no exchange call once this worker's lease or the slot's epoch is in doubt
-        # (st_exit of a manual or worker_exit stop may still cancel its orders).
-        if not self.lease_ok() or slot.moved_away:
+        # (st_exit of a manual or worker_exit stop may still cancel its orders). Checked here,
+        # and again by the pool as the request is signed: a call may wait in the account's queue.
+        if not self.lease_ok() or slot.moved_away or slot.fenced_off:
             refused = ApiPermissionError("worker lease not valid for this strategy; call refused")
             self.send_to(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
             return
-        self.transport.submit_api(slot.routing_id, call, slot.work.spec.accounts)
+        self.transport.submit_api(slot.routing_id, call, slot.work.spec.accounts, self.fence(slot), slot.id)
+
+    def fence(self, slot: Slot) -> Fence:
+        """The fence of ``slot``'s calls, read on an API pool thread when a request is signed.
+
+        It reads two references the loop thread replaces whole (the lease deadline, the slot's
+        machine), so it needs no lock: the pool sees the newest value or the one before.
+        """
+
+        def act_until() -> float:
+            if slot.fenced_off or slot.moved_away or self.slots.get(slot.id) is not slot:
+                return -math.inf  # the strategy is someone else's now, or gone from here
+            return self.lease_until
+
+        return act_until
 
     def deliver_api_result(self, routing_id: bytes, result: ApiResult) -> None:
         slot = self.by_routing_id.get(routing_id)

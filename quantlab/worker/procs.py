@@ -20,6 +20,7 @@ import psutil
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_DUMPABLE = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -32,6 +33,15 @@ def _prctl(option: int, value: int) -> None:
 def become_subreaper() -> None:
     """Orphans below this process (the zygote's grandchildren) are re-parented to it."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def become_undumpable() -> None:
+    """Same-user processes (a strategy) may no longer read this one's /proc environ and memory, nor attach.
+
+    The kernel then owns /proc/PID/{environ,mem,maps,...} and refuses ptrace access without
+    CAP_SYS_PTRACE; no core dump is written either. The worker holds the exchange secrets.
+    """
+    _prctl(_PR_SET_DUMPABLE, 0)
 
 
 def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL) -> None:

@@ -30,6 +30,7 @@ from quantlab.errors import ConfigError
 from quantlab.pool.leases import LeaseWatch
 from quantlab.pool.records import Resource
 from quantlab.pool.store import Store, check_id
+from quantlab.pool.vfiles import private_dir
 
 #: Seconds between looks at a foreign holder's lease while waiting it out.
 WAIT_POLL = 0.2
@@ -48,7 +49,7 @@ class WorkerIdLock:
 
     def __init__(self, store_root: Path, worker_id: str) -> None:
         folder = store_root / "locks"
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         self.lock = filelock.FileLock(folder / f"worker-{check_id('worker', worker_id)}.lock")
         self.worker_id = worker_id
 

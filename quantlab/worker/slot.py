@@ -32,6 +32,8 @@ class Slot:
         self.operator_stopped = False  #: the stop under way came from desired=stopped (a start may cancel it)
         self.init_pending = False  #: Init could not be built (the store failed): tried again next pass
         self.memory_checked = 0.0  #: when the memory limit was last checked (monotonic)
+        #: It ran while this worker's lease ran out: none of its exchange calls may leave any more.
+        self.fenced_off = False
         self.dirty = True
 
     # ---- the seed's view ----

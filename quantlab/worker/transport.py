@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from quantlab.exchange.signing import Fence
 from quantlab.protocol import ApiCall, ToChild
 from quantlab.worker.zygote import Spawn
 
@@ -30,7 +31,9 @@ class Transport(Protocol):
         """True when sent; False when the child cannot take it now (not connected, pipe full)."""
         ...
 
-    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str]) -> None: ...
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, strategy: str) -> None:
+        """Run the call on the API pool; ``fence`` is checked on the pool's thread as the call is signed."""
+        ...
 
     def memory_mb(self, pid: int) -> float:
         """Resident memory of the child and its descendants, in MB (0 when it is gone)."""

@@ -165,7 +165,7 @@ def test_assign_writes_a_pending_work_and_returns_at_once(lab: Lab, good: Path) 
     assert entry["file"] == str(good.resolve())
 
     view = lab.status()
-    assert set(view) == {"directors", "workers", "strategies"}
+    assert set(view) == {"directors", "workers", "strategies", "halts"}
     (strategy,) = view["strategies"]
     assert STRATEGY_FIELDS <= set(strategy), STRATEGY_FIELDS - set(strategy)
     assert strategy["reason"] == "waiting for the director to place it"

@@ -262,10 +262,11 @@ def _check_counter(work_id: str, lines: list[Beat]) -> None:
 @pytest.fixture
 def small_home(tmp_path: Path):  # type: ignore[no-untyped-def]
     home = tmp_path / "tiny"
-    home.mkdir()
+    home.mkdir(mode=0o700)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(home)], capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    home.chmod(0o700)  # a fresh tmpfs is 1777
     lab = Lab(home)
     try:
         yield lab

@@ -88,7 +88,7 @@ def test_status_json_fields(lab: Lab) -> None:
     lab.assign(file, "--interval", "0.05")
     lab.wait_heartbeats("s", 2)
     status = lab.status()
-    assert set(status) == {"directors", "workers", "strategies"}
+    assert set(status) == {"directors", "workers", "strategies", "halts"}
     strategy = status["strategies"][0]
     for field in ("id", "file", "worker", "region", "desired", "status", "pid", "heartbeats", "last_heartbeat",
                   "restarts", "error_count", "last_error", "reason"):

@@ -348,7 +348,8 @@ def test_snapshot_flattens_records_by_their_field_names(store: FileStore, tmp_pa
 
     view = control.snapshot(store, NOW)
 
-    assert set(view) == {"directors", "workers", "strategies"}
+    assert set(view) == {"directors", "workers", "strategies", "halts"}
+    assert view["halts"] == []
     assert view["directors"][0]["role"] == "leader"
     w1, w2 = view["workers"]
     assert (w1["id"], w1["region"], w1["host"], w1["status"]) == ("w1", "JP", "h1", "busy")

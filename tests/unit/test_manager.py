@@ -7,6 +7,7 @@ and the fake pool is a dict of Works with the WorkPool's fenced writes.
 from __future__ import annotations
 
 import errno
+import math
 import logging
 import random
 import signal
@@ -18,6 +19,7 @@ import pytest
 
 from quantlab.config import Paths
 from quantlab.errors import CorruptRecord, NotFound, StaleWriter
+from quantlab.exchange.signing import Fence
 from quantlab.pool.records import Assignment, Event, StrategyResult, StrategySpec, Work
 from quantlab.protocol import (
     ApiCall,
@@ -69,6 +71,7 @@ class FakeTransport:
         self.killed: list[int] = []
         self.memory: dict[int, float] = {}
         self.api_calls: list[ApiCall] = []
+        self.fences: list[Fence] = []
 
     def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
         self.next_pid += 1
@@ -85,8 +88,9 @@ class FakeTransport:
         self.sent.append((routing_id, msg))
         return True
 
-    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str]) -> None:
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, strategy: str) -> None:
         self.api_calls.append(call)
+        self.fences.append(fence)
 
     def memory_mb(self, pid: int) -> float:
         return self.memory.get(pid, 10.0)
@@ -439,3 +443,18 @@ def test_writes_are_fenced_after_reassignment(env: Env) -> None:
     assert env.work().result.heartbeats != 999
     env.manager.reconcile(list(env.pool.works.values()))
     assert env.transport.of(Stop)[-1].reason.type == "reassigned"
+
+
+def test_a_calls_fence_holds_with_the_lease_and_never_again_once_it_lapsed(env: Env) -> None:
+    """Issue 8: a call waiting in the API pool must see the lease as it is when the call is signed."""
+    env.assign(interval=1.0)
+    rid = env.start()
+    env.manager.set_lease(T0 + 2.0)
+    env.manager.on_message(rid, ApiCall(call_id=1, account="paper", method="place_order", kwargs={}))
+    fence = env.transport.fences[-1]
+    assert fence() == T0 + 2.0
+    env.manager.set_lease(T0 + 3.0)  # a renewal moves the fence with it
+    assert fence() == T0 + 3.0
+    env.step(3.1)  # the lease lapses while the call waits
+    env.manager.set_lease(T0 + 20.0)  # registered again before the store says where the strategy went
+    assert fence() == -math.inf
