@@ -401,6 +401,10 @@ class StrategyManager:
         if retry_store:
             self.store_retry_at = now + STORE_RETRY
         for slot in list(self.slots.values()):
+            # Most passes touch few slots (one tick came due, one answer came in): skip the rest cheaply.
+            idle = not slot.outbox and (slot.due is None or slot.due > now) and slot.work.spec.max_memory_mb is None
+            if idle and not retry_store:
+                continue
             try:
                 self._supervise_one(slot, now, retry_store)
             except Exception as e:
