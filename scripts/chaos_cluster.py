@@ -40,6 +40,7 @@ class Proc:
     state: str  #: R, S, T (stopped), Z (zombie), ...
     start: int  #: start time in clock ticks since boot: with the pid, it names one process
     cmdline: str
+    session: int = 0  #: session id
 
 
 def read_proc(pid: int) -> Proc | None:
@@ -51,16 +52,7 @@ def read_proc(pid: int) -> Proc | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
-    return Proc(pid, int(fields[1]), fields[0], int(fields[19]), cmdline)
-
-
-def _session(pid: int) -> int | None:
-    """The session id of ``pid`` (a zombie's too), from /proc/PID/stat."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[3])
-    except (OSError, IndexError, ValueError):
-        return None
+    return Proc(pid, int(fields[1]), fields[0], int(fields[19]), cmdline, int(fields[3]))
 
 
 def all_procs() -> dict[int, Proc]:
@@ -321,7 +313,7 @@ class ProcessWatch:
         for proc in all_procs().values():
             if proc.state != "Z" or proc.ppid != os.getpid() or proc.pid in managed:
                 continue
-            if _session(proc.pid) not in (None, own_session):
+            if proc.session != own_session:
                 try:
                     os.waitpid(proc.pid, os.WNOHANG)
                 except ChildProcessError:

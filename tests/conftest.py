@@ -179,13 +179,18 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
         pass
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+def proc_state(pid: int) -> str | None:
+    """``pid``'s state letter from /proc (R, S, T for stopped, Z for zombie...), None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[1].split()[0]  # the command name may hold spaces and ")"
     except FileNotFoundError:
-        return False
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting to be reaped counts as gone)."""
+    return proc_state(pid) not in (None, "Z")
 
 
 @pytest.fixture

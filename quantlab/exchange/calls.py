@@ -15,8 +15,6 @@ from typing import Any
 #: Calls that only take orders away: they pass a halt.
 CANCELS = frozenset({"cancel_order", "cancel_all_orders", "cancel_batch_order", "spread_cancel_order",
                      "spread_cancel_all_orders"})
-#: Order placements that pass a halt when every order in them is reduce-only.
-PLACEMENTS = frozenset({"place_order", "place_batch_order"})
 
 
 def read_only(method: str) -> bool:

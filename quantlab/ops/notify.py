@@ -28,10 +28,6 @@ class Notifier:
         self._last_status = ""
         self.is_ready = False
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
-
     def send(self, *lines: str) -> None:
         if not self.address:
             return

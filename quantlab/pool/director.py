@@ -94,7 +94,7 @@ class DirectorLoop:
             self._lead_or_stand_by()
         if self.leading:
             try:
-                self.refresh()
+                self.refresh(workers=renew)
                 self.expire_workers()
                 self.release_orphans()
                 self.place_works(now)
@@ -135,9 +135,19 @@ class DirectorLoop:
 
     # ---- heartbeat steps ----
 
-    def refresh(self) -> None:
-        """Re-read the Works that changed, and every worker record (one per worker, few)."""
+    def refresh(self, *, workers: bool) -> None:
+        """Re-read the Works that changed; the workers on the timer, or when the feed announced one."""
         fresh = self.view.refresh()
+        announced = any(c.kind == "resources" for c in fresh.others)
+        joined_or_left = (workers or announced) and self._read_workers()
+        if fresh.full or announced or joined_or_left:
+            self.looking_at = list(self.view.works)
+        else:
+            self.looking_at = [i for i in fresh.changed if i in self.view.works]
+        self._track_unplaced(fresh.full)
+
+    def _read_workers(self) -> bool:
+        """Every worker record (one per worker, few), renewals noted; whether one joined or left."""
         resources = {r.id: r for r in self.store.list_resources()}
         joined_or_left = set(resources) != set(self.resources)
         self.resources = resources
@@ -145,11 +155,7 @@ class DirectorLoop:
         for r in resources.values():
             self.workers.observe(r.id, (r.spec.instance, r.state.renewals), mono)
         self.workers.keep_only(set(resources))
-        if fresh.full or fresh.others or joined_or_left:
-            self.looking_at = list(self.view.works)
-        else:
-            self.looking_at = [i for i in fresh.changed if i in self.view.works]
-        self._track_unplaced(fresh.full)
+        return joined_or_left
 
     def _track_unplaced(self, full: bool) -> None:
         """Keep the set of Works waiting for a worker, so a freed place retries only those."""

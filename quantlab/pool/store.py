@@ -411,15 +411,6 @@ class TableStore:
     def changes(self, cursor: Cursor) -> tuple[list[Change], Cursor, bool]:
         return self.feed.read(cursor)
 
-    def records(self, kind: str, keys: Iterator[str] | list[str], cls: type[T]) -> dict[str, T | None]:
-        """Several records by key (None for gone ones), skipping and reporting corrupt ones."""
-        out: dict[str, T | None] = {}
-        for key in keys:
-            try:
-                out[key] = self._read(kind, key, cls)[0]
-            except CorruptRecord as e:
-                self._report_corrupt(kind, key, e)
-        return out
 
 
 class _Unchanged(Exception):

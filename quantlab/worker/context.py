@@ -56,6 +56,7 @@ class WorkerContext:
         self.meter = LoadMeter()
         self.notifier = Notifier()  #: systemd's READY/STATUS/WATCHDOG/STOPPING (nothing outside systemd)
         self.stopping = False
+        self.mail: set[str] = set()  #: strategies whose inbox may hold messages (from the change feed)
         self.next_counts = 0.0  #: monotonic: when heartbeat counts are written next
         self.halt_problem: str | None = None  #: why the halts could not be read (all halted meanwhile)
         self._run_until = run_until

@@ -40,7 +40,12 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     renew_lease(wctx, now)
     follow_halts(wctx)
     if not wctx.stopping:
-        wctx.view.refresh()
+        fresh = wctx.view.refresh()
+        # Inboxes are looked at when the feed says a message came (or after a full pass), not on
+        # every heartbeat for every strategy: that was one listing (or one query) each per second.
+        wctx.mail.update(c.key for c in fresh.others if c.kind == "inbox")
+        if fresh.full:
+            wctx.mail.update(wctx.view.works)
         wctx.manager.reconcile(list(wctx.view.works.values()))
         deliver_messages(wctx)
     wctx.manager.flush(counts=_counts_due(wctx))
@@ -127,8 +132,12 @@ def renew_lease(wctx: WorkerContext, now: float) -> None:
 
 def deliver_messages(wctx: WorkerContext) -> None:
     """Messages left in the store by `qlab strategy send`, to each strategy's st_message."""
-    for strategy_id, slot in list(wctx.strategies.items()):
-        if slot.running:  # not before st_init returned, nor once a stop is under way
+    for strategy_id in list(wctx.mail):
+        slot = wctx.strategies.get(strategy_id)
+        if slot is None and strategy_id not in wctx.view.works:
+            wctx.mail.discard(strategy_id)  # not ours: its own worker takes them
+        elif slot is not None and slot.running:  # not before st_init returned, nor once a stop is under way
+            wctx.mail.discard(strategy_id)
             for data in wctx.pool.store.take_messages(strategy_id):
                 wctx.send_to_strategy(strategy_id, data)
 

@@ -192,13 +192,18 @@ class WorkerRuntime:
 
     def run(self, wctx: WorkerContext) -> None:
         heartbeat = self.options.heartbeat
-        next_beat = 0.0
+        next_beat = next_look = 0.0
         seq = 0
         while not self.stop.requested:
             now = time.monotonic()
-            self.poll_once(min(next_beat, self.manager.next_deadline(), now + CHANGE_POLL) - now)
+            self.poll_once(min(next_beat, self.manager.next_deadline(), next_look) - now)
             now = time.monotonic()
-            if now >= next_beat or wctx.view.dirty():
+            # The store is looked at every CHANGE_POLL, not on every pass: most passes are a
+            # tick or a heartbeat, a hundred a second with a hundred strategies.
+            changed = now >= next_look and wctx.view.dirty()
+            if now >= next_look:
+                next_look = now + CHANGE_POLL
+            if now >= next_beat or changed:
                 seq += 1
                 try:
                     st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=time.time(), interval=heartbeat))

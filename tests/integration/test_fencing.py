@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import Lab, wait_for
+from tests.conftest import Lab, pid_alive, wait_for
 from tests.fakes.bybit import FakeBybit
 
 SECRET = "s3cr3t-Fence-8xQ2vN7mL4kR9w"
@@ -61,12 +61,16 @@ def test_a_paused_workers_queued_orders_never_reach_the_exchange(lab: Lab, fake:
     wait_for(lambda: fake.accepted(CREATE) >= 3, timeout=20, what="orders reaching the exchange")
     pids = {str(lab.work(f"orders{i}").result.pid) for i in range(4)}
     worker.send_signal(signal.SIGSTOP)
-    try:
-        time.sleep(3.0)  # past the lease (2 s) and its margin: the queued orders' turns come and go
+    try:  # past the lease (2 s) and its margin: the director gives the strategies up
+        wait_for(lambda: any(e.worker == "w1" for e in lab.events("worker_lost")), timeout=15, what="w1's lease to expire")
     finally:
         resumed = time.monotonic()
         worker.send_signal(signal.SIGCONT)
-    time.sleep(2.0)  # what the resumed worker would send, it sends now
+    # What the resumed worker would send, it sends once it runs again: let it live a few heartbeats.
+    wait_for(lambda: not any(pid_alive(int(pid)) for pid in pids), what="the old children to end")
+    first = wait_for(lambda: lab.store.find_resource("w1"), what="w1 to register again")
+    wait_for(lambda: (r := lab.store.find_resource("w1")) is not None and r.state.renewals >= first.state.renewals + 3,
+             what="w1 to renew")
     # Orders from the children that ran under the lost lease; new children (the director may place
     # the strategies here again, with a new epoch) place their own, which is fine.
     late = [r for r in fake.requests if r.path == CREATE and r.arrived > resumed

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from quantlab.pool.records import Work
-from tests.conftest import Lab, wait_for
+from tests.conftest import Lab, pid_alive, wait_for
 from tests.integration.test_store_faults import RECORDER, beats
 
 
@@ -138,7 +138,7 @@ def test_a_worker_cut_off_from_the_database_fences_itself_and_its_strategy_moves
             timeout=20, what="rec to run on w2",
         )
         assert_never_two_runners(pg_lab, "rec")
-        assert not os.path.exists(f"/proc/{old_pid}") or _zombie(old_pid or 0)
+        assert not pid_alive(old_pid or 0)
         _set_login(pg_lab.store_url, cut_off_role, True)  # back: w1 finds its lease gone and registers again
         pg_lab.wait_event("lease_lost", timeout=15)
         wait_for(lambda: pg_lab.store.find_resource("w1"), timeout=15, what="w1 to register again")
@@ -147,15 +147,6 @@ def test_a_worker_cut_off_from_the_database_fences_itself_and_its_strategy_moves
         assert_never_two_runners(pg_lab, "rec")
     finally:
         cut_lab.close()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
 
 
 # ---- the database restarted under load (a throwaway cluster of the test's own) ----

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from quantlab.pool.records import Work
-from tests.conftest import QLAB, Lab, pid_alive, wait_for
+from tests.conftest import QLAB, Lab, pid_alive, proc_state, wait_for
 
 #: Heartbeats and exits are appended to ID.beats beside the file: "beat PID N WALLTIME" / "exit PID TYPE WALLTIME".
 RECORDER = '''
@@ -41,11 +41,6 @@ def beats(lab: Lab, work_id: str) -> list[Beat]:
     if not path.exists():
         return []
     return [Beat(line) for line in path.read_text().splitlines() if line.count(" ") == 3]
-
-
-def stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
 # ---- one worker id, one process ----
@@ -200,10 +195,10 @@ def test_a_worker_paused_at_random_moments_never_runs_a_moved_strategy(lab: Lab)
     caught_in_write = 0
     for trial in range(TRIALS):
         victim = workers[holder]
-        time.sleep(rng.uniform(0, 0.3))  # a random moment of the 10 Hz load
+        _random_moment(lab, ids, rng)
         if trial % 2 and _inside_a_write(lab, victim.pid, time.monotonic() + 2):
             caught_in_write += 1
-        elif not stopped(victim.pid):
+        elif proc_state(victim.pid) != "T":
             os.kill(victim.pid, signal.SIGSTOP)
         paused_wall, paused = time.time(), time.monotonic()
         try:
@@ -226,6 +221,12 @@ def test_a_worker_paused_at_random_moments_never_runs_a_moved_strategy(lab: Lab)
         _check_no_stale_runner(lab, ids, resumed)
         holder, spare = spare, holder
     assert caught_in_write >= 1, "no trial stopped the worker inside a write"
+
+
+def _random_moment(lab: Lab, ids: list[str], rng: random.Random) -> None:
+    """Let a random number of heartbeats (0 to 3 per strategy) of the 10 Hz load go by."""
+    target = sum(len(beats(lab, w)) for w in ids) + rng.randint(0, 3 * len(ids))
+    wait_for(lambda: sum(len(beats(lab, w)) for w in ids) >= target, what="the load to go on")
 
 
 def _unpinned(work: Work) -> Work:

@@ -88,8 +88,14 @@ def test_director_says_ready_status_and_watchdog(lab: Lab, notify: NotifySocket)
 HOOKS = '''
 import os, time
 def st_worker_heartbeat(wctx, tick):
-    if os.path.exists(os.path.join(os.path.dirname(__file__), "block")):
-        time.sleep(3)  # the worker's loop is stuck here
+    here = os.path.dirname(__file__)
+    if os.path.exists(os.path.join(here, "block")):
+        os.unlink(os.path.join(here, "block"))
+        with open(os.path.join(here, "blocked"), "a") as f:
+            f.write(f"{time.monotonic()} ")
+            f.flush()
+            time.sleep(1.5)  # the worker's loop is stuck here
+            f.write(f"{time.monotonic()}\\n")
 '''
 
 
@@ -103,13 +109,15 @@ def test_a_blocked_worker_loop_stops_the_watchdog(lab: Lab, tmp_path: Path) -> N
         lab.start("worker", "start", "--profile", str(profile), env=notify.env)
         wait_for(lambda: len(notify.lines("WATCHDOG=1")) >= 3, what="watchdog pings")
         (tmp_path / "block").touch()
-        blocked_at = time.monotonic()
-        wait_for(lambda: time.monotonic() - blocked_at > 1.5, what="time to pass")  # the hook is still asleep
-        quiet = [t for t, line in notify.read() if line == "WATCHDOG=1" and t > blocked_at + 0.5]
+        blocked = tmp_path / "blocked"
+        # Read the socket all along, so each ping is stamped (monotonic, as the hook's) as it arrives.
+        wait_for(lambda: notify.read() is not None and blocked.exists() and blocked.read_text().endswith("\n"),
+                 what="the hook to block the loop and return")
+        entered, left = (float(x) for x in blocked.read_text().split())
+        quiet = [t for t, line in notify.read() if line == "WATCHDOG=1" and entered + 0.1 < t < left]
         assert not quiet  # no ping while the loop is stuck: systemd would restart it
-        (tmp_path / "block").unlink()
-        wait_for(lambda: any(t > blocked_at + 3 for t, line in notify.read() if line == "WATCHDOG=1"),
-                 timeout=10, what="pings again once the loop turns")
+        wait_for(lambda: any(t > left for t, line in notify.read() if line == "WATCHDOG=1"),
+                 what="pings again once the loop turns")
     finally:
         notify.close()
 

@@ -6,7 +6,6 @@ The Store contract itself runs on PostgreSQL in test_store_contract.py.
 from __future__ import annotations
 
 import multiprocessing
-import time
 from pathlib import Path
 
 import psycopg
@@ -85,8 +84,10 @@ def test_another_process_commit_moves_the_end_by_notify(pg_url: str) -> None:
     changes, cursor, lost = reader.changes(start)
     assert [(c.kind, c.key) for c in changes] == [("works", "s")] and cursor == end and not lost
     writer.update_work("s", lambda w: setattr(w.result, "heartbeats", 3) or w)  # a routine report: no line, no wake
-    time.sleep(0.1)
-    assert reader.changes_end() == end
+    writer.update_work("s", lambda w: setattr(w, "desired", "stopped") or w)  # a control change: one line
+    wait_for(lambda: reader.changes_end() != end, 5, "the second NOTIFY")
+    changes, _, _ = reader.changes(end)
+    assert len(changes) == 1  # the heartbeat count added nothing to the feed
     reader.close(), writer.close()
 
 

@@ -19,6 +19,7 @@ from quantlab.pool.filestore import FileStore
 from quantlab.pool.memstore import MemoryStore
 from quantlab.pool.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
 from quantlab.pool.store import Store, TableStore
+from tests.conftest import proc_state, wait_for
 
 STORES = ["file", "memory", "postgres"]
 SHARED = ["file", "postgres"]  #: stores that several processes share
@@ -286,13 +287,7 @@ def test_a_writer_stopped_mid_commit_delays_nobody_and_loses_nothing(shared: str
 
 
 def _wait_stopped(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat") as f:
-            if f.read().rsplit(")", 1)[1].split()[0] == "T":
-                return
-        time.sleep(0.01)
-    raise AssertionError("the writer never stopped")
+    wait_for(lambda: proc_state(pid) == "T", what="the writer to stop")
 
 
 def test_a_stale_writer_cannot_commit_under_a_pruned_history(files: FileStore) -> None:
