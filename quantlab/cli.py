@@ -196,6 +196,22 @@ def store_migrate(env: Env) -> None:
     click.echo(migrate_store(env.paths))
 
 
+# ---- JavaScript strategies (issue 11) ----
+
+
+@qlab.group("js")
+def js_group() -> None:
+    """JavaScript strategies: the Node runtime they run in."""
+
+
+@js_group.command("install")
+def js_install() -> None:
+    """Install the Node runner's packages from the lock file (npm ci); runs offline afterwards."""
+    from quantlab.strategy import jsruntime
+
+    click.echo(f"JavaScript runtime installed in {jsruntime.install()}")
+
+
 # ---- strategies ----
 
 

@@ -19,6 +19,10 @@ class StrategyFileError(BadInput):
     """A strategy file is missing, does not parse, or lacks a hook."""
 
 
+class JsRuntimeError(ConfigError):
+    """Node, or the JavaScript strategy runtime (`qlab js install`), is missing."""
+
+
 class NotFound(QuantlabError):
     """A record with that id does not exist."""
 

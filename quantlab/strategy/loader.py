@@ -3,6 +3,8 @@
 `check_file` reads the file with ``ast`` and never runs it, so `qlab strategy
 assign` catches a bad path, a syntax error or a missing hook at once, in the
 operator's shell. `load_module` runs it, in the strategy child only.
+A JavaScript file (``.js``, ``.mjs``) is checked by loading it in Node
+(quantlab/strategy/jsruntime.py): there is no parser for it here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from quantlab.errors import StrategyFileError
+from quantlab.strategy import jsruntime
 
 HOOKS = ("st_init", "st_heartbeat", "st_exit")
 
@@ -23,6 +26,9 @@ def check_file(file: str | Path) -> Path:
     path = Path(file).expanduser().resolve()
     if not path.is_file():
         raise StrategyFileError(f"strategy file not found: {file}")
+    if jsruntime.is_js(path):
+        jsruntime.check_file(path)
+        return path
     try:
         source = path.read_text(encoding="utf-8")
         tree = ast.parse(source, filename=str(path))
@@ -43,8 +49,10 @@ def default_accounts(path: Path) -> list[str]:
     """The module-level ``ACCOUNTS = [...]`` (or ``ACCOUNT = "..."``) literal, if any.
 
     Lets an example strategy name the account it was written for, so
-    ``qlab up strategies/grid_paper.py`` needs no --account.
+    ``qlab up strategies/grid_paper.py`` needs no --account. A JavaScript file exports it.
     """
+    if jsruntime.is_js(path):
+        return jsruntime.check_file(path)
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):

@@ -23,7 +23,7 @@ from typing import Callable
 import msgspec
 
 from quantlab.config import Paths
-from quantlab.errors import ApiPermissionError, CorruptRecord, QuantlabError, StaleWriter
+from quantlab.errors import ApiPermissionError, CorruptRecord, JsRuntimeError, QuantlabError, StaleWriter
 from quantlab.exchange.halts import Halts
 from quantlab.exchange.signing import Fence
 from quantlab.pool.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
@@ -51,6 +51,7 @@ from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
 from quantlab.worker.transport import Transport
 from quantlab.worker.zygote import Spawn
+from quantlab.strategy.jsruntime import child_command
 from quantlab.logsetup import LogSettings
 from quantlab.ops.metrics import WorkerMetrics
 from quantlab.pool.vfiles import private_dir
@@ -241,11 +242,12 @@ class StrategyManager:
     def _spawn(self, slot: Slot, incarnation: int) -> None:
         slot.outbox.clear()
         slot.init_pending = False
-        request = Spawn(endpoint=self.transport.endpoint, routing_id=slot.routing_id, log_path=str(slot.log_path))
         routing_id = slot.routing_id
         try:
+            argv = child_command(slot.work.spec.file, self.transport.endpoint, routing_id)  # issue 11: Node for .js
+            request = Spawn(endpoint=self.transport.endpoint, routing_id=routing_id, log_path=str(slot.log_path), argv=argv)
             pid = self.transport.spawn(request, lambda status: self.on_exit(routing_id, status))
-        except OSError as e:
+        except (OSError, JsRuntimeError) as e:
             self.log.error("cannot spawn %s: %s", slot.id, e)
             slot.marker(self.wall(), f"spawn failed: {e}")
             self.feed(slot, m.SpawnFailed(str(e), self.rng.random()))

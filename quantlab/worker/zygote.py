@@ -41,6 +41,9 @@ class Spawn(msgspec.Struct, tag="spawn"):
     endpoint: str
     routing_id: bytes
     log_path: str
+    #: Issue 11: a program the child execs once it is set up (a JavaScript strategy's Node runner);
+    #: empty: it runs the Python runner.
+    argv: list[str] = []
 
 
 class Forget(msgspec.Struct, tag="forget"):
@@ -166,6 +169,12 @@ def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if request.argv:  # issue 11: the same child (group, parent, log, environment), running Node
+            try:
+                os.execv(request.argv[0], request.argv)
+            except OSError as e:
+                print(f"cannot start {request.argv[0]}: {e}", file=sys.stderr)
+                raise
         from quantlab.strategy.runner import run_child
 
         code = run_child(request.endpoint, request.routing_id)

@@ -1,0 +1,65 @@
+/**
+ * ctx.log and console output into the strategy's own log, rotated by size the
+ * way Python's RotatingFileHandler rotates the Python runner's log (same line
+ * format, same `log_max_bytes` / `log_keep` from Init), so `qlab strategy logs`
+ * reads both alike.
+ */
+
+import { closeSync, existsSync, fstatSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
+import { format } from "node:util";
+
+const LEVELS = { debug: 10, info: 20, warning: 30, error: 40, critical: 50 };
+/** Records below this level are dropped, as the Python runner's logger does. */
+const MIN_LEVEL = LEVELS.info;
+
+export class RotatingFile {
+  /** @param {string} path @param {number} maxBytes rotate past this size (0: never) @param {number} keep rotated files kept */
+  constructor(path, maxBytes, keep) {
+    this.path = path;
+    this.maxBytes = maxBytes;
+    this.keep = keep;
+    this.fd = openSync(path, "a", 0o600);
+  }
+
+  /** Append `text`, rolling the file over first when it would pass maxBytes. */
+  write(text) {
+    const data = Buffer.from(text);
+    if (this.maxBytes > 0 && this.keep > 0 && fstatSync(this.fd).size + data.length >= this.maxBytes) this.rollover();
+    writeSync(this.fd, data);
+  }
+
+  rollover() {
+    closeSync(this.fd);
+    for (let i = this.keep - 1; i > 0; i--) {
+      if (existsSync(`${this.path}.${i}`)) renameSync(`${this.path}.${i}`, `${this.path}.${i + 1}`);
+    }
+    rmSync(`${this.path}.1`, { force: true });
+    if (existsSync(this.path)) renameSync(this.path, `${this.path}.1`);
+    this.fd = openSync(this.path, "a", 0o600);
+  }
+}
+
+/** `2026-11-29 07:33:14,123`: Python logging's asctime, local time. */
+function asctime(date = new Date()) {
+  const two = (n) => String(n).padStart(2, "0");
+  const day = `${date.getFullYear()}-${two(date.getMonth() + 1)}-${two(date.getDate())}`;
+  const time = `${two(date.getHours())}:${two(date.getMinutes())}:${two(date.getSeconds())}`;
+  return `${day} ${time},${String(date.getMilliseconds()).padStart(3, "0")}`;
+}
+
+/**
+ * `ctx.log`: `info("beat %d", n)` (util.format placeholders), `warn`, `error`, `debug`.
+ * @param {RotatingFile} file
+ */
+export function strategyLogger(file) {
+  const at = (level) => (...args) => {
+    if (LEVELS[level] >= MIN_LEVEL) file.write(`${asctime()} ${level.toUpperCase()} ${format(...args)}\n`);
+  };
+  return { debug: at("debug"), info: at("info"), warn: at("warning"), warning: at("warning"), error: at("error"), critical: at("critical") };
+}
+
+/** console.log and friends write through the same file, so they rotate with it (like print() in Python). */
+export function captureConsole(file) {
+  const write = (...args) => file.write(`${format(...args)}\n`);
+  for (const name of ["log", "info", "warn", "error", "debug"]) console[name] = write;
+}
