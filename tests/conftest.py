@@ -107,8 +107,8 @@ class Lab:
         said = (self.home / f"proc-{self.procs.index(proc)}.err").read_text()
         raise AssertionError(f"{' '.join(map(str, proc.args))} exited with {proc.returncode}: {said}")
 
-    def strategy(self, name: str, source: str) -> Path:
-        path = self.home / f"{name}.py"
+    def strategy(self, name: str, source: str, suffix: str = ".py") -> Path:
+        path = self.home / f"{name}{suffix}"
         path.write_text(source)
         return path
 

@@ -106,7 +106,8 @@ class Runner {
   }
 
   async call(hook, ...args) {
-    await this.guard(hook, () => this.hooks[hook](...args));
+    const fn = this.hooks[hook]; // called bare, so its stack frame reads "at st_heartbeat"
+    await this.guard(hook, () => fn(...args));
   }
 
   async guard(hook, fn) {
