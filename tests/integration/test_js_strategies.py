@@ -21,6 +21,8 @@ from quantlab.exchange.accounts import Account
 from quantlab.exchange.paper import PaperExchange
 from quantlab.strategy import jsruntime
 from tests.conftest import QLAB, Lab, pid_alive, wait_for
+from tests.fakes.bybit import FakeBybit
+from tests.integration.test_exchange import SECRET, _process_memory, fake, live  # noqa: F401  (fixtures)
 
 
 def _js_missing() -> str:
@@ -206,6 +208,36 @@ def test_api_calls_on_the_paper_account(running: Lab) -> None:
     assert work.desired == "stopped"
     assert running.state("trader")["message"] == {"hello": [1, 2]}
     assert running.state("trader")["exit"] == ["manual", "told to"]
+
+
+PROBE = """
+export async function st_init(ctx) { ctx.state.seen ??= []; }
+export async function st_heartbeat(ctx, tick) {
+  const { ApiNetworkError, ApiPermissionError } = ctx.errors;
+  let outcome;
+  try {
+    outcome = ["ok", (await ctx.api.bybit.live.getWalletBalance({ accountType: "UNIFIED" })).retCode];
+  } catch (e) {
+    outcome = [e instanceof ApiNetworkError ? "network" : e instanceof ApiPermissionError ? "permission" : "api", e.retCode];
+  }
+  const last = ctx.state.seen.at(-1);
+  if (!last || last.join() !== outcome.join()) ctx.state.seen.push(outcome);
+}
+export async function st_exit(ctx, reason) {}
+"""
+
+
+def test_signed_calls_through_the_worker_and_no_secret_in_the_node_child(live: Lab, fake: FakeBybit) -> None:
+    live.assign(js(live, "probe", PROBE), "--interval", "0.05", "--account", "live")
+    wait_for(lambda: ["ok", 0] in live.state("probe").get("seen", []), what="a signed call")
+    fake.inject("bad_key")
+    wait_for(lambda: ["api", 10003] in live.state("probe").get("seen", []), what="an error reply")
+    pid = live.work("probe").result.pid
+    assert pid
+    secret = SECRET.encode()
+    assert secret not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert secret not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not any(secret in chunk for chunk in _process_memory(pid)), "secret in the Node child's memory"
 
 
 def test_assign_checks_a_js_file_before_anything_runs(lab: Lab) -> None:
