@@ -72,6 +72,10 @@ def rows(quick: bool) -> Iterator[bench.Row]:
         try:
             row = bench.bench_assign_to_heartbeat(cluster, file, 5 * k)
             yield bench.Row("assign -> first heartbeat, JavaScript strategy", row.samples)
+            python = tmp / "quiet.py"
+            python.write_text(bench.QUIET)
+            row = bench.bench_assign_to_heartbeat(cluster, python, 5 * k)
+            yield bench.Row("for comparison, the same now: assign -> first heartbeat, Python strategy", row.samples)
         finally:
             cluster.close()
 
