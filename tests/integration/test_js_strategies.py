@@ -119,9 +119,10 @@ def test_exception_reports_its_stack_and_st_exit_runs(running: Lab) -> None:
 
 def test_hung_child_is_killed_and_restarted(running: Lab) -> None:
     source = counter('if (tick.seq === 2 && once("hung")) await new Promise(() => {});')
-    running.assign(js(running, "hang", source), "--interval", "0.05", "--heartbeat-timeout", "0.5", "--backoff", "0")
-    assert "hung" in running.wait_event("heartbeat_timeout", "hang")[0].detail
-    wait_for(lambda: running.work("hang").result.restarts >= 1 and running.work("hang").result.heartbeats >= 3)
+    # The timeout also covers the start: it leaves a loaded machine time to boot Node.
+    running.assign(js(running, "hang", source), "--interval", "0.05", "--heartbeat-timeout", "2", "--backoff", "0")
+    assert "hung" in running.wait_event("heartbeat_timeout", "hang", timeout=15)[0].detail
+    wait_for(lambda: running.work("hang").result.restarts >= 1 and running.work("hang").result.heartbeats >= 3, 15)
     assert "WORKER kill" in running.log("hang")
 
 

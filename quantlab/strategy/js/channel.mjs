@@ -37,7 +37,11 @@ export class Channel {
     this.nextCall = 0;
     // zeromq.js takes one send at a time: later ones queue behind it, in order.
     this.sending = Promise.resolve();
-    this.reading = this.read();
+    this.closed = false;
+    // Reading ends with an error once the socket is closed; before that, an error must end the child.
+    this.reading = this.read().catch((e) => {
+      if (!this.closed) throw e;
+    });
   }
 
   /** Queue `msg` for the worker (sends keep their order). */
@@ -88,6 +92,7 @@ export class Channel {
   /** Wait for what was sent to leave, then close (the linger lets the last frames go out). */
   async close() {
     await this.sending.catch(() => {});
+    this.closed = true;
     this.socket.close();
   }
 }
