@@ -103,7 +103,7 @@ def _check(path: str, mtime_ns: int) -> list[str]:
     runtime_dir()
     try:
         done = subprocess.run([program, str(RUNNER), "check", path], capture_output=True, text=True,
-                              timeout=CHECK_TIMEOUT, stdin=subprocess.DEVNULL)
+                              timeout=CHECK_TIMEOUT, stdin=subprocess.DEVNULL, env=_check_environment())
     except subprocess.TimeoutExpired as e:
         raise StrategyFileError(f"{path}: loading it took over {CHECK_TIMEOUT:g}s") from e
     if done.returncode != 0:
@@ -111,6 +111,15 @@ def _check(path: str, mtime_ns: int) -> list[str]:
         raise StrategyFileError(said[-1] if said else f"{path}: node exited with {done.returncode}")
     accounts: list[str] = json.loads(done.stdout.strip().splitlines()[-1])["accounts"]
     return accounts
+
+
+#: What the check's Node process may see of the operator's environment: the module's top level
+#: runs there, and the operator's shell may hold exchange secrets the worker would have stripped.
+CHECK_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+def _check_environment() -> dict[str, str]:
+    return {name: os.environ[name] for name in CHECK_ENVIRONMENT if name in os.environ}
 
 
 def install() -> Path:

@@ -249,8 +249,11 @@ def test_assign_checks_a_js_file_before_anything_runs(lab: Lab) -> None:
     broken = lab.strategy("broken", "module.exports = {\n  st_init() { let = ; },\n};\n", ".js")
     result = lab.run("strategy", "assign", str(broken), check=False)
     assert result.stderr.strip().startswith(f"Error: {broken}:2: syntax error:")
-    commonjs = lab.strategy("cjs", "module.exports = { st_init() {}, st_heartbeat() {}, st_exit() {}, ACCOUNTS: ['paper'] };\n", ".js")
-    lab.run("strategy", "assign", str(commonjs))
+    # The check runs the module's top level, in an environment without the operator's variables.
+    commonjs = lab.strategy("cjs", "module.exports = { st_init() {}, st_heartbeat() {}, st_exit() {}, ACCOUNTS: ['paper'] };\n"
+                                   "if (process.env.QLAB_TEST_SECRET) throw new Error('the check saw a secret');\n", ".js")
+    subprocess.run([QLAB, "--home", str(lab.home), "strategy", "assign", str(commonjs)], check=True, timeout=30,
+                   env={**os.environ, "QLAB_TEST_SECRET": SECRET}, capture_output=True)
     assert lab.work("cjs").spec.accounts == ["paper"]
     no_node = {**os.environ, "PATH": str(Path(QLAB).parent)}
     result = subprocess.run([QLAB, "--home", str(lab.home), "strategy", "assign", "--id", "x", str(commonjs)],
