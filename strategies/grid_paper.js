@@ -29,6 +29,7 @@ export async function st_heartbeat(ctx, tick) {
   const price = Number(tickers.result.list[0].lastPrice);
   ctx.state.center ??= price;
   await noteFills(ctx, api, p, price);
+  if (ctx.halted) return; // `qlab halt` refuses new orders (ApiHaltedError): wait for `qlab resume`
   if (Math.abs(price / ctx.state.center - 1) > Number(p.levels) * Number(p.step)) await recenter(ctx, api, p, price);
   await placeMissing(ctx, api, p);
 }
