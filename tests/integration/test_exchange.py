@@ -183,6 +183,14 @@ def test_account_placement(lab: Lab, fake: FakeBybit) -> None:
     assert resource is not None and sorted(resource.spec.accounts) == ["live", "paper"]
 
 
+def assert_no_secret_in(pid: int) -> None:
+    """SECRET is in neither the environment, the command line nor the memory of process ``pid``."""
+    secret = SECRET.encode()
+    assert secret not in Path(f"/proc/{pid}/environ").read_bytes()
+    assert secret not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert not any(secret in chunk for chunk in _process_memory(pid)), f"secret in the memory of pid {pid}"
+
+
 def _process_memory(pid: int) -> Iterator[bytes]:
     with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
         for line in maps:
@@ -204,10 +212,8 @@ def test_secret_never_reaches_a_strategy_or_any_output(live: Lab, fake: FakeBybi
     wait_for(lambda: ["api", 10003] in seen(live, "probe"), what="an error reply")
     pid = live.work("probe").result.pid
     assert pid
+    assert_no_secret_in(pid)
     secret = SECRET.encode()
-    assert secret not in Path(f"/proc/{pid}/environ").read_bytes()
-    assert secret not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    assert not any(secret in chunk for chunk in _process_memory(pid)), "secret in the strategy's memory"
     outputs = [live.run(*args).stdout for args in (("status", "--json"), ("events",), ("strategy", "logs", "probe"),
                                                     ("worker", "list", "--json"), ("strategy", "list", "--json"))]
     assert not any(SECRET in out for out in outputs)

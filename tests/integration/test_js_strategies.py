@@ -22,7 +22,7 @@ from quantlab.exchange.paper import PaperExchange
 from quantlab.strategy import jsruntime
 from tests.conftest import QLAB, Lab, pid_alive, wait_for
 from tests.fakes.bybit import FakeBybit
-from tests.integration.test_exchange import SECRET, _process_memory, fake, live  # noqa: F401  (fixtures)
+from tests.integration.test_exchange import SECRET, assert_no_secret_in, fake, live  # noqa: F401  (fixtures)
 
 
 def _js_missing() -> str:
@@ -235,10 +235,7 @@ def test_signed_calls_through_the_worker_and_no_secret_in_the_node_child(live: L
     wait_for(lambda: ["api", 10003] in live.state("probe").get("seen", []), what="an error reply")
     pid = live.work("probe").result.pid
     assert pid
-    secret = SECRET.encode()
-    assert secret not in Path(f"/proc/{pid}/environ").read_bytes()
-    assert secret not in Path(f"/proc/{pid}/cmdline").read_bytes()
-    assert not any(secret in chunk for chunk in _process_memory(pid)), "secret in the Node child's memory"
+    assert_no_secret_in(pid)
 
 
 def test_assign_checks_a_js_file_before_anything_runs(lab: Lab) -> None:
