@@ -41,7 +41,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError
+from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError, ApiRiskError
 from quantlab.pool.records import ExitReason
 from quantlab.protocol import (
     ApiCall,
@@ -76,6 +76,7 @@ _API_ERRORS: dict[str, type[ApiError]] = {
     "network": ApiNetworkError,
     "permission": ApiPermissionError,
     "halted": ApiHaltedError,
+    "risk": ApiRiskError,
 }
 
 
@@ -171,6 +172,8 @@ class Runner:
             log=_strategy_logger(init),
             api=Api(init.accounts, conn.call_api, PUBLIC_METHODS),
             send=lambda data: conn.send(Log(data=data)),
+            open_orders=init.open_orders,
+            positions=init.positions,
         )
         self.module: ModuleType | None = None
         self.sent_state = b""

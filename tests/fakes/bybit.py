@@ -12,7 +12,8 @@ over the exact raw payload 10004, required parameters 10001), keeps one
 account's orders, positions and wallet behind one lock, logs every request,
 sends the rate-limit headers on every reply and plays injected faults;
 "hold" keeps a request ``hold_delay`` seconds before judging it, like a slow
-network between a paused sender and the exchange.
+network between a paused sender and the exchange; "ack_lost" carries a
+request out and then drops the connection, as if the reply were lost.
 HTTP/1.1 with exact Content-Length, because pybit keeps connections alive.
 """
 
@@ -31,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
-FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "hold", "garbage", "drop"})
+FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "hold", "garbage", "drop", "ack_lost"})
 
 Params = dict[str, Any]
 Outcome = tuple[int, str, Any]  # retCode, retMsg, result
@@ -71,6 +72,7 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v5/position/list"): _Route(True, (("category",), ("symbol", "settleCoin")), "on_positions"),
     ("GET", "/v5/account/wallet-balance"): _Route(True, (("accountType",),), "on_wallet_balance"),
     ("GET", "/v5/order/realtime"): _Route(True, (("category",),), "on_open_orders"),
+    ("GET", "/v5/order/history"): _Route(True, (("category",),), "on_order_history"),
     ("POST", "/v5/order/create"): _Route(True, tuple((n,) for n in _ORDER_FIELDS), "on_place_order"),
     ("POST", "/v5/order/amend"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_amend_order"),
     ("POST", "/v5/order/cancel"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_cancel_order"),
@@ -135,6 +137,11 @@ class _Exchange:
             o for o in self.orders.values()
             if o["orderStatus"] == "New" and all(p.get(k) in (None, o[k]) for k in keys)
         ]
+        return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
+
+    def on_order_history(self, p: Params) -> Outcome:
+        keys = ("category", "symbol", "orderId", "orderLinkId")
+        rows = [o for o in self.orders.values() if all(p.get(k) in (None, o[k]) for k in keys)]
         return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
 
     def on_place_order(self, p: Params) -> Outcome:
@@ -243,6 +250,11 @@ class FakeBybit:
         with self._lock:
             return sum(1 for p, code in self._outcomes if p == path and code == 0)
 
+    def orders(self) -> list[Params]:
+        """Every order the exchange took, in the order it took them (a copy)."""
+        with self._lock:
+            return [dict(o) for o in self._exchange.orders.values()]
+
     def outcomes(self, path: str) -> list[int]:
         """The retCodes given to requests to ``path``, in order."""
         with self._lock:
@@ -312,14 +324,14 @@ class FakeBybit:
                 self._slow.append(slow)
         if slow is not None:
             slow.wait(self.hold_delay if fault == "hold" else self.slow_delay)
-        elif fault is not None:
+        elif fault is not None and fault != "ack_lost":
             return self._fault(fault, api_key)
         with self._lock:
             if route is None:
                 return self._reply(404, b"", api_key)
             code, msg, result = self._outcome(route, headers, payload, params)
             self._outcomes.append((split.path, code))
-            return self._envelope(code, msg, result, api_key)
+            return None if fault == "ack_lost" else self._envelope(code, msg, result, api_key)
 
     def _outcome(self, route: _Route, headers: Message, payload: str, params: Params | None) -> Outcome:
         if params is None:

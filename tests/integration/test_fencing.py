@@ -58,6 +58,8 @@ def test_a_paused_workers_queued_orders_never_reach_the_exchange(lab: Lab, fake:
                         "--stop-timeout", "1", env={"QLAB_FENCE_SECRET": SECRET})
     for i in range(4):  # four strategies, one order each in flight: the 1/s limit keeps three queued
         lab.assign(lab.strategy(f"orders{i}", ORDERS), "--interval", "0.05")
+    # Each start reads the account first (reconciliation), in turn with the orders under the 1/s limit.
+    wait_for(lambda: all(lab.work(f"orders{i}").result.pid for i in range(4)), timeout=30, what="four children")
     wait_for(lambda: fake.accepted(CREATE) >= 3, timeout=20, what="orders reaching the exchange")
     pids = {str(lab.work(f"orders{i}").result.pid) for i in range(4)}
     worker.send_signal(signal.SIGSTOP)
