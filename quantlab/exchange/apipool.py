@@ -206,6 +206,22 @@ class ApiPool:
         except RuntimeError:  # closed
             done(reconcile.Reconciled(ok=False, error="the API pool is closed"))
 
+    def cancel_orders(self, accounts: list[str], strategy: str, fence: Fence, done: Callable[[int, str], None]) -> None:
+        """Cancel open orders on a reconciliation thread: ``strategy``'s own, or ("") every one on
+        ``accounts`` (linear USDT, and the categories and symbols the strategies' intents used);
+        ``done(cancelled, error)`` on that thread."""
+
+        def run() -> None:
+            try:
+                done(reconcile.cancel_open_orders(self, self._store, accounts, strategy, fence), "")
+            except Exception as e:  # reported by done; the halt's cancel is not tried again
+                done(0, f"{type(e).__name__}: {e}")
+
+        try:
+            self._reconciling.submit(run)
+        except RuntimeError:
+            done(0, "the API pool is closed")
+
     def read(self, account: str, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         """A read-only call on the account for the worker itself; raises ApiError."""
         served = self._accounts.get(account)
@@ -218,9 +234,18 @@ class ApiPool:
 
     def cancel(self, account: str, kwargs: dict[str, Any], fence: Fence) -> None:
         """Cancel one order for the worker itself (fenced); raises ApiError."""
-        result = self.call(account, "cancel_order", kwargs, [account], fence)
+        self._checked(self.call(account, "cancel_order", kwargs, [account], fence))
+
+    def cancel_all(self, account: str, scope: dict[str, str], fence: Fence) -> dict[str, Any]:
+        """Cancel every open order in ``scope`` for the worker itself (fenced); raises ApiError."""
+        body: dict[str, Any] = self._checked(self.call(account, "cancel_all_orders", dict(scope), [account], fence))
+        return body
+
+    @staticmethod
+    def _checked(result: ApiResult) -> Any:
         if not result.ok:
             raise ApiError(result.error, result.ret_code)
+        return result.result
 
     def close(self) -> None:
         """Let running calls finish, drop queued ones, end rate-limit waits, close every connection."""

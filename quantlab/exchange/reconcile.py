@@ -67,6 +67,10 @@ class Desk(Protocol):
         """Cancel one order (fenced like any order-changing call); raises ApiError."""
         ...
 
+    def cancel_all(self, account: str, scope: dict[str, str], fence: Fence) -> dict[str, Any]:
+        """Cancel every open order in ``scope``; the exchange's answer; raises ApiError."""
+        ...
+
     def in_flight(self, strategy: str) -> set[str]: ...
 
 
@@ -147,3 +151,19 @@ def _cancel(desk: Desk, stale: list[dict[str, Any]], fence: Fence) -> list[str]:
         desk.cancel(row["account"], {"category": row["category"], "symbol": row.get("symbol", ""),
                                      "orderLinkId": row["orderLinkId"]}, fence)
     return [row["orderLinkId"] for row in stale]
+
+
+def cancel_open_orders(desk: Desk, store: Store, accounts: list[str], strategy: str, fence: Fence) -> int:
+    """Cancel the strategy's open orders on ``accounts`` (one by one), or with ``strategy`` "" every
+    open order there, scope by scope; how many were cancelled (for a scope: asked to be)."""
+    if strategy:
+        log = intents.read(store, strategy)
+        owned = [row for account in accounts for row, _epoch in owned_orders(desk, log, strategy, account)]
+        return len(_cancel(desk, owned, fence))
+    logs = [intents.read(store, key) for key in store.blob_keys(intents.BLOB_KIND)]
+    cancelled = 0
+    for account in accounts:
+        for scope in intents.scopes(logs):
+            body = desk.cancel_all(account, scope, fence)
+            cancelled += len((body.get("result") or {}).get("list") or [])
+    return cancelled

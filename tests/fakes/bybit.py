@@ -205,7 +205,7 @@ class FakeBybit:
         self._exchange = _Exchange(self._now)  # /v5/market/time answers with the skewed clock too
         self._outcomes: list[tuple[str, int]] = []  # (path, retCode) of every judged request, in order
         self._keys: dict[str, str] = {}
-        self._faults: list[str] = []
+        self._faults: list[tuple[str, str | None]] = []  # (fault, the only path it meets, if any)
         self._log: list[LoggedRequest] = []
         self._windows: dict[str, tuple[int, int]] = {}  # key -> (window end ms, calls in it)
         self._slow: list[threading.Event] = []
@@ -229,12 +229,12 @@ class FakeBybit:
         with self._lock:
             self._exchange.wallet[coin] = amount
 
-    def inject(self, fault: str, count: int = 1) -> None:
-        """The next ``count`` requests, whatever they are, meet ``fault``."""
+    def inject(self, fault: str, count: int = 1, path: str | None = None) -> None:
+        """The next ``count`` requests (to ``path`` only, when given) meet ``fault``."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {sorted(FAULTS)}")
         with self._lock:
-            self._faults.extend([fault] * count)
+            self._faults.extend([(fault, path)] * count)
 
     def release(self) -> None:
         """End every "slow" delay now: those replies go out at once."""
@@ -313,7 +313,7 @@ class FakeBybit:
         params = self._params(method, payload)
         api_key = headers.get("X-BAPI-API-KEY")
         with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
+            fault = self._next_fault(split.path)
             verified = route is not None and route.auth and self._auth(headers, payload) == (0, "")
             window = headers.get("X-BAPI-RECV-WINDOW")
             self._log.append(LoggedRequest(method, split.path, params or {}, api_key, verified, fault,
@@ -332,6 +332,14 @@ class FakeBybit:
             code, msg, result = self._outcome(route, headers, payload, params)
             self._outcomes.append((split.path, code))
             return None if fault == "ack_lost" else self._envelope(code, msg, result, api_key)
+
+    def _next_fault(self, path: str) -> str | None:
+        """The fault the next request to ``path`` meets (taken off the queue); the caller holds the lock."""
+        for i, (fault, only) in enumerate(self._faults):
+            if only is None or only == path:
+                del self._faults[i]
+                return fault
+        return None
 
     def _outcome(self, route: _Route, headers: Message, payload: str, params: Params | None) -> Outcome:
         if params is None:
@@ -465,4 +473,13 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_bybit() -> Iterator[FakeBybit]:
     """Body of a pytest fixture: ``fake = pytest.fixture(fake_bybit)``."""
     with FakeBybit() as fake:
+        yield fake
+
+
+def keyed_fake(key: str, secret: str, tickers: dict[str, float] | None = None) -> Iterator[FakeBybit]:
+    """Body of a pytest fixture: a fake that knows one key (``yield from keyed_fake(KEY, SECRET)``)."""
+    with FakeBybit() as fake:
+        fake.add_key(key, secret)
+        for symbol, price in (tickers or {}).items():
+            fake.set_ticker(symbol, price)
         yield fake

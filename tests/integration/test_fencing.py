@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import Lab, pid_alive, wait_for
-from tests.fakes.bybit import FakeBybit
+from tests.fakes.bybit import FakeBybit, keyed_fake
 
 SECRET = "s3cr3t-Fence-8xQ2vN7mL4kR9w"
 KEY = "FENCEKEY123"
@@ -38,9 +38,7 @@ def st_exit(ctx, reason):
 
 @pytest.fixture
 def fake() -> Iterator[FakeBybit]:
-    with FakeBybit() as server:
-        server.add_key(KEY, SECRET)
-        yield server
+    yield from keyed_fake(KEY, SECRET)
 
 
 def accounts_file(lab: Lab, fake: FakeBybit, rate_limit: float) -> Path:
