@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Lab, wait_for
+from tests.conftest import Lab, free_port, wait_for
 
 QUIET = "def st_init(ctx): pass\ndef st_heartbeat(ctx, tick): pass\ndef st_exit(ctx, reason): pass\n"
 #: st_heartbeat sleeps 30 ms: every hook duration lands above the 25 ms bucket.
@@ -30,12 +29,6 @@ def st_heartbeat(ctx, tick):
         pass
 def st_exit(ctx, reason): pass
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, float]:
