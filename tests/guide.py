@@ -83,7 +83,7 @@ class Guide:
                                  f"{block.body}\nstdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-2000:]}")
         pairs = (item.split("=", 1) for item in state.read_text().split("\0") if "=" in item)
         self.env = {k: v for k, v in pairs if k not in _SHELL_OWN}
-        self.cwd = Path((state.parent / "shell-state.cwd").read_text().strip())
+        self.cwd = Path(Path(f"{state}.cwd").read_text().strip())
         return result.stdout
 
     def root(self, block: Block) -> None:
