@@ -91,6 +91,7 @@ class Ready(_Msg, tag="ready"):
 class Heartbeat(_Msg, tag="heartbeat"):
     seq: int
     state: bytes | None = None  #: JSON of ctx.state, only when it changed since the last one
+    hook_seconds: float | None = None  #: how long st_heartbeat took in the child (None: not measured)
 
 
 class TickExpired(_Msg, tag="tick_expired"):

@@ -144,7 +144,9 @@ class ApiPool:
         self._clock = clock
         self._closing = threading.Event()
         wait: Callable[[float], object] = sleep or self._closing.wait  # close() ends a rate-limit wait at once
-        self._limiters = {a.name: RateLimiter(a.rate_limit, clock=clock, sleep=wait) for a in accounts}
+        #: Called on a pool thread with (account, seconds) after each rate-limit wait (set by a worker serving metrics).
+        self.wait_observer: Callable[[str, float], None] | None = None
+        self._limiters = {a.name: RateLimiter(a.rate_limit, clock=clock, sleep=self._timed(a.name, wait)) for a in accounts}
         self._offsets = {a.name: ClockOffset() for a in accounts}
         self._papers = {a.name: _paper_exchange(a, store) for a in accounts if a.type == "paper"}  # thread safe
         self._local = threading.local()  # .clients: account name -> this thread's HTTP; .fence: the call's
@@ -260,6 +262,17 @@ class ApiPool:
             sessions, self._sessions = self._sessions, []
         for session in sessions:
             session.close()
+
+    def _timed(self, account: str, sleep: Callable[[float], object]) -> Callable[[float], None]:
+        """``sleep`` that reports how long it waited: the limiter calls it only when a call must wait."""
+
+        def timed_sleep(seconds: float) -> None:
+            started = self._clock()
+            sleep(seconds)
+            if self.wait_observer is not None:
+                self.wait_observer(account, self._clock() - started)
+
+        return timed_sleep
 
     # ---- one call ----
 

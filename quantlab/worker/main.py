@@ -295,6 +295,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     if options.metrics_port is not None:
         manager.metrics = WorkerMetrics()
         store_commit_timing(store, manager.metrics)
+        runtime.apis.wait_observer = manager.metrics.rate_limit_waited
         manager.metrics.serve(options.metrics_port)
     view = WorkView(
         store,

@@ -338,6 +338,8 @@ class StrategyManager:
         if isinstance(msg, Heartbeat):
             if any(isinstance(a, m.Beaten) for a in self.feed(slot, m.Beat(msg.seq))):
                 self._save_state(slot, msg.state)
+                if self.metrics is not None and msg.hook_seconds is not None:
+                    self.metrics.hook_duration.observe(msg.hook_seconds)
         elif isinstance(msg, Hello):
             self.feed(slot, m.HelloCame())
         elif isinstance(msg, Ready):
