@@ -235,6 +235,10 @@ def strategy() -> None:
 @click.option("--backoff", type=float, help="First restart delay in seconds, doubling [1].")
 @click.option("--max-memory", "max_memory_mb", type=float, metavar="MB", help="Restart it when its memory exceeds MB [no limit].")
 @click.option("--stop-timeout", type=float, help="Seconds st_exit may take before the child is killed [10].")
+@click.option("--max-order-notional", type=float, metavar="USDT", help="Refuse an order worth more [no limit].")
+@click.option("--max-orders-per-minute", type=int, metavar="N", help="Refuse orders past N a minute [no limit].")
+@click.option("--max-open-orders", type=int, metavar="N", help="Refuse orders past N of its own open [no limit].")
+@click.option("--cancel-stale-orders", is_flag=True, help="Cancel its open orders from an older epoch before it starts.")
 @pass_env
 def strategy_assign(
     env: Env,
@@ -434,7 +438,8 @@ def _halt_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @qlab.command()
 @_halt_options
-@click.option("--cancel-orders", is_flag=True, help="Also cancel the open orders of the accounts it covers.")
+@click.option("--cancel-orders", is_flag=True,
+              help="Also cancel open orders: the accounts' it covers (linear USDT, and what strategies used), or the strategy's own.")
 @pass_env
 def halt(env: Env, all_: bool, account: str | None, worker: str | None, strategy: str | None,
          cancel_orders: bool) -> None:

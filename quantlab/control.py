@@ -56,6 +56,10 @@ class AssignRequest(msgspec.Struct, kw_only=True):
     backoff: float | None = None
     max_memory_mb: float | None = None  #: None: no memory limit
     stop_timeout: float | None = None  #: seconds st_exit may take before SIGKILL
+    max_order_notional: float | None = None  #: risk limits (quantlab/exchange/risk.py); None: no limit
+    max_orders_per_minute: int | None = None
+    max_open_orders: int | None = None
+    cancel_stale_orders: bool = False
 
 
 def _strategy_id(work_id: str) -> str:
@@ -120,6 +124,10 @@ def _check_options(request: AssignRequest) -> None:
         raise BadInput(f"--backoff must be zero or more, got {request.backoff:g}")
     if request.max_errors is not None and request.max_errors < 1:
         raise BadInput(f"--max-errors must be at least 1, got {request.max_errors}")
+    _check_positive("max-order-notional", request.max_order_notional)
+    _check_positive("max-orders-per-minute", request.max_orders_per_minute)
+    if request.max_open_orders is not None and request.max_open_orders < 0:
+        raise BadInput(f"--max-open-orders must be zero or more, got {request.max_open_orders}")
 
 
 def _check_worker_pin(store: Store, worker: str) -> None:
@@ -130,11 +138,16 @@ def _check_worker_pin(store: Store, worker: str) -> None:
     raise BadInput(f"unknown worker {worker!r}: known workers: {known}")
 
 
+#: AssignRequest fields that go into the StrategySpec as they are, when given.
+SPEC_OPTIONS = ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff", "max_memory_mb", "stop_timeout",
+                "max_order_notional", "max_orders_per_minute", "max_open_orders")
+
+
 def _spec(request: AssignRequest, path: Path) -> StrategySpec:
     """The StrategySpec with every option the request left out at its default."""
     options = {
         name: value
-        for name in ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff", "max_memory_mb", "stop_timeout")
+        for name in SPEC_OPTIONS
         if (value := getattr(request, name)) is not None
     }
     accounts = request.accounts if request.accounts is not None else loader.default_accounts(path)
@@ -143,6 +156,7 @@ def _spec(request: AssignRequest, path: Path) -> StrategySpec:
         params=request.params,
         accounts=accounts,
         placement=Placement(region=request.region, worker=request.worker),
+        cancel_stale_orders=request.cancel_stale_orders,
         **options,
     )
 
@@ -280,20 +294,26 @@ def snapshot(store: Store, now: float) -> dict[str, Any]:
 
 
 def halt(store: Store, scope: str, target: str, *, cancel_orders: bool = False, clock: Clock = time.time) -> str:
-    """Write a halt; what was done, in words."""
-    if scope == "strategy" and cancel_orders:
-        raise BadInput("--cancel-orders is not available for one strategy (its orders are not known apart from "
-                       "other strategies' on the same account yet): halt it, and cancel with --account")
+    """Write a halt, and its event; what was done, in words."""
     written = halts.halt(store, cast(halts.Scope, scope), target, cancel_orders=cancel_orders, clock=clock)
-    also = "; its accounts' open orders are being cancelled" if cancel_orders else ""
-    return f"halted: {written.label}: calls that open or increase exposure are refused{also}"
+    whose = "the strategy's" if scope == "strategy" else "its accounts'"
+    also = f"; {whose} open orders are being cancelled" if cancel_orders else ""
+    message = f"halted: {written.label}: calls that open or increase exposure are refused{also}"
+    _halt_event(store, EventKind.HALTED, scope, target, message, clock)
+    return message
 
 
-def resume(store: Store, scope: str, target: str) -> str:
+def resume(store: Store, scope: str, target: str, *, clock: Clock = time.time) -> str:
     label = "all" if scope == "all" else f"{scope} {target}"
     if not halts.resume(store, cast(halts.Scope, scope), target):
         raise NotFound(f"no halt on {label}")
+    _halt_event(store, EventKind.RESUMED, scope, target, f"resumed: {label}", clock)
     return f"resumed: {label}"
+
+
+def _halt_event(store: Store, kind: EventKind, scope: str, target: str, detail: str, clock: Clock) -> None:
+    store.append_event(Event(ts=clock(), kind=kind, strategy=target if scope == "strategy" else None,
+                             worker=target if scope == "worker" else None, detail=detail))
 
 
 def problems(snapshot: dict[str, Any], now: float, pending_after: float) -> list[str]:

@@ -60,5 +60,9 @@ class ApiHaltedError(ApiPermissionError):
     """A call that could open or increase exposure was refused: a halt (`qlab halt`) covers it."""
 
 
+class ApiRiskError(ApiError):
+    """An order was refused by a risk limit (retCode 170998): notional, orders per minute or open orders."""
+
+
 class StoreUnavailable(QuantlabError):
     """The store (a database server) cannot be reached, or a write's outcome is unknown."""

@@ -46,6 +46,10 @@ class Init(_Msg, tag="init"):
     log_path: str
     log_max_bytes: int = 10_000_000  #: the strategy's log rotates past this size
     log_keep: int = 5  #: rotated files kept
+    #: Reconciliation before the start (quantlab/exchange/reconcile.py): the strategy's open
+    #: orders and its accounts' positions, each with its "account" (ctx.open_orders, ctx.positions).
+    open_orders: list[dict[str, Any]] = []
+    positions: list[dict[str, Any]] = []
 
 
 class Tick(_Msg, tag="tick"):
@@ -87,7 +91,7 @@ class Ready(_Msg, tag="ready"):
 class Heartbeat(_Msg, tag="heartbeat"):
     seq: int
     state: bytes | None = None  #: JSON of ctx.state, only when it changed since the last one
-    hook_seconds: float | None = None
+    hook_seconds: float | None = None  #: how long st_heartbeat took in the child (None: not measured)
 
 
 class TickExpired(_Msg, tag="tick_expired"):

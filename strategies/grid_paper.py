@@ -37,6 +37,8 @@ def st_heartbeat(ctx, tick):
     if ctx.state["center"] is None:
         ctx.state["center"] = price
     _note_fills(ctx, api, p, price)
+    if ctx.halted:
+        return  # `qlab halt` refuses new orders (ApiHaltedError): wait for `qlab resume`
     if abs(price / ctx.state["center"] - 1) > int(p["levels"]) * float(p["step"]):
         _recenter(ctx, api, p, price)
     _place_missing(ctx, api, p)

@@ -18,6 +18,7 @@ from typing import Literal
 import msgspec
 
 from quantlab.errors import ConfigError
+from quantlab.exchange.risk import RiskLimits
 from quantlab.pool.store import check_id
 
 DEFAULT_PAPER = "paper"
@@ -38,6 +39,10 @@ class Account(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     proxy: str | None = None  #: HTTP(S) proxy for this account; else the worker's
     timeout: float = 10.0  #: seconds, per HTTP call
     max_retries: int = 3
+    # risk limits for every strategy's orders together on this account (quantlab/exchange/risk.py)
+    max_order_notional: float | None = None
+    max_orders_per_minute: int | None = None
+    max_open_orders: int | None = None
     # paper only
     balances: dict[str, float] = msgspec.field(default_factory=lambda: {"USDT": 10_000.0})
     symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
@@ -47,6 +52,11 @@ class Account(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return f"Account(name={self.name!r}, type={self.type!r}, testnet={self.testnet})"
 
     __str__ = __repr__
+
+    @property
+    def limits(self) -> RiskLimits:
+        return RiskLimits(max_order_notional=self.max_order_notional, max_orders_per_minute=self.max_orders_per_minute,
+                          max_open_orders=self.max_open_orders)
 
     def secret(self) -> str:
         """The API secret: the one read at start (take_secrets), else from its environment variable."""

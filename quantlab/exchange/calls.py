@@ -45,3 +45,24 @@ def opens_exposure(method: str, kwargs: dict[str, Any]) -> bool:
         orders = kwargs.get("request")
         return not (isinstance(orders, list) and orders and all(_reduce_only(o) for o in orders))
     return True
+
+
+#: Calls that create orders: each order gets an intent, an orderLinkId and the risk checks.
+ORDER_METHODS = frozenset({"place_order", "place_batch_order"})
+
+
+def orders_of(method: str, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The orders a create call carries, each a copy with its category (a batch names it once)."""
+    if method == "place_order":
+        return [dict(kwargs)]
+    requests = kwargs.get("request")
+    if not isinstance(requests, list) or not all(isinstance(r, dict) for r in requests):
+        return []  # malformed: the exchange refuses it with its own message
+    return [{"category": kwargs.get("category", ""), **r} for r in requests]
+
+
+def with_orders(method: str, kwargs: dict[str, Any], orders: list[dict[str, Any]]) -> dict[str, Any]:
+    """``kwargs`` with its orders replaced (to carry the orderLinkIds made for them)."""
+    if method == "place_order":
+        return orders[0]
+    return {**kwargs, "request": [{k: v for k, v in o.items() if k != "category"} for o in orders]}

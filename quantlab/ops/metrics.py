@@ -7,9 +7,13 @@ so the CLI does not pay for it.
 
 Worker: `quantlab_strategies{status}`, `quantlab_heartbeats_total`,
 `quantlab_tick_latency_seconds` (tick sent to its heartbeat back, i.e. the
-hook's duration plus the channel), `quantlab_overruns_total`,
-`quantlab_restarts_total{reason}`, `quantlab_api_calls_total{account,result}`,
-`quantlab_lease_seconds_left`, `quantlab_store_write_seconds`.
+hook's duration plus the channel), `quantlab_hook_duration_seconds` (st_heartbeat
+alone, as the child measured it), `quantlab_overruns_total`,
+`quantlab_restarts_total{reason}`, `quantlab_api_calls_total{account,result}`
+(result `halted`: refused by a halt), `quantlab_rate_limit_wait_seconds{account}`
+(one observation per wait for the account's rate limit: `_count` waits, `_sum`
+seconds), `quantlab_halts{scope}`, `quantlab_lease_seconds_left`,
+`quantlab_store_write_seconds`.
 Director: `quantlab_strategies{status}`, `quantlab_workers{state}`,
 `quantlab_leading`, `quantlab_lease_seconds_left`, `quantlab_store_write_seconds`.
 """
@@ -17,9 +21,10 @@ Director: `quantlab_strategies{status}`, `quantlab_workers{state}`,
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, get_args
 
 if TYPE_CHECKING:
+    from quantlab.exchange.halts import Halts
     from quantlab.worker import machine as m
     from quantlab.worker.slot import Slot
 
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
 RESTART_REASONS = {"crashed": "crashed", "heartbeat_timeout": "hung", "error": "error", "memory_limit": "memory", "lease_lost": "lease_lost"}
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WRITE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # a wait is capped by the 10 s call deadline
 
 
 class _Process:
@@ -58,7 +64,7 @@ class _Process:
 class WorkerMetrics(_Process):
     def __init__(self) -> None:
         super().__init__()
-        from prometheus_client import Counter, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.heartbeats = Counter("quantlab_heartbeats", "Heartbeats completed (st_heartbeat answered).", registry=self.registry)
         self.tick_latency = Histogram("quantlab_tick_latency_seconds", "From a tick sent to its heartbeat back.",
@@ -68,6 +74,13 @@ class WorkerMetrics(_Process):
                                 registry=self.registry)
         self.api_calls = Counter("quantlab_api_calls", "Exchange calls by account and result.", ["account", "result"],
                                  registry=self.registry)
+        self.hook_duration = Histogram("quantlab_hook_duration_seconds", "Time st_heartbeat took in the child.",
+                                       buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.rate_limit_waits = Histogram("quantlab_rate_limit_wait_seconds",
+                                          "Waits of exchange calls for their account's rate limit.", ["account"],
+                                          buckets=_WAIT_BUCKETS, registry=self.registry)
+        self.halts = Gauge("quantlab_halts", "Halts in force (as this worker reads them), by scope.", ["scope"],
+                           registry=self.registry)
         self._sent: dict[str, tuple[float, int]] = {}  #: strategy -> (monotonic tick sent, overruns then)
 
     def observe(self, slot: "Slot", actions: list["m.Action"]) -> None:
@@ -90,6 +103,20 @@ class WorkerMetrics(_Process):
 
     def api_call(self, account: str, ok: bool, kind: str) -> None:
         self.api_calls.labels(account=account, result="ok" if ok else kind).inc()
+
+    def rate_limit_waited(self, account: str, seconds: float) -> None:
+        """On an API pool thread (prometheus-client is thread safe)."""
+        self.rate_limit_waits.labels(account=account).observe(seconds)
+
+    def set_halts(self, found: "Halts") -> None:
+        """Once a worker heartbeat; unreadable halts count as one halt of everything (as the pool treats them)."""
+        from quantlab.exchange.halts import Scope
+
+        counts: dict[str, int] = {}
+        for halt in found.halts:
+            counts[halt.scope] = counts.get(halt.scope, 0) + 1
+        for scope in get_args(Scope):
+            self.halts.labels(scope=scope).set(counts.get(scope, 0))
 
 
 class DirectorMetrics(_Process):

@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from quantlab.exchange.risk import RiskLimits
+
 WorkerStatus = Literal["idle", "busy", "stopping"]
 Desired = Literal["running", "stopped"]
 StrategyStatus = Literal[
@@ -84,6 +86,16 @@ class StrategySpec(msgspec.Struct, kw_only=True):
     stop_timeout: float = 10.0  #: seconds st_exit may take before SIGKILL
     restart_seq: int = 0  #: bumped by `qlab strategy restart`; a change restarts the child
     max_memory_mb: float | None = None  #: MB of resident memory (child and its descendants) before a restart; None: no limit
+    # risk limits on its orders (quantlab/exchange/risk.py); None: no limit
+    max_order_notional: float | None = None
+    max_orders_per_minute: int | None = None
+    max_open_orders: int | None = None
+    cancel_stale_orders: bool = False  #: cancel its open orders from older epochs before it starts
+
+    @property
+    def limits(self) -> RiskLimits:
+        return RiskLimits(max_order_notional=self.max_order_notional, max_orders_per_minute=self.max_orders_per_minute,
+                          max_open_orders=self.max_open_orders)
 
 
 class Assignment(msgspec.Struct, kw_only=True):
@@ -174,6 +186,14 @@ class EventKind(enum.StrEnum):
     STOPPED = "stopped"
     RELEASED = "released"
     STRATEGY_MESSAGE = "strategy_message"
+    # orders
+    ORDERS_SETTLED = "orders_settled"  #: open order intents settled by query before a start
+    STALE_ORDERS = "stale_orders"  #: open orders from an older epoch found before a start
+    RISK_REFUSED = "risk_refused"  #: an order refused by a risk limit
+    # the kill switch
+    HALTED = "halted"
+    RESUMED = "resumed"
+    HALT_CANCELLED = "halt_cancelled"  #: open orders cancelled for a halt --cancel-orders
     # store
     QUARANTINED = "quarantined"
 

@@ -105,6 +105,7 @@ class Store(Protocol):
 
     # opaque documents (paper accounts)
     def get_blob(self, kind: str, key: str) -> bytes | None: ...
+    def blob_keys(self, kind: str) -> list[str]: ...
     def update_blob(self, kind: str, key: str, update: Callable[[bytes | None], bytes | None]) -> bytes | None:
         """Compare-and-swap one document; None from ``update`` writes nothing."""
         ...
@@ -390,6 +391,9 @@ class TableStore:
 
     def get_blob(self, kind: str, key: str) -> bytes | None:
         return self._table(f"blobs.{check_id('blob', kind)}").head(check_id("blob", key)).data
+
+    def blob_keys(self, kind: str) -> list[str]:
+        return self._table(f"blobs.{check_id('blob', kind)}").keys()
 
     def update_blob(self, kind: str, key: str, update: Callable[[bytes | None], bytes | None]) -> bytes | None:
         table = self._table(f"blobs.{check_id('blob', kind)}")

@@ -95,6 +95,8 @@ class StrategyContext:
         log: logging.Logger,
         api: Api,
         send: Callable[[Any], None],
+        open_orders: list[dict[str, Any]] | None = None,
+        positions: list[dict[str, Any]] | None = None,
     ) -> None:
         self.id = id
         self.params = params
@@ -106,6 +108,11 @@ class StrategyContext:
         #: A halt (`qlab halt`) covers this strategy: calls that open exposure are refused, reduce-only
         #: orders and cancels pass. Updated with every tick.
         self.halted = False
+        #: Found by the worker before this start (reconciliation): the strategy's open orders (by
+        #: their orderLinkId: made by quantlab for it, or ones its order intents remember) and the
+        #: open positions of its accounts, each a Bybit row with the "account" it is on.
+        self.open_orders: list[dict[str, Any]] = open_orders or []
+        self.positions: list[dict[str, Any]] = positions or []
 
     def send(self, data: Any) -> None:
         """Report something to the worker; it is recorded as an event.

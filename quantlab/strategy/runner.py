@@ -7,7 +7,8 @@
     Ready                       ->
                                 <-     Tick            (only after the last one was answered)
     st_heartbeat(ctx, tick)
-    Heartbeat(seq, state?)      ->     (or TickExpired(seq) when the tick's lease_until has passed)
+    Heartbeat(seq, state?,      ->     (or TickExpired(seq) when the tick's lease_until has passed)
+              hook_seconds)
                                 <-     Message         -> st_message(ctx, data), if defined
                                 <-     Stop(reason)    -> st_exit(ctx, reason)
     Exited(reason)              ->     and exit 0
@@ -41,7 +42,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError
+from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError, ApiRiskError
 from quantlab.pool.records import ExitReason
 from quantlab.protocol import (
     ApiCall,
@@ -76,6 +77,7 @@ _API_ERRORS: dict[str, type[ApiError]] = {
     "network": ApiNetworkError,
     "permission": ApiPermissionError,
     "halted": ApiHaltedError,
+    "risk": ApiRiskError,
 }
 
 
@@ -171,6 +173,8 @@ class Runner:
             log=_strategy_logger(init),
             api=Api(init.accounts, conn.call_api, PUBLIC_METHODS),
             send=lambda data: conn.send(Log(data=data)),
+            open_orders=init.open_orders,
+            positions=init.positions,
         )
         self.module: ModuleType | None = None
         self.sent_state = b""
@@ -194,8 +198,10 @@ class Runner:
                     self.conn.send(TickExpired(seq=msg.tick.seq))
                     continue
                 self.ctx.halted = msg.halted
+                started = time.perf_counter()
                 self._call("st_heartbeat", self.ctx, msg.tick)
-                self.conn.send(Heartbeat(seq=msg.tick.seq, state=self._changed_state("st_heartbeat")))
+                took = time.perf_counter() - started  # the hook alone: the worker's tick latency adds the channel
+                self.conn.send(Heartbeat(seq=msg.tick.seq, state=self._changed_state("st_heartbeat"), hook_seconds=took))
             elif isinstance(msg, Message):
                 if hasattr(self.module, "st_message"):
                     self._call("st_message", self.ctx, msg.data)

@@ -2,22 +2,19 @@
 
 The API pool enforces halts by itself, reading the store as each call that
 opens exposure is signed; this keeps the manager's copy fresh (for
-``ctx.halted`` in every tick) and performs ``qlab halt --cancel-orders`` for
-the accounts this worker serves.
+``ctx.halted`` in every tick) and performs ``qlab halt --cancel-orders``: for
+the accounts this worker serves, or for a strategy it runs (its own orders,
+known by their orderLinkIds).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Callable
 
 from quantlab.exchange import halts
 from quantlab.exchange.halts import Halt
-from quantlab.protocol import ApiCall, ApiResult
+from quantlab.pool.records import EventKind
 from quantlab.worker.context import WorkerContext
-
-#: What --cancel-orders cancels on each account: every open linear USDT order (Bybit wants a scope).
-CANCEL_ALL = {"category": "linear", "settleCoin": "USDT"}
 
 
 def follow_halts(wctx: WorkerContext) -> None:
@@ -36,31 +33,40 @@ def follow_halts(wctx: WorkerContext) -> None:
                 _cancel_orders(wctx, halt)
 
 
-def _covered(wctx: WorkerContext, halt: Halt) -> list[str]:
+def _covered(wctx: WorkerContext, halt: Halt) -> tuple[list[str], str]:
+    """The accounts whose orders this worker cancels for ``halt``, and the strategy they are limited to."""
     served = wctx.apis.names
     if halt.scope == "all" or (halt.scope == "worker" and halt.target == wctx.worker.id):
-        return served
+        return served, ""
     if halt.scope == "account" and halt.target in served:
-        return [halt.target]
-    return []  # a strategy's own orders are not known here (control refuses --cancel-orders for it)
+        return [halt.target], ""
+    slot = wctx.manager.slots.get(halt.target) if halt.scope == "strategy" else None
+    if slot is not None:  # the worker that runs a strategy cancels its orders
+        return slot.work.spec.accounts, slot.id
+    return [], ""
 
 
 def _cancel_orders(wctx: WorkerContext, halt: Halt) -> None:
     if not wctx.manager.lease_ok():
         return  # tried again at a heartbeat that holds the lease
-    for name in _covered(wctx, halt):
-        wctx.log.warning("halt (%s): cancelling every open order on %s", halt.label, name)
-        call = ApiCall(call_id=0, account=name, method="cancel_all_orders", kwargs=dict(CANCEL_ALL))
-        wctx.apis.submit(call, [name], _report(wctx.log, halt, name), lambda: wctx.manager.lease_until)
+    accounts, strategy = _covered(wctx, halt)
+    if accounts:
+        whose = f"{strategy}'s open orders" if strategy else "every open order"
+        wctx.log.warning("halt (%s): cancelling %s on %s", halt.label, whose, ", ".join(accounts))
+        wctx.apis.cancel_orders(accounts, strategy, lambda: wctx.manager.lease_until, _report(wctx, halt, accounts))
     halts.mark_cancelled(wctx.pool.store, halt, wctx.worker.id)
 
 
-def _report(log: logging.Logger, halt: Halt, account: str) -> Callable[[ApiResult], None]:
-    def done(result: ApiResult) -> None:  # on a pool thread: only the log
-        if result.ok:
-            cancelled = len((result.result or {}).get("result", {}).get("list", []))
-            log.warning("halt (%s): cancelled %d open order(s) on %s", halt.label, cancelled, account)
+def _report(wctx: WorkerContext, halt: Halt, accounts: list[str]) -> Callable[[int, str], None]:
+    def done(cancelled: int, error: str) -> None:  # on a pool thread: the log and the store only
+        where = ", ".join(accounts)
+        if error:
+            wctx.log.error("halt (%s): cancelling orders on %s failed: %s", halt.label, where, error)
+            detail = f"{halt.label}: cancelling orders on {where} failed: {error}"
         else:
-            log.error("halt (%s): cancelling orders on %s failed: %s", halt.label, account, result.error)
+            wctx.log.warning("halt (%s): cancelled %d open order(s) on %s", halt.label, cancelled, where)
+            detail = f"{halt.label}: cancelled {cancelled} open order(s) on {where}"
+        wctx.pool.event(EventKind.HALT_CANCELLED, strategy=halt.target if halt.scope == "strategy" else None,
+                        worker=wctx.worker.id, detail=detail)
 
     return done

@@ -39,7 +39,8 @@ from quantlab.worker import procs
 from quantlab.worker.procs import Children
 from quantlab.exchange.accounts import PROXY_ENV, PROXY_VARIABLES, Account, load_accounts, take_proxy, take_secrets
 from quantlab.exchange.accounts import without_credentials
-from quantlab.exchange.apipool import ApiPool
+from quantlab.exchange.apipool import ApiPool, Caller
+from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.worker.channel import Channel
 from quantlab.worker.context import WorkerContext, WorkerIdentity
@@ -74,9 +75,9 @@ class WorkerRuntime:
         # only the epoll's fd in the zmq poller: a pass then polls 2 fds instead of one per child.
         self.fds = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
-        self.api_done: queue.SimpleQueue[tuple[bytes, ApiResult]] = queue.SimpleQueue()
+        self.api_done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run on the loop's thread
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id)
+        self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance())
         self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
         self.children = Children(self.watch, self.unwatch, log)
         self.poller.register(self.channel.socket, zmq.POLLIN)
@@ -122,14 +123,21 @@ class WorkerRuntime:
         self.handlers.pop(fd, None)
         self.fds.unregister(fd)
 
-    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, strategy: str) -> None:
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, caller: Caller) -> None:
         def done(result: ApiResult) -> None:  # runs on a pool thread
-            self.api_done.put((routing_id, result))
-            os.eventfd_write(self.api_wakeup, 1)
+            self._on_loop(lambda: self.manager.deliver_api_result(routing_id, result))
             if self.manager.metrics is not None:
                 self.manager.metrics.api_call(call.account, result.ok, result.kind)
 
-        self.apis.submit(call, allowed, done, fence, strategy)
+        self.apis.submit(call, allowed, done, fence, caller)
+
+    def reconcile(self, request: Request, fence: Fence, done: Callable[[Reconciled], None]) -> None:
+        self.apis.reconcile(request, fence, lambda result: self._on_loop(lambda: done(result)))
+
+    def _on_loop(self, step: Callable[[], None]) -> None:
+        """From a pool thread: run ``step`` on the loop's thread, at its next pass."""
+        self.api_done.put(step)
+        os.eventfd_write(self.api_wakeup, 1)
 
     def drain(self, timeout: float) -> None:
         if self.channel.socket.poll(int(timeout * 1000)):
@@ -149,8 +157,7 @@ class WorkerRuntime:
         except BlockingIOError:
             pass
         while not self.api_done.empty():
-            routing_id, result = self.api_done.get()
-            self.manager.deliver_api_result(routing_id, result)
+            self._guarded(self.api_done.get())
 
     # ---- the loop ----
 
@@ -288,6 +295,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     if options.metrics_port is not None:
         manager.metrics = WorkerMetrics()
         store_commit_timing(store, manager.metrics)
+        runtime.apis.wait_observer = manager.metrics.rate_limit_waited
         manager.metrics.serve(options.metrics_port)
     view = WorkView(
         store,

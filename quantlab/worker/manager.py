@@ -24,7 +24,10 @@ import msgspec
 
 from quantlab.config import Paths
 from quantlab.errors import ApiPermissionError, CorruptRecord, JsRuntimeError, QuantlabError, StaleWriter
+from quantlab.exchange import reconcile
+from quantlab.exchange.apipool import Caller
 from quantlab.exchange.halts import Halts
+from quantlab.exchange.reconcile import Reconciled
 from quantlab.exchange.signing import Fence
 from quantlab.pool.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
 from quantlab.pool.workpool import WorkPool
@@ -240,6 +243,9 @@ class StrategyManager:
             self.reporter.settle(slot, action)
 
     def _spawn(self, slot: Slot, incarnation: int) -> None:
+        if slot.work.spec.accounts and slot.reconciled is None:
+            self._reconcile(slot, incarnation)  # the child is forked once its accounts are known
+            return
         slot.outbox.clear()
         slot.init_pending = False
         routing_id = slot.routing_id
@@ -258,6 +264,41 @@ class StrategyManager:
             self.reporter.note(EventKind.RESTARTED, slot, f"pid {pid}")
         slot.marker(self.wall(), f"spawn pid={pid} incarnation={incarnation} epoch={slot.assignment.epoch}")
         self.feed(slot, m.Spawned(pid))
+
+    # ---- reconciliation: before each start, what the strategy left at the exchange ----
+
+    def _reconcile(self, slot: Slot, incarnation: int) -> None:
+        if slot.reconciling:
+            return  # under way
+        slot.reconciling, slot.reconcile_failed = True, False
+        spec = slot.work.spec
+        request = reconcile.Request(strategy=slot.id, epoch=slot.assignment.epoch, accounts=spec.accounts,
+                                    cancel_stale=spec.cancel_stale_orders)
+        self.transport.reconcile(request, self.fence(slot), lambda result: self._reconciled(slot, incarnation, result))
+
+    def _reconciled(self, slot: Slot, incarnation: int, result: Reconciled) -> None:
+        """On the loop thread: start the child, or wait and try again (the status says why)."""
+        slot.reconciling = False
+        if self.slots.get(slot.id) is not slot or slot.machine.incarnation != incarnation \
+                or not isinstance(slot.machine.state, m.Spawning):
+            return  # stopped, moved or restarted meanwhile
+        if result.settled:
+            settled = ", ".join(f"{link} {status}" for link, status in result.settled.items())
+            self.reporter.note(EventKind.ORDERS_SETTLED, slot, f"open order intents settled by query: {settled}")
+        if result.stale:
+            done = "cancelled" if result.cancelled else "left open (--cancel-stale-orders cancels them)"
+            self.reporter.note(EventKind.STALE_ORDERS, slot, f"open orders from an older epoch, {done}: "
+                                                             f"{', '.join(result.stale)}")
+        if not result.ok:
+            slot.reconcile_failed = True  # supervise tries again
+            reason = f"waiting to start: {result.error}"
+            if slot.result.reason != reason:
+                self.log.warning("%s %s", slot.id, reason)
+                slot.result.reason = reason
+                self.flush_one(slot)
+            return
+        slot.reconciled = result
+        self._spawn(slot, incarnation)
 
     def on_exit(self, routing_id: bytes, status: int) -> None:
         """The child was reaped: judge its exit (after its last words, if it left by itself)."""
@@ -299,6 +340,8 @@ class StrategyManager:
         if isinstance(msg, Heartbeat):
             if any(isinstance(a, m.Beaten) for a in self.feed(slot, m.Beat(msg.seq))):
                 self._save_state(slot, msg.state)
+                if self.metrics is not None and msg.hook_seconds is not None:
+                    self.metrics.hook_duration.observe(msg.hook_seconds)
         elif isinstance(msg, Hello):
             self.feed(slot, m.HelloCame())
         elif isinstance(msg, Ready):
@@ -330,9 +373,11 @@ class StrategyManager:
             return
         slot.init_pending = False
         spec = slot.work.spec
+        found = slot.reconciled or Reconciled(ok=True)
+        slot.reconciled = None  # the next start reconciles again
         init = Init(id=slot.id, file=spec.file, params=spec.params, state=state, accounts=spec.accounts,
                     log_path=str(slot.log_path), log_max_bytes=int(self.log_settings.max_mb * 1_000_000),
-                    log_keep=self.log_settings.keep)
+                    log_keep=self.log_settings.keep, open_orders=found.open_orders, positions=found.positions)
         self.send_to(slot, init)
 
     def _on_api_call(self, slot: Slot, call: ApiCall) -> None:
@@ -343,7 +388,8 @@ class StrategyManager:
             refused = ApiPermissionError("worker lease not valid for this strategy; call refused")
             self.send_to(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
             return
-        self.transport.submit_api(slot.routing_id, call, slot.work.spec.accounts, self.fence(slot), slot.id)
+        caller = Caller(slot.id, slot.assignment.epoch, slot.work.spec.limits)
+        self.transport.submit_api(slot.routing_id, call, slot.work.spec.accounts, self.fence(slot), caller)
 
     def fence(self, slot: Slot) -> Fence:
         """The fence of ``slot``'s calls, read on an API pool thread when a request is signed.
@@ -361,8 +407,11 @@ class StrategyManager:
 
     def deliver_api_result(self, routing_id: bytes, result: ApiResult) -> None:
         slot = self.by_routing_id.get(routing_id)
-        if slot is not None:
-            self.send_to(slot, result)
+        if slot is None:
+            return
+        if result.kind == "risk":
+            self.reporter.note(EventKind.RISK_REFUSED, slot, result.error)
+        self.send_to(slot, result)
 
     def send_message(self, strategy_id: str, data: object) -> bool:
         """``data`` to the strategy's st_message hook; False when it does not run here now."""
@@ -422,6 +471,8 @@ class StrategyManager:
             self._write_state(slot)
         if retry_store and slot.init_pending:
             self._send_init(slot)
+        if retry_store and slot.reconcile_failed:
+            self._spawn(slot, slot.machine.incarnation)
         limit = slot.work.spec.max_memory_mb
         if limit is None or now < slot.memory_checked + MEMORY_EVERY:
             return

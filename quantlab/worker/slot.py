@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from quantlab.exchange.reconcile import Reconciled
 from quantlab.pool.records import Assignment, StrategyResult, StrategyStatus, Work
 from quantlab.protocol import ToChild
 from quantlab.worker import machine as m
@@ -31,6 +32,9 @@ class Slot:
         self.store_failing = False  #: a store write failed and was reported; reset by the next success
         self.operator_stopped = False  #: the stop under way came from desired=stopped (a start may cancel it)
         self.init_pending = False  #: Init could not be built (the store failed): tried again next pass
+        self.reconciling = False  #: reconciliation before a start is under way (quantlab/exchange/reconcile.py)
+        self.reconcile_failed = False  #: it failed: tried again next pass, the child not forked yet
+        self.reconciled: Reconciled | None = None  #: its result, for the Init of the child it let start
         self.memory_checked = 0.0  #: when the memory limit was last checked (monotonic)
         #: It ran while this worker's lease ran out: none of its exchange calls may leave any more.
         self.fenced_off = False

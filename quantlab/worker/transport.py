@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable, Protocol
 
+from quantlab.exchange.apipool import Caller
+from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.protocol import ApiCall, ToChild
 from quantlab.worker.zygote import Spawn
@@ -31,8 +33,12 @@ class Transport(Protocol):
         """True when sent; False when the child cannot take it now (not connected, pipe full)."""
         ...
 
-    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, strategy: str) -> None:
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, caller: Caller) -> None:
         """Run the call on the API pool; ``fence`` is checked on the pool's thread as the call is signed."""
+        ...
+
+    def reconcile(self, request: Request, fence: Fence, done: Callable[[Reconciled], None]) -> None:
+        """Reconcile a strategy before its start on the API pool; ``done`` runs later on the loop's thread."""
         ...
 
     def memory_mb(self, pid: int) -> float:

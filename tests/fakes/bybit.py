@@ -12,7 +12,8 @@ over the exact raw payload 10004, required parameters 10001), keeps one
 account's orders, positions and wallet behind one lock, logs every request,
 sends the rate-limit headers on every reply and plays injected faults;
 "hold" keeps a request ``hold_delay`` seconds before judging it, like a slow
-network between a paused sender and the exchange.
+network between a paused sender and the exchange; "ack_lost" carries a
+request out and then drops the connection, as if the reply were lost.
 HTTP/1.1 with exact Content-Length, because pybit keeps connections alive.
 """
 
@@ -31,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
-FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "hold", "garbage", "drop"})
+FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "hold", "garbage", "drop", "ack_lost"})
 
 Params = dict[str, Any]
 Outcome = tuple[int, str, Any]  # retCode, retMsg, result
@@ -71,6 +72,7 @@ _ROUTES: dict[tuple[str, str], _Route] = {
     ("GET", "/v5/position/list"): _Route(True, (("category",), ("symbol", "settleCoin")), "on_positions"),
     ("GET", "/v5/account/wallet-balance"): _Route(True, (("accountType",),), "on_wallet_balance"),
     ("GET", "/v5/order/realtime"): _Route(True, (("category",),), "on_open_orders"),
+    ("GET", "/v5/order/history"): _Route(True, (("category",),), "on_order_history"),
     ("POST", "/v5/order/create"): _Route(True, tuple((n,) for n in _ORDER_FIELDS), "on_place_order"),
     ("POST", "/v5/order/amend"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_amend_order"),
     ("POST", "/v5/order/cancel"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_cancel_order"),
@@ -137,6 +139,11 @@ class _Exchange:
         ]
         return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
 
+    def on_order_history(self, p: Params) -> Outcome:
+        keys = ("category", "symbol", "orderId", "orderLinkId")
+        rows = [o for o in self.orders.values() if all(p.get(k) in (None, o[k]) for k in keys)]
+        return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
+
     def on_place_order(self, p: Params) -> Outcome:
         link = str(p.get("orderLinkId") or "")
         if link and link in self.by_link:
@@ -198,7 +205,7 @@ class FakeBybit:
         self._exchange = _Exchange(self._now)  # /v5/market/time answers with the skewed clock too
         self._outcomes: list[tuple[str, int]] = []  # (path, retCode) of every judged request, in order
         self._keys: dict[str, str] = {}
-        self._faults: list[str] = []
+        self._faults: list[tuple[str, str | None]] = []  # (fault, the only path it meets, if any)
         self._log: list[LoggedRequest] = []
         self._windows: dict[str, tuple[int, int]] = {}  # key -> (window end ms, calls in it)
         self._slow: list[threading.Event] = []
@@ -222,12 +229,12 @@ class FakeBybit:
         with self._lock:
             self._exchange.wallet[coin] = amount
 
-    def inject(self, fault: str, count: int = 1) -> None:
-        """The next ``count`` requests, whatever they are, meet ``fault``."""
+    def inject(self, fault: str, count: int = 1, path: str | None = None) -> None:
+        """The next ``count`` requests (to ``path`` only, when given) meet ``fault``."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; one of {sorted(FAULTS)}")
         with self._lock:
-            self._faults.extend([fault] * count)
+            self._faults.extend([(fault, path)] * count)
 
     def release(self) -> None:
         """End every "slow" delay now: those replies go out at once."""
@@ -242,6 +249,11 @@ class FakeBybit:
         """How many requests to ``path`` the exchange carried out (retCode 0)."""
         with self._lock:
             return sum(1 for p, code in self._outcomes if p == path and code == 0)
+
+    def orders(self) -> list[Params]:
+        """Every order the exchange took, in the order it took them (a copy)."""
+        with self._lock:
+            return [dict(o) for o in self._exchange.orders.values()]
 
     def outcomes(self, path: str) -> list[int]:
         """The retCodes given to requests to ``path``, in order."""
@@ -301,7 +313,7 @@ class FakeBybit:
         params = self._params(method, payload)
         api_key = headers.get("X-BAPI-API-KEY")
         with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
+            fault = self._next_fault(split.path)
             verified = route is not None and route.auth and self._auth(headers, payload) == (0, "")
             window = headers.get("X-BAPI-RECV-WINDOW")
             self._log.append(LoggedRequest(method, split.path, params or {}, api_key, verified, fault,
@@ -312,14 +324,22 @@ class FakeBybit:
                 self._slow.append(slow)
         if slow is not None:
             slow.wait(self.hold_delay if fault == "hold" else self.slow_delay)
-        elif fault is not None:
+        elif fault is not None and fault != "ack_lost":
             return self._fault(fault, api_key)
         with self._lock:
             if route is None:
                 return self._reply(404, b"", api_key)
             code, msg, result = self._outcome(route, headers, payload, params)
             self._outcomes.append((split.path, code))
-            return self._envelope(code, msg, result, api_key)
+            return None if fault == "ack_lost" else self._envelope(code, msg, result, api_key)
+
+    def _next_fault(self, path: str) -> str | None:
+        """The fault the next request to ``path`` meets (taken off the queue); the caller holds the lock."""
+        for i, (fault, only) in enumerate(self._faults):
+            if only is None or only == path:
+                del self._faults[i]
+                return fault
+        return None
 
     def _outcome(self, route: _Route, headers: Message, payload: str, params: Params | None) -> Outcome:
         if params is None:
@@ -453,4 +473,13 @@ class _Handler(BaseHTTPRequestHandler):
 def fake_bybit() -> Iterator[FakeBybit]:
     """Body of a pytest fixture: ``fake = pytest.fixture(fake_bybit)``."""
     with FakeBybit() as fake:
+        yield fake
+
+
+def keyed_fake(key: str, secret: str, tickers: dict[str, float] | None = None) -> Iterator[FakeBybit]:
+    """Body of a pytest fixture: a fake that knows one key (``yield from keyed_fake(KEY, SECRET)``)."""
+    with FakeBybit() as fake:
+        fake.add_key(key, secret)
+        for symbol, price in (tickers or {}).items():
+            fake.set_ticker(symbol, price)
         yield fake

@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from tests.conftest import Lab, pid_alive, wait_for
-from tests.fakes.bybit import FakeBybit
+from tests.fakes.bybit import FakeBybit, keyed_fake
 
 SECRET = "s3cr3t-Fence-8xQ2vN7mL4kR9w"
 KEY = "FENCEKEY123"
@@ -38,9 +38,7 @@ def st_exit(ctx, reason):
 
 @pytest.fixture
 def fake() -> Iterator[FakeBybit]:
-    with FakeBybit() as server:
-        server.add_key(KEY, SECRET)
-        yield server
+    yield from keyed_fake(KEY, SECRET)
 
 
 def accounts_file(lab: Lab, fake: FakeBybit, rate_limit: float) -> Path:
@@ -58,6 +56,8 @@ def test_a_paused_workers_queued_orders_never_reach_the_exchange(lab: Lab, fake:
                         "--stop-timeout", "1", env={"QLAB_FENCE_SECRET": SECRET})
     for i in range(4):  # four strategies, one order each in flight: the 1/s limit keeps three queued
         lab.assign(lab.strategy(f"orders{i}", ORDERS), "--interval", "0.05")
+    # Each start reads the account first (reconciliation), in turn with the orders under the 1/s limit.
+    wait_for(lambda: all(lab.work(f"orders{i}").result.pid for i in range(4)), timeout=30, what="four children")
     wait_for(lambda: fake.accepted(CREATE) >= 3, timeout=20, what="orders reaching the exchange")
     pids = {str(lab.work(f"orders{i}").result.pid) for i in range(4)}
     worker.send_signal(signal.SIGSTOP)

@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Lab, wait_for
+from tests.conftest import Lab, free_port, wait_for
 
 QUIET = "def st_init(ctx): pass\ndef st_heartbeat(ctx, tick): pass\ndef st_exit(ctx, reason): pass\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: st_heartbeat sleeps 30 ms: every hook duration lands above the 25 ms bucket.
+SLOW = "import time\ndef st_init(ctx): pass\ndef st_heartbeat(ctx, tick): time.sleep(0.03)\ndef st_exit(ctx, reason): pass\n"
+#: Three reads a tick on an account allowed 2 calls/s (so they wait), and an order (refused under a halt).
+CALLER = '''
+from quantlab import ApiHaltedError
+ACCOUNTS = ["paper"]
+def st_init(ctx): pass
+def st_heartbeat(ctx, tick):
+    api = ctx.api.bybit["paper"]
+    for _ in range(3):
+        api.get_tickers(category="linear", symbol="BTCUSDT")
+    try:
+        api.place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Market", qty="0.001")
+    except ApiHaltedError:
+        pass
+def st_exit(ctx, reason): pass
+'''
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -55,3 +66,38 @@ def test_worker_and_director_metrics_move(lab: Lab) -> None:
     assert pid
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: scrape(worker_port).get("quantlab_restarts_total{reason=crashed}", 0) >= 1, what="a crash counted")
+
+
+def test_hook_duration_is_the_hook_alone(lab: Lab) -> None:
+    port = free_port()
+    lab.director()
+    lab.worker("w1", "--metrics-port", str(port))
+    lab.assign(lab.strategy("slow", SLOW), "--interval", "0.05")
+    m = wait_for(lambda: (m := scrape(port)).get("quantlab_hook_duration_seconds_count", 0) >= 10 and m,
+                 what="hook durations reported")
+    count = m["quantlab_hook_duration_seconds_count"]
+    assert m["quantlab_hook_duration_seconds_bucket{le=0.025}"] == 0  # every hook slept 30 ms
+    assert m["quantlab_hook_duration_seconds_bucket{le=0.1}"] == count
+    # The tick latency is the same hooks plus the channel: never less on average.
+    latency = m["quantlab_tick_latency_seconds_sum"] / m["quantlab_tick_latency_seconds_count"]
+    assert latency >= m["quantlab_hook_duration_seconds_sum"] / count >= 0.03
+
+
+def test_rate_limit_waits_and_halts_show(lab: Lab) -> None:
+    port = free_port()
+    accounts = lab.home / "env.jsonl"
+    accounts.write_text(json.dumps({"name": "paper", "type": "paper", "rate_limit": 2}) + "\n")
+    lab.director()
+    lab.worker("w1", "--metrics-port", str(port), "--accounts", str(accounts))
+    lab.assign(lab.strategy("caller", CALLER), "--interval", "0.2")
+    waits = "quantlab_rate_limit_wait_seconds_count{account=paper}"
+    m = wait_for(lambda: (m := scrape(port)).get(waits, 0) >= 2 and m, what="rate-limit waits counted")
+    assert m["quantlab_rate_limit_wait_seconds_sum{account=paper}"] > 0.2  # 2 calls/s: a wait is ~0.5 s
+    assert m["quantlab_halts{scope=account}"] == 0
+    assert m.get("quantlab_api_calls_total{account=paper,result=halted}", 0) == 0
+    lab.run("halt", "--account", "paper")
+    wait_for(lambda: scrape(port).get("quantlab_halts{scope=account}") == 1, what="the halt in the gauge")
+    wait_for(lambda: scrape(port).get("quantlab_api_calls_total{account=paper,result=halted}", 0) >= 1,
+             timeout=15, what="an order refused by the halt")
+    lab.run("resume", "--account", "paper")
+    wait_for(lambda: scrape(port).get("quantlab_halts{scope=account}") == 0, what="the halt lifted in the gauge")

@@ -270,10 +270,13 @@ def test_an_exhausted_budget_in_the_headers_pauses_the_account(fake: FakeBybit, 
     fake.add_key(KEY, SECRET)
     fake.limit = 1  # the first reply already says X-Bapi-Limit-Status: 0
     pool = make_pool([account(fake)], clock=clock, sleep=clock.sleep)
+    waited: list[str] = []
+    pool.wait_observer = lambda name, seconds: waited.append(name)  # what a worker serving metrics counts
     assert pool.call("main", "get_server_time", {}, ALL).ok
-    assert clock.sleeps == []
+    assert clock.sleeps == [] and waited == []
     assert pool.call("main", "get_server_time", {}, ALL).ok
     assert len(clock.sleeps) == 1 and 0.5 < clock.sleeps[0] <= 1.0  # until the window's reset, 1 s after it opened
+    assert waited == ["main"]
 
 
 # ---- permissions ----

@@ -10,7 +10,7 @@ import pytest
 
 from quantlab.exchange import halts
 from quantlab.exchange.accounts import default_paper_account
-from quantlab.exchange.apipool import ApiPool
+from quantlab.exchange.apipool import ApiPool, Caller
 from quantlab.exchange.calls import opens_exposure
 from quantlab.pool.filestore import FileStore
 
@@ -36,7 +36,7 @@ def pool(store: FileStore) -> ApiPool:
 
 
 def place(pool: ApiPool, kwargs: dict[str, Any], strategy: str = "s1") -> Any:
-    return pool.call("paper", "place_order", kwargs, ["paper"], forever, strategy)
+    return pool.call("paper", "place_order", kwargs, ["paper"], forever, Caller(strategy, 1))
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,8 @@ import pytest
 
 from quantlab.config import Paths
 from quantlab.errors import CorruptRecord, NotFound, StaleWriter
+from quantlab.exchange.apipool import Caller
+from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.pool.records import Assignment, Event, StrategyResult, StrategySpec, Work
 from quantlab.protocol import (
@@ -71,6 +73,7 @@ class FakeTransport:
         self.killed: list[int] = []
         self.memory: dict[int, float] = {}
         self.api_calls: list[ApiCall] = []
+        self.reconciles: list[tuple[Request, Callable[[Reconciled], None]]] = []
         self.fences: list[Fence] = []
 
     def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
@@ -88,9 +91,12 @@ class FakeTransport:
         self.sent.append((routing_id, msg))
         return True
 
-    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, strategy: str) -> None:
+    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, caller: Caller) -> None:
         self.api_calls.append(call)
         self.fences.append(fence)
+
+    def reconcile(self, request: Request, fence: Fence, done: Callable[[Reconciled], None]) -> None:
+        self.reconciles.append((request, done))
 
     def memory_mb(self, pid: int) -> float:
         return self.memory.get(pid, 10.0)

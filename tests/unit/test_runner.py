@@ -105,6 +105,7 @@ def test_an_expired_tick_does_not_run(worker: FakeWorker, tmp_path: Path) -> Non
     worker.send(_tick(2, lease_until=time.monotonic() + 60))
     beat = worker.recv()
     assert isinstance(beat, Heartbeat) and beat.seq == 2 and beat.state == b'{"n":1}'  # JSON, one tick ran
+    assert beat.hook_seconds is not None and 0 <= beat.hook_seconds < 1  # st_heartbeat's own time
     worker.send(Stop(reason=ExitReason(type="manual")))
     exited = worker.recv()
     assert isinstance(exited, Exited) and exited.state == b'{"n":1,"exit":"manual"}'

@@ -1,0 +1,140 @@
+"""Order intents: every order a strategy sends is written down before it leaves, and its outcome after.
+
+One store document per strategy (blob ``intents/<strategy>``), changed by
+compare-and-swap, holds the orders whose outcome is not known yet (``open``)
+and the last few settled ones. An intent is written, durably, before its
+request is signed; its outcome is written when the answer comes. A crash or
+a lost reply in between leaves it open, and it is then settled by asking the
+exchange for its orderLinkId, never by sending it again.
+
+When may an open intent be settled by query? Only once no copy of its
+request can still be accepted: a request is signed with a ``recv_window``
+that ends before the sender's lease does (quantlab/exchange/signing.py), so
+``expires`` (written with the intent, from the lease left at that moment) is
+the latest time the exchange could take it. Before that, an order missing
+from the exchange might still arrive.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Literal
+
+import msgspec
+
+from quantlab.exchange import orderids
+from quantlab.pool.store import Store
+
+BLOB_KIND = "intents"
+KEEP_SETTLED = 100  #: settled intents kept per strategy (reconciliation knows custom orderLinkIds by them)
+
+#: pending: written, its outcome unknown; placed: the exchange took it; rejected: the exchange
+#: refused it; absent: its reply was lost and a query, once no copy could arrive any more, found nothing.
+Status = Literal["pending", "placed", "rejected", "absent"]
+
+
+class Intent(msgspec.Struct, frozen=True, kw_only=True):
+    link_id: str
+    account: str
+    category: str
+    symbol: str
+    order: dict[str, Any]  #: the order's parameters as the strategy gave them (never a secret)
+    epoch: int
+    instance: str  #: the worker process that sends it
+    written: float  #: Unix time
+    expires: float  #: Unix time after which the exchange takes no request for it any more
+    status: Status = "pending"
+    order_id: str = ""
+    detail: str = ""  #: the exchange's error, or how the outcome was found
+    settled: float = 0.0
+
+
+class IntentLog(msgspec.Struct, kw_only=True):
+    next_seq: int = 1  #: the sequence of the next orderLinkId made for the strategy
+    open: list[Intent] = []
+    settled: list[Intent] = []  #: oldest first, at most KEEP_SETTLED
+
+    def epoch_of(self, strategy: str, link_id: str) -> int | None:
+        """The epoch that sent ``link_id`` if it is the strategy's order; None if it is not."""
+        made = orderids.owned_by(link_id, strategy)
+        if made is not None:
+            return made.epoch
+        return next((i.epoch for i in [*self.open, *self.settled] if i.link_id == link_id), None)
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    status: Status
+    order_id: str = ""
+    detail: str = ""
+
+
+_decode = msgspec.json.Decoder(IntentLog).decode
+
+
+def read(store: Store, strategy: str) -> IntentLog:
+    raw = store.get_blob(BLOB_KIND, strategy)
+    return IntentLog() if raw is None else _decode(raw)
+
+
+def _change(store: Store, strategy: str, edit: Callable[[IntentLog], IntentLog | None]) -> None:
+    def update(raw: bytes | None) -> bytes | None:
+        changed = edit(IntentLog() if raw is None else _decode(raw))
+        return None if changed is None else msgspec.json.encode(changed)
+
+    store.update_blob(BLOB_KIND, strategy, update)
+
+
+def begin(
+    store: Store, strategy: str, epoch: int, instance: str, account: str, orders: list[dict[str, Any]],
+    expires: float, clock: Callable[[], float] = time.time,
+) -> list[Intent]:
+    """Write an intent for each order (in one write); orders without an orderLinkId get one made."""
+    made: list[Intent] = []
+
+    def add(log: IntentLog) -> IntentLog:
+        made.clear()
+        seq = log.next_seq
+        for order in orders:
+            link_id = str(order.get("orderLinkId") or "")
+            if not link_id:
+                link_id, seq = orderids.make(strategy, epoch, seq), seq + 1
+            made.append(Intent(
+                link_id=link_id, account=account, category=str(order.get("category", "")),
+                symbol=str(order.get("symbol", "")), order=order, epoch=epoch, instance=instance,
+                written=clock(), expires=expires,
+            ))
+        return IntentLog(next_seq=seq, open=[*log.open, *made], settled=log.settled)
+
+    _change(store, strategy, add)
+    return made
+
+
+def settle(store: Store, strategy: str, outcomes: dict[str, Outcome], clock: Callable[[], float] = time.time) -> None:
+    """Record the outcome of the open intents named (by orderLinkId)."""
+
+    def record(log: IntentLog) -> IntentLog | None:
+        done = [i for i in log.open if i.link_id in outcomes]
+        if not done:
+            return None
+        now = clock()
+        settled = [
+            msgspec.structs.replace(i, status=o.status, order_id=o.order_id, detail=o.detail, settled=now)
+            for i in done
+            for o in [outcomes[i.link_id]]
+        ]
+        still = [i for i in log.open if i.link_id not in outcomes]
+        return IntentLog(next_seq=log.next_seq, open=still, settled=[*log.settled, *settled][-KEEP_SETTLED:])
+
+    _change(store, strategy, record)
+
+
+def scopes(logs: Iterable[IntentLog]) -> list[dict[str, str]]:
+    """Where to look for a strategy's orders: linear USDT, and every other category and symbol it used."""
+    found = [{"category": "linear", "settleCoin": "USDT"}]
+    for log in logs:
+        for intent in [*log.open, *log.settled]:
+            scope = {"category": intent.category, "symbol": intent.symbol}
+            usdt_linear = intent.category == "linear" and intent.symbol.endswith("USDT")
+            if intent.category and intent.symbol and not usdt_linear and scope not in found:
+                found.append(scope)
+    return found

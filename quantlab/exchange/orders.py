@@ -1,0 +1,76 @@
+"""Reading order outcomes: from the exchange's answer, or by asking it for an orderLinkId.
+
+Shared by the API pool (an answer, or a lost one) and by reconciliation (an
+intent left open by a crash). ``Read`` is a read-only exchange call on one
+account: ``read(method, kwargs) -> body``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from quantlab.exchange.intents import Intent, Outcome
+
+Read = Callable[[str, dict[str, Any]], dict[str, Any]]
+PAGE = 50  #: rows per page of an order list (Bybit's most)
+MAX_PAGES = 20
+
+
+def from_answer(method: str, body: dict[str, Any], intents: list[Intent]) -> dict[str, Outcome]:
+    """Each intent's outcome from the exchange's successful answer."""
+    result = body.get("result") or {}
+    if method == "place_order":
+        return {intents[0].link_id: Outcome("placed", str(result.get("orderId", "")))}
+    rows = result.get("list") or []
+    codes = (body.get("retExtInfo") or {}).get("list") or []
+    outcomes: dict[str, Outcome] = {}
+    for i, intent in enumerate(intents):
+        row = rows[i] if i < len(rows) else {}
+        code = codes[i] if i < len(codes) else {}
+        if row.get("orderId"):
+            outcomes[intent.link_id] = Outcome("placed", str(row["orderId"]))
+        else:
+            outcomes[intent.link_id] = Outcome("rejected", detail=f"{code.get('msg', '')} (code {code.get('code', '?')})")
+    return outcomes
+
+
+def find(read: Read, intent: Intent) -> Outcome:
+    """Ask the exchange for the intent's orderLinkId: placed if it knows it, absent if not.
+
+    Call it only once no copy of the request can still be accepted (``intent.expires``):
+    before that, absent means "not yet". Raises what ``read`` raises.
+    """
+    query = {"category": intent.category, "orderLinkId": intent.link_id}
+    if intent.symbol:
+        query["symbol"] = intent.symbol
+    for method in ("get_open_orders", "get_order_history"):  # open first: history may lag behind
+        rows = (read(method, query).get("result") or {}).get("list") or []
+        found = next((r for r in rows if r.get("orderLinkId") == intent.link_id), None)
+        if found is not None:
+            return Outcome("placed", str(found.get("orderId", "")), "found by orderLinkId after the reply was lost")
+    return Outcome("absent", detail="the reply was lost and the exchange has no such order")
+
+
+def lost_reply_body(method: str, intents: list[Intent], outcomes: dict[str, Outcome]) -> dict[str, Any]:
+    """The answer a strategy gets when its reply was lost and a query found what happened."""
+    rows = [{"orderId": outcomes[i.link_id].order_id, "orderLinkId": i.link_id} for i in intents]
+    result: dict[str, Any] = rows[0] if method == "place_order" else {"list": rows}
+    return {"retCode": 0, "retMsg": "OK (the reply was lost; the order was found by its orderLinkId)",
+            "result": result, "retExtInfo": {}, "time": int(time.time() * 1000)}
+
+
+def open_orders(read: Read, scope: dict[str, str]) -> list[dict[str, Any]]:
+    """Every open order in ``scope`` (a category and a settleCoin or symbol), page by page."""
+    rows: list[dict[str, Any]] = []
+    cursor = ""
+    for _ in range(MAX_PAGES):
+        query: dict[str, Any] = {**scope, "limit": PAGE}
+        if cursor:
+            query["cursor"] = cursor
+        result = read("get_open_orders", query).get("result") or {}
+        rows += result.get("list") or []
+        cursor = result.get("nextPageCursor") or ""
+        if not cursor:
+            break
+    return rows

@@ -1,0 +1,169 @@
+"""Reconciliation: what a strategy left at the exchange, settled and listed before it starts.
+
+Before a strategy's child is started (first start, restart, or on a new
+worker), its worker:
+
+1. settles the strategy's open order intents by querying their orderLinkIds,
+   each once no copy of its request can still reach the exchange (an intent
+   this process is still sending waits for its answer; one written by another
+   process waits until its ``expires``); until every intent is settled, the
+   strategy does not start;
+2. lists the open orders that are the strategy's (made by quantlab for it,
+   or a custom orderLinkId its intents remember) and the positions of its
+   accounts, for ``ctx.open_orders`` and ``ctx.positions``;
+3. reports orders from an older epoch, and cancels them when the Work says
+   ``cancel_stale_orders``.
+
+Anything that fails (the exchange unreachable, a cancel refused) makes the
+whole step fail: the worker tries again a moment later, and the strategy
+waits, so it never starts on a half-known account.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from datetime import datetime
+from typing import Any, Callable, Protocol
+
+import msgspec
+
+from quantlab.errors import ApiError
+from quantlab.exchange import intents, orders
+from quantlab.exchange.intents import IntentLog, Outcome
+from quantlab.exchange.signing import Fence
+from quantlab.pool.store import Store
+
+POSITION_CATEGORIES = ("linear", "inverse", "option")
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True):
+    strategy: str
+    epoch: int
+    accounts: list[str]
+    cancel_stale: bool = False
+
+
+class Reconciled(msgspec.Struct, kw_only=True):
+    ok: bool
+    error: str = ""  #: why it must be tried again
+    open_orders: list[dict[str, Any]] = []  #: the strategy's open orders, each with its "account"
+    positions: list[dict[str, Any]] = []  #: the accounts' open positions, each with its "account"
+    settled: dict[str, str] = {}  #: orderLinkId -> status, for intents settled now
+    stale: list[str] = []  #: orderLinkIds of open orders from an older epoch
+    cancelled: list[str] = []  #: those of them cancelled now
+
+
+class Desk(Protocol):
+    """What reconciliation needs of the worker's API pool."""
+
+    instance: str
+
+    def read(self, account: str, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A read-only call on the account; raises ApiError."""
+        ...
+
+    def cancel(self, account: str, kwargs: dict[str, Any], fence: Fence) -> None:
+        """Cancel one order (fenced like any order-changing call); raises ApiError."""
+        ...
+
+    def cancel_all(self, account: str, scope: dict[str, str], fence: Fence) -> dict[str, Any]:
+        """Cancel every open order in ``scope``; the exchange's answer; raises ApiError."""
+        ...
+
+    def in_flight(self, strategy: str) -> set[str]: ...
+
+
+class NotYet(Exception):
+    """The strategy cannot start yet; the message says why."""
+
+
+def reconcile(desk: Desk, store: Store, request: Request, fence: Fence,
+              clock: Callable[[], float] = time.time) -> Reconciled:
+    try:
+        settled = _settle_open(desk, store, request, clock)
+        log = intents.read(store, request.strategy)
+        mine: list[dict[str, Any]] = []
+        stale: list[dict[str, Any]] = []
+        positions: list[dict[str, Any]] = []
+        for account in request.accounts:
+            for row, epoch in owned_orders(desk, log, request.strategy, account):
+                (stale if epoch < request.epoch else mine).append(row)
+            positions += _positions(desk, log, account)
+        cancelled = _cancel(desk, stale, fence) if request.cancel_stale else []
+        kept = [row for row in stale if row["orderLinkId"] not in cancelled]
+        return Reconciled(ok=True, open_orders=[*mine, *kept], positions=positions, settled=settled,
+                          stale=[row["orderLinkId"] for row in stale], cancelled=cancelled)
+    except (NotYet, ApiError) as e:
+        return Reconciled(ok=False, error=str(e))
+    except Exception as e:  # the store: a full disk, a database away
+        return Reconciled(ok=False, error=f"{type(e).__name__}: {e}")
+
+
+def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[], float]) -> dict[str, str]:
+    """Settle every open intent by query, or raise NotYet when one may still be on its way."""
+    log = intents.read(store, request.strategy)
+    flying = desk.in_flight(request.strategy)
+    found: dict[str, Outcome] = {}
+    for intent in log.open:
+        if intent.link_id in flying:
+            raise NotYet(f"order {intent.link_id} is being sent: waiting for its answer")
+        if intent.instance != desk.instance and clock() < intent.expires:
+            until = datetime.fromtimestamp(intent.expires).strftime("%H:%M:%S")
+            raise NotYet(f"order {intent.link_id} could still reach the exchange until {until}: "
+                         "settling it after that")
+        found[intent.link_id] = orders.find(functools.partial(desk.read, intent.account), intent)
+    if found:
+        intents.settle(store, request.strategy, found)
+    return {link_id: outcome.status for link_id, outcome in found.items()}
+
+
+def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str) -> list[tuple[dict[str, Any], int]]:
+    """The strategy's open orders on ``account``, each with the epoch that placed it."""
+    found = []
+    for scope in intents.scopes([log]):
+        for row in orders.open_orders(functools.partial(desk.read, account), scope):
+            epoch = log.epoch_of(strategy, str(row.get("orderLinkId", "")))
+            if epoch is not None:
+                found.append(({**row, "account": account, "category": row.get("category") or scope["category"]}, epoch))
+    return found
+
+
+def _positions(desk: Desk, log: IntentLog, account: str) -> list[dict[str, Any]]:
+    rows = []
+    for scope in intents.scopes([log]):
+        if scope["category"] not in POSITION_CATEGORIES:
+            continue
+        result = desk.read(account, "get_positions", scope).get("result") or {}
+        rows += [{**r, "account": account} for r in result.get("list") or [] if _size(r) != 0]
+    return rows
+
+
+def _size(row: dict[str, Any]) -> float:
+    try:
+        return float(row.get("size") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _cancel(desk: Desk, stale: list[dict[str, Any]], fence: Fence) -> list[str]:
+    for row in stale:
+        desk.cancel(row["account"], {"category": row["category"], "symbol": row.get("symbol", ""),
+                                     "orderLinkId": row["orderLinkId"]}, fence)
+    return [row["orderLinkId"] for row in stale]
+
+
+def cancel_open_orders(desk: Desk, store: Store, accounts: list[str], strategy: str, fence: Fence) -> int:
+    """Cancel the strategy's open orders on ``accounts`` (one by one), or with ``strategy`` "" every
+    open order there, scope by scope; how many were cancelled (for a scope: asked to be)."""
+    if strategy:
+        log = intents.read(store, strategy)
+        owned = [row for account in accounts for row, _epoch in owned_orders(desk, log, strategy, account)]
+        return len(_cancel(desk, owned, fence))
+    logs = [intents.read(store, key) for key in store.blob_keys(intents.BLOB_KIND)]
+    cancelled = 0
+    for account in accounts:
+        for scope in intents.scopes(logs):
+            body = desk.cancel_all(account, scope, fence)
+            cancelled += len((body.get("result") or {}).get("list") or [])
+    return cancelled
