@@ -16,7 +16,6 @@ import math
 import os
 import queue
 import select
-import socket
 import time
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +35,7 @@ from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import StopRequest
 from quantlab.strategy.loader import import_file
 from quantlab.worker import procs
+from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children
 from quantlab.exchange.accounts import PROXY_ENV, PROXY_VARIABLES, Account, load_accounts, take_proxy, take_secrets
 from quantlab.exchange.accounts import without_credentials
@@ -79,6 +79,7 @@ class WorkerRuntime:
         self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id)
         self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
         self.children = Children(self.watch, self.unwatch, log)
+        self.manager.guard = FenceGuard(self.children.kill_all, log)
         self.poller.register(self.channel.socket, zmq.POLLIN)
         self.poller.register(self.fds.fileno(), zmq.POLLIN)
         self.watch(stop.fd, stop.drain)
@@ -216,6 +217,8 @@ class WorkerRuntime:
             wctx.notifier.watchdog()  # only from here: a stuck loop must go quiet
 
     def close(self) -> None:
+        if self.manager.guard is not None:
+            self.manager.guard.close()
         self.children.kill_all()  # nothing outlives the worker, whatever path brought us here
         self.fds.close()
         self.channel.close()
@@ -267,7 +270,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id), options.log_settings)
     hooks = _load_hooks(options.hooks)
     runtime = WorkerRuntime(store, options, paths, log, stop)
-    identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=socket.gethostname())
+    identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=paths.host_name)
     resource = Resource(
         id=options.id,
         spec=WorkerSpec(
@@ -278,7 +281,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
             max_strategies=options.max_strategies,
             accounts=runtime.apis.names,
             lease_ttl=options.lease_ttl,
-            instance=new_instance(),
+            instance=new_instance(identity.host),
             started=process_started(),
         ),
         state=WorkerState(),
