@@ -25,7 +25,7 @@ from queue import SimpleQueue
 from typing import Callable
 
 from chaos_checks import Beat, Runner, StrategyLog
-from chaos_cluster import Cluster, Managed, ProcessWatch, StatusPoller, leader_of, send
+from chaos_cluster import CLI_TIMEOUT, Cluster, Managed, ProcessWatch, StatusPoller, leader_of, send
 
 FAULT_KINDS = (
     "child-kill",  # SIGKILL a strategy child
@@ -170,12 +170,19 @@ class Recovery:
             if latest and leader is not None and leader.get("last_seen", 0) > fault.wall:
                 fault.leader_back = latest[0] - fault.at
                 self.say(f"  {fault.kind} {fault.target}: leader {leader['id']} back in {fault.leader_back:.2f}s")
-            elif now > fault.at + self.bound and not fault.leader_late:
+            elif self._leader_late(fault, now, status) and not fault.leader_late:
                 fault.leader_late = True
                 self.report("recovery", None, (
                     f"after {fault.kind} {fault.target} at +{fault.at - self.t0:.2f}s: no leading director "
                     f"published within {self.bound:.1f}s"
                 ))  # fmt: skip
+
+
+    def _leader_late(self, fault: Fault, now: float, status: StatusPoller) -> bool:
+        """Known late: a status begun after the bound still showed no leader (a command can take
+        seconds on a busy machine, so its return time alone would blame the directors for it),
+        or no status came back at all for as long as a command may take."""
+        return status.latest_began() > fault.at + self.bound or now > fault.at + self.bound + CLI_TIMEOUT
 
 
 @dataclass
