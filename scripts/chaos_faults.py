@@ -41,7 +41,8 @@ FAULT_KINDS = (
 
 Report = Callable[[str, "str | None", str], None]
 Say = Callable[[str], None]
-Done = Callable[[float, "subprocess.CompletedProcess[str] | None"], None]
+#: What to do once a command ends: (when it was issued, when it returned, its result or None on a timeout).
+Done = Callable[[float, float, "subprocess.CompletedProcess[str] | None"], None]
 
 
 @dataclass
@@ -435,9 +436,9 @@ class Injector:
         fault = self._fault("restart", now, sid, [])
         self.recovery.supersede(sid)
 
-        def done(issued: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
             if self._ok(result, f"strategy restart {sid}"):
-                fault.watches.append(Watch(sid, issued, old, issued))
+                fault.watches.append(Watch(sid, returned, old, returned))
 
         self._background(done, "strategy", "restart", sid)
         return fault
@@ -452,7 +453,7 @@ class Injector:
         self.recovery.supersede(sid)
         op = self.ops[sid] = StopOp(sid, fault, race, hold, runner.pid if runner else None)
 
-        def done(issued: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
             op.stop_done = time.monotonic()
             op.phase = "waiting" if self._ok(result, f"strategy stop {sid}") and not race else "holding"
             op.start_at = op.stop_done + hold
@@ -478,22 +479,28 @@ class Injector:
     def _start(self, op: StopOp) -> None:
         op.phase = "starting"
 
-        def done(issued: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
             if op.effect is not None:
                 self.stopped_windows[op.strategy].append((op.effect, issued))
             if self._ok(result, f"strategy start {op.strategy}"):
-                op.fault.watches.append(Watch(op.strategy, issued, frozenset(), issued))
+                op.fault.watches.append(Watch(op.strategy, returned, frozenset(), returned))
             del self.ops[op.strategy]
 
         self._background(done, "strategy", "start", op.strategy)
 
     def _background(self, then: Done, *args: str) -> None:
-        """Run a `qlab` command on a thread (a paused lock holder may block it); ``then`` runs in the loop."""
+        """Run a `qlab` command on a thread (a paused lock holder may block it); ``then`` runs in the loop.
+
+        An operator command's recovery counts from when the command returned: its own start-up (an
+        interpreter and its imports, psycopg's alone up to seconds on a saturated machine) is the
+        client's time, not the cluster's (a command that fails or times out is said in the log).
+        """
         issued = time.monotonic()
 
         def work() -> None:
             result = self.cluster.run(*args)
-            self.inbox.put(lambda: then(issued, result))
+            returned = time.monotonic()
+            self.inbox.put(lambda: then(issued, returned, result))
 
         self.pool.submit(work)
 
