@@ -72,6 +72,7 @@ class PgLink:
         self._pid = 0
         self._retry_at = 0.0
         self.reconnects = 0  #: connections opened after the first (tests and figures)
+        self.statements = 0  #: statements sent, each one round trip (metrics and figures)
 
     def conn(self) -> psycopg.Connection[Row]:
         with self._lock:
@@ -106,6 +107,7 @@ class PgLink:
         """Rows of a read-only statement; retried once on a fresh connection."""
         for attempt in (1, 2):
             try:
+                self.statements += 1
                 return self.conn().execute(sql, params).fetchall()
             except psycopg.OperationalError as e:
                 self.drop()
@@ -116,6 +118,7 @@ class PgLink:
     def write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         """Rows of one writing statement; StoreUnavailable when it may or may not have landed."""
         try:
+            self.statements += 1
             cur = self.conn().execute(sql, params)
             return cur.fetchall() if cur.description else []
         except psycopg.OperationalError as e:

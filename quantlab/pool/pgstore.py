@@ -138,6 +138,9 @@ class PostgresStore(TableStore):
         finally:
             conn.close()
 
+    def round_trips(self) -> int:
+        return self.link.statements
+
     def _table(self, kind: str) -> PgTable:
         table = self._tables.get(kind)
         if table is None:

@@ -207,7 +207,10 @@ class WorkerRuntime:
             if now >= next_beat or changed:
                 seq += 1
                 try:
+                    started = time.perf_counter()
                     st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=time.time(), interval=heartbeat))
+                    if self.manager.metrics is not None:
+                        self.manager.metrics.worker_heartbeat.observe(time.perf_counter() - started)
                 except (OSError, QuantlabError):
                     # A full disk or a store hiccup must not take the children down with the worker;
                     # if it lasts, the lease runs out and the director moves the strategies.
