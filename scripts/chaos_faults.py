@@ -331,7 +331,14 @@ class Injector:
     # ---- workers ----
 
     def _pick_worker(self) -> tuple[Managed, list[tuple[str, Runner]]] | None:
-        """A live, running worker with strategies, none of them still recovering from something else."""
+        """A live, running worker with strategies, none of them still recovering from something else.
+
+        None at all while a recovering strategy runs nowhere: a failover may be handing it to any
+        worker (on PostgreSQL a restarted worker often comes back after its lease, so its strategies
+        move), and a second fault there would be blamed on the first one's recovery.
+        """
+        if any(self.recovery.busy(sid) and self.running(sid) is None for sid in self.logs):
+            return None
         candidates = []
         for worker in self.cluster.procs.values():
             if not worker.is_worker or worker.stopped or not worker.alive():
