@@ -25,7 +25,7 @@ from tests.conftest import Lab, pid_alive, wait_for
 from tests.integration.test_store_faults import RECORDER, beats
 
 
-def _runs(lab: Lab, work_id: str) -> list[tuple[int, float, float]]:
+def runner_spans(lab: Lab, work_id: str) -> list[tuple[int, float, float]]:
     """(pid, first beat, last beat) per child that ran ``work_id``, in order of first beat."""
     spans: dict[int, list[float]] = {}
     for b in beats(lab, work_id):
@@ -35,7 +35,7 @@ def _runs(lab: Lab, work_id: str) -> list[tuple[int, float, float]]:
 
 
 def assert_never_two_runners(lab: Lab, work_id: str) -> None:
-    runs = _runs(lab, work_id)
+    runs = runner_spans(lab, work_id)
     for (pid_a, _, last_a), (pid_b, first_b, _) in zip(runs, runs[1:]):
         assert last_a < first_b, f"{pid_a} still beat at {last_a} after {pid_b} began at {first_b}"
 
@@ -226,7 +226,7 @@ def test_the_database_restarted_under_load_loses_and_doubles_nothing(
         for work_id in ids:
             after = lab.wait_heartbeats(work_id, before[work_id].result.heartbeats + 10, timeout=20)
             assert after.epoch == before[work_id].epoch and after.result.pid == before[work_id].result.pid  # never moved
-            assert len(_runs(lab, work_id)) == 1  # one child all along: nothing doubled
+            assert len(runner_spans(lab, work_id)) == 1  # one child all along: nothing doubled
             seen = values(lab, work_id)
             assert seen == list(range(1, len(seen) + 1))  # the count went on without a gap or a repeat
         assert lab.store.find_resource("w1") is not None and not lab.events("lease_lost")

@@ -15,7 +15,7 @@ from psycopg import conninfo
 from quantlab import control
 from tests.conftest import Lab, pid_alive, wait_for
 from tests.integration import test_store_faults as store_faults
-from tests.integration.test_postgres import _runs, rec_on_w1_with_w2_spare, w1_back_and_rec_stays_on_w2, wait_moved_to_w2
+from tests.integration.test_postgres import rec_on_w1_with_w2_spare, runner_spans, w1_back_and_rec_stays_on_w2, wait_moved_to_w2
 from tests.integration.test_store_faults import RECORDER
 from tests.tcpproxy import TcpProxy
 
@@ -113,7 +113,7 @@ def test_directors_racing_for_leadership_lead_one_term_each_and_lose_no_work(pg_
         assert seen == sorted(seen), f"{work_id} was written by an older term after a newer one: {seen}"
         assert set(seen) - {0} <= {t for t, _ in terms}, f"{work_id} carries a term nobody led: {seen} vs {terms}"
     for work_id in ids:
-        assert len({pid for pid, _, _ in _runs(pg_lab, work_id)}) == 1, f"{work_id} ran more than once"
+        assert len({pid for pid, _, _ in runner_spans(pg_lab, work_id)}) == 1, f"{work_id} ran more than once"
 
 
 def test_a_paused_director_is_replaced_within_a_lease_and_its_writes_are_refused(pg_lab: Lab) -> None:
