@@ -339,6 +339,10 @@ class ProcessWatch:
                 self._report("process-leak", procs[pid], why)
         parents = ours | {m.pid for m in self.cluster.procs.values()}
         for proc in procs.values():
+            if proc.state == "Z" and proc.ppid in procs and procs[proc.ppid].state == "T" and not final:
+                # A paused parent cannot reap: its grace starts once it runs again.
+                self._first_seen.pop((proc.pid, proc.start), None)
+                continue
             if proc.state == "Z" and proc.ppid in parents and proc.ppid != os.getpid() and self._lasted(proc, now, final):
                 parent = procs[proc.ppid].cmdline[:60] if proc.ppid in procs else "?"
                 self._report("zombie", proc, f"a zombie child of pid {proc.ppid} ({parent}), not reaped")
