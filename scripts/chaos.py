@@ -74,6 +74,7 @@ SETTLE_EXTRA = 15.0  #: seconds past twice the bound that settling may take
 SCAN_EVERY = 1.0  #: seconds between /proc scans
 PATIENCE = 1.5  #: seconds a planned fault may wait for a target (none may fit while others recover)
 LOOP_SLEEP = 0.05
+FINAL_WAIT = 3.0  #: seconds a strategy has to show a fresh beat in the final check
 
 
 @dataclass(frozen=True)
@@ -331,8 +332,14 @@ class Soak:
     def final_checks(self) -> None:
         """Every Work still there and beating; then the invariants over every record."""
         status = self.cluster.json("status", "--json") or {}
-        self.read_records()  # after the status command, which may take a second: the beats are judged as of now
         present = {e["id"] for e in status.get("strategies", [])}
+        # Beating means a fresh beat within FINAL_WAIT from now, not in the very instant of looking: on a
+        # busy machine a loop may miss a second (the status command just above may take that long too).
+        deadline = time.monotonic() + FINAL_WAIT
+        self.read_records()
+        while any(self.injector.running(sid) is None for sid in present) and time.monotonic() < deadline:
+            time.sleep(LOOP_SLEEP)
+            self.read_records()
         for sid in self.ids:
             if sid not in present:
                 self.violation("work-lost", sid, "no longer in `qlab status --json`")

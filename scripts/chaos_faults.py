@@ -330,14 +330,16 @@ class Injector:
 
     # ---- workers ----
 
-    def _pick_worker(self) -> tuple[Managed, list[tuple[str, Runner]]] | None:
-        """A live, running worker with strategies, none of them still recovering from something else.
-
-        None at all while a recovering strategy runs nowhere: a failover may be handing it to any
+    def _in_transit(self) -> bool:
+        """A recovering strategy runs nowhere: a failover may be handing it, by way of the leader, to any
         worker (on PostgreSQL a restarted worker often comes back after its lease, so its strategies
-        move), and a second fault there would be blamed on the first one's recovery.
-        """
-        if any(self.recovery.busy(sid) and self.running(sid) is None for sid in self.logs):
+        move). A worker or director fault then would be blamed on the first fault's recovery."""
+        return any(self.recovery.busy(sid) and self.running(sid) is None for sid in self.logs)
+
+    def _pick_worker(self) -> tuple[Managed, list[tuple[str, Runner]]] | None:
+        """A live, running worker with strategies, none of them still recovering from something else;
+        none at all while a strategy is in transit."""
+        if self._in_transit():
             return None
         candidates = []
         for worker in self.cluster.procs.values():
@@ -401,7 +403,7 @@ class Injector:
         return self.cluster.by_pid(leader["pid"]) if leader else None
 
     def director_kill(self, now: float) -> Fault | None:
-        if self._paused() or (leader := self._leader(now)) is None:
+        if self._paused() or self._in_transit() or (leader := self._leader(now)) is None:
             return None
         leader.expected_exit = True
         leader.signal(signal.SIGKILL)
@@ -412,7 +414,7 @@ class Injector:
         return fault
 
     def director_stop(self, now: float) -> Fault | None:
-        if self._paused() or (leader := self._leader(now)) is None:
+        if self._paused() or self._in_transit() or (leader := self._leader(now)) is None:
             return None
         pause = self.rng.uniform(self.limits.lease_ttl + 0.5, self.limits.lease_ttl + 2.0)
         self._pause(leader, now, pause)
