@@ -359,7 +359,9 @@ class Injector:
         return False
 
     def worker_kill(self, now: float) -> Fault | None:
-        if (choice := self._pick_worker()) is None:
+        if self._paused() or self.recovery.leader_missing() or (choice := self._pick_worker()) is None:
+            # Never without a leader: a killed worker restarted after its lease needs one to place
+            # its strategies again (a paused director is a leader missing for a lease).
             return None
         worker, hosted = choice
         worker.expected_exit = True
