@@ -66,15 +66,15 @@ class TcpProxy:
             client, _ = self._listener.accept()
         except BlockingIOError:
             return
-        if not self._forwarding:  # a new connection is accepted and then hears nothing, like the old ones
-            server = socket.socket()
-        else:
-            server = socket.create_connection(self.target, timeout=5)
+        # While blackholed, a new connection is accepted and then hears nothing, like the old ones:
+        # its "server" side is a socket connected to nothing, never read.
+        forwarding = self._forwarding
+        server = socket.create_connection(self.target, timeout=5) if forwarding else socket.socket()
         for sock in (client, server):
             sock.setblocking(False)
         self._peers[client], self._peers[server] = server, client
         self._selector.register(client, selectors.EVENT_READ)
-        if server.fileno() >= 0 and self._forwarding:
+        if forwarding:
             self._selector.register(server, selectors.EVENT_READ)
 
     def _pump(self, sock: socket.socket) -> None:
