@@ -67,10 +67,12 @@ pass_env = click.make_pass_decorator(Env)
 )
 @click.option("--config", "config_file", envvar="QLAB_CONFIG", metavar="FILE",
               help="Settings file [$QLAB_CONFIG, else quantlab.toml in the home].")
+@click.option("--host", "host", envvar="QLAB_HOST", metavar="NAME",
+              help="The host name recorded for directors and workers, and `worker stop`'s own [$QLAB_HOST, else the machine's].")
 @click.pass_context
-def qlab(ctx: click.Context, home: str | None, store_url: str | None, config_file: str | None) -> None:
+def qlab(ctx: click.Context, home: str | None, store_url: str | None, config_file: str | None, host: str | None) -> None:
     """Run live trading strategies: a director places them, workers keep them alive."""
-    env = Env(Paths(resolve_home(home), store_url=store_url or ""))
+    env = Env(Paths(resolve_home(home), store_url=store_url or "", host=host or ""))
     _warn_if_open(env.paths.home)
     env.config_path = settings.find(config_file, env.paths.home)
     env.config = settings.load(env.config_path, qlab)
@@ -159,7 +161,7 @@ def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
         # command line and environment win over the profile; the profile wins over the settings file
         if value is not None and not (source(name) == ParameterSource.DEFAULT_MAP and name in in_profile)
     }
-    options = msgspec.structs.replace(base, **passed).resolved()
+    options = msgspec.structs.replace(base, **passed).resolved(env.paths.host_name)
     sys.exit(run_worker(env.paths, options))
 
 
@@ -178,7 +180,7 @@ def worker_list(env: Env, as_json: bool) -> None:
 @pass_env
 def worker_stop(env: Env, worker_id: str) -> None:
     """Ask a worker on this host to drain its strategies and exit (SIGTERM)."""
-    click.echo(control.stop_worker(env.store, worker_id))
+    click.echo(control.stop_worker(env.store, worker_id, host=env.paths.host_name))
 
 
 # ---- the store (issue 9) ----

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import msgspec
@@ -25,6 +26,13 @@ class Paths(msgspec.Struct, frozen=True):
     home: Path
     #: The store's URL (--store, $QLAB_STORE): "" for the file store under the home, or postgresql://...
     store_url: str = ""
+    #: The host name this process records and acts as (--host, $QLAB_HOST): "" for the machine's own.
+    #: Several names on one machine simulate several hosts sharing one store.
+    host: str = ""
+
+    @property
+    def host_name(self) -> str:
+        return self.host or socket.gethostname()
 
     @property
     def store(self) -> Path:

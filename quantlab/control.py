@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, cast
@@ -341,14 +340,14 @@ def _is_quantlab(pid: int) -> bool:
     return "qlab" in cmdline or "quantlab" in cmdline
 
 
-def stop_worker(store: Store, worker_id: str, *, clock: Clock = time.time) -> str:
-    """SIGTERM a worker on this host (it drains its strategies); returns what was done."""
+def stop_worker(store: Store, worker_id: str, *, host: str, clock: Clock = time.time) -> str:
+    """SIGTERM a worker on ``host``, this one (it drains its strategies); returns what was done."""
     resource = store.find_resource(check_id("worker", worker_id))
     if resource is None:
         raise NotFound(f"no worker {worker_id!r}")
-    host, pid = resource.spec.host, resource.spec.pid
-    if host != socket.gethostname():
-        raise BadInput(f"worker {worker_id} runs on host {host}: stop it there")
+    pid = resource.spec.pid
+    if resource.spec.host != host:
+        raise BadInput(f"worker {worker_id} runs on host {resource.spec.host}: stop it there")
     try:
         if not _is_quantlab(pid):
             raise ProcessLookupError(pid)

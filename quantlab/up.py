@@ -37,7 +37,8 @@ STOP_GRACE = 15.0
 def _spawn(paths: Paths, name: str, *args: str) -> subprocess.Popen[bytes]:
     """Start `qlab NAME ...`; its stderr (log lines, an `Error:`) goes to logs/up-NAME.err."""
     store = ["--store", paths.store_url] if paths.store_url else []
-    command = [sys.executable, "-m", "quantlab.cli", "--home", str(paths.home), *store, name, *args]
+    host = ["--host", paths.host] if paths.host else []
+    command = [sys.executable, "-m", "quantlab.cli", "--home", str(paths.home), *store, *host, name, *args]
     private_dir(paths.logs)
     with open(_stderr_path(paths, name), "wb") as err:
         # Each in its own process group, and stopped cleanly (SIGTERM) if `up` itself dies.

@@ -16,26 +16,21 @@ import itertools
 import json
 import os
 import platform
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-import msgspec
-import psutil
 import zmq
 
 from quantlab import control
 from quantlab.config import Paths
 from quantlab.pool.open import open_store
-from quantlab.pool.store import Store
-from quantlab.pool.records import ExitReason, Resource, StrategySpec, TickInfo, Work, WorkerSpec
+from quantlab.pool.records import ExitReason, TickInfo
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_to_worker, encode
 from quantlab.worker import procs
@@ -44,6 +39,8 @@ from quantlab.worker.zygote import Spawn, Zygote
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fakes.bybit import FakeBybit  # noqa: E402  (the fake server lives with the tests)
 from tests.pgutil import scratch_database  # noqa: E402
+from bench_common import QUIET, Rate, Row, poll, qlab_args  # noqa: E402
+from bench_store import bench_failover, bench_scale, bench_worker_heartbeat, cpu_percent  # noqa: E402
 
 #: --store: an admin URL of a PostgreSQL server (each cluster gets a scratch database on it), or "" for files.
 STORE_ADMIN = ""
@@ -58,11 +55,6 @@ def store_url() -> Iterator[str]:
     with scratch_database(STORE_ADMIN) as url:
         yield url
 
-
-def qlab_args(home: Path, url: str) -> list[str]:
-    return [QLAB, "--home", str(home), *(["--store", url] if url else [])]
-
-QLAB = shutil.which("qlab") or "qlab"
 
 #: Runs its API calls in its first heartbeat and leaves the figures in ctx.state.
 HAMMER = '''
@@ -82,33 +74,6 @@ def st_heartbeat(ctx, tick):
     ctx.state["samples"] = samples
 def st_exit(ctx, reason): pass
 '''
-
-QUIET = '''
-def st_init(ctx): pass
-def st_heartbeat(ctx, tick): pass
-def st_exit(ctx, reason): pass
-'''
-
-
-class Row:
-    def __init__(self, name: str, samples: list[float], unit: str = "ms") -> None:
-        self.name, self.samples, self.unit = name, samples, unit
-
-    def cells(self) -> tuple[str, str, str, str]:
-        scale = 1000.0 if self.unit == "ms" else 1e6
-        ordered = sorted(self.samples)
-        p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
-        return (self.name, f"{statistics.median(ordered) * scale:.3f} {self.unit}", f"{p95 * scale:.3f} {self.unit}", str(len(ordered)))
-
-
-def poll(check: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark condition not reached")
-        time.sleep(0.001)
-    return value
-
 
 class Cluster:
     """A director and a worker on a temporary home."""
@@ -230,18 +195,6 @@ def bench_idle_account(tmp: Path, fake: FakeBybit, n: int) -> Row:
         fake.limit = limit
 
 
-class Rate(Row):
-    """One figure, not a distribution: a throughput, a duration, a share of a core."""
-
-    def __init__(self, name: str, value: float, n: int, unit: str = "/s") -> None:
-        super().__init__(name, [], unit=unit)
-        self.value, self.n = value, n
-
-    def cells(self) -> tuple[str, str, str, str]:
-        shown = f"{self.value:.0f}" if self.unit == "/s" else f"{self.value:.2f}"
-        return (self.name, f"{shown} {self.unit}", "-", str(self.n))
-
-
 class ChildHarness:
     """A ROUTER socket and the real zygote: spawns children and talks to them directly."""
 
@@ -340,81 +293,13 @@ def rows(quick: bool, scale: bool, store_only: bool = False) -> Iterator[Row]:
                     yield from bench_idle_worker(cluster, file, 100)
                 finally:
                     cluster.close()
+        with store_url() as url:
+            yield from bench_worker_heartbeat(tmp, url, 10.0 * k)
+        with store_url() as url:
+            yield bench_failover(tmp, file, url, 3 * k)
         if scale:
             with store_url() as url:
                 yield from bench_scale(tmp, file, 2_000 if quick else 10_000, url)
-
-
-class FakeWorkers:
-    """``n`` registered workers whose leases a thread renews every second, as live workers would."""
-
-    def __init__(self, store: Store, n: int) -> None:
-        self.store, self.ids = store, [f"fw{i:03d}" for i in range(n)]
-        for wid in self.ids:
-            spec = WorkerSpec(name=wid, region="JP", host="bench", pid=0, max_strategies=1000, accounts=["paper"],
-                              instance=f"{wid}-bench")
-            store.update_resource(wid, lambda current, spec=spec: Resource(id=wid, spec=spec))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._renew, daemon=True)
-        self.thread.start()
-
-    def _renew(self) -> None:
-        pool = WorkPool(self.store)
-        while not self.stop.wait(1.0):
-            for wid in self.ids:
-                resource = self.store.find_resource(wid)
-                if resource is not None:
-                    pool.update_resource_state(resource, msgspec.structs.replace(resource.state, last_seen=time.time()))
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
-def cpu_percent(pid: int, seconds: float, children: bool = False) -> float:
-    """Percent of one core used by ``pid`` (and its children) over ``seconds``."""
-    def total() -> float:
-        procs_ = [psutil.Process(pid)] + (psutil.Process(pid).children(recursive=True) if children else [])
-        return sum(sum(p.cpu_times()[:2]) for p in procs_ if p.is_running())
-
-    before, start = total(), time.monotonic()
-    time.sleep(seconds)
-    return 100.0 * (total() - before) / (time.monotonic() - start)
-
-
-def bench_scale(tmp: Path, file: Path, works: int, url: str = "") -> Iterator[Row]:
-    """The store at scale: placing many Works, status, an idle director and an idle worker."""
-    home = tmp / "scale"
-    store = open_store(Paths(home, store_url=url))
-    fake = FakeWorkers(store, 100)
-    director = subprocess.Popen([*qlab_args(home, url), "director", "start", "--tick", "1"],
-                                stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        poll(lambda: store.find_leader())
-        spec = StrategySpec(file=str(file), interval=60.0)
-        for i in range(works):
-            store.add_work(Work(id=f"s{i:05d}", spec=spec))
-        last_add = time.monotonic()
-        offset, placed = 0, 0
-        while placed < works:
-            events, offset = store.read_events(offset)
-            placed += sum(1 for e in events if e.kind == "assigned")
-            if time.monotonic() - last_add > 300:
-                raise TimeoutError(f"only {placed} of {works} placed")
-            time.sleep(0.05)
-        yield Rate(f"{works} Works on 100 workers: placed, seconds after the last assign", time.monotonic() - last_add, works, unit="s")
-        status = []
-        for _ in range(5):
-            start = time.perf_counter()
-            subprocess.run([*qlab_args(home, url), "status", "--json"], check=True, capture_output=True)
-            status.append(time.perf_counter() - start)
-        yield Row(f"qlab status --json, {works} Works", status)
-        yield Rate(f"idle director, {works} Works, 100 workers: % of a core", cpu_percent(director.pid, 10.0), 1, unit="%")
-    finally:
-        fake.close()
-        director.send_signal(signal.SIGTERM)
-        director.wait(30)
-        store.close()
 
 
 def bench_idle_worker(cluster: Cluster, file: Path, n: int) -> Iterator[Row]:

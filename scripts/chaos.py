@@ -2,6 +2,7 @@
 
     python scripts/chaos.py --duration 60 --seed 1
     python scripts/chaos.py --faults worker-stop,stop-start --duration 20
+    python scripts/chaos.py --store postgresql://postgres@127.0.0.1/postgres --duration 60
 
 In a private temporary home it starts a director and a standby, three
 workers with a short lease (2 s) and N strategies (default 12,
@@ -18,6 +19,10 @@ the invariants over them), chaos_faults.py (faults and recovery times),
 chaos_cluster.py (processes, /proc, `qlab status`). Kept in a failing run's
 home: procs/*.log, logs/, store/events.jsonl, records/*.jsonl and
 chaos-report.json.
+
+With ``--store ADMIN_URL`` every process uses a scratch PostgreSQL database
+made on that server for the run (the URL must be allowed to create
+databases); it is dropped at the end, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -42,9 +47,12 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
 from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
 from chaos_faults import FAULT_KINDS, Injector, Limits, Recovery, Timeline  # noqa: E402
+from tests.pgutil import scratch_database  # noqa: E402  (the scratch databases of the tests)
+from quantlab.pool.pglink import redact  # noqa: E402
 
 VIOLATION_KINDS = (
     "double-runner",  # an older runner began a heartbeat after a newer one's st_init
@@ -66,6 +74,7 @@ SETTLE_EXTRA = 15.0  #: seconds past twice the bound that settling may take
 SCAN_EVERY = 1.0  #: seconds between /proc scans
 PATIENCE = 1.5  #: seconds a planned fault may wait for a target (none may fit while others recover)
 LOOP_SLEEP = 0.05
+FINAL_WAIT = 3.0  #: seconds a strategy has to show a fresh beat in the final check
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,7 @@ class Settings:
     helpers: bool = True
     home: Path | None = None
     keep_home: bool = False
+    store: str = ""  #: an admin URL of a PostgreSQL server, or "" for the file store
 
     @property
     def bound(self) -> float:
@@ -98,6 +108,7 @@ class Settings:
 
     def replay(self) -> str:
         line = f"python scripts/chaos.py --seed {self.seed} --duration {self.duration:g} --strategies {self.strategies}"
+        line += f" --store {redact(self.store)}" if self.store else ""
         return line + (f" --faults {','.join(self.faults)}" if self.faults != FAULT_KINDS else "")
 
 
@@ -114,6 +125,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--no-helpers", action="store_true", help="strategies start no helper process")
     parser.add_argument("--home", type=Path, help="an empty or new directory for the home [a temporary one]")
     parser.add_argument("--keep-home", action="store_true", help="keep the home even when the run passes")
+    parser.add_argument("--store", default="", metavar="ADMIN_URL",
+                        help="run on a scratch database made on this PostgreSQL server [the file store]")
     args = parser.parse_args(argv)
     kinds = FAULT_KINDS if args.faults == "all" else tuple(k.strip() for k in args.faults.split(",") if k.strip())
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
@@ -125,7 +138,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     return Settings(
         duration=args.duration, seed=seed, strategies=args.strategies, faults=kinds, lease_ttl=args.lease_ttl,
         heartbeat_timeout=args.heartbeat_timeout, interval=args.interval, gap=args.gap, helpers=not args.no_helpers,
-        home=args.home, keep_home=args.keep_home,
+        home=args.home, keep_home=args.keep_home, store=args.store,
     )  # fmt: skip
 
 
@@ -318,9 +331,15 @@ class Soak:
 
     def final_checks(self) -> None:
         """Every Work still there and beating; then the invariants over every record."""
-        self.read_records()
         status = self.cluster.json("status", "--json") or {}
         present = {e["id"] for e in status.get("strategies", [])}
+        # Beating means a fresh beat within FINAL_WAIT from now, not in the very instant of looking: on a
+        # busy machine a loop may miss a second (the status command just above may take that long too).
+        deadline = time.monotonic() + FINAL_WAIT
+        self.read_records()
+        while any(self.injector.running(sid) is None for sid in present) and time.monotonic() < deadline:
+            time.sleep(LOOP_SLEEP)
+            self.read_records()
         for sid in self.ids:
             if sid not in present:
                 self.violation("work-lost", sid, "no longer in `qlab status --json`")
@@ -397,6 +416,16 @@ class Soak:
 
 
 @contextlib.contextmanager
+def soak_store(settings: Settings) -> Iterator[str]:
+    """The store's URL for the run: "" (the home's files), or a scratch database dropped afterwards."""
+    if not settings.store:
+        yield ""
+        return
+    with scratch_database(settings.store) as url:
+        yield url
+
+
+@contextlib.contextmanager
 def soak_home(settings: Settings, passed: Callable[[], bool]) -> Iterator[Path]:
     """The home: a fresh temporary one unless given; removed afterwards only when the run passed."""
     if settings.home is not None:
@@ -424,10 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     signal.signal(signal.SIGTERM, _interrupt)  # so the finally below runs: it ends every process
     outcome = {"code": 1}
-    with soak_home(settings, lambda: outcome["code"] == 0) as home:
+    with soak_home(settings, lambda: outcome["code"] == 0) as home, soak_store(settings) as url:
         console.print(f"chaos: seed {settings.seed} (replay: {settings.replay()})")
-        console.print(f"chaos: home {home}; faults {','.join(settings.faults)}")
-        cluster = Cluster(home)
+        console.print(f"chaos: home {home}; store {redact(url) if url else 'files'}; faults {','.join(settings.faults)}")
+        cluster = Cluster(home, url)
         soak = Soak(settings, cluster, console)
         try:
             soak.setup()

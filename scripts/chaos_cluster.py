@@ -134,11 +134,14 @@ class Managed:
 class Cluster:
     """Every `qlab` process of one soak, in its own home."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, store_url: str = "") -> None:
         self.home = home
         self.marker = f"{MARKER_VAR}={home}".encode()
         self.env = {**os.environ, MARKER_VAR: str(home), "PYTHONUNBUFFERED": "1"}
         self.env.pop("QLAB_HOME", None)
+        self.env.pop("QLAB_STORE", None)  # only the soak's own store: never a developer's
+        if store_url:
+            self.env["QLAB_STORE"] = store_url
         self.qlab = [*qlab_command(), "--home", str(home)]
         self.procs: dict[str, Managed] = {}
         self._serial = itertools.count(1)
@@ -229,6 +232,7 @@ class StatusPoller:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self._latest: tuple[float, dict[str, Any]] | None = None
+        self._latest_began = 0.0
         self._lock = threading.Lock()
         self._hurry = threading.Event()
         self._stop = threading.Event()
@@ -249,12 +253,18 @@ class StatusPoller:
         with self._lock:
             return self._latest
 
+    def latest_began(self) -> float:
+        """When the command behind ``latest()`` began: what it shows was read after that, and before it returned."""
+        with self._lock:
+            return self._latest_began
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            began = time.monotonic()
             data = self.cluster.json("status", "--json")
             if isinstance(data, dict):
                 with self._lock:
-                    self._latest = (time.monotonic(), data)
+                    self._latest, self._latest_began = (time.monotonic(), data), began
             fast = self._hurry.is_set()
             self._hurry.clear()
             self._stop.wait(0.3 if fast else 1.0)
@@ -329,6 +339,10 @@ class ProcessWatch:
                 self._report("process-leak", procs[pid], why)
         parents = ours | {m.pid for m in self.cluster.procs.values()}
         for proc in procs.values():
+            if proc.state == "Z" and proc.ppid in procs and procs[proc.ppid].state == "T" and not final:
+                # A paused parent cannot reap: its grace starts once it runs again.
+                self._first_seen.pop((proc.pid, proc.start), None)
+                continue
             if proc.state == "Z" and proc.ppid in parents and proc.ppid != os.getpid() and self._lasted(proc, now, final):
                 parent = procs[proc.ppid].cmdline[:60] if proc.ppid in procs else "?"
                 self._report("zombie", proc, f"a zombie child of pid {proc.ppid} ({parent}), not reaped")
@@ -340,7 +354,10 @@ class ProcessWatch:
 
     def _leak(self, proc: Proc) -> str:
         managed = {m.proc.pid for m in self.cluster.procs.values()}
-        if proc.ppid == 1 or (proc.ppid == os.getpid() and proc.pid not in managed):
+        # The soak's own `qlab` commands stay in its session and are its children: not orphans,
+        # however long one takes (on a busy machine a command can take seconds).
+        orphan = proc.ppid == os.getpid() and proc.pid not in managed and proc.session != os.getsid(0)
+        if proc.ppid == 1 or orphan:
             return "re-parented to the soak (where init would be): it outlived its parent"
         runner = self.helpers.get((proc.pid, proc.start))
         if runner is not None and proc.state != "Z" and not self.same_process(runner.pid):

@@ -25,7 +25,7 @@ from queue import SimpleQueue
 from typing import Callable
 
 from chaos_checks import Beat, Runner, StrategyLog
-from chaos_cluster import Cluster, Managed, ProcessWatch, StatusPoller, leader_of, send
+from chaos_cluster import CLI_TIMEOUT, Cluster, Managed, ProcessWatch, StatusPoller, leader_of, send
 
 FAULT_KINDS = (
     "child-kill",  # SIGKILL a strategy child
@@ -41,7 +41,8 @@ FAULT_KINDS = (
 
 Report = Callable[[str, "str | None", str], None]
 Say = Callable[[str], None]
-Done = Callable[[float, "subprocess.CompletedProcess[str] | None"], None]
+#: What to do once a command ends: (when it was issued, when it returned, its result or None on a timeout).
+Done = Callable[[float, float, "subprocess.CompletedProcess[str] | None"], None]
 
 
 @dataclass
@@ -170,12 +171,19 @@ class Recovery:
             if latest and leader is not None and leader.get("last_seen", 0) > fault.wall:
                 fault.leader_back = latest[0] - fault.at
                 self.say(f"  {fault.kind} {fault.target}: leader {leader['id']} back in {fault.leader_back:.2f}s")
-            elif now > fault.at + self.bound and not fault.leader_late:
+            elif self._leader_late(fault, now, status) and not fault.leader_late:
                 fault.leader_late = True
                 self.report("recovery", None, (
                     f"after {fault.kind} {fault.target} at +{fault.at - self.t0:.2f}s: no leading director "
                     f"published within {self.bound:.1f}s"
                 ))  # fmt: skip
+
+
+    def _leader_late(self, fault: Fault, now: float, status: StatusPoller) -> bool:
+        """Known late: a status begun after the bound still showed no leader (a command can take
+        seconds on a busy machine, so its return time alone would blame the directors for it),
+        or no status came back at all for as long as a command may take."""
+        return status.latest_began() > fault.at + self.bound or now > fault.at + self.bound + CLI_TIMEOUT
 
 
 @dataclass
@@ -322,8 +330,17 @@ class Injector:
 
     # ---- workers ----
 
+    def _in_transit(self) -> bool:
+        """A recovering strategy runs nowhere: a failover may be handing it, by way of the leader, to any
+        worker (on PostgreSQL a restarted worker often comes back after its lease, so its strategies
+        move). A worker or director fault then would be blamed on the first fault's recovery."""
+        return any(self.recovery.busy(sid) and self.running(sid) is None for sid in self.logs)
+
     def _pick_worker(self) -> tuple[Managed, list[tuple[str, Runner]]] | None:
-        """A live, running worker with strategies, none of them still recovering from something else."""
+        """A live, running worker with strategies, none of them still recovering from something else;
+        none at all while a strategy is in transit."""
+        if self._in_transit():
+            return None
         candidates = []
         for worker in self.cluster.procs.values():
             if not worker.is_worker or worker.stopped or not worker.alive():
@@ -342,7 +359,9 @@ class Injector:
         return False
 
     def worker_kill(self, now: float) -> Fault | None:
-        if (choice := self._pick_worker()) is None:
+        if self._paused() or self.recovery.leader_missing() or (choice := self._pick_worker()) is None:
+            # Never without a leader: a killed worker restarted after its lease needs one to place
+            # its strategies again (a paused director is a leader missing for a lease).
             return None
         worker, hosted = choice
         worker.expected_exit = True
@@ -386,7 +405,7 @@ class Injector:
         return self.cluster.by_pid(leader["pid"]) if leader else None
 
     def director_kill(self, now: float) -> Fault | None:
-        if self._paused() or (leader := self._leader(now)) is None:
+        if self._paused() or self._in_transit() or (leader := self._leader(now)) is None:
             return None
         leader.expected_exit = True
         leader.signal(signal.SIGKILL)
@@ -397,7 +416,7 @@ class Injector:
         return fault
 
     def director_stop(self, now: float) -> Fault | None:
-        if self._paused() or (leader := self._leader(now)) is None:
+        if self._paused() or self._in_transit() or (leader := self._leader(now)) is None:
             return None
         pause = self.rng.uniform(self.limits.lease_ttl + 0.5, self.limits.lease_ttl + 2.0)
         self._pause(leader, now, pause)
@@ -428,9 +447,9 @@ class Injector:
         fault = self._fault("restart", now, sid, [])
         self.recovery.supersede(sid)
 
-        def done(issued: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
             if self._ok(result, f"strategy restart {sid}"):
-                fault.watches.append(Watch(sid, issued, old, issued))
+                fault.watches.append(Watch(sid, returned, old, returned))
 
         self._background(done, "strategy", "restart", sid)
         return fault
@@ -445,7 +464,7 @@ class Injector:
         self.recovery.supersede(sid)
         op = self.ops[sid] = StopOp(sid, fault, race, hold, runner.pid if runner else None)
 
-        def done(issued: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
             op.stop_done = time.monotonic()
             op.phase = "waiting" if self._ok(result, f"strategy stop {sid}") and not race else "holding"
             op.start_at = op.stop_done + hold
@@ -471,22 +490,28 @@ class Injector:
     def _start(self, op: StopOp) -> None:
         op.phase = "starting"
 
-        def done(issued: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
             if op.effect is not None:
                 self.stopped_windows[op.strategy].append((op.effect, issued))
             if self._ok(result, f"strategy start {op.strategy}"):
-                op.fault.watches.append(Watch(op.strategy, issued, frozenset(), issued))
+                op.fault.watches.append(Watch(op.strategy, returned, frozenset(), returned))
             del self.ops[op.strategy]
 
         self._background(done, "strategy", "start", op.strategy)
 
     def _background(self, then: Done, *args: str) -> None:
-        """Run a `qlab` command on a thread (a paused lock holder may block it); ``then`` runs in the loop."""
+        """Run a `qlab` command on a thread (a paused lock holder may block it); ``then`` runs in the loop.
+
+        An operator command's recovery counts from when the command returned: its own start-up (an
+        interpreter and its imports, psycopg's alone up to seconds on a saturated machine) is the
+        client's time, not the cluster's (a command that fails or times out is said in the log).
+        """
         issued = time.monotonic()
 
         def work() -> None:
             result = self.cluster.run(*args)
-            self.inbox.put(lambda: then(issued, result))
+            returned = time.monotonic()
+            self.inbox.put(lambda: then(issued, returned, result))
 
         self.pool.submit(work)
 

@@ -13,9 +13,12 @@ alone, as the child measured it), `quantlab_overruns_total`,
 (result `halted`: refused by a halt), `quantlab_rate_limit_wait_seconds{account}`
 (one observation per wait for the account's rate limit: `_count` waits, `_sum`
 seconds), `quantlab_halts{scope}`, `quantlab_lease_seconds_left`,
-`quantlab_store_write_seconds`.
+`quantlab_store_write_seconds`, `quantlab_store_round_trips` (statements sent to
+PostgreSQL so far), `quantlab_worker_heartbeat_seconds` (one worker heartbeat:
+lease, view, reconcile, report).
 Director: `quantlab_strategies{status}`, `quantlab_workers{state}`,
-`quantlab_leading`, `quantlab_lease_seconds_left`, `quantlab_store_write_seconds`.
+`quantlab_leading`, `quantlab_lease_seconds_left`, `quantlab_store_write_seconds`,
+`quantlab_store_round_trips`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class _Process:
                                 registry=self.registry)
         self.store_write = Histogram("quantlab_store_write_seconds", "Time of one store commit.",
                                      buckets=_WRITE_BUCKETS, registry=self.registry)
+        self.store_round_trips = Gauge("quantlab_store_round_trips", "Statements sent to the store's database so far.",
+                                       registry=self.registry)
 
     def serve(self, port: int) -> None:
         from prometheus_client import start_http_server
@@ -67,6 +72,8 @@ class WorkerMetrics(_Process):
         from prometheus_client import Counter, Gauge, Histogram
 
         self.heartbeats = Counter("quantlab_heartbeats", "Heartbeats completed (st_heartbeat answered).", registry=self.registry)
+        self.worker_heartbeat = Histogram("quantlab_worker_heartbeat_seconds", "Time of one worker heartbeat.",
+                                          buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.tick_latency = Histogram("quantlab_tick_latency_seconds", "From a tick sent to its heartbeat back.",
                                       buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.overruns = Counter("quantlab_overruns", "Ticks skipped: the last one was still running.", registry=self.registry)
@@ -129,8 +136,9 @@ class DirectorMetrics(_Process):
 
 
 def store_commit_timing(store: object, metrics: _Process) -> None:
-    """Have a table-based store report each commit's duration (other stores: nothing to time)."""
+    """Have a table-based store report each commit's duration and its round trips (other stores: nothing to time)."""
     from quantlab.pool.store import TableStore
 
     if isinstance(store, TableStore):
         store.commit_observer = metrics.store_write.observe
+        metrics.store_round_trips.set_function(store.round_trips)

@@ -55,6 +55,7 @@ class DirectorLoop:
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
         director_id: str | None = None,
+        host: str | None = None,
     ) -> None:
         self.store = store
         self.pool = WorkPool(store, clock)
@@ -63,13 +64,14 @@ class DirectorLoop:
         self.log = log or logging.getLogger("quantlab.director")
         self.clock = clock
         self.mono = mono
+        host = host or socket.gethostname()
         self.record = Director(
-            id=director_id or f"{socket.gethostname()}-{os.getpid()}",
-            host=socket.gethostname(),
+            id=director_id or f"{host}-{os.getpid()}",
+            host=host,
             pid=os.getpid(),
             started=clock(),
         )
-        self.lead = Leadership(store, self.record.id, lease_ttl, clock=clock, mono=mono)
+        self.lead = Leadership(store, self.record.id, lease_ttl, host=host, clock=clock, mono=mono)
         self.view = WorkView(store, mono=mono)
         self.resources: dict[str, Resource] = {}
         self.workers = LeaseWatch()
@@ -339,7 +341,7 @@ def run_director(
     stop = StopRequest().install()
     store = open_store(paths)
     log = process_logger("quantlab.director", paths.director_log(), logs)
-    loop = DirectorLoop(store, tick=tick, lease_ttl=lease_ttl, log=log)
+    loop = DirectorLoop(store, tick=tick, lease_ttl=lease_ttl, log=log, host=paths.host_name)
     notifier = Notifier()
     metrics = None
     if metrics_port is not None:

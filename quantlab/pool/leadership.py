@@ -30,12 +30,14 @@ class Leadership:
         director_id: str,
         ttl: float,
         *,
+        host: str | None = None,
         clock: Callable[[], float] = time.time,
         mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.director_id = director_id
         self.ttl = ttl
+        self.host = host or socket.gethostname()
         self.clock = clock
         self.mono = mono
         self.term: int | None = None  #: our epoch while we lead
@@ -81,7 +83,7 @@ class Leadership:
             return None  # it moved since we judged it expired: not ours to take
         epoch = (current.epoch if current else 0) + 1
         return Leader(
-            director=self.director_id, epoch=epoch, host=socket.gethostname(), pid=os.getpid(),
+            director=self.director_id, epoch=epoch, host=self.host, pid=os.getpid(),
             ttl=self.ttl, renewed=self.clock(),
         )
 

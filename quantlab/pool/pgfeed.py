@@ -31,6 +31,12 @@ RELISTEN_EVERY = 1.0
 READ_LIMIT = 20_000
 
 HEAD_SQL = "SELECT id FROM qlab_feed_head"
+#: The lines after a cursor, each with the head; the head alone (a NULL line) when there are none.
+READ_SQL = """
+SELECT h.id, c.id, c.kind, c.key, c.version, c.worker FROM qlab_feed_head h LEFT JOIN LATERAL (
+    SELECT id, kind, key, version, worker FROM qlab_changes WHERE id > %s ORDER BY id LIMIT %s
+) c ON true ORDER BY c.id
+"""
 
 
 def channel_for(schema: str) -> str:
@@ -122,17 +128,17 @@ class PgFeed:
         raise NotImplementedError("PostgresStore appends in the statement that commits")
 
     def read(self, cursor: Cursor) -> tuple[list[Change], Cursor, bool]:
-        rows = self.link.read(
-            "SELECT id, kind, key, version, worker FROM qlab_changes WHERE id > %s ORDER BY id LIMIT %s",
-            (cursor.offset, READ_LIMIT),
-        )
+        # The head comes along in the same round trip: an idle loop's read finds no line, and then
+        # needs the head to tell "nothing new" from "the database was replaced".
+        rows = self.link.read(READ_SQL, (cursor.offset, READ_LIMIT))
+        head = int(rows[0][0]) if rows else 0
+        rows = [r for r in rows if r[1] is not None]
         if not rows:
-            head = self.head()
             if head < cursor.offset:  # the database was replaced under us: start over
                 return [], Cursor(1, head), True
             return [], cursor, False
-        lost = int(rows[0][0]) != cursor.offset + 1  # ids are dense: a hole was pruned away
-        changes = [Change(kind=r[1], key=r[2], version=int(r[3]), worker=r[4]) for r in rows]
-        last = int(rows[-1][0])
+        lost = int(rows[0][1]) != cursor.offset + 1  # ids are dense: a hole was pruned away
+        changes = [Change(kind=r[2], key=r[3], version=int(r[4]), worker=r[5]) for r in rows]
+        last = int(rows[-1][1])
         self.listener.latest = max(self.listener.latest, last)
         return changes, Cursor(1, last), lost

@@ -5,9 +5,12 @@ a row lock on behalf of a client that paused between two statements. A read
 that fails on a broken connection is retried once on a fresh one; a write is
 not (it may have landed): the caller finds out what happened from the record.
 
-Connection defaults keep a dead network from stalling a worker past its lease:
+Connection defaults keep a dead network from stalling a loop for long:
 ``connect_timeout`` and ``tcp_user_timeout`` bound how long a call can block
-on a server that stopped answering (a URL may override them).
+when packets stop being acknowledged (a URL may override them), and every call
+waits at most CALL_TIMEOUT for its answer, so a connection that stays up but
+goes silent (a hung pooler or proxy in between) is dropped and reopened too.
+A worker's fence never waits on any of this (quantlab/worker/fenceguard.py).
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ Row = tuple[Any, ...]
 DEFAULTS = {"connect_timeout": "3", "tcp_user_timeout": "3000", "keepalives_idle": "5", "keepalives_interval": "2"}
 #: Seconds after a failed connect before the next attempt (calls in between fail at once).
 RECONNECT_EVERY = 0.5
+#: Seconds one statement may wait for the server's answer before its connection is given up.
+CALL_TIMEOUT = 5.0
+
+
+class _BoundedConnection(psycopg.Connection[Row]):
+    """A connection whose every wait for the server ends after CALL_TIMEOUT (an OperationalError)."""
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        return super().wait(gen, interval=interval, timeout=CALL_TIMEOUT if timeout is None else timeout)
 
 
 def redact(url: str) -> str:
@@ -46,7 +58,7 @@ def connect(url: str) -> psycopg.Connection[Row]:
     except psycopg.ProgrammingError as e:
         raise ConfigError(f"bad store URL {redact(url)}: {e}") from None
     try:
-        return psycopg.connect(conninfo.make_conninfo("", **params), autocommit=True)
+        return _BoundedConnection.connect(conninfo.make_conninfo("", **params), autocommit=True)
     except psycopg.OperationalError as e:
         reason = " ".join(str(e).split())
         raise StoreUnavailable(f"cannot reach the store at {redact(url)}: {reason}") from None
@@ -60,6 +72,7 @@ class PgLink:
         self._pid = 0
         self._retry_at = 0.0
         self.reconnects = 0  #: connections opened after the first (tests and figures)
+        self.statements = 0  #: statements sent, each one round trip (metrics and figures)
 
     def conn(self) -> psycopg.Connection[Row]:
         with self._lock:
@@ -94,6 +107,7 @@ class PgLink:
         """Rows of a read-only statement; retried once on a fresh connection."""
         for attempt in (1, 2):
             try:
+                self.statements += 1
                 return self.conn().execute(sql, params).fetchall()
             except psycopg.OperationalError as e:
                 self.drop()
@@ -104,6 +118,7 @@ class PgLink:
     def write(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
         """Rows of one writing statement; StoreUnavailable when it may or may not have landed."""
         try:
+            self.statements += 1
             cur = self.conn().execute(sql, params)
             return cur.fetchall() if cur.description else []
         except psycopg.OperationalError as e:

@@ -13,8 +13,13 @@ live in its own schema: put ``options=-csearch_path=NAME`` in the URL).
   row lock serialises announcing commits for the length of one statement, so
   ids become visible strictly in order and a reader's cursor never skips a
   change still in flight (a bigserial would: ids are taken before commit).
-- ``qlab_events``, ``qlab_messages``: append-only logs (bigserial is fine:
-  readers of events tolerate order, messages are taken by work id).
+- ``qlab_events``: the event log, followed by id (`qlab events --follow`).
+  Its ids come from the one-row ``qlab_events_head`` the same way (version
+  2): with a sequence, an append that took id 7 could commit after one that
+  took id 8, and a follower that had read up to 8 would never see 7. ``at``
+  is the server's time of the append, for pruning by age.
+- ``qlab_messages``: append-only (a bigserial is fine: messages are taken by
+  work id, all at once).
 
 Migrations run in one transaction under ``LOCK TABLE qlab_schema`` (a
 transaction lock, gone at commit; no session advisory lock anywhere).
@@ -62,6 +67,20 @@ MIGRATIONS: list[tuple[int, str]] = [
             data bytea NOT NULL
         );
         CREATE INDEX qlab_messages_work ON qlab_messages (work_id, id);
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE qlab_events_head (
+            one smallint PRIMARY KEY DEFAULT 1 CHECK (one = 1),
+            id bigint NOT NULL
+        );
+        INSERT INTO qlab_events_head (id) SELECT coalesce(max(id), 0) FROM qlab_events;
+        ALTER TABLE qlab_events ALTER COLUMN id DROP DEFAULT;
+        DROP SEQUENCE qlab_events_id_seq;
+        ALTER TABLE qlab_events ADD COLUMN at timestamptz NOT NULL DEFAULT now();
+        CREATE INDEX qlab_events_at ON qlab_events (at);
         """,
     ),
 ]

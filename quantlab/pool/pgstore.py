@@ -38,7 +38,9 @@ from quantlab.pool.vfiles import ABSENT, Head
 #: Feed lines and events kept; older ones are pruned now and then (a reader behind them makes a full pass).
 CHANGES_KEPT = 200_000
 EVENTS_KEPT = 200_000
-#: Appends by one process between two prunes.
+#: Days an event is kept, however few there are.
+EVENTS_MAX_AGE_DAYS = 90
+#: Appends (feed lines and events) by one process between two prunes.
 PRUNE_EVERY = 1_000
 
 _encode = msgspec.json.Encoder().encode
@@ -72,6 +74,14 @@ _MESSAGE = """
 WITH src AS (
     INSERT INTO qlab_messages (work_id, data) VALUES (%(key)s, %(data)s) RETURNING 0 AS version
 )""" + _FEED_TAIL
+
+
+# The events' counter row is locked until this statement commits, so the next append waits for
+# it and takes a larger id: ids become visible strictly in order (pgschema.py says why).
+APPEND_EVENT = """
+WITH head AS (UPDATE qlab_events_head SET id = id + 1 RETURNING id)
+INSERT INTO qlab_events (id, data) SELECT id, %(data)s FROM head
+"""
 
 
 class PgTable:
@@ -128,6 +138,9 @@ class PostgresStore(TableStore):
         finally:
             conn.close()
 
+    def round_trips(self) -> int:
+        return self.link.statements
+
     def _table(self, kind: str) -> PgTable:
         table = self._tables.get(kind)
         if table is None:
@@ -166,10 +179,16 @@ class PostgresStore(TableStore):
 
     def _maybe_prune(self) -> None:
         self._appends += 1
-        if self._appends % PRUNE_EVERY:
-            return
+        if self._appends % PRUNE_EVERY == 0:
+            self.prune()
+
+    def prune(self) -> None:
+        """Drop the oldest feed lines and events: beyond the counts kept, and events past their age."""
         self.link.write("DELETE FROM qlab_changes WHERE id <= (SELECT id FROM qlab_feed_head) - %s", (CHANGES_KEPT,))
-        self.link.write("DELETE FROM qlab_events WHERE id <= (SELECT max(id) FROM qlab_events) - %s", (EVENTS_KEPT,))
+        self.link.write(
+            "DELETE FROM qlab_events WHERE id <= (SELECT id FROM qlab_events_head) - %s OR at < now() - make_interval(days => %s)",
+            (EVENTS_KEPT, EVENTS_MAX_AGE_DAYS),
+        )
 
     # ---- reads in one statement ----
 
@@ -209,7 +228,8 @@ class PostgresStore(TableStore):
     # ---- events ----
 
     def append_event(self, event: Event) -> None:
-        self.link.write("INSERT INTO qlab_events (data) VALUES (%s)", (_encode(event),))
+        self.link.write(APPEND_EVENT, {"data": _encode(event)})
+        self._maybe_prune()
 
     def read_events(self, offset: int = 0) -> tuple[list[Event], int]:
         """Events after id ``offset``, and the id of the last one."""

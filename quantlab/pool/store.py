@@ -165,6 +165,10 @@ class TableStore:
     def _table(self, kind: str) -> Table:
         raise NotImplementedError
 
+    def round_trips(self) -> int:
+        """Statements sent to a database server so far (0 for a store without one)."""
+        return 0
+
     def append_event(self, event: Event) -> None:
         raise NotImplementedError
 

@@ -16,7 +16,6 @@ import math
 import os
 import queue
 import select
-import socket
 import time
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +35,7 @@ from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import StopRequest
 from quantlab.strategy.loader import import_file
 from quantlab.worker import procs
+from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children
 from quantlab.exchange.accounts import PROXY_ENV, PROXY_VARIABLES, Account, load_accounts, take_proxy, take_secrets
 from quantlab.exchange.accounts import without_credentials
@@ -77,9 +77,10 @@ class WorkerRuntime:
         self.handlers: dict[int, Callable[[], None]] = {}
         self.api_done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run on the loop's thread
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance())
+        self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name))
         self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
         self.children = Children(self.watch, self.unwatch, log)
+        self.manager.guard = FenceGuard(self.children.kill_all, log)
         self.poller.register(self.channel.socket, zmq.POLLIN)
         self.poller.register(self.fds.fileno(), zmq.POLLIN)
         self.watch(stop.fd, stop.drain)
@@ -213,7 +214,10 @@ class WorkerRuntime:
             if now >= next_beat or changed:
                 seq += 1
                 try:
+                    started = time.perf_counter()
                     st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=time.time(), interval=heartbeat))
+                    if self.manager.metrics is not None:
+                        self.manager.metrics.worker_heartbeat.observe(time.perf_counter() - started)
                 except (OSError, QuantlabError):
                     # A full disk or a store hiccup must not take the children down with the worker;
                     # if it lasts, the lease runs out and the director moves the strategies.
@@ -223,6 +227,8 @@ class WorkerRuntime:
             wctx.notifier.watchdog()  # only from here: a stuck loop must go quiet
 
     def close(self) -> None:
+        if self.manager.guard is not None:
+            self.manager.guard.close()
         self.children.kill_all()  # nothing outlives the worker, whatever path brought us here
         self.fds.close()
         self.channel.close()
@@ -274,7 +280,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id), options.log_settings)
     hooks = _load_hooks(options.hooks)
     runtime = WorkerRuntime(store, options, paths, log, stop)
-    identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=socket.gethostname())
+    identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=paths.host_name)
     resource = Resource(
         id=options.id,
         spec=WorkerSpec(
@@ -285,7 +291,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
             max_strategies=options.max_strategies,
             accounts=runtime.apis.names,
             lease_ttl=options.lease_ttl,
-            instance=new_instance(),
+            instance=new_instance(identity.host),
             started=process_started(),
         ),
         state=WorkerState(),

@@ -50,6 +50,7 @@ from quantlab.protocol import (
 )
 from quantlab.worker import machine as m
 from quantlab.worker import procs
+from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
 from quantlab.worker.transport import Transport
@@ -108,6 +109,8 @@ class StrategyManager:
         self.reporter = Reporter(worker_id, pool, log, wall)
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
+        #: Told each new lease deadline (plus grace), to kill the children even while the loop is stuck.
+        self.guard: FenceGuard | None = None
 
     # ---- the lease ----
 
@@ -126,6 +129,8 @@ class StrategyManager:
                 slot.fenced_off = True
         self.lease_until = until
         self.lease_grace = grace
+        if self.guard is not None:
+            self.guard.arm(until + grace)
         if now < until and self.lease_lapsed:
             self.lease_lapsed = False
             self.log.warning("lease valid again: taking strategies again")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import tomllib
 from typing import Literal
 from pathlib import Path
@@ -35,9 +34,9 @@ class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def log_settings(self) -> LogSettings:
         return LogSettings(format=self.log_format, max_mb=self.log_max_mb, keep=self.log_keep)
 
-    def resolved(self) -> "WorkerOptions":
-        """Fill derived defaults and check ranges."""
-        worker_id = self.id or f"{socket.gethostname()}-{self.region}"
+    def resolved(self, host: str) -> "WorkerOptions":
+        """Fill derived defaults (the id from ``host``, this process's host name) and check ranges."""
+        worker_id = self.id or f"{host}-{self.region}"
         for name in ("heartbeat", "lease_ttl", "stop_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"worker {name.replace('_', '-')} must be positive")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import os
 import secrets
-import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,8 +35,8 @@ from quantlab.pool.vfiles import private_dir
 WAIT_POLL = 0.2
 
 
-def new_instance() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+def new_instance(host: str) -> str:
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def process_started() -> float:

@@ -1,4 +1,7 @@
-"""The chaos soak (scripts/chaos.py) for 60 seconds, every fault kind: it must pass with no violation."""
+"""The chaos soak (scripts/chaos.py), every fault kind: it must pass with no violation.
+
+60 seconds on the file store; 30 seconds on PostgreSQL (a scratch database the soak makes and drops).
+"""
 
 from __future__ import annotations
 
@@ -10,27 +13,29 @@ from pathlib import Path
 
 import pytest
 
+from tests.pgutil import require_postgres
+
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 from chaos_cluster import Cluster  # noqa: E402
 
 DURATION = 60
-#: Setup (~5 s), the faults, settling (at most 15 s + twice the 5.2 s bound), the shutdown (~12 s at most).
-DEADLINE = DURATION + 120
+PG_DURATION = 30
+#: Past the faults: setup (~5 s), settling (at most 15 s + twice the 5.2 s bound), the shutdown (~12 s at most).
+OVERHEAD = 120
 
 
-@pytest.mark.timeout(DEADLINE + 60)
-def test_chaos_soak_passes(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    command = [sys.executable, str(SCRIPTS / "chaos.py"), "--duration", str(DURATION), "--seed", "1", "--home", str(home)]
-    env = {k: v for k, v in os.environ.items() if k != "QLAB_HOME"}
+def run_soak(home: Path, duration: int, *extra: str) -> None:
+    command = [sys.executable, str(SCRIPTS / "chaos.py"), "--duration", str(duration), "--seed", "1", "--home", str(home), *extra]
+    env = {k: v for k, v in os.environ.items() if k not in ("QLAB_HOME", "QLAB_STORE")}
+    deadline = duration + OVERHEAD
     soak = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try:
-        out, _ = soak.communicate(timeout=DEADLINE)
+        out, _ = soak.communicate(timeout=deadline)
     except subprocess.TimeoutExpired:
-        soak.send_signal(signal.SIGTERM)  # the soak ends every process it started on its way out
+        soak.send_signal(signal.SIGTERM)  # the soak ends every process it started (and drops its database) on its way out
         out, _ = soak.communicate(timeout=30)
-        pytest.fail(f"the soak did not finish within {DEADLINE}s:\n{out[-6000:]}")
+        pytest.fail(f"the soak did not finish within {deadline}s:\n{out[-6000:]}")
     finally:
         if soak.poll() is None:
             os.killpg(soak.pid, signal.SIGKILL)
@@ -40,3 +45,13 @@ def test_chaos_soak_passes(tmp_path: Path) -> None:
     assert soak.returncode == 0, "the soak found violations:\n" + "\n".join(
         line for line in out.splitlines() if "VIOLATION" in line or "chaos:" in line
     )[-8000:]
+
+
+@pytest.mark.timeout(DURATION + OVERHEAD + 60)
+def test_chaos_soak_passes(tmp_path: Path) -> None:
+    run_soak(tmp_path / "home", DURATION)
+
+
+@pytest.mark.timeout(PG_DURATION + OVERHEAD + 60)
+def test_chaos_soak_passes_on_postgres(tmp_path: Path) -> None:
+    run_soak(tmp_path / "home", PG_DURATION, "--store", require_postgres())

@@ -25,7 +25,7 @@ from tests.conftest import Lab, pid_alive, wait_for
 from tests.integration.test_store_faults import RECORDER, beats
 
 
-def _runs(lab: Lab, work_id: str) -> list[tuple[int, float, float]]:
+def runner_spans(lab: Lab, work_id: str) -> list[tuple[int, float, float]]:
     """(pid, first beat, last beat) per child that ran ``work_id``, in order of first beat."""
     spans: dict[int, list[float]] = {}
     for b in beats(lab, work_id):
@@ -35,7 +35,7 @@ def _runs(lab: Lab, work_id: str) -> list[tuple[int, float, float]]:
 
 
 def assert_never_two_runners(lab: Lab, work_id: str) -> None:
-    runs = _runs(lab, work_id)
+    runs = runner_spans(lab, work_id)
     for (pid_a, _, last_a), (pid_b, first_b, _) in zip(runs, runs[1:]):
         assert last_a < first_b, f"{pid_a} still beat at {last_a} after {pid_b} began at {first_b}"
 
@@ -120,33 +120,55 @@ def test_a_worker_cut_off_from_the_database_fences_itself_and_its_strategy_moves
     pg_lab: Lab, cut_off_role: str
 ) -> None:
     pg_lab.director()
-    opts = ("--lease-ttl", "2", "--stop-timeout", "0.3")
     cut_url = pg_lab.store_url.replace("://root@", f"://{cut_off_role}@").replace("://postgres@", f"://{cut_off_role}@")
     cut_lab = Lab(pg_lab.home, cut_url)
     try:
-        cut_lab.worker("w1", *opts)
-        file = pg_lab.strategy("rec", RECORDER)
-        pg_lab.assign(file, "--interval", "0.05", "--worker", "w1")
-        before = pg_lab.wait_heartbeats("rec", 5)
-        pg_lab.store.update_work("rec", _unpinned)
-        pg_lab.worker("w2", *opts)
+        before = rec_on_w1_with_w2_spare(pg_lab, cut_lab)
         _set_login(pg_lab.store_url, cut_off_role, False)  # w1 can neither keep nor open a connection
-        old_pid = before.result.pid
-        wait_for(
-            lambda: (w := pg_lab.store.find_work("rec")) and w.assignment and w.assignment.worker == "w2"
-            and w.result.pid != old_pid and w.result.heartbeats > 3 and w,
-            timeout=20, what="rec to run on w2",
-        )
-        assert_never_two_runners(pg_lab, "rec")
-        assert not pid_alive(old_pid or 0)
+        wait_moved_to_w2(pg_lab, before)
+        assert not pid_alive(before.result.pid or 0)
         _set_login(pg_lab.store_url, cut_off_role, True)  # back: w1 finds its lease gone and registers again
-        pg_lab.wait_event("lease_lost", timeout=15)
-        wait_for(lambda: pg_lab.store.find_resource("w1"), timeout=15, what="w1 to register again")
-        work = pg_lab.wait_heartbeats("rec", pg_lab.work("rec").result.heartbeats + 5)
-        assert work.assignment is not None and work.assignment.worker == "w2"  # a running strategy is never moved back
-        assert_never_two_runners(pg_lab, "rec")
+        w1_back_and_rec_stays_on_w2(pg_lab)
     finally:
         cut_lab.close()
+
+
+# ---- a worker that loses the database: shared by the tests of each way to lose it ----
+
+MOVING = ("--lease-ttl", "2", "--stop-timeout", "0.3")  #: short leases, so that strategies move quickly
+
+
+def rec_on_w1_with_w2_spare(lab: Lab, w1_lab: Lab) -> Work:
+    """``rec`` beating on w1 (started through ``w1_lab``, its own way to the database), unpinned, w2 up."""
+    w1_lab.worker("w1", *MOVING)
+    file = lab.strategy("rec", RECORDER)
+    lab.assign(file, "--interval", "0.05", "--worker", "w1")
+    before = lab.wait_heartbeats("rec", 5)
+    lab.store.update_work("rec", _unpinned)
+    lab.worker("w2", *MOVING)
+    return before
+
+
+def wait_moved_to_w2(lab: Lab, before: Work) -> Work:
+    """``rec`` running on w2 in a new child, beating on; never two runners at once."""
+    moved = wait_for(
+        lambda: (w := lab.store.find_work("rec")) and w.assignment and w.assignment.worker == "w2"
+        and w.result.status == "running" and w.result.pid not in (None, before.result.pid)
+        and w.result.heartbeats > before.result.heartbeats + 3 and w,
+        timeout=20, what="rec to run on w2",
+    )
+    assert moved.epoch > before.epoch
+    assert_never_two_runners(lab, "rec")
+    return moved
+
+
+def w1_back_and_rec_stays_on_w2(lab: Lab) -> None:
+    """w1, reconnected, finds its lease gone and registers anew; a running strategy is never moved back."""
+    lab.wait_event("lease_lost", timeout=15)
+    wait_for(lambda: lab.store.find_resource("w1"), timeout=15, what="w1 to register again")
+    work = lab.wait_heartbeats("rec", lab.work("rec").result.heartbeats + 5)
+    assert work.assignment is not None and work.assignment.worker == "w2"
+    assert_never_two_runners(lab, "rec")
 
 
 # ---- the database restarted under load (a throwaway cluster of the test's own) ----
@@ -204,7 +226,7 @@ def test_the_database_restarted_under_load_loses_and_doubles_nothing(
         for work_id in ids:
             after = lab.wait_heartbeats(work_id, before[work_id].result.heartbeats + 10, timeout=20)
             assert after.epoch == before[work_id].epoch and after.result.pid == before[work_id].result.pid  # never moved
-            assert len(_runs(lab, work_id)) == 1  # one child all along: nothing doubled
+            assert len(runner_spans(lab, work_id)) == 1  # one child all along: nothing doubled
             seen = values(lab, work_id)
             assert seen == list(range(1, len(seen) + 1))  # the count went on without a gap or a repeat
         assert lab.store.find_resource("w1") is not None and not lab.events("lease_lost")

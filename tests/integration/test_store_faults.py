@@ -8,11 +8,12 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from quantlab.pool.records import Work
-from tests.conftest import QLAB, Lab, pid_alive, proc_state, wait_for
+from tests.conftest import Lab, pid_alive, proc_state, wait_for
 
 #: Heartbeats and exits are appended to ID.beats beside the file: "beat PID N WALLTIME" / "exit PID TYPE WALLTIME".
 RECORDER = '''
@@ -180,6 +181,14 @@ def _inside_a_write(lab: Lab, pid: int, deadline: float) -> bool:
 
 @pytest.mark.timeout(240)
 def test_a_worker_paused_at_random_moments_never_runs_a_moved_strategy(lab: Lab) -> None:
+    caught_in_write = pause_workers_at_random_moments(lab, TRIALS, in_writes=_inside_a_write)
+    assert caught_in_write >= 1, "no trial stopped the worker inside a write"
+
+
+def pause_workers_at_random_moments(lab: Lab, trials: int, in_writes: Callable[[Lab, int, float], bool] | None = None) -> int:
+    """Two workers; the strategies' holder is paused past its lease ``trials`` times, every other
+    time inside a write where ``in_writes`` can catch one: the strategies move, an assign is never
+    blocked, and once resumed the worker runs nothing stale. How many pauses caught a write."""
     rng = random.Random(7)
     lab.director()
     opts = ("--lease-ttl", str(LEASE), "--stop-timeout", "0.5")
@@ -193,19 +202,17 @@ def test_a_worker_paused_at_random_moments_never_runs_a_moved_strategy(lab: Lab)
         lab.store.update_work(work_id, _unpinned)
     holder, spare = "w1", "w2"
     caught_in_write = 0
-    for trial in range(TRIALS):
+    for trial in range(trials):
         victim = workers[holder]
         _random_moment(lab, ids, rng)
-        if trial % 2 and _inside_a_write(lab, victim.pid, time.monotonic() + 2):
+        if trial % 2 and in_writes is not None and in_writes(lab, victim.pid, time.monotonic() + 2):
             caught_in_write += 1
         elif proc_state(victim.pid) != "T":
             os.kill(victim.pid, signal.SIGSTOP)
         paused_wall, paused = time.time(), time.monotonic()
         try:
             extra = lab.strategy(f"x{trial}", RECORDER)
-            assign = subprocess.run([QLAB, "--home", str(lab.home), "strategy", "assign", str(extra), "--interval", "1"],
-                                    capture_output=True, text=True, timeout=10)
-            assert assign.returncode == 0, assign.stderr  # never blocked by the paused worker
+            lab.run("strategy", "assign", str(extra), "--interval", "1", timeout=10)  # never blocked by the paused worker
             wait_for(lambda: _running_on(lab, spare, ids, paused_wall), timeout=10,
                      what=f"trial {trial}: the strategies to run on {spare}")
             moved_after = time.monotonic() - paused
@@ -220,7 +227,7 @@ def test_a_worker_paused_at_random_moments_never_runs_a_moved_strategy(lab: Lab)
                  what=f"trial {trial}: {holder} to renew")
         _check_no_stale_runner(lab, ids, resumed)
         holder, spare = spare, holder
-    assert caught_in_write >= 1, "no trial stopped the worker inside a write"
+    return caught_in_write
 
 
 def _random_moment(lab: Lab, ids: list[str], rng: random.Random) -> None:

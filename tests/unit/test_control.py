@@ -373,10 +373,10 @@ def test_snapshot_flattens_records_by_their_field_names(store: FileStore, tmp_pa
 
 def test_stop_worker_checks_the_worker_and_its_host(store: FileStore) -> None:
     with pytest.raises(NotFound, match="no worker 'w1'"):
-        control.stop_worker(store, "w1", clock=clock)
+        control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
     register_worker(store, "w1", host="elsewhere")
     with pytest.raises(BadInput, match="worker w1 runs on host elsewhere: stop it there"):
-        control.stop_worker(store, "w1", clock=clock)
+        control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
 
 
 def test_stop_worker_sends_sigterm_to_a_local_worker(store: FileStore) -> None:
@@ -384,7 +384,7 @@ def test_stop_worker_sends_sigterm_to_a_local_worker(store: FileStore) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "quantlab-worker"])
     try:
         register_worker(store, "w1", host=socket.gethostname(), pid=proc.pid)
-        assert "is stopping" in control.stop_worker(store, "w1", clock=clock)
+        assert "is stopping" in control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
         assert proc.wait(timeout=10) == -15
         assert store.find_resource("w1") is not None  # the worker unregisters itself as it exits
         assert kinds(store) == ["worker_stop_requested"]
@@ -397,7 +397,7 @@ def test_stop_worker_never_signals_a_reused_pid(store: FileStore) -> None:
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         register_worker(store, "w1", host=socket.gethostname(), pid=stranger.pid)
-        assert "removed its stale record" in control.stop_worker(store, "w1", clock=clock)
+        assert "removed its stale record" in control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
         assert stranger.poll() is None
         assert store.find_resource("w1") is None
     finally:

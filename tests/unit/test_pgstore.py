@@ -91,6 +91,22 @@ def test_another_process_commit_moves_the_end_by_notify(pg_url: str) -> None:
     reader.close(), writer.close()
 
 
+def test_a_feed_read_with_nothing_new_is_one_round_trip_and_sees_a_replaced_database(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        store.add_work(work())
+        cursor = store.changes_end()
+        before = store.round_trips()
+        assert store.changes(cursor) == ([], cursor, False)
+        assert store.round_trips() == before + 1  # the head came with the (empty) lines
+        store.link.write("TRUNCATE qlab_changes")  # as if the database had been replaced by an empty one
+        store.link.write("UPDATE qlab_feed_head SET id = 0")
+        changes, after, lost = store.changes(cursor)
+        assert changes == [] and after.offset == 0 and lost  # start over with a full pass
+    finally:
+        store.close()
+
+
 def test_a_lost_listener_catches_up_after_it_listens_again(pg_url: str) -> None:
     reader, writer = PostgresStore(pg_url), PostgresStore(pg_url)
     start = reader.changes_end()
