@@ -26,7 +26,7 @@ import msgspec
 from quantlab.pool.feed import Change, FileFeed
 from quantlab.pool.records import Event
 from quantlab.pool.store import TableStore, check_id
-from quantlab.pool.vfiles import VersionedDir, fsync_dir, private_dir, read_file, write_all, write_durable
+from quantlab.pool.vfiles import Head, VersionedDir, fsync_dir, private_dir, read_file, sync_filesystem, write_all, write_durable
 from quantlab.errors import CorruptRecord
 
 _encode = msgspec.json.Encoder().encode
@@ -59,6 +59,17 @@ class FileStore(TableStore):
         if str(error) not in self._reported:  # once per process and version, not on every pass
             self._reported.add(str(error))
             super()._report_corrupt(kind, key, error)
+
+    def _commit_states(self, commits: list[tuple[str, Head, bytes]]) -> list[bool]:
+        """Group commit: every version written and linked unsynced, then one syncfs for them all.
+
+        A version is visible before the sync, but no outcome is returned (and no tick sent on
+        it) before the sync made it durable; a failure raises, and the caller writes again.
+        """
+        table = self._table("state")
+        won = [table.commit(key, base, data, durable=False) for key, base, data in commits]
+        sync_filesystem(table.root)
+        return won
 
     # ---- messages ----
 

@@ -35,9 +35,10 @@ re-create.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import msgspec
 
@@ -86,18 +87,48 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def write_durable(path: Path, data: bytes) -> None:
-    """Create ``path`` (which must not exist) with every byte of ``data``, fsynced; no file on error."""
+def write_durable(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Create ``path`` (which must not exist) with every byte of ``data``, fsynced; no file on error.
+
+    ``sync`` False: the caller syncs the filesystem after a batch of them (sync_filesystem).
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         write_all(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         raise
     os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make every write on the filesystem holding ``path`` durable with one call: syncfs(2).
+
+    One call for a batch of files and their directories, where each would need an fsync of
+    its own (the worker's group commit of states). Without syncfs, sync(2) does the same for
+    every filesystem.
+    """
+    syncfs = _syncfs()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    import ctypes  # only the processes that group-commit need it
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
 
 
 def private_dir(path: Path) -> None:
@@ -171,16 +202,20 @@ class VersionedDir:
             return Head(header.v, None if header.gone else data, header.n, tuple(header.a))
         raise CorruptRecord(f"{folder}: the head kept vanishing while read")
 
-    def commit(self, key: str, base: Head, data: bytes | None) -> bool:
-        """Write ``data`` (None: a tombstone) as version base.version + 1; False if another writer won."""
+    def commit(self, key: str, base: Head, data: bytes | None, *, durable: bool = True) -> bool:
+        """Write ``data`` (None: a tombstone) as version base.version + 1; False if another writer won.
+
+        ``durable`` False leaves the fsyncs to the caller, who syncs a whole batch at once
+        (sync_filesystem) before it tells anyone the batch is written.
+        """
         folder = self.folder(key)
-        self._ensure(folder)
+        self._ensure(folder, durable)
         version = base.version + 1
         nonce = os.urandom(8).hex()
         ancestors = [base.nonce, *base.ancestors[: ANCESTORS - 1]] if base.nonce else []
         header = _encode(_Header(v=version, n=nonce, p=base.nonce, gone=data is None, a=ancestors))
         tmp = folder / f".tmp-{os.getpid()}-{nonce}"
-        write_durable(tmp, header + b"\n" + (data or b""))
+        write_durable(tmp, header + b"\n" + (data or b""), sync=durable)
         try:
             os.link(tmp, folder / _name(version))
         except FileExistsError:
@@ -188,7 +223,8 @@ class VersionedDir:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        fsync_dir(folder)
+        if durable:
+            fsync_dir(folder)
         if not self._in_history(key, version, nonce):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / _name(version))
@@ -196,12 +232,13 @@ class VersionedDir:
         self._prune(folder, version)
         return True
 
-    def _ensure(self, folder: Path) -> None:
+    def _ensure(self, folder: Path, durable: bool = True) -> None:
         try:
             folder.mkdir(mode=0o700)
         except FileExistsError:
             return
-        fsync_dir(self.root)  # the new record's directory must survive a power cut too
+        if durable:
+            fsync_dir(self.root)  # the new record's directory must survive a power cut too
 
     def _in_history(self, key: str, version: int, nonce: str) -> bool:
         """Whether our freshly linked ``version`` is part of the record's history."""

@@ -49,6 +49,7 @@ from quantlab.worker import machine as m
 from quantlab.worker import procs
 from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
+from quantlab.worker.statecommit import StateCommits
 from quantlab.worker.transport import Transport
 from quantlab.worker.zygote import Spawn
 from quantlab.logsetup import LogSettings
@@ -102,6 +103,7 @@ class StrategyManager:
         #: The halts in force, read every worker heartbeat (the pool reads them again as it sends).
         self.halts = Halts()
         self.reporter = Reporter(worker_id, pool, log, wall)
+        self.states = StateCommits(pool, self.reporter, self._state_taken)
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
 
@@ -202,8 +204,10 @@ class StrategyManager:
         if isinstance(action, m.Spawn):
             self._spawn(slot, action.incarnation)
         elif isinstance(action, m.SendInit):
+            self.states.before_send(slot)
             self._send_init(slot)
         elif isinstance(action, m.SendTick):
+            self.states.before_send(slot)
             slot.result.overruns = action.overruns
             info = TickInfo(seq=action.seq, ts=self.wall(), interval=slot.work.spec.interval, overruns=action.overruns)
             halted = self.halts.covering(self.worker_id, slot.id, slot.work.spec.accounts) is not None
@@ -234,8 +238,7 @@ class StrategyManager:
             self.flush_one(slot)
         elif isinstance(action, m.Settle):
             self._forget(slot)
-            if slot.unsaved is not None:
-                self._write_state(slot)
+            self.states.settle(slot)
             self.reporter.settle(slot, action)
 
     def _spawn(self, slot: Slot, incarnation: int) -> None:
@@ -400,6 +403,8 @@ class StrategyManager:
         retry_store = now >= self.store_retry_at
         if retry_store:
             self.store_retry_at = now + STORE_RETRY
+            self.states.retry(self.slots.values())
+        self.states.commit()  # the states of this pass's heartbeats, before any tick goes out
         for slot in list(self.slots.values()):
             # Most passes touch few slots (one tick came due, one answer came in): skip the rest cheaply.
             idle = not slot.outbox and (slot.due is None or slot.due > now) and slot.work.spec.max_memory_mb is None
@@ -416,8 +421,6 @@ class StrategyManager:
             self._flush_outbox(slot)
         if slot.due is not None and slot.due <= now:  # time changes nothing before a deadline
             self.feed(slot, m.Due())
-        if retry_store and slot.unsaved is not None:
-            self._write_state(slot)
         if retry_store and slot.init_pending:
             self._send_init(slot)
         limit = slot.work.spec.max_memory_mb
@@ -458,22 +461,10 @@ class StrategyManager:
             return  # unchanged, or the strategy is someone else's now
         if not isinstance(msgspec.json.decode(state), dict):
             raise ValueError("its state is not a JSON object")  # charged to the strategy by on_message
-        slot.unsaved = state
-        self._write_state(slot)
+        self.states.add(slot, state)  # written with the pass's group (quantlab/worker/statecommit.py)
 
-    def _write_state(self, slot: Slot) -> None:
-        assert slot.unsaved is not None
-        try:
-            self.pool.save_state(slot.id, slot.assignment.epoch, slot.unsaved)
-        except StaleWriter as e:
-            slot.unsaved = None
-            self.feed(slot, m.StopWanted(ExitReason(type="reassigned", message=f"its state belongs to a newer epoch: {e}")))
-            return
-        except (OSError, QuantlabError) as e:
-            self.reporter.store_failed(slot, "saving its state", e)
-            return
-        slot.unsaved = None
-        self.reporter.recovered(slot)
+    def _state_taken(self, slot: Slot, error: StaleWriter) -> None:
+        self.feed(slot, m.StopWanted(ExitReason(type="reassigned", message=f"its state belongs to a newer epoch: {error}")))
 
     def flush_one(self, slot: Slot) -> None:
         self.reporter.flush_one(slot)

@@ -18,6 +18,7 @@ from quantlab.pool import vfiles
 from quantlab.pool.filestore import FileStore
 from quantlab.pool.memstore import MemoryStore
 from quantlab.pool.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
+from quantlab.pool.statewrites import StateWrite
 from quantlab.pool.store import Store, TableStore
 from tests.conftest import proc_state, wait_for
 
@@ -163,6 +164,21 @@ def test_state_is_fenced_by_epoch(store: Store) -> None:
     store.save_state("s", 2, b'{"n":2}')
     record = store.load_state("s")
     assert record is not None and bytes(record.state) == b'{"n":2}'
+
+
+def test_a_group_of_state_writes_is_fenced_one_by_one(store: Store) -> None:
+    """Issue 12: one durable step for many states; a newer epoch refuses only its own write."""
+    store.save_state("held", 3, b'{"theirs":1}')
+    store.save_state("old", 1, b'{"n":0}')
+    writes = [StateWrite("new", 1, b'{"n":1}'), StateWrite("held", 2, b'{"n":2}'), StateWrite("old", 1, b'{"n":3}')]
+    outcomes = store.save_states(writes)
+    assert outcomes[0] is None and isinstance(outcomes[1], StaleWriter) and outcomes[2] is None
+    assert [bytes(r.state) for r in map(store.load_state, ["new", "held", "old"]) if r is not None] == [
+        b'{"n":1}', b'{"theirs":1}', b'{"n":3}'
+    ]
+    assert store.save_states([StateWrite("new", 1, b'{"n":4}')]) == [None]
+    record = store.load_state("new")
+    assert record is not None and record.epoch == 1 and bytes(record.state) == b'{"n":4}'
 
 
 def test_remove_forgets_the_state_and_refuses_every_old_epoch(store: Store) -> None:
