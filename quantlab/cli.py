@@ -241,6 +241,22 @@ def strategy_assign(
     click.echo(f"submitted {work.id}: {work.result.reason}")
 
 
+@qlab.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prune", is_flag=True, help="Remove the strategies FILE does not list (without it they are stopped).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@pass_env
+def apply_manifest(env: Env, file: Path, prune: bool, dry_run: bool) -> None:
+    """Make the store match the fleet manifest FILE (TOML, one table per strategy)."""
+    from quantlab import manifest
+
+    steps = manifest.apply(env.store, file, prune=prune, dry_run=dry_run)
+    for line in manifest.describe(steps):
+        click.echo(line)
+    if dry_run:
+        click.echo("dry run: nothing written")
+
+
 @strategy.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 @pass_env

@@ -40,12 +40,9 @@ Clock = Callable[[], float]
 WAITING = "waiting for the director to place it"
 
 
-class AssignRequest(msgspec.Struct, kw_only=True):
-    """What `qlab strategy assign` asks for; None means the StrategySpec default."""
+class AssignOptions(msgspec.Struct, kw_only=True):
+    """The options of `qlab strategy assign` (and of a manifest's table); None: the StrategySpec default."""
 
-    file: str
-    id: str | None = None  #: defaults to the file's stem
-    params: dict[str, Any] = {}
     accounts: list[str] | None = None  #: defaults to the file's ACCOUNTS literal
     region: str | None = None
     worker: str | None = None
@@ -56,6 +53,14 @@ class AssignRequest(msgspec.Struct, kw_only=True):
     backoff: float | None = None
     max_memory_mb: float | None = None  #: None: no memory limit
     stop_timeout: float | None = None  #: seconds st_exit may take before SIGKILL
+
+
+class AssignRequest(AssignOptions, kw_only=True):
+    """What `qlab strategy assign` asks for."""
+
+    file: str
+    id: str | None = None  #: defaults to the file's stem
+    params: dict[str, Any] = {}
 
 
 def _strategy_id(work_id: str) -> str:
@@ -156,21 +161,29 @@ def _assign_id(given: str | None, path: Path) -> str:
         raise BadInput(f"{e}; name it with --id") from e
 
 
-def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
-    """Write a new Work with desired=running; the director places it, a worker starts it."""
-    path = loader.check_file(request.file)
+def checked_spec(store: Store, request: AssignRequest, path: Path) -> tuple[str, StrategySpec]:
+    """The id and spec ``request`` asks for, every option checked (``path``: a checked strategy file)."""
     work_id = _assign_id(request.id, path)
     _check_options(request)
     if request.worker is not None:
         _check_worker_pin(store, request.worker)
-    now = clock()
-    work = Work(
-        id=work_id,
-        spec=_spec(request, path),
-        desired="running",
-        created=now,
+    return work_id, _spec(request, path)
+
+
+def new_work(work_id: str, spec: StrategySpec, now: float) -> Work:
+    """A Work to add: desired=running, waiting for the director."""
+    return Work(
+        id=work_id, spec=spec, desired="running", created=now,
         result=StrategyResult(status="pending", reason=WAITING, updated=now),
     )
+
+
+def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
+    """Write a new Work with desired=running; the director places it, a worker starts it."""
+    path = loader.check_file(request.file)
+    work_id, spec = checked_spec(store, request, path)
+    now = clock()
+    work = new_work(work_id, spec, now)
     store.add_work(work)
     store.append_event(Event(ts=now, kind=EventKind.SUBMITTED, strategy=work_id, detail=str(path)))
     return work
@@ -199,7 +212,7 @@ def stop(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     return work
 
 
-def _wanted_running(work: Work, now: float) -> Work:
+def wanted_running(work: Work, now: float) -> Work:
     """desired=running; a failed or stopped work goes back to placement with a fresh error count."""
     if work.result.status not in ("failed", "stopped"):
         return msgspec.structs.replace(work, desired="running")
@@ -209,7 +222,7 @@ def _wanted_running(work: Work, now: float) -> Work:
 
 def start(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Run a stopped or failed strategy again (no-op for one that runs)."""
-    work = store.update_work(_strategy_id(work_id), lambda w: _wanted_running(w, clock()))
+    work = store.update_work(_strategy_id(work_id), lambda w: wanted_running(w, clock()))
     _event(store, clock, EventKind.START_REQUESTED, work_id)
     return work
 
@@ -218,7 +231,7 @@ def restart(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Like start, and a running child is restarted: its worker sees restart_seq change."""
 
     def update(work: Work) -> Work:
-        work = _wanted_running(work, clock())
+        work = wanted_running(work, clock())
         spec = msgspec.structs.replace(work.spec, restart_seq=work.spec.restart_seq + 1)
         return msgspec.structs.replace(work, spec=spec)
 
