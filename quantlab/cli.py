@@ -12,21 +12,27 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
-import msgspec
-from click.core import ParameterSource
-from rich.console import RenderableType
-from rich.live import Live
 
-from quantlab import control, settings, views
+from quantlab import settings
 from quantlab.config import Paths, resolve_home
 from quantlab.errors import BadInput, QuantlabError
-from quantlab.logs import tail_log
-from quantlab.pool.open import migrate_store, open_store
-from quantlab.pool.store import Store
-from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
+from quantlab.lazy import lazy_module
+
+# Each command imports only what it uses (`qlab --help` in tens of milliseconds, issue 12):
+# these modules load on first use.
+if TYPE_CHECKING:
+    import msgspec
+    from rich.console import RenderableType
+
+    from quantlab import control, views
+    from quantlab.pool.store import Store
+else:
+    control = lazy_module("quantlab.control")
+    views = lazy_module("quantlab.views")
+    msgspec = lazy_module("msgspec")
 
 EXIT_OK = 0
 EXIT_ERROR = 1  #: a QuantlabError: bad input, unknown id, a conflict
@@ -48,6 +54,8 @@ class Env:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from quantlab.pool.open import open_store
+
             self._store = open_store(self.paths)
         return self._store
 
@@ -146,7 +154,10 @@ def worker() -> None:
 @pass_env
 def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
     """Run a worker in the foreground until SIGTERM or Ctrl-C."""
+    from click.core import ParameterSource
+
     from quantlab.worker.main import run_worker
+    from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
 
     if profile is None and given["region"] is None:
         raise click.UsageError("Missing option '--region' (or a --profile that sets it).")
@@ -193,6 +204,8 @@ def store_group() -> None:
 @pass_env
 def store_migrate(env: Env) -> None:
     """Create or update the store's schema (PostgreSQL; opening the store does it too)."""
+    from quantlab.pool.open import migrate_store
+
     click.echo(migrate_store(env.paths))
 
 
@@ -322,6 +335,8 @@ def strategy_send(env: Env, work_id: str, message: str) -> None:
 @pass_env
 def strategy_logs(env: Env, work_id: str, follow: bool, lines: int) -> None:
     """Show the strategy's own log: its ctx.log lines and the worker's markers."""
+    from quantlab.logs import tail_log
+
     path = control.log_file(env.store, env.paths, work_id)
     if not path.exists() and not follow:
         click.echo(f"no log yet at {path}", err=True)
@@ -392,6 +407,8 @@ def _show(entries: list[dict[str, Any]], as_json: bool, table: Callable[[], Rend
 
 
 def _watch(store: Store) -> None:
+    from rich.live import Live
+
     console = views.console()
     if not console.is_terminal:
         # No cursor to redraw with (a pipe, a log file): print each view in turn.

@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, cast
 
 import msgspec
-import psutil
 
 from quantlab.config import Paths
 from quantlab.errors import BadInput, NotFound
@@ -325,6 +323,8 @@ def problems(snapshot: dict[str, Any], now: float, pending_after: float) -> list
 
 def _is_quantlab(pid: int) -> bool:
     """Whether ``pid`` still runs quantlab: a dead worker's pid may belong to anything by now."""
+    import psutil  # only `qlab worker stop` needs it
+
     try:
         cmdline = " ".join(psutil.Process(pid).cmdline())
     except psutil.NoSuchProcess:
@@ -336,6 +336,8 @@ def _is_quantlab(pid: int) -> bool:
 
 def stop_worker(store: Store, worker_id: str, *, clock: Clock = time.time) -> str:
     """SIGTERM a worker on this host (it drains its strategies); returns what was done."""
+    import socket
+
     resource = store.find_resource(check_id("worker", worker_id))
     if resource is None:
         raise NotFound(f"no worker {worker_id!r}")
