@@ -148,24 +148,29 @@ def _moves(old: StrategySpec, new: StrategySpec) -> bool:
 
 
 def perform(store: Store, steps: list[Step], *, clock: control.Clock = time.time) -> None:
-    """Write the plan: each step one compare-and-swap on its strategy, then its event."""
-    for step in steps:
-        now = clock()
-        if step.action == "add":
-            assert step.spec is not None
-            store.add_work(control.new_work(step.id, step.spec, now))
-        elif step.action == "update":
-            assert step.spec is not None
-            spec = step.spec
-            store.update_work(step.id, lambda work: _updated(work, spec, now))
-        elif step.action == "start":
-            store.update_work(step.id, lambda work: control.wanted_running(work, now))
-        elif step.action == "stop":
-            control.stop(store, step.id, clock=clock)
-            continue  # it wrote its own event
-        else:
-            store.remove_work(step.id)
-        store.append_event(Event(ts=now, kind=_EVENTS[step.action], strategy=step.id, detail="qlab apply"))
+    """Write the plan: each step one compare-and-swap on its strategy, then its event; durable together."""
+    with store.durable_together():
+        for step in steps:
+            _perform(store, step, clock)
+
+
+def _perform(store: Store, step: Step, clock: control.Clock) -> None:
+    now = clock()
+    if step.action == "add":
+        assert step.spec is not None
+        store.add_work(control.new_work(step.id, step.spec, now))
+    elif step.action == "update":
+        spec = step.spec
+        assert spec is not None
+        store.update_work(step.id, lambda work: _updated(work, spec, now))
+    elif step.action == "start":
+        store.update_work(step.id, lambda work: control.wanted_running(work, now))
+    elif step.action == "stop":
+        control.stop(store, step.id, clock=clock)
+        return  # it wrote its own event
+    else:
+        store.remove_work(step.id)
+    store.append_event(Event(ts=now, kind=_EVENTS[step.action], strategy=step.id, detail="qlab apply"))
 
 
 def _updated(work: Work, spec: StrategySpec, now: float) -> Work:

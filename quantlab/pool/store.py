@@ -24,9 +24,10 @@ MemoryStore and PostgresStore are such backends.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, TypeVar
 
 import msgspec
 
@@ -102,6 +103,14 @@ class Store(Protocol):
         """Write as the holder of ``epoch`` (None keeps the state and only stamps the epoch).
 
         StaleWriter when a newer epoch holds the state.
+        """
+        ...
+
+    def durable_together(self) -> ContextManager[None]:
+        """Inside, this thread's commits may be made durable together when the block ends.
+
+        A caller that writes many records at once (`qlab apply`) tells nobody before the block
+        ends. Stores whose every commit is cheap to make durable do nothing special.
         """
         ...
 
@@ -379,6 +388,9 @@ class TableStore:
         new, _ = self._cas("state", work_id, StrategyState, write)
         assert new is not None
         return new
+
+    def durable_together(self) -> ContextManager[None]:
+        return contextlib.nullcontext()
 
     def save_states(self, writes: Sequence[StateWrite]) -> list[Outcome]:
         for write in writes:

@@ -173,8 +173,10 @@ def _versions(folder: Path) -> list[int]:
 class VersionedDir:
     """The records of one kind: ``root/KEY/VERSION``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durable: Callable[[], bool] = lambda: True) -> None:
         self.root = root
+        #: Whether a commit syncs its own writes now; False inside a batch its owner syncs at once.
+        self.durable = durable
         private_dir(root)
 
     def folder(self, key: str) -> Path:
@@ -202,12 +204,13 @@ class VersionedDir:
             return Head(header.v, None if header.gone else data, header.n, tuple(header.a))
         raise CorruptRecord(f"{folder}: the head kept vanishing while read")
 
-    def commit(self, key: str, base: Head, data: bytes | None, *, durable: bool = True) -> bool:
+    def commit(self, key: str, base: Head, data: bytes | None) -> bool:
         """Write ``data`` (None: a tombstone) as version base.version + 1; False if another writer won.
 
-        ``durable`` False leaves the fsyncs to the caller, who syncs a whole batch at once
-        (sync_filesystem) before it tells anyone the batch is written.
+        When ``durable()`` says False the fsyncs are left to the owner, who syncs a whole batch
+        at once (sync_filesystem) before it tells anyone the batch is written.
         """
+        durable = self.durable()
         folder = self.folder(key)
         self._ensure(folder, durable)
         version = base.version + 1

@@ -247,8 +247,8 @@ def _stop_inside(place: str, where: str) -> None:
 
     real = vfiles.write_durable
 
-    def write_then_stop(path: Path, data: bytes) -> None:
-        real(path, data)
+    def write_then_stop(path: Path, data: bytes, **options: bool) -> None:
+        real(path, data, **options)
         stop_once("after-tmp")
 
     vfiles.write_durable = write_then_stop  # type: ignore[assignment]
