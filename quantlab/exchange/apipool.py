@@ -32,10 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping
 from urllib.parse import urlsplit
 
-import requests
-from pybit.exceptions import FailedRequestError, InvalidRequestError
-from pybit.unified_trading import HTTP
-
+from quantlab.lazy import lazy_module
 from quantlab.pool.store import Store
 from quantlab.protocol import ApiCall, ApiResult
 from quantlab.exchange import calls, halts
@@ -43,6 +40,18 @@ from quantlab.exchange.accounts import Account
 from quantlab.exchange.methods import PUBLIC_METHODS
 from quantlab.exchange.ratelimit import RateLimiter
 from quantlab.exchange.signing import ClockOffset, Fence, Fenced, recv_window_ms, time_left
+
+# pybit and requests cost a worker about 12 MB: loaded with the first bybit client (issue 12),
+# so a worker that serves paper accounts only never holds them.
+if TYPE_CHECKING:
+    import requests
+    from pybit import exceptions as pybit_errors
+    from pybit import unified_trading
+    from pybit.unified_trading import HTTP
+else:
+    requests = lazy_module("requests")
+    pybit_errors = lazy_module("pybit.exceptions")
+    unified_trading = lazy_module("pybit.unified_trading")
 
 if TYPE_CHECKING:
     from quantlab.exchange.paper import PaperExchange
@@ -60,12 +69,13 @@ STALE_TIMESTAMP = 10002  # Bybit's retCode for a timestamp outside the recv_wind
 THREADS_PER_ACCOUNT = 4  #: threads per account: calls of one account wait only for each other
 MIN_SCRUB = 6  # shorter "secrets" (tests, typos) occur in plain words: blanking them mangles messages
 
-NETWORK_ERRORS = (
-    requests.exceptions.Timeout,
-    requests.exceptions.ConnectionError,  # also refused, reset, proxy and TLS failures
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
+def network_errors() -> tuple[type[Exception], ...]:
+    return (
+        requests.exceptions.Timeout,
+        requests.exceptions.ConnectionError,  # also refused, reset, proxy and TLS failures
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+    )
 
 
 class _Failure(Exception):
@@ -262,18 +272,18 @@ class ApiPool:
             raise _Failure(f"{method}: {e}", 0, "permission") from None
         except _Failure:
             raise
-        except InvalidRequestError as e:
+        except pybit_errors.InvalidRequestError as e:
             self._note_limits(account, e.resp_headers, rate_limited=e.status_code == RATE_LIMITED)
             if e.status_code == STALE_TIMESTAMP:
                 self._offsets[account.name].invalidate()  # our idea of the exchange's clock may be wrong
             raise _Failure(f"{method}: {e.message} (retCode {e.status_code})", e.status_code, "api") from None
-        except FailedRequestError as e:
+        except pybit_errors.FailedRequestError as e:
             # pybit gives the HTTP status for a non-200 reply (it has resp_headers then) and
             # made-up codes (400 "retries exceeded", 409 bad JSON) for its own failures.
             if e.resp_headers is None:
                 raise _Failure(f"{method}: {e.message}", 0, "api") from None
             raise _Failure(f"{method}: {e.message} (HTTP {e.status_code})", e.status_code, "api") from None
-        except NETWORK_ERRORS as e:
+        except network_errors() as e:
             log.warning("API call %s on %s: network error %s", method, account.name, type(e).__name__)
             raise _Failure(f"{method}: network error: {e}", 0, "network") from None
         except Exception as e:  # bad kwargs, a missing secret, pybit's own checks
@@ -288,7 +298,7 @@ class ApiPool:
             body, _elapsed, _headers = client.get_server_time()
             after = time.time()
             server = int(body["result"]["timeNano"]) / 1e9
-        except NETWORK_ERRORS as e:
+        except network_errors() as e:
             raise _Failure(f"cannot read the exchange's time to fence the call: {e}", 0, "network") from None
         except Exception as e:  # a fenced call does not leave on a guess
             raise _Failure(f"cannot read the exchange's time to fence the call: {type(e).__name__}: {e}", 0, "api") from None
@@ -356,7 +366,7 @@ class ApiPool:
         return client
 
     def _new_client(self, account: Account) -> HTTP:
-        client = HTTP(
+        client = unified_trading.HTTP(
             testnet=account.testnet,
             demo=account.demo,
             domain=account.domain,
