@@ -84,6 +84,12 @@ class FileStore(TableStore):
             self._batch.active = False
             sync_filesystem(self.root)
 
+    def _heads_of_states(self, keys: list[str]) -> list[Head]:
+        # A worker is almost always the last writer of its strategies' states: its own last
+        # commit saves reading each record (another writer's commit makes ours lose, then it reads).
+        table = self._table("state")
+        return [table.committed.get(key) or table.head(key) for key in keys]
+
     def _commit_states(self, commits: list[tuple[str, Head, bytes]]) -> list[bool]:
         with self.durable_together():
             return super()._commit_states(commits)

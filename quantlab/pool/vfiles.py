@@ -46,6 +46,8 @@ from quantlab.errors import CorruptRecord
 
 #: Versions kept per record; older ones are pruned after each commit.
 KEEP = 4
+#: Every this many versions a commit lists its folder for old versions a crash left behind.
+PRUNE_SCAN = 64
 #: Predecessor nonces each version carries, so a writer can find its own commit under newer ones.
 ANCESTORS = 32
 #: Reads retried when the head was pruned between listing and opening it.
@@ -177,6 +179,10 @@ class VersionedDir:
         self.root = root
         #: Whether a commit syncs its own writes now; False inside a batch its owner syncs at once.
         self.durable = durable
+        #: The head this process last committed, per key: a good guess of the head for its next
+        #: commit to the same record (a wrong guess loses the race and is read again).
+        self.committed: dict[str, Head] = {}
+        self._folders: set[str] = set()  #: record folders known to exist (they are never removed)
         private_dir(root)
 
     def folder(self, key: str) -> Path:
@@ -222,6 +228,7 @@ class VersionedDir:
         try:
             os.link(tmp, folder / _name(version))
         except FileExistsError:
+            self.committed.pop(key, None)  # someone else wrote since: the next try reads the head
             return False
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -231,17 +238,23 @@ class VersionedDir:
         if not self._in_history(key, version, nonce):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / _name(version))
+            self.committed.pop(key, None)
             return False
+        self.committed[key] = Head(version, data, nonce, tuple(ancestors))
         self._prune(folder, version)
         return True
 
     def _ensure(self, folder: Path, durable: bool = True) -> None:
+        if str(folder) in self._folders:
+            return
         try:
             folder.mkdir(mode=0o700)
         except FileExistsError:
+            self._folders.add(str(folder))
             return
         if durable:
             fsync_dir(self.root)  # the new record's directory must survive a power cut too
+        self._folders.add(str(folder))
 
     def _in_history(self, key: str, version: int, nonce: str) -> bool:
         """Whether our freshly linked ``version`` is part of the record's history."""
@@ -256,8 +269,10 @@ class VersionedDir:
         return nonce in head.ancestors
 
     def _prune(self, folder: Path, version: int) -> None:
-        for old in _versions(folder):
-            if old <= version - KEEP:
+        """Drop the version that fell out of the last KEEP; every PRUNE_SCAN versions, any older one left."""
+        olds = _versions(folder) if version % PRUNE_SCAN == 0 else [version - KEEP]
+        for old in olds:
+            if 0 < old <= version - KEEP:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(folder / _name(old))
 

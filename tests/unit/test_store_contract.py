@@ -181,6 +181,22 @@ def test_a_group_of_state_writes_is_fenced_one_by_one(store: Store) -> None:
     assert record is not None and record.epoch == 1 and bytes(record.state) == b'{"n":4}'
 
 
+def test_a_group_write_after_another_writer_claimed_the_state_is_refused(shared: str) -> None:
+    """A worker's next group commit must see a claim made by another process meanwhile."""
+    ours, theirs = open_at(shared), open_at(shared)
+    try:
+        assert ours.save_states([StateWrite("s", 1, b'{"n":1}')]) == [None]
+        theirs.save_state("s", 2, None)  # the new owner claims it before its first tick
+        assert theirs.save_states([StateWrite("s", 2, b'{"n":2}')]) == [None]
+        outcome = ours.save_states([StateWrite("s", 1, b'{"n":3}')])[0]
+        assert isinstance(outcome, StaleWriter)
+        record = ours.load_state("s")
+        assert record is not None and record.epoch == 2 and bytes(record.state) == b'{"n":2}'
+    finally:
+        ours.close()
+        theirs.close()
+
+
 def test_remove_forgets_the_state_and_refuses_every_old_epoch(store: Store) -> None:
     store.add_work(work())
     w = store.update_work("s", lambda w: setattr(w, "epoch", 5) or w)
