@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from quantlab import settings
-from quantlab.config import Paths, resolve_home
+from quantlab import ENV_PREFIX
 from quantlab.errors import BadInput, QuantlabError
 from quantlab.lazy import lazy_module
 
@@ -27,10 +26,12 @@ if TYPE_CHECKING:
     import msgspec
     from rich.console import RenderableType
 
-    from quantlab import control, views
+    from quantlab import control, settings, views
+    from quantlab.config import Paths
     from quantlab.pool.store import Store
 else:
     control = lazy_module("quantlab.control")
+    settings = lazy_module("quantlab.settings")
     views = lazy_module("quantlab.views")
     msgspec = lazy_module("msgspec")
 
@@ -78,6 +79,8 @@ pass_env = click.make_pass_decorator(Env)
 @click.pass_context
 def qlab(ctx: click.Context, home: str | None, store_url: str | None, config_file: str | None) -> None:
     """Run live trading strategies: a director places them, workers keep them alive."""
+    from quantlab.config import Paths, resolve_home
+
     env = Env(Paths(resolve_home(home), store_url=store_url or ""))
     _warn_if_open(env.paths.home)
     env.config_path = settings.find(config_file, env.paths.home)
@@ -536,7 +539,7 @@ def run(argv: list[str] | None = None) -> int:
     # children create (home, store, sockets, logs) is the user's alone.
     os.umask(0o077)
     try:
-        result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False, auto_envvar_prefix=settings.ENV_PREFIX)
+        result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False, auto_envvar_prefix=ENV_PREFIX)
     except (click.exceptions.Abort, KeyboardInterrupt):
         return EXIT_INTERRUPTED  # click already printed a newline after the ^C
     except click.ClickException as e:
