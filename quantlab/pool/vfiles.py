@@ -37,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -271,10 +273,35 @@ class VersionedDir:
     def _prune(self, folder: Path, version: int) -> None:
         """Drop the version that fell out of the last KEEP; every PRUNE_SCAN versions, any older one left."""
         olds = _versions(folder) if version % PRUNE_SCAN == 0 else [version - KEEP]
-        for old in olds:
-            if 0 < old <= version - KEEP:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(folder / _name(old))
+        paths = [f"{folder}/{_name(old)}" for old in olds if 0 < old <= version - KEEP]
+        if self.durable():
+            _unlink_all(paths)
+        else:
+            _pruner().put(paths)
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@functools.cache
+def _pruner() -> queue.SimpleQueue[list[str]]:
+    """Old versions of batched commits are unlinked by a thread of their own.
+
+    An unlink waits for the filesystem's journal, which the batch's sync has just made busy:
+    on the worker's loop thread that wait was most of a group commit's time (issue 12). A
+    version left behind by an exit is harmless, and a later PRUNE_SCAN removes it.
+    """
+    paths: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
+
+    def run() -> None:
+        while True:
+            _unlink_all(paths.get())
+
+    threading.Thread(target=run, name="qlab-prune", daemon=True).start()
+    return paths
 
 
 def _parse(path: Path | str, raw: bytes) -> tuple[_Header, bytes]:

@@ -476,7 +476,8 @@ class StrategyManager:
         heartbeat counts and times, written only when ``counts``: one fsynced write per
         strategy per heartbeat would cost the worker more than running its strategies.
         """
-        for slot in list(self.slots.values()):
-            if slot.dirty and (counts or slot.store_failing):
-                self.reporter.flush_one(slot)
+        with self.pool.durable_together():  # one sync for the whole flush, not one per strategy
+            for slot in list(self.slots.values()):
+                if slot.dirty and (counts or slot.store_failing):
+                    self.reporter.flush_one(slot)
         self.reporter.retry()

@@ -6,6 +6,7 @@ and the fake pool is a dict of Works with the WorkPool's fenced writes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import logging
@@ -150,6 +151,9 @@ class FakePool:
         if self.state.get(work_id, (0, b""))[0] > epoch:
             raise StaleWriter("newer epoch")
         self.state[work_id] = (epoch, state_json)
+
+    def durable_together(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
     def save_states(self, writes: list[StateWrite]) -> list[Exception | None]:
         outcomes: list[Exception | None] = []
