@@ -378,10 +378,12 @@ class TableStore:
         return record
 
     def save_state(self, work_id: str, epoch: int, state_json: bytes | None) -> StrategyState:
-        def write(current: StrategyState | None, head: Head) -> StrategyState:
+        def write(current: StrategyState | None, head: Head) -> StrategyState | None:
             if current is not None and current.epoch > epoch:
                 raise StaleWriter(f"state of {work_id!r} is held by epoch {current.epoch}, not {epoch}")
             if state_json is None:
+                if current is not None and current.epoch == epoch:
+                    return None  # already stamped (a restart within the epoch): nothing to write
                 return StrategyState(epoch=epoch, state=current.state if current else NO_STATE)
             return StrategyState(epoch=epoch, state=msgspec.Raw(state_json))
 
