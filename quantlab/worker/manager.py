@@ -104,6 +104,8 @@ class StrategyManager:
         self.halts = Halts()
         self.reporter = Reporter(worker_id, pool, log, wall)
         self.states = StateCommits(pool, self.reporter, self._state_taken)
+        #: Status changes of this pass, written together at its end (one sync for a hundred starting).
+        self.to_publish: dict[str, Slot] = {}
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
 
@@ -230,13 +232,14 @@ class StrategyManager:
             slot.result.heartbeats += 1
             slot.result.last_heartbeat = self.wall()
             slot.dirty = True
-            if action.first:  # the first heartbeat of an incarnation shows at once, the rest with the next flush
-                self.flush_one(slot)
+            if action.first:  # the first heartbeat of an incarnation shows with this pass, the rest with the next flush
+                self.to_publish[slot.id] = slot
         elif isinstance(action, m.Publish):
             slot.result.status, slot.result.reason = m.status(slot.machine)
             slot.result.pid = slot.pid
-            self.flush_one(slot)
+            self.to_publish[slot.id] = slot
         elif isinstance(action, m.Settle):
+            self.to_publish.pop(slot.id, None)  # its last status is the settle's to write
             self._forget(slot)
             self.states.settle(slot)
             self.reporter.settle(slot, action)
@@ -415,6 +418,17 @@ class StrategyManager:
             except Exception as e:
                 self.log.exception("supervising %s failed", slot.id)
                 self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"worker could not supervise it: {type(e).__name__}: {e}")))
+        self.publish()
+
+    def publish(self) -> None:
+        """Write the status changes of this pass as one durable batch."""
+        if not self.to_publish:
+            return
+        slots = list(self.to_publish.values())
+        self.to_publish.clear()
+        with self.pool.durable_together():
+            for slot in slots:
+                self.reporter.flush_one(slot)
 
     def _supervise_one(self, slot: Slot, now: float, retry_store: bool) -> None:
         if slot.outbox:
@@ -476,6 +490,7 @@ class StrategyManager:
         heartbeat counts and times, written only when ``counts``: one fsynced write per
         strategy per heartbeat would cost the worker more than running its strategies.
         """
+        self.publish()
         with self.pool.durable_together():  # one sync for the whole flush, not one per strategy
             for slot in list(self.slots.values()):
                 if slot.dirty and (counts or slot.store_failing):

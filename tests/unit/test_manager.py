@@ -441,6 +441,7 @@ def test_hung_killed_counted_restarted_and_failed_after_too_many(env: Env) -> No
     env.transport.exit(env.pid(), KILLED)
     slot = env.manager.slots["s"]
     assert slot.status == "error" and slot.result.error_count == 1 and "hung" in slot.result.reason
+    env.manager.publish()  # the end of the pass the exit came in
     assert env.work().result.status == "error"
     env.step(1.7)
     assert not slot.alive
