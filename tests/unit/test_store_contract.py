@@ -197,6 +197,23 @@ def test_a_group_write_after_another_writer_claimed_the_state_is_refused(shared:
         theirs.close()
 
 
+def test_commits_made_durable_together_on_another_thread(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def add_two() -> None:
+        try:
+            with store.durable_together():
+                store.add_work(work("a"))
+                store.add_work(work("b"))
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    thread = threading.Thread(target=add_two)
+    thread.start()
+    thread.join(10)
+    assert errors == [] and [w.id for w in store.list_works()] == ["a", "b"]
+
+
 def test_remove_forgets_the_state_and_refuses_every_old_epoch(store: Store) -> None:
     store.add_work(work())
     w = store.update_work("s", lambda w: setattr(w, "epoch", 5) or w)
