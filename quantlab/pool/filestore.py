@@ -54,7 +54,9 @@ class FileStore(TableStore):
     def _table(self, kind: str) -> VersionedDir:
         table = self._tables.get(kind)
         if table is None:
-            table = self._tables[kind] = VersionedDir(self.root.joinpath(*kind.split(".")), self._durable)
+            # Only states are written often by one process: only their heads are worth remembering.
+            table = VersionedDir(self.root.joinpath(*kind.split(".")), self._durable, remember=kind == "state")
+            self._tables[kind] = table
         return table
 
     def _durable(self) -> bool:

@@ -177,12 +177,13 @@ def _versions(folder: Path) -> list[int]:
 class VersionedDir:
     """The records of one kind: ``root/KEY/VERSION``."""
 
-    def __init__(self, root: Path, durable: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, root: Path, durable: Callable[[], bool] = lambda: True, *, remember: bool = False) -> None:
         self.root = root
         #: Whether a commit syncs its own writes now; False inside a batch its owner syncs at once.
         self.durable = durable
-        #: The head this process last committed, per key: a good guess of the head for its next
-        #: commit to the same record (a wrong guess loses the race and is read again).
+        #: With ``remember``, the head this process last committed, per key: a good guess of the
+        #: head for its next commit to the same record (a wrong guess loses the race, is read again).
+        self.remember = remember
         self.committed: dict[str, Head] = {}
         self._folders: set[str] = set()  #: record folders known to exist (they are never removed)
         private_dir(root)
@@ -242,7 +243,8 @@ class VersionedDir:
                 os.unlink(folder / _name(version))
             self.committed.pop(key, None)
             return False
-        self.committed[key] = Head(version, data, nonce, tuple(ancestors))
+        if self.remember:
+            self.committed[key] = Head(version, data, nonce, tuple(ancestors))
         self._prune(folder, version)
         return True
 
