@@ -9,4 +9,8 @@ from quantlab.errors import (
     QuantlabError,
 )
 
-__all__ = ["ApiError", "ApiHaltedError", "ApiNetworkError", "ApiPermissionError", "ApiRiskError", "QuantlabError"]
+#: Every setting's environment variable starts with it: QLAB_HOME, QLAB_WORKER_START_REGION...
+ENV_PREFIX = "QLAB"
+
+__all__ = ["ENV_PREFIX", "ApiError", "ApiHaltedError", "ApiNetworkError", "ApiPermissionError", "ApiRiskError",
+           "QuantlabError"]

@@ -12,21 +12,28 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
-import msgspec
-from click.core import ParameterSource
-from rich.console import RenderableType
-from rich.live import Live
 
-from quantlab import control, settings, views
-from quantlab.config import Paths, resolve_home
+from quantlab import ENV_PREFIX
 from quantlab.errors import BadInput, QuantlabError
-from quantlab.logs import tail_log
-from quantlab.pool.open import migrate_store, open_store
-from quantlab.pool.store import Store
-from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
+from quantlab.lazy import lazy_module
+
+# Each command imports only what it uses (`qlab --help` in tens of milliseconds, issue 12):
+# these modules load on first use.
+if TYPE_CHECKING:
+    import msgspec
+    from rich.console import RenderableType
+
+    from quantlab import control, settings, views
+    from quantlab.config import Paths
+    from quantlab.pool.store import Store
+else:
+    control = lazy_module("quantlab.control")
+    settings = lazy_module("quantlab.settings")
+    views = lazy_module("quantlab.views")
+    msgspec = lazy_module("msgspec")
 
 EXIT_OK = 0
 EXIT_ERROR = 1  #: a QuantlabError: bad input, unknown id, a conflict
@@ -48,6 +55,8 @@ class Env:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from quantlab.pool.open import open_store
+
             self._store = open_store(self.paths)
         return self._store
 
@@ -72,6 +81,8 @@ pass_env = click.make_pass_decorator(Env)
 @click.pass_context
 def qlab(ctx: click.Context, home: str | None, store_url: str | None, config_file: str | None, host: str | None) -> None:
     """Run live trading strategies: a director places them, workers keep them alive."""
+    from quantlab.config import Paths, resolve_home
+
     env = Env(Paths(resolve_home(home), store_url=store_url or "", host=host or ""))
     _warn_if_open(env.paths.home)
     env.config_path = settings.find(config_file, env.paths.home)
@@ -148,7 +159,10 @@ def worker() -> None:
 @pass_env
 def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
     """Run a worker in the foreground until SIGTERM or Ctrl-C."""
+    from click.core import ParameterSource
+
     from quantlab.worker.main import run_worker
+    from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
 
     if profile is None and given["region"] is None:
         raise click.UsageError("Missing option '--region' (or a --profile that sets it).")
@@ -195,6 +209,8 @@ def store_group() -> None:
 @pass_env
 def store_migrate(env: Env) -> None:
     """Create or update the store's schema (PostgreSQL; opening the store does it too)."""
+    from quantlab.pool.open import migrate_store
+
     click.echo(migrate_store(env.paths))
 
 
@@ -263,6 +279,22 @@ def strategy_assign(
     click.echo(f"submitted {work.id}: {work.result.reason}")
 
 
+@qlab.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--prune", is_flag=True, help="Remove the strategies FILE does not list (without it they are stopped).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
+@pass_env
+def apply_manifest(env: Env, file: Path, prune: bool, dry_run: bool) -> None:
+    """Make the store match the fleet manifest FILE (TOML, one table per strategy)."""
+    from quantlab import manifest
+
+    steps = manifest.apply(env.store, file, prune=prune, dry_run=dry_run)
+    for line in manifest.describe(steps):
+        click.echo(line)
+    if dry_run:
+        click.echo("dry run: nothing written")
+
+
 @strategy.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array.")
 @pass_env
@@ -328,6 +360,8 @@ def strategy_send(env: Env, work_id: str, message: str) -> None:
 @pass_env
 def strategy_logs(env: Env, work_id: str, follow: bool, lines: int) -> None:
     """Show the strategy's own log: its ctx.log lines and the worker's markers."""
+    from quantlab.logs import tail_log
+
     path = control.log_file(env.store, env.paths, work_id)
     if not path.exists() and not follow:
         click.echo(f"no log yet at {path}", err=True)
@@ -398,6 +432,8 @@ def _show(entries: list[dict[str, Any]], as_json: bool, table: Callable[[], Rend
 
 
 def _watch(store: Store) -> None:
+    from rich.live import Live
+
     console = views.console()
     if not console.is_terminal:
         # No cursor to redraw with (a pipe, a log file): print each view in turn.
@@ -526,7 +562,7 @@ def run(argv: list[str] | None = None) -> int:
     # children create (home, store, sockets, logs) is the user's alone.
     os.umask(0o077)
     try:
-        result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False, auto_envvar_prefix=settings.ENV_PREFIX)
+        result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False, auto_envvar_prefix=ENV_PREFIX)
     except (click.exceptions.Abort, KeyboardInterrupt):
         return EXIT_INTERRUPTED  # click already printed a newline after the ^C
     except click.ClickException as e:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, cast
 
 import msgspec
-import psutil
 
 from quantlab.config import Paths
 from quantlab.errors import BadInput, NotFound
@@ -39,12 +38,9 @@ Clock = Callable[[], float]
 WAITING = "waiting for the director to place it"
 
 
-class AssignRequest(msgspec.Struct, kw_only=True):
-    """What `qlab strategy assign` asks for; None means the StrategySpec default."""
+class AssignOptions(msgspec.Struct, kw_only=True):
+    """The options of `qlab strategy assign` (and of a manifest's table); None: the StrategySpec default."""
 
-    file: str
-    id: str | None = None  #: defaults to the file's stem
-    params: dict[str, Any] = {}
     accounts: list[str] | None = None  #: defaults to the file's ACCOUNTS literal
     region: str | None = None
     worker: str | None = None
@@ -58,7 +54,15 @@ class AssignRequest(msgspec.Struct, kw_only=True):
     max_order_notional: float | None = None  #: risk limits (quantlab/exchange/risk.py); None: no limit
     max_orders_per_minute: int | None = None
     max_open_orders: int | None = None
-    cancel_stale_orders: bool = False
+    cancel_stale_orders: bool | None = None  #: None: no (a manifest's defaults may say yes)
+
+
+class AssignRequest(AssignOptions, kw_only=True):
+    """What `qlab strategy assign` asks for."""
+
+    file: str
+    id: str | None = None  #: defaults to the file's stem
+    params: dict[str, Any] = {}
 
 
 def _strategy_id(work_id: str) -> str:
@@ -155,7 +159,7 @@ def _spec(request: AssignRequest, path: Path) -> StrategySpec:
         params=request.params,
         accounts=accounts,
         placement=Placement(region=request.region, worker=request.worker),
-        cancel_stale_orders=request.cancel_stale_orders,
+        cancel_stale_orders=bool(request.cancel_stale_orders),
         **options,
     )
 
@@ -169,21 +173,29 @@ def _assign_id(given: str | None, path: Path) -> str:
         raise BadInput(f"{e}; name it with --id") from e
 
 
-def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
-    """Write a new Work with desired=running; the director places it, a worker starts it."""
-    path = loader.check_file(request.file)
+def checked_spec(store: Store, request: AssignRequest, path: Path) -> tuple[str, StrategySpec]:
+    """The id and spec ``request`` asks for, every option checked (``path``: a checked strategy file)."""
     work_id = _assign_id(request.id, path)
     _check_options(request)
     if request.worker is not None:
         _check_worker_pin(store, request.worker)
-    now = clock()
-    work = Work(
-        id=work_id,
-        spec=_spec(request, path),
-        desired="running",
-        created=now,
+    return work_id, _spec(request, path)
+
+
+def new_work(work_id: str, spec: StrategySpec, now: float) -> Work:
+    """A Work to add: desired=running, waiting for the director."""
+    return Work(
+        id=work_id, spec=spec, desired="running", created=now,
         result=StrategyResult(status="pending", reason=WAITING, updated=now),
     )
+
+
+def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
+    """Write a new Work with desired=running; the director places it, a worker starts it."""
+    path = loader.check_file(request.file)
+    work_id, spec = checked_spec(store, request, path)
+    now = clock()
+    work = new_work(work_id, spec, now)
     store.add_work(work)
     store.append_event(Event(ts=now, kind=EventKind.SUBMITTED, strategy=work_id, detail=str(path)))
     return work
@@ -212,7 +224,7 @@ def stop(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     return work
 
 
-def _wanted_running(work: Work, now: float) -> Work:
+def wanted_running(work: Work, now: float) -> Work:
     """desired=running; a failed or stopped work goes back to placement with a fresh error count."""
     if work.result.status not in ("failed", "stopped"):
         return msgspec.structs.replace(work, desired="running")
@@ -222,7 +234,7 @@ def _wanted_running(work: Work, now: float) -> Work:
 
 def start(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Run a stopped or failed strategy again (no-op for one that runs)."""
-    work = store.update_work(_strategy_id(work_id), lambda w: _wanted_running(w, clock()))
+    work = store.update_work(_strategy_id(work_id), lambda w: wanted_running(w, clock()))
     _event(store, clock, EventKind.START_REQUESTED, work_id)
     return work
 
@@ -231,7 +243,7 @@ def restart(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Like start, and a running child is restarted: its worker sees restart_seq change."""
 
     def update(work: Work) -> Work:
-        work = _wanted_running(work, clock())
+        work = wanted_running(work, clock())
         spec = msgspec.structs.replace(work.spec, restart_seq=work.spec.restart_seq + 1)
         return msgspec.structs.replace(work, spec=spec)
 
@@ -331,6 +343,8 @@ def problems(snapshot: dict[str, Any], now: float, pending_after: float) -> list
 
 def _is_quantlab(pid: int) -> bool:
     """Whether ``pid`` still runs quantlab: a dead worker's pid may belong to anything by now."""
+    import psutil  # only `qlab worker stop` needs it
+
     try:
         cmdline = " ".join(psutil.Process(pid).cmdline())
     except psutil.NoSuchProcess:

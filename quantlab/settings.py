@@ -25,6 +25,7 @@ from typing import Any
 import click
 import msgspec
 
+from quantlab import ENV_PREFIX
 from quantlab.errors import ConfigError
 
 #: Table name -> the command path under `qlab` whose options it sets.
@@ -34,7 +35,6 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "strategy": ("strategy", "assign"),
     "up": ("up",),
 }
-ENV_PREFIX = "QLAB"
 FILE_NAME = "quantlab.toml"
 
 

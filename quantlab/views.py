@@ -9,15 +9,15 @@ import collections
 import json
 import sys
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import msgspec
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
-from rich.text import Text
 
 from quantlab.pool.records import Event
+
+if TYPE_CHECKING:  # rich is imported by the functions that draw: `--json` never loads it
+    from rich.console import Console, Group, RenderableType
+    from rich.table import Table
 
 Entry = dict[str, Any]
 
@@ -28,6 +28,8 @@ def to_json(value: Any) -> str:
 
 
 def console() -> Console:
+    from rich.console import Console
+
     # Piped output: no colour (rich decides from the TTY) and no wrapping inside cells.
     return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
@@ -52,6 +54,10 @@ def short(text: str, width: int = 60) -> str:
 
 
 def _table(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(*columns, title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for row in rows:
         # Text, not str: a reason like "[x]" must not be read as rich markup.
@@ -76,6 +82,10 @@ _ROW_STYLE = {"failed": "bold red", "error": "red", "pending": "yellow"}
 
 
 def strategies_table(entries: list[Entry], now: float) -> Table:
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
     columns = ("id", "status", "worker", "pid", "beats", "last beat", "restarts", "errors", "reason")
     table = Table(*columns, title="strategies", title_justify="left", box=box.SIMPLE_HEAD)
     for e in entries:
@@ -125,6 +135,9 @@ def summary(snapshot: dict[str, list[Entry]]) -> str:
 
 def status_view(snapshot: dict[str, list[Entry]], now: float) -> Group:
     """The summary line, then only the tables that have rows; failed and pending stand out."""
+    from rich.console import Group
+    from rich.text import Text
+
     parts: list[RenderableType] = [Text(summary(snapshot), style="bold")]
     for entry in snapshot.get("halts", []):  # the kill switch: impossible to miss
         what = "all" if entry["scope"] == "all" else f"{entry['scope']} {entry['target']}"

@@ -3,6 +3,7 @@
     python scripts/bench.py            # all figures
     python scripts/bench.py --quick    # fewer samples
     python scripts/bench.py --store postgresql://root@127.0.0.1/postgres   # the store figures on PostgreSQL
+    python scripts/bench.py --compare [--load-seconds 60] [--json FILE]    # side by side with supervisord
 
 Everything is real: `qlab` director and worker processes on a temporary home,
 children forked by the real zygote, the real ZeroMQ channel.
@@ -41,6 +42,7 @@ from tests.fakes.bybit import FakeBybit  # noqa: E402  (the fake server lives wi
 from tests.pgutil import scratch_database  # noqa: E402
 from bench_common import QUIET, Rate, Row, poll, qlab_args  # noqa: E402
 from bench_store import bench_failover, bench_scale, bench_worker_heartbeat, cpu_percent  # noqa: E402
+from bench_fleet import kill_to_heartbeat  # noqa: E402  (scripts/ is this script's folder)
 
 #: --store: an admin URL of a PostgreSQL server (each cluster gets a scratch database on it), or "" for files.
 STORE_ADMIN = ""
@@ -115,18 +117,7 @@ def bench_assign_to_heartbeat(cluster: Cluster, file: Path, n: int) -> Row:
 def bench_kill_to_heartbeat(cluster: Cluster, file: Path, n: int) -> Row:
     control.assign(cluster.store, control.AssignRequest(file=str(file), id="victim", interval=60.0, backoff=0.0, max_errors=10_000))
     poll(lambda: cluster.store.get_work("victim").result.heartbeats >= 1)
-    samples = []
-    for _ in range(n):
-        pid = cluster.store.get_work("victim").result.pid
-        assert pid
-        killed = time.time()
-        os.kill(pid, signal.SIGKILL)
-        first = poll(
-            lambda: (w := cluster.store.get_work("victim")).result.pid not in (None, pid)
-            and (w.result.last_heartbeat or 0) > killed
-            and w.result.last_heartbeat
-        )
-        samples.append(float(first) - killed)  # type: ignore[arg-type]
+    samples = kill_to_heartbeat(cluster.store, "victim", n)
     control.remove(cluster.store, "victim")
     return Row("child SIGKILL -> new child's first heartbeat (backoff 0)", samples)
 
@@ -332,7 +323,16 @@ def main() -> None:
     parser.add_argument("--store", metavar="URL", default="",
                         help="PostgreSQL admin URL: the store figures on a scratch database there (files otherwise)")
     parser.add_argument("--store-only", action="store_true", help="only the figures that involve the store")
+    parser.add_argument("--compare", action="store_true",
+                        help="quantlab and supervisord side by side, and the fleet targets of issue 12 (scripts/bench_compare.py)")
+    parser.add_argument("--load-seconds", type=float, default=20.0, help="with --compare: the 200 x 10 Hz window [20]")
+    parser.add_argument("--json", metavar="FILE", help="with --compare: also write the figures as JSON")
     args = parser.parse_args()
+    if args.compare:
+        import bench_compare
+
+        bench_compare.run(QLAB, args.load_seconds, kills=20, cli_runs=20, json_path=args.json)
+        return
     global STORE_ADMIN
     STORE_ADMIN = args.store
     print(f"# quantlab bench: {platform.python_implementation()} {platform.python_version()}, "

@@ -40,10 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-import requests
-from pybit.exceptions import FailedRequestError, InvalidRequestError
-from pybit.unified_trading import HTTP
-
+from quantlab.lazy import lazy_module
 from quantlab.pool.store import Store
 from quantlab.protocol import ApiCall, ApiResult
 from quantlab.errors import ApiError
@@ -54,6 +51,18 @@ from quantlab.exchange.methods import PUBLIC_METHODS
 from quantlab.exchange.ratelimit import RateLimiter
 from quantlab.exchange.risk import NO_LIMITS, RISK_REFUSED, Level, Refused, RiskBook, RiskLimits, notional
 from quantlab.exchange.signing import ClockOffset, Fence, Fenced, recv_window_ms, time_left
+
+# pybit and requests cost a worker about 12 MB: loaded with the first bybit client (issue 12),
+# so a worker that serves paper accounts only never holds them.
+if TYPE_CHECKING:
+    import requests
+    from pybit import exceptions as pybit_errors
+    from pybit import unified_trading
+    from pybit.unified_trading import HTTP
+else:
+    requests = lazy_module("requests")
+    pybit_errors = lazy_module("pybit.exceptions")
+    unified_trading = lazy_module("pybit.unified_trading")
 
 if TYPE_CHECKING:
     from quantlab.exchange.paper import PaperExchange
@@ -75,12 +84,13 @@ WINDOW_SLACK = 1.0  #: seconds added to a request's window before a lost order i
 MAX_ORDER_WINDOW = 30.0  #: seconds an order may take to reach the exchange, however long the lease
 PRICE_FRESH = 1.0  #: seconds a last price is used for the notional of market orders
 
-NETWORK_ERRORS = (
-    requests.exceptions.Timeout,
-    requests.exceptions.ConnectionError,  # also refused, reset, proxy and TLS failures
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-)
+def network_errors() -> tuple[type[Exception], ...]:
+    return (
+        requests.exceptions.Timeout,
+        requests.exceptions.ConnectionError,  # also refused, reset, proxy and TLS failures
+        requests.exceptions.ChunkedEncodingError,
+        requests.exceptions.ContentDecodingError,
+    )
 
 
 class _Failure(Exception):
@@ -509,20 +519,20 @@ class ApiPool:
             raise _Failure(f"{method}: {e}", 0, "permission") from None
         except _Failure:
             raise
-        except InvalidRequestError as e:
+        except pybit_errors.InvalidRequestError as e:
             self._note_limits(account, e.resp_headers, rate_limited=e.status_code == RATE_LIMITED)
             if e.status_code == STALE_TIMESTAMP:
                 self._offsets[account.name].invalidate()  # our idea of the exchange's clock may be wrong
             # A duplicate orderLinkId may mean an earlier copy of this very order was taken.
             raise _Failure(f"{method}: {e.message} (retCode {e.status_code})", e.status_code, "api",
                            sure=e.status_code != DUPLICATE_LINK_ID) from None
-        except FailedRequestError as e:
+        except pybit_errors.FailedRequestError as e:
             # pybit gives the HTTP status for a non-200 reply (it has resp_headers then) and
             # made-up codes (400 "retries exceeded", 409 bad JSON) for its own failures.
             if e.resp_headers is None:
                 raise _Failure(f"{method}: {e.message}", 0, "api", sure=False) from None
             raise _Failure(f"{method}: {e.message} (HTTP {e.status_code})", e.status_code, "api", sure=False) from None
-        except NETWORK_ERRORS as e:
+        except network_errors() as e:
             log.warning("API call %s on %s: network error %s", method, account.name, type(e).__name__)
             raise _Failure(f"{method}: network error: {e}", 0, "network", sure=False) from None
         except Exception as e:  # bad kwargs, a missing secret, pybit's own checks
@@ -537,7 +547,7 @@ class ApiPool:
             body, _elapsed, _headers = client.get_server_time()
             after = time.time()
             server = int(body["result"]["timeNano"]) / 1e9
-        except NETWORK_ERRORS as e:
+        except network_errors() as e:
             raise _Failure(f"cannot read the exchange's time to fence the call: {e}", 0, "network") from None
         except Exception as e:  # a fenced call does not leave on a guess
             raise _Failure(f"cannot read the exchange's time to fence the call: {type(e).__name__}: {e}", 0, "api") from None
@@ -608,7 +618,7 @@ class ApiPool:
         return client
 
     def _new_client(self, account: Account) -> HTTP:
-        client = HTTP(
+        client = unified_trading.HTTP(
             testnet=account.testnet,
             demo=account.demo,
             domain=account.domain,

@@ -70,6 +70,23 @@ WITH src AS (
     VALUES (%(kind)s, %(key)s, 1, %(data)s, %(gone)s, %(nonce)s) ON CONFLICT DO NOTHING RETURNING version
 )""" + _FEED_TAIL
 
+# Group commit of states: every (key, base, data, nonce) of the batch in one statement, so one
+# transaction and one WAL flush. A row commits only at its base version (the same guard as one
+# commit); the keys returned are the rows that won.
+_STATES = """
+WITH batch AS (
+    SELECT * FROM unnest(%(keys)s::text[], %(bases)s::bigint[], %(datas)s::bytea[], %(nonces)s::text[])
+        AS b(key, base, data, nonce)
+), updated AS (
+    UPDATE qlab_records r SET version = r.version + 1, data = b.data, gone = false, nonce = b.nonce
+    FROM batch b WHERE b.base > 0 AND r.kind = 'state' AND r.key = b.key AND r.version = b.base RETURNING r.key
+), inserted AS (
+    INSERT INTO qlab_records (kind, key, version, data, gone, nonce)
+    SELECT 'state', key, 1, data, false, nonce FROM batch WHERE base = 0 ON CONFLICT DO NOTHING RETURNING key
+)
+SELECT key FROM updated UNION ALL SELECT key FROM inserted
+"""
+
 _MESSAGE = """
 WITH src AS (
     INSERT INTO qlab_messages (work_id, data) VALUES (%(key)s, %(data)s) RETURNING 0 AS version
@@ -167,6 +184,22 @@ class PostgresStore(TableStore):
         if won and change is not None:
             self._maybe_prune()
         return won
+
+    def _heads_of_states(self, keys: list[str]) -> list[Head]:
+        rows = self.link.read(
+            "SELECT key, version, data, gone, nonce FROM qlab_records WHERE kind = 'state' AND key = ANY(%s)", (keys,)
+        )
+        found = {r[0]: Head(int(r[1]), None if r[3] else bytes(r[2]), r[4]) for r in rows}
+        return [found.get(key, ABSENT) for key in keys]
+
+    def _commit_states(self, commits: list[tuple[str, Head, bytes]]) -> list[bool]:
+        """One statement for the batch. A broken connection raises for all: writing again is harmless."""
+        params = {
+            "keys": [key for key, _, _ in commits], "bases": [base.version for _, base, _ in commits],
+            "datas": [data for _, _, data in commits], "nonces": [os.urandom(8).hex() for _ in commits],
+        }
+        won = {row[0] for row in self.link.write(_STATES, params)}
+        return [key in won for key, _, _ in commits]
 
     def _landed(self, kind: str, key: str, base: Head, nonce: str) -> bool:
         """The connection broke mid-commit: did our version land? Ask the record (the nonce is ours)."""

@@ -24,15 +24,18 @@ MemoryStore and PostgresStore are such backends.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from typing import Any, Callable, Iterator, Protocol, TypeVar
+from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, TypeVar
 
 import msgspec
 
 from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
 from quantlab.pool.feed import Change, Cursor
 from quantlab.pool.records import NO_STATE, Director, Event, EventKind, Leader, Resource, StrategyState, Work
+from quantlab.pool import statewrites
+from quantlab.pool.statewrites import Outcome, StateWrite
 from quantlab.pool.vfiles import ABSENT, Head
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -100,6 +103,22 @@ class Store(Protocol):
         """Write as the holder of ``epoch`` (None keeps the state and only stamps the epoch).
 
         StaleWriter when a newer epoch holds the state.
+        """
+        ...
+
+    def durable_together(self) -> ContextManager[None]:
+        """Inside, this thread's commits may be made durable together when the block ends.
+
+        A caller that writes many records at once (`qlab apply`) tells nobody before the block
+        ends. Stores whose every commit is cheap to make durable do nothing special.
+        """
+        ...
+
+    def save_states(self, writes: Sequence[StateWrite]) -> list[Outcome]:
+        """Write many states as one durable step (group commit); an outcome per write, in order.
+
+        Each write is fenced like save_state: a StaleWriter outcome refuses that one only.
+        Raises (OSError, StoreUnavailable) when the store failed: then none is known durable.
         """
         ...
 
@@ -364,16 +383,40 @@ class TableStore:
         return record
 
     def save_state(self, work_id: str, epoch: int, state_json: bytes | None) -> StrategyState:
-        def write(current: StrategyState | None, head: Head) -> StrategyState:
+        def write(current: StrategyState | None, head: Head) -> StrategyState | None:
             if current is not None and current.epoch > epoch:
                 raise StaleWriter(f"state of {work_id!r} is held by epoch {current.epoch}, not {epoch}")
             if state_json is None:
+                if current is not None and current.epoch == epoch:
+                    return None  # already stamped (a restart within the epoch): nothing to write
                 return StrategyState(epoch=epoch, state=current.state if current else NO_STATE)
             return StrategyState(epoch=epoch, state=msgspec.Raw(state_json))
 
         new, _ = self._cas("state", work_id, StrategyState, write)
         assert new is not None
         return new
+
+    def durable_together(self) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def save_states(self, writes: Sequence[StateWrite]) -> list[Outcome]:
+        for write in writes:
+            check_id("state", write.work_id)
+        started = time.perf_counter()
+        outcomes = statewrites.save_states(writes, self._heads_of_states, self._commit_states)
+        if self.commit_observer is not None:
+            self.commit_observer(time.perf_counter() - started)
+        return outcomes
+
+    def _heads_of_states(self, keys: list[str]) -> list[Head]:
+        """The heads of many state records (a backend may read them in one round trip)."""
+        table = self._table("state")
+        return [table.head(key) for key in keys]
+
+    def _commit_states(self, commits: list[tuple[str, Head, bytes]]) -> list[bool]:
+        """Commit many state records as one durable step; a backend with a cheaper way overrides it."""
+        table = self._table("state")
+        return [table.commit(key, base, data) for key, base, data in commits]
 
     def _stamp_state(self, work_id: str, epoch: int, *, forget: bool) -> None:
         def stamp(current: StrategyState | None, head: Head) -> StrategyState:

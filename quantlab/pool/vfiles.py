@@ -35,9 +35,12 @@ re-create.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import queue
+import threading
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import msgspec
 
@@ -45,6 +48,8 @@ from quantlab.errors import CorruptRecord
 
 #: Versions kept per record; older ones are pruned after each commit.
 KEEP = 4
+#: Every this many versions a commit lists its folder for old versions a crash left behind.
+PRUNE_SCAN = 64
 #: Predecessor nonces each version carries, so a writer can find its own commit under newer ones.
 ANCESTORS = 32
 #: Reads retried when the head was pruned between listing and opening it.
@@ -86,18 +91,48 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def write_durable(path: Path, data: bytes) -> None:
-    """Create ``path`` (which must not exist) with every byte of ``data``, fsynced; no file on error."""
+def write_durable(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Create ``path`` (which must not exist) with every byte of ``data``, fsynced; no file on error.
+
+    ``sync`` False: the caller syncs the filesystem after a batch of them (sync_filesystem).
+    """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         write_all(fd, data)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         raise
     os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make every write on the filesystem holding ``path`` durable with one call: syncfs(2).
+
+    One call for a batch of files and their directories, where each would need an fsync of
+    its own (the worker's group commit of states). Without syncfs, sync(2) does the same for
+    every filesystem.
+    """
+    syncfs = _syncfs()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    import ctypes  # only the processes that group-commit need it
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
 
 
 def private_dir(path: Path) -> None:
@@ -142,8 +177,15 @@ def _versions(folder: Path) -> list[int]:
 class VersionedDir:
     """The records of one kind: ``root/KEY/VERSION``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, durable: Callable[[], bool] = lambda: True, *, remember: bool = False) -> None:
         self.root = root
+        #: Whether a commit syncs its own writes now; False inside a batch its owner syncs at once.
+        self.durable = durable
+        #: With ``remember``, the head this process last committed, per key: a good guess of the
+        #: head for its next commit to the same record (a wrong guess loses the race, is read again).
+        self.remember = remember
+        self.committed: dict[str, Head] = {}
+        self._folders: set[str] = set()  #: record folders known to exist (they are never removed)
         private_dir(root)
 
     def folder(self, key: str) -> Path:
@@ -172,36 +214,51 @@ class VersionedDir:
         raise CorruptRecord(f"{folder}: the head kept vanishing while read")
 
     def commit(self, key: str, base: Head, data: bytes | None) -> bool:
-        """Write ``data`` (None: a tombstone) as version base.version + 1; False if another writer won."""
+        """Write ``data`` (None: a tombstone) as version base.version + 1; False if another writer won.
+
+        When ``durable()`` says False the fsyncs are left to the owner, who syncs a whole batch
+        at once (sync_filesystem) before it tells anyone the batch is written.
+        """
+        durable = self.durable()
         folder = self.folder(key)
-        self._ensure(folder)
+        self._ensure(folder, durable)
         version = base.version + 1
         nonce = os.urandom(8).hex()
         ancestors = [base.nonce, *base.ancestors[: ANCESTORS - 1]] if base.nonce else []
         header = _encode(_Header(v=version, n=nonce, p=base.nonce, gone=data is None, a=ancestors))
         tmp = folder / f".tmp-{os.getpid()}-{nonce}"
-        write_durable(tmp, header + b"\n" + (data or b""))
+        write_durable(tmp, header + b"\n" + (data or b""), sync=durable)
         try:
             os.link(tmp, folder / _name(version))
         except FileExistsError:
+            self.committed.pop(key, None)  # someone else wrote since: the next try reads the head
             return False
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        fsync_dir(folder)
+        if durable:
+            fsync_dir(folder)
         if not self._in_history(key, version, nonce):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(folder / _name(version))
+            self.committed.pop(key, None)
             return False
+        if self.remember:
+            self.committed[key] = Head(version, data, nonce, tuple(ancestors))
         self._prune(folder, version)
         return True
 
-    def _ensure(self, folder: Path) -> None:
+    def _ensure(self, folder: Path, durable: bool = True) -> None:
+        if str(folder) in self._folders:
+            return
         try:
             folder.mkdir(mode=0o700)
         except FileExistsError:
+            self._folders.add(str(folder))
             return
-        fsync_dir(self.root)  # the new record's directory must survive a power cut too
+        if durable:
+            fsync_dir(self.root)  # the new record's directory must survive a power cut too
+        self._folders.add(str(folder))
 
     def _in_history(self, key: str, version: int, nonce: str) -> bool:
         """Whether our freshly linked ``version`` is part of the record's history."""
@@ -216,10 +273,37 @@ class VersionedDir:
         return nonce in head.ancestors
 
     def _prune(self, folder: Path, version: int) -> None:
-        for old in _versions(folder):
-            if old <= version - KEEP:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(folder / _name(old))
+        """Drop the version that fell out of the last KEEP; every PRUNE_SCAN versions, any older one left."""
+        olds = _versions(folder) if version % PRUNE_SCAN == 0 else [version - KEEP]
+        paths = [f"{folder}/{_name(old)}" for old in olds if 0 < old <= version - KEEP]
+        if self.durable():
+            _unlink_all(paths)
+        else:
+            _pruner().put(paths)
+
+
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+@functools.cache
+def _pruner() -> queue.SimpleQueue[list[str]]:
+    """Old versions of batched commits are unlinked by a thread of their own.
+
+    An unlink waits for the filesystem's journal, which the batch's sync has just made busy:
+    on the worker's loop thread that wait was most of a group commit's time (issue 12). A
+    version left behind by an exit is harmless, and a later PRUNE_SCAN removes it.
+    """
+    paths: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
+
+    def run() -> None:
+        while True:
+            _unlink_all(paths.get())
+
+    threading.Thread(target=run, name="qlab-prune", daemon=True).start()
+    return paths
 
 
 def _parse(path: Path | str, raw: bytes) -> tuple[_Header, bytes]:

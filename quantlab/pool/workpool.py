@@ -10,12 +10,13 @@ by the epoch stamped in the state record itself.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager, Sequence
 
 import msgspec
 
 from quantlab.errors import CorruptRecord, NotFound, StaleWriter
 from quantlab.pool.records import Assignment, Event, EventKind, Resource, StrategyResult, Work, WorkerState
+from quantlab.pool.statewrites import Outcome, StateWrite
 from quantlab.pool.store import Store
 
 
@@ -106,6 +107,14 @@ class WorkPool:
     def save_state(self, work_id: str, epoch: int, state_json: bytes) -> None:
         """Write the state as the holder of ``epoch``; StaleWriter when a newer epoch holds it."""
         self.store.save_state(work_id, epoch, state_json)
+
+    def durable_together(self) -> ContextManager[None]:
+        """This thread's writes inside are made durable together at the end (Store.durable_together)."""
+        return self.store.durable_together()
+
+    def save_states(self, writes: Sequence[StateWrite]) -> list[Outcome]:
+        """Write many states as one durable step (group commit); per write None or its StaleWriter."""
+        return self.store.save_states(writes)
 
     def load_state(self, work_id: str) -> dict[str, Any]:
         """The state as it is now, for people and tests: {} when there is none."""

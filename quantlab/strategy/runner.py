@@ -165,7 +165,7 @@ class Runner:
     def __init__(self, conn: Connection, init: Init) -> None:
         self.conn = conn
         self.init = init
-        self.loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None  #: made for the first async hook (most have none)
         self.ctx = StrategyContext(
             id=init.id,
             params=init.params,
@@ -227,7 +227,13 @@ class Runner:
         fn = getattr(self.module, hook)
         result = self._guard(hook, fn, *args)
         if inspect.isawaitable(result):
-            self._guard(hook, self.loop.run_until_complete, result)
+            self._guard(hook, self._run_until_complete, result)
+
+    def _run_until_complete(self, awaitable: Any) -> Any:
+        # The loop costs a child most of a megabyte of private memory: only async strategies get one.
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
 
     def _guard(self, hook: str, fn: Any, *args: Any) -> Any:
         try:
@@ -249,7 +255,7 @@ class Runner:
         try:
             result = self.module.st_exit(self.ctx, ExitReason(type="error", message=message))  # type: ignore[union-attr]
             if inspect.isawaitable(result):
-                self.loop.run_until_complete(result)
+                self._run_until_complete(result)
         except Exception:
             self.ctx.log.exception("st_exit failed after an error")
 

@@ -53,6 +53,7 @@ from quantlab.worker import procs
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
+from quantlab.worker.statecommit import StateCommits
 from quantlab.worker.transport import Transport
 from quantlab.worker.zygote import Spawn
 from quantlab.strategy.jsruntime import child_command
@@ -107,6 +108,9 @@ class StrategyManager:
         #: The halts in force, read every worker heartbeat (the pool reads them again as it sends).
         self.halts = Halts()
         self.reporter = Reporter(worker_id, pool, log, wall)
+        self.states = StateCommits(pool, self.reporter, self._state_taken)
+        #: Status changes of this pass, written together at its end (one sync for a hundred starting).
+        self.to_publish: dict[str, Slot] = {}
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
         #: Told each new lease deadline (plus grace), to kill the children even while the loop is stuck.
@@ -211,8 +215,10 @@ class StrategyManager:
         if isinstance(action, m.Spawn):
             self._spawn(slot, action.incarnation)
         elif isinstance(action, m.SendInit):
+            self.states.before_send(slot)
             self._send_init(slot)
         elif isinstance(action, m.SendTick):
+            self.states.before_send(slot)
             slot.result.overruns = action.overruns
             info = TickInfo(seq=action.seq, ts=self.wall(), interval=slot.work.spec.interval, overruns=action.overruns)
             halted = self.halts.covering(self.worker_id, slot.id, slot.work.spec.accounts) is not None
@@ -235,16 +241,16 @@ class StrategyManager:
             slot.result.heartbeats += 1
             slot.result.last_heartbeat = self.wall()
             slot.dirty = True
-            if action.first:  # the first heartbeat of an incarnation shows at once, the rest with the next flush
-                self.flush_one(slot)
+            if action.first:  # the first heartbeat of an incarnation shows with this pass, the rest with the next flush
+                self.to_publish[slot.id] = slot
         elif isinstance(action, m.Publish):
             slot.result.status, slot.result.reason = m.status(slot.machine)
             slot.result.pid = slot.pid
-            self.flush_one(slot)
+            self.to_publish[slot.id] = slot
         elif isinstance(action, m.Settle):
+            self.to_publish.pop(slot.id, None)  # its last status is the settle's to write
             self._forget(slot)
-            if slot.unsaved is not None:
-                self._write_state(slot)
+            self.states.settle(slot)
             self.reporter.settle(slot, action)
 
     def _spawn(self, slot: Slot, incarnation: int) -> None:
@@ -456,6 +462,8 @@ class StrategyManager:
         retry_store = now >= self.store_retry_at
         if retry_store:
             self.store_retry_at = now + STORE_RETRY
+            self.states.retry(self.slots.values())
+        self.states.commit()  # the states of this pass's heartbeats, before any tick goes out
         for slot in list(self.slots.values()):
             # Most passes touch few slots (one tick came due, one answer came in): skip the rest cheaply.
             idle = not slot.outbox and (slot.due is None or slot.due > now) and slot.work.spec.max_memory_mb is None
@@ -466,14 +474,23 @@ class StrategyManager:
             except Exception as e:
                 self.log.exception("supervising %s failed", slot.id)
                 self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"worker could not supervise it: {type(e).__name__}: {e}")))
+        self.publish()
+
+    def publish(self) -> None:
+        """Write the status changes of this pass as one durable batch."""
+        if not self.to_publish:
+            return
+        slots = list(self.to_publish.values())
+        self.to_publish.clear()
+        with self.pool.durable_together():
+            for slot in slots:
+                self.reporter.flush_one(slot)
 
     def _supervise_one(self, slot: Slot, now: float, retry_store: bool) -> None:
         if slot.outbox:
             self._flush_outbox(slot)
         if slot.due is not None and slot.due <= now:  # time changes nothing before a deadline
             self.feed(slot, m.Due())
-        if retry_store and slot.unsaved is not None:
-            self._write_state(slot)
         if retry_store and slot.init_pending:
             self._send_init(slot)
         if retry_store and slot.reconcile_failed:
@@ -516,22 +533,10 @@ class StrategyManager:
             return  # unchanged, or the strategy is someone else's now
         if not isinstance(msgspec.json.decode(state), dict):
             raise ValueError("its state is not a JSON object")  # charged to the strategy by on_message
-        slot.unsaved = state
-        self._write_state(slot)
+        self.states.add(slot, state)  # written with the pass's group (quantlab/worker/statecommit.py)
 
-    def _write_state(self, slot: Slot) -> None:
-        assert slot.unsaved is not None
-        try:
-            self.pool.save_state(slot.id, slot.assignment.epoch, slot.unsaved)
-        except StaleWriter as e:
-            slot.unsaved = None
-            self.feed(slot, m.StopWanted(ExitReason(type="reassigned", message=f"its state belongs to a newer epoch: {e}")))
-            return
-        except (OSError, QuantlabError) as e:
-            self.reporter.store_failed(slot, "saving its state", e)
-            return
-        slot.unsaved = None
-        self.reporter.recovered(slot)
+    def _state_taken(self, slot: Slot, error: StaleWriter) -> None:
+        self.feed(slot, m.StopWanted(ExitReason(type="reassigned", message=f"its state belongs to a newer epoch: {error}")))
 
     def flush_one(self, slot: Slot) -> None:
         self.reporter.flush_one(slot)
@@ -543,7 +548,9 @@ class StrategyManager:
         heartbeat counts and times, written only when ``counts``: one fsynced write per
         strategy per heartbeat would cost the worker more than running its strategies.
         """
-        for slot in list(self.slots.values()):
-            if slot.dirty and (counts or slot.store_failing):
-                self.reporter.flush_one(slot)
+        self.publish()
+        with self.pool.durable_together():  # one sync for the whole flush, not one per strategy
+            for slot in list(self.slots.values()):
+                if slot.dirty and (counts or slot.store_failing):
+                    self.reporter.flush_one(slot)
         self.reporter.retry()

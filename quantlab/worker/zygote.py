@@ -25,6 +25,7 @@ its group, so the zygote must never kill that group id again).
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -135,6 +136,9 @@ def _serve(sock: socket.socket, worker_pid: int) -> None:
 
 def _double_fork(request: Spawn, sock: socket.socket, worker_pid: int) -> int:
     read_fd, write_fd = os.pipe()
+    # Every object so far into the permanent generation: the child's collections never walk
+    # (and so never write to) the pages it shares with us and its siblings (issue 12).
+    gc.freeze()
     all_signals = set(signal.Signals)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, all_signals)
     try:
@@ -161,6 +165,7 @@ def _double_fork(request: Spawn, sock: socket.socket, worker_pid: int) -> int:
 def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask: set[int | signal.Signals]) -> None:
     code = 1
     try:
+        gc.enable()  # the zygote runs without collections (see main); the strategy's own objects need them
         sock.close()
         os.setsid()  # its own process group: the worker kills it with killpg
         _wait_for_reparent(worker_pid)
@@ -205,6 +210,9 @@ def _redirect_output(log_path: str) -> None:
 
 
 def main() -> None:
+    # No collections in the zygote: they would free objects between the shared ones and leave
+    # holes a child's allocations then fill, copying those pages (the recipe of gc.freeze's docs).
+    gc.disable()
     fd, worker_pid = int(sys.argv[1]), int(sys.argv[2])
     # No parent-death signal here: when the worker dies, the EOF on our socket makes us kill
     # the groups of its children before we exit (see _serve).

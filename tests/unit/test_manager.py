@@ -6,6 +6,7 @@ and the fake pool is a dict of Works with the WorkPool's fenced writes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import logging
@@ -23,6 +24,7 @@ from quantlab.exchange.apipool import Caller
 from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.pool.records import Assignment, Event, StrategyResult, StrategySpec, Work
+from quantlab.pool.statewrites import StateWrite
 from quantlab.protocol import (
     ApiCall,
     ApiResult,
@@ -36,6 +38,7 @@ from quantlab.protocol import (
     TickExpired,
     ToChild,
 )
+from quantlab.worker.machine import Due
 from quantlab.worker.manager import LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, StrategyManager
 from quantlab.worker.zygote import Spawn
 
@@ -154,6 +157,19 @@ class FakePool:
         if self.state.get(work_id, (0, b""))[0] > epoch:
             raise StaleWriter("newer epoch")
         self.state[work_id] = (epoch, state_json)
+
+    def durable_together(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def save_states(self, writes: list[StateWrite]) -> list[Exception | None]:
+        outcomes: list[Exception | None] = []
+        for write in writes:
+            try:
+                self.save_state(write.work_id, write.epoch, write.state_json)
+                outcomes.append(None)
+            except StaleWriter as e:
+                outcomes.append(e)
+        return outcomes
 
     def event(self, kind: str, *, strategy: str | None = None, worker: str | None = None, detail: str = "") -> None:
         self.events.append(Event(ts=self.clocks.wall, kind=kind, strategy=strategy, worker=worker, detail=detail))
@@ -332,6 +348,7 @@ def test_a_newer_epoch_holding_the_state_stops_the_slot_without_more_writes(env:
     rid = env.start()
     env.pool.state["s"] = (2, b'{"theirs": 1}')
     env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
+    env.step(0.0)  # the pass's group commit finds the state taken
     stop = env.transport.of(Stop)[-1]
     assert stop.reason.type == "reassigned"
     env.manager.on_message(rid, Exited(reason=stop.reason, state=b'{"n": 9}'))
@@ -430,6 +447,7 @@ def test_hung_killed_counted_restarted_and_failed_after_too_many(env: Env) -> No
     env.transport.exit(env.pid(), KILLED)
     slot = env.manager.slots["s"]
     assert slot.status == "error" and slot.result.error_count == 1 and "hung" in slot.result.reason
+    env.manager.publish()  # the end of the pass the exit came in
     assert env.work().result.status == "error"
     env.step(1.7)
     assert not slot.alive
@@ -464,3 +482,34 @@ def test_a_calls_fence_holds_with_the_lease_and_never_again_once_it_lapsed(env: 
     env.step(3.1)  # the lease lapses while the call waits
     env.manager.set_lease(T0 + 20.0)  # registered again before the store says where the strategy went
     assert fence() == -math.inf
+
+
+def test_the_states_of_one_pass_are_one_group_commit_made_before_the_next_ticks(env: Env) -> None:
+    """Issue 12: one write for every strategy whose state changed in a pass, before any tick."""
+    env.assign("a", interval=1.0)
+    env.assign("b", interval=1.0)
+    a, b = env.start("a"), env.start("b")
+    env.manager.on_message(a, Heartbeat(seq=1, state=b'{"n": 1}'))
+    env.manager.on_message(b, Heartbeat(seq=1, state=b'{"m": 1}'))
+    assert env.pool.state["a"] == (1, b"{}") and env.manager.states.batches == 0  # waits for the pass
+    written_at_tick: list[Any] = []
+    send = env.transport.send
+
+    def spy(routing_id: bytes, msg: ToChild) -> bool:
+        if isinstance(msg, Tick):
+            written_at_tick.append(dict(env.pool.state))
+        return send(routing_id, msg)
+
+    env.transport.send = spy  # type: ignore[method-assign]
+    env.step(1.0)
+    assert env.manager.states.batches == 1
+    assert len(written_at_tick) == 2 and all(w["a"][1] == b'{"n": 1}' and w["b"][1] == b'{"m": 1}' for w in written_at_tick)
+
+
+def test_a_tick_sent_outside_the_pass_commits_the_waiting_state_first(env: Env) -> None:
+    env.assign(interval=1.0)
+    rid = env.start()
+    env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
+    env.clocks.advance(1.0)
+    env.manager.feed(env.manager.slots["s"], Due())  # a tick due before the pass's commit
+    assert env.transport.of(Tick)[-1].tick.seq == 2 and env.pool.state["s"] == (1, b'{"n": 1}')

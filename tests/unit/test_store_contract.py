@@ -18,6 +18,7 @@ from quantlab.pool import vfiles
 from quantlab.pool.filestore import FileStore
 from quantlab.pool.memstore import MemoryStore
 from quantlab.pool.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
+from quantlab.pool.statewrites import StateWrite
 from quantlab.pool.store import Store, TableStore
 from tests.conftest import proc_state, wait_for
 
@@ -165,6 +166,54 @@ def test_state_is_fenced_by_epoch(store: Store) -> None:
     assert record is not None and bytes(record.state) == b'{"n":2}'
 
 
+def test_a_group_of_state_writes_is_fenced_one_by_one(store: Store) -> None:
+    """Issue 12: one durable step for many states; a newer epoch refuses only its own write."""
+    store.save_state("held", 3, b'{"theirs":1}')
+    store.save_state("old", 1, b'{"n":0}')
+    writes = [StateWrite("new", 1, b'{"n":1}'), StateWrite("held", 2, b'{"n":2}'), StateWrite("old", 1, b'{"n":3}')]
+    outcomes = store.save_states(writes)
+    assert outcomes[0] is None and isinstance(outcomes[1], StaleWriter) and outcomes[2] is None
+    assert [bytes(r.state) for r in map(store.load_state, ["new", "held", "old"]) if r is not None] == [
+        b'{"n":1}', b'{"theirs":1}', b'{"n":3}'
+    ]
+    assert store.save_states([StateWrite("new", 1, b'{"n":4}')]) == [None]
+    record = store.load_state("new")
+    assert record is not None and record.epoch == 1 and bytes(record.state) == b'{"n":4}'
+
+
+def test_a_group_write_after_another_writer_claimed_the_state_is_refused(shared: str) -> None:
+    """A worker's next group commit must see a claim made by another process meanwhile."""
+    ours, theirs = open_at(shared), open_at(shared)
+    try:
+        assert ours.save_states([StateWrite("s", 1, b'{"n":1}')]) == [None]
+        theirs.save_state("s", 2, None)  # the new owner claims it before its first tick
+        assert theirs.save_states([StateWrite("s", 2, b'{"n":2}')]) == [None]
+        outcome = ours.save_states([StateWrite("s", 1, b'{"n":3}')])[0]
+        assert isinstance(outcome, StaleWriter)
+        record = ours.load_state("s")
+        assert record is not None and record.epoch == 2 and bytes(record.state) == b'{"n":2}'
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_commits_made_durable_together_on_another_thread(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def add_two() -> None:
+        try:
+            with store.durable_together():
+                store.add_work(work("a"))
+                store.add_work(work("b"))
+        except BaseException as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    thread = threading.Thread(target=add_two)
+    thread.start()
+    thread.join(10)
+    assert errors == [] and [w.id for w in store.list_works()] == ["a", "b"]
+
+
 def test_remove_forgets_the_state_and_refuses_every_old_epoch(store: Store) -> None:
     store.add_work(work())
     w = store.update_work("s", lambda w: setattr(w, "epoch", 5) or w)
@@ -231,8 +280,8 @@ def _stop_inside(place: str, where: str) -> None:
 
     real = vfiles.write_durable
 
-    def write_then_stop(path: Path, data: bytes) -> None:
-        real(path, data)
+    def write_then_stop(path: Path, data: bytes, **options: bool) -> None:
+        real(path, data, **options)
         stop_once("after-tmp")
 
     vfiles.write_durable = write_then_stop  # type: ignore[assignment]
