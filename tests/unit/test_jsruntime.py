@@ -5,30 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from quantlab.errors import JsRuntimeError
 from quantlab.pool.records import ExitReason, TickInfo
-from quantlab.protocol import (
-    ApiResult,
-    Error,
-    Exited,
-    Heartbeat,
-    Hello,
-    Init,
-    Ready,
-    Stop,
-    Tick,
-    TickExpired,
-    decode_to_worker,
-    encode,
-)
+from quantlab.protocol import ApiResult, Error, Exited, Heartbeat, Init, Tick, decode_to_worker, encode
 from quantlab.strategy import jsruntime
-from tests.unit.test_runner import RID, FakeWorker, _tick
+from tests.unit.test_runner import node_runtime
 
 
 def test_python_files_run_the_python_runner() -> None:
@@ -48,14 +33,6 @@ def test_without_an_installed_runtime_the_error_names_the_install_command(tmp_pa
     assert jsruntime.runtime_dir() == tmp_path / "data" / "quantlab" / "js"
 
 
-def _runtime() -> Path:
-    try:
-        jsruntime.node()
-        return jsruntime.runtime_dir()
-    except JsRuntimeError as e:
-        pytest.skip(f"JavaScript: {e}")
-
-
 #: Decodes the worker's frames (hex in argv) to JSON, and encodes the child's messages as the runner does.
 WIRE = """
 import { loadRuntime } from "CHANNEL";
@@ -72,7 +49,7 @@ console.log(JSON.stringify({ decoded, sent: sent.map((m) => Buffer.from(msgpack.
 
 
 def test_the_node_side_speaks_msgspec_tagged_structs() -> None:
-    runtime = _runtime()
+    runtime = node_runtime()
     to_child = [
         Tick(tick=TickInfo(seq=3, ts=1.5, interval=0.5), lease_until=123.25, halted=True),
         Init(id="g", file="/g.js", params={"k": [1, "a"]}, state={}, accounts=["paper"], log_path="/l"),
@@ -93,74 +70,3 @@ def test_the_node_side_speaks_msgspec_tagged_structs() -> None:
         Error(hook="st_init", message="st_init: Error: x", traceback="Error: x\n    at st_init"),
         Exited(reason=ExitReason(type="manual", message="bye")),
     ]
-
-
-STRATEGY = """
-export async function st_init(ctx) { ctx.state.n ??= 0; }
-export async function st_heartbeat(ctx, tick) {
-  ctx.state.n += 1;
-  if (ctx.params.bad && ctx.state.n === 2) ctx.state.a = { f: undefined };
-}
-export async function st_exit(ctx, reason) { ctx.state.exit = reason.type; }
-"""
-
-
-class NodeWorker(FakeWorker):
-    """test_runner's in-process ROUTER, talking to a real Node runner instead of the Python one."""
-
-    def _child(self) -> None:
-        command = jsruntime.child_command("s.mjs", self.endpoint, RID)
-        self.code = subprocess.run(command, timeout=30, stdin=subprocess.DEVNULL).returncode
-
-
-@pytest.fixture
-def node_worker(tmp_path: Path) -> Iterator[NodeWorker]:
-    _runtime()
-    fake = NodeWorker(tmp_path)
-    yield fake
-    fake.close()
-
-
-def _js_init(tmp_path: Path, **params: object) -> Init:
-    file = tmp_path / "s.mjs"
-    file.write_text(STRATEGY)
-    return Init(id="s", file=str(file), params=dict(params), state={}, accounts=[], log_path=str(tmp_path / "s.log"))
-
-
-def test_node_answers_a_stop_before_init_at_once(node_worker: NodeWorker) -> None:
-    assert isinstance(node_worker.recv(), Hello)
-    node_worker.send(Stop(reason=ExitReason(type="reassigned", message="moved")))
-    assert node_worker.recv() == Exited(reason=ExitReason(type="reassigned", message="moved"))
-    node_worker.thread.join(10)
-    assert node_worker.code == 0
-
-
-def test_node_refuses_an_expired_tick_and_sends_state_only_when_it_changed(node_worker: NodeWorker, tmp_path: Path) -> None:
-    node_worker.recv()
-    node_worker.send(_js_init(tmp_path))
-    assert isinstance(node_worker.recv(), Ready)
-    node_worker.send(_tick(1, lease_until=time.monotonic() - 0.001))  # the worker's clock: CLOCK_MONOTONIC
-    assert node_worker.recv() == TickExpired(seq=1)
-    node_worker.send(_tick(2, lease_until=time.monotonic() + 60))
-    beat = node_worker.recv()
-    assert isinstance(beat, Heartbeat) and beat.seq == 2 and beat.state == b'{"n":1}'
-    assert beat.hook_seconds is not None and 0 <= beat.hook_seconds < 5
-    node_worker.send(Stop(reason=ExitReason(type="manual")))
-    exited = node_worker.recv()
-    assert isinstance(exited, Exited) and exited.state == b'{"n":1,"exit":"manual"}'
-    node_worker.thread.join(10)
-    assert node_worker.code == 0
-
-
-def test_node_names_the_key_path_of_a_state_that_is_not_json(node_worker: NodeWorker, tmp_path: Path) -> None:
-    node_worker.recv()
-    node_worker.send(_js_init(tmp_path, bad=True))
-    node_worker.recv()
-    node_worker.send(_tick(1, lease_until=time.monotonic() + 60))
-    assert isinstance(node_worker.recv(), Heartbeat)
-    node_worker.send(_tick(2, lease_until=time.monotonic() + 60))
-    error = node_worker.recv()
-    assert isinstance(error, Error)
-    assert error.message == "ctx.state after st_heartbeat: state['a']['f']: undefined is not JSON"
-    node_worker.thread.join(10)
-    assert node_worker.code == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Iterator
 import pytest
 import zmq
 
+from quantlab.errors import JsRuntimeError
 from quantlab.pool.records import ExitReason, TickInfo
 from quantlab.protocol import (
     Error,
@@ -26,10 +28,13 @@ from quantlab.protocol import (
     decode_to_worker,
     encode,
 )
+from quantlab.strategy import jsruntime
 from quantlab.strategy.runner import run_child
 
 RID = b"s#1"
-STRATEGY = '''
+#: The same strategy for each runner: Python, and JavaScript in the Node child.
+STRATEGIES = {
+    "python": ("s.py", '''
 def st_init(ctx):
     ctx.state.setdefault("n", 0)
 def st_heartbeat(ctx, tick):
@@ -38,21 +43,48 @@ def st_heartbeat(ctx, tick):
         ctx.state["a"] = {(1, 2): "x"}
 def st_exit(ctx, reason):
     ctx.state["exit"] = reason.type
-'''
+'''),
+    "node": ("s.mjs", """
+export async function st_init(ctx) { ctx.state.n ??= 0; }
+export async function st_heartbeat(ctx, tick) {
+  ctx.state.n += 1;
+  if (ctx.params.bad && ctx.state.n === 2) ctx.state.a = { f: undefined };
+}
+export async function st_exit(ctx, reason) { ctx.state.exit = reason.type; }
+"""),
+}
+#: How each runner names the bad value the strategy above puts in its state.
+NOT_JSON = {"python": "state['a'][(1, 2)]: key is not a string", "node": "state['a']['f']: undefined is not JSON"}
+
+
+def node_runtime() -> Path:
+    """The installed JavaScript runtime, or the test skips with one line saying why."""
+    try:
+        jsruntime.node()
+        return jsruntime.runtime_dir()
+    except JsRuntimeError as e:
+        pytest.skip(f"JavaScript: {e}")
 
 
 class FakeWorker:
-    def __init__(self, tmp_path: Path) -> None:
+    """An in-process ROUTER socket, and a strategy child (the Python runner on a thread, or Node) on it."""
+
+    def __init__(self, tmp_path: Path, kind: str = "python") -> None:
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.endpoint = f"ipc://{tmp_path}/ch"
         self.socket.bind(self.endpoint)
+        self.kind = kind
         self.code: int | None = None
         self.thread = threading.Thread(target=self._child, daemon=True)
         self.thread.start()
 
     def _child(self) -> None:
-        self.code = run_child(self.endpoint, RID)
+        if self.kind == "python":
+            self.code = run_child(self.endpoint, RID)
+            return
+        command = jsruntime.child_command(STRATEGIES["node"][0], self.endpoint, RID)
+        self.code = subprocess.run(command, timeout=30, stdin=subprocess.DEVNULL).returncode
 
     def send(self, msg: ToChild) -> None:
         self.socket.send_multipart([RID, encode(msg)])
@@ -64,21 +96,24 @@ class FakeWorker:
         return decode_to_worker(data)
 
     def close(self) -> None:
-        self.thread.join(5)
+        self.thread.join(10)
         self.socket.close(linger=0)
         self.context.term()
 
 
-@pytest.fixture
-def worker(tmp_path: Path) -> Iterator[FakeWorker]:
-    fake = FakeWorker(tmp_path)
+@pytest.fixture(params=["python", "node"])
+def worker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FakeWorker]:
+    if request.param == "node":
+        node_runtime()
+    fake = FakeWorker(tmp_path, request.param)
     yield fake
     fake.close()
 
 
-def _init(tmp_path: Path, **params: object) -> Init:
-    file = tmp_path / "s.py"
-    file.write_text(STRATEGY)
+def _init(worker: FakeWorker, tmp_path: Path, **params: object) -> Init:
+    name, source = STRATEGIES[worker.kind]
+    file = tmp_path / name
+    file.write_text(source)
     return Init(id="s", file=str(file), params=dict(params), state={}, accounts=[], log_path=str(tmp_path / "s.log"))
 
 
@@ -89,39 +124,40 @@ def _tick(seq: int, lease_until: float) -> Tick:
 def test_a_stop_before_init_is_answered_at_once(worker: FakeWorker) -> None:
     assert isinstance(worker.recv(), Hello)
     worker.send(Stop(reason=ExitReason(type="reassigned", message="moved")))
-    exited = worker.recv()
-    assert isinstance(exited, Exited) and exited.reason.type == "reassigned" and exited.state is None
-    worker.thread.join(5)
+    assert worker.recv() == Exited(reason=ExitReason(type="reassigned", message="moved"))  # and no state
+    worker.thread.join(10)
     assert worker.code == 0
 
 
 def test_an_expired_tick_does_not_run(worker: FakeWorker, tmp_path: Path) -> None:
     """Issue 7 item 9: a child resumed after its worker lost the lease ran the tick it already held."""
     worker.recv()
-    worker.send(_init(tmp_path))
+    worker.send(_init(worker, tmp_path))
     assert isinstance(worker.recv(), Ready)
-    worker.send(_tick(1, lease_until=time.monotonic() - 0.001))
+    worker.send(_tick(1, lease_until=time.monotonic() - 0.001))  # the worker's clock: CLOCK_MONOTONIC
     assert worker.recv() == TickExpired(seq=1)
     worker.send(_tick(2, lease_until=time.monotonic() + 60))
     beat = worker.recv()
     assert isinstance(beat, Heartbeat) and beat.seq == 2 and beat.state == b'{"n":1}'  # JSON, one tick ran
-    assert beat.hook_seconds is not None and 0 <= beat.hook_seconds < 1  # st_heartbeat's own time
+    assert beat.hook_seconds is not None and 0 <= beat.hook_seconds < 5  # st_heartbeat's own time
     worker.send(Stop(reason=ExitReason(type="manual")))
     exited = worker.recv()
     assert isinstance(exited, Exited) and exited.state == b'{"n":1,"exit":"manual"}'
+    worker.thread.join(10)
+    assert worker.code == 0
 
 
 def test_a_state_that_is_not_json_is_an_error_naming_the_key_path(worker: FakeWorker, tmp_path: Path) -> None:
     worker.recv()
-    worker.send(_init(tmp_path, bad=True))
+    worker.send(_init(worker, tmp_path, bad=True))
     worker.recv()
     worker.send(_tick(1, lease_until=time.monotonic() + 60))
     assert isinstance(worker.recv(), Heartbeat)
     worker.send(_tick(2, lease_until=time.monotonic() + 60))
     error = worker.recv()
     assert isinstance(error, Error)
-    assert error.message == "ctx.state after st_heartbeat: state['a'][(1, 2)]: key is not a string"
-    worker.thread.join(5)
+    assert error.message == f"ctx.state after st_heartbeat: {NOT_JSON[worker.kind]}"
+    worker.thread.join(10)
     assert worker.code == 1
 
 
