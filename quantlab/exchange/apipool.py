@@ -40,7 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-from quantlab.lazy import lazy_module
 from quantlab.pool.store import Store
 from quantlab.protocol import ApiCall, ApiResult
 from quantlab.errors import ApiError
@@ -52,17 +51,25 @@ from quantlab.exchange.ratelimit import RateLimiter
 from quantlab.exchange.risk import NO_LIMITS, RISK_REFUSED, Level, Refused, RiskBook, RiskLimits, notional
 from quantlab.exchange.signing import ClockOffset, Fence, Fenced, recv_window_ms, time_left
 
-# pybit and requests cost a worker about 12 MB: loaded with the first bybit client (issue 12),
-# so a worker that serves paper accounts only never holds them.
+# pybit and requests cost a worker about 12 MB: imported by a pool that serves a bybit account
+# (issue 12), so a worker that serves paper accounts only never holds them.
 if TYPE_CHECKING:
     import requests
     from pybit import exceptions as pybit_errors
     from pybit import unified_trading
     from pybit.unified_trading import HTTP
-else:
-    requests = lazy_module("requests")
-    pybit_errors = lazy_module("pybit.exceptions")
-    unified_trading = lazy_module("pybit.unified_trading")
+
+
+def _import_pybit() -> None:
+    """Import pybit and requests for real, on the thread that makes the pool, before any API thread.
+
+    Not lazily on first use: Python 3.11's LazyLoader is not thread safe, and two API threads
+    making their first clients at once got half-loaded modules ("has no attribute 'HTTP'").
+    """
+    global requests, pybit_errors, unified_trading
+    import requests
+    from pybit import exceptions as pybit_errors
+    from pybit import unified_trading
 
 if TYPE_CHECKING:
     from quantlab.exchange.paper import PaperExchange
@@ -147,6 +154,8 @@ class ApiPool:
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._accounts = {account.name: account for account in accounts}
+        if any(account.type == "bybit" for account in accounts):
+            _import_pybit()
         self._proxy = proxy
         self._store = store  # the halts are read from it as each call that opens exposure is signed
         self._worker = worker

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -389,3 +391,33 @@ def test_a_paper_error_envelope_is_an_api_error(make_pool: MakePool) -> None:
     result = pool.call("paper", "get_fee_rates", {"category": "linear"}, ["paper"])  # real, not simulated
     assert (result.ok, result.kind) == (False, "api")
     assert result.ret_code != 0 and "get_fee_rates" in result.error
+
+
+#: A fresh interpreter (pybit not imported yet) whose pool makes its first clients on six threads at once.
+FIRST_CLIENTS = """
+import sys, threading
+from quantlab.exchange.accounts import Account
+from quantlab.exchange.apipool import ApiPool
+from quantlab.pool.memstore import MemoryStore
+from quantlab.protocol import ApiCall
+names = [f"a{i}" for i in range(6)]
+pool = ApiPool([Account(name=n, type="bybit", api_key="k", api_secret="s", endpoint=sys.argv[1], timeout=0.5,
+                        max_retries=1) for n in names], MemoryStore())
+results, done = [], threading.Event()
+def got(result):
+    results.append(result)
+    if len(results) == len(names):
+        done.set()
+for i, name in enumerate(names):
+    pool.submit(ApiCall(call_id=i, account=name, method="get_server_time", kwargs={}), names, got)
+done.wait(20)
+pool.close()
+print(sorted({(r.kind, r.error.split(":")[0]) for r in results}))
+"""
+
+
+def test_first_clients_made_on_many_threads_at_once_all_work() -> None:
+    """Issue 12's lazy import of pybit gave concurrent first calls half-loaded modules: 'internal error'."""
+    done = subprocess.run([sys.executable, "-c", FIRST_CLIENTS, closed_url()], capture_output=True, text=True,
+                          timeout=30, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == "[('network', 'get_server_time')]", done.stdout + done.stderr[-2000:]
