@@ -42,7 +42,7 @@ class FileStore(TableStore):
         private_dir(root)
         os.chmod(root, 0o700)
         self._tables: dict[str, VersionedDir] = {}
-        self._batch = threading.local()  #: ``active`` inside durable_together, per thread
+        self._batch = threading.local()  #: per thread: ``active`` inside durable_together, ``pending`` a sync owed
         self.feed = FileFeed(root / "changes")
         self._events = root / "events.jsonl"
         self._reported: set[str] = set()
@@ -60,7 +60,11 @@ class FileStore(TableStore):
         return table
 
     def _durable(self) -> bool:
-        return not getattr(self._batch, "active", False)
+        """Asked by each commit: False inside durable_together, which then owes the batch a sync."""
+        if getattr(self._batch, "active", False):
+            self._batch.pending = True
+            return False
+        return True
 
     def _report_corrupt(self, kind: str, key: str, error: CorruptRecord) -> None:
         if str(error) not in self._reported:  # once per process and version, not on every pass
@@ -78,12 +82,13 @@ class FileStore(TableStore):
         if getattr(self._batch, "active", False):  # nested (a thread's first block finds no flag yet)
             yield
             return
-        self._batch.active = True
+        self._batch.active, self._batch.pending = True, False
         try:
             yield
         finally:
             self._batch.active = False
-            sync_filesystem(self.root)
+            if self._batch.pending:  # most blocks (a pass, a batch of messages) commit nothing
+                sync_filesystem(self.root)
 
     def _heads_of_states(self, keys: list[str]) -> list[Head]:
         # A worker is almost always the last writer of its strategies' states: its own last

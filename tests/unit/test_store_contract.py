@@ -423,3 +423,19 @@ def test_a_writer_slow_between_its_link_and_its_check_is_not_applied_twice(
     result = files.get_work("s").result
     assert (result.restarts, result.heartbeats) == (1, vfiles.KEEP + 6)
     assert table.head("s").version == 2 + vfiles.KEEP + 6
+
+
+def test_a_durable_block_syncs_only_when_it_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch of worker messages is such a block: an empty one synced the whole filesystem anyway
+    (one syncfs per API call and per heartbeat, doubling their round trips)."""
+    from quantlab.pool import filestore
+
+    syncs: list[Path] = []
+    monkeypatch.setattr(filestore, "sync_filesystem", syncs.append)
+    store = FileStore(tmp_path / "store")
+    with store.durable_together():
+        store.get_blob("k", "read-only")
+    assert syncs == []
+    with store.durable_together():
+        store.update_blob("k", "written", lambda old: b"1")
+    assert syncs == [store.root]
