@@ -40,7 +40,7 @@ from quantlab.worker.zygote import Spawn, Zygote
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fakes.bybit import FakeBybit  # noqa: E402  (the fake server lives with the tests)
 from tests.pgutil import scratch_database  # noqa: E402
-from bench_common import QUIET, Rate, Row, poll, qlab_args  # noqa: E402
+from bench_common import QLAB, QUIET, Rate, Row, poll, qlab_args  # noqa: E402
 from bench_store import bench_failover, bench_scale, bench_worker_heartbeat, cpu_percent  # noqa: E402
 from bench_fleet import kill_to_heartbeat  # noqa: E402  (scripts/ is this script's folder)
 

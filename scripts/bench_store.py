@@ -5,6 +5,7 @@ Run by scripts/bench.py on both stores (--store: on a scratch PostgreSQL databas
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -27,6 +28,10 @@ from quantlab.pool.store import Store
 from quantlab.pool.workpool import WorkPool
 
 
+def _registered(resource: Resource, current: Resource | None) -> Resource:
+    return resource
+
+
 class FakeWorkers:
     """``n`` registered workers whose leases a thread renews every second, as live workers would."""
 
@@ -35,7 +40,7 @@ class FakeWorkers:
         for wid in self.ids:
             spec = WorkerSpec(name=wid, region="JP", host="bench", pid=0, max_strategies=1000, accounts=["paper"],
                               instance=f"{wid}-bench")
-            store.update_resource(wid, lambda current, spec=spec: Resource(id=wid, spec=spec))
+            store.update_resource(wid, functools.partial(_registered, Resource(id=wid, spec=spec)))
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._renew, daemon=True)
         self.thread.start()
