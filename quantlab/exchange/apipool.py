@@ -419,10 +419,14 @@ class ApiPool:
         read = self._reader(account)
         priced = any(level.limits.max_order_notional is not None for level in levels)
         notionals = [notional(o, functools.partial(self._last_price, account, o)) for o in placed] if priced else []
-        scope = _scope_of(placed[0])
+        scope = intents.scope_of(str(placed[0].get("category", "")), str(placed[0].get("symbol", "")))
+
+        listed: list[list[dict[str, Any]]] = []  # the exchange's open orders, read once for every level
 
         def open_orders(level: Level) -> int:
-            rows = orders.open_orders(read, scope)
+            if not listed:
+                listed.append(orders.open_orders(read, scope))
+            rows = listed[0]
             if not level.strategy:
                 return len(rows)
             log_ = intents.read(self._store, level.strategy)
@@ -660,14 +664,6 @@ def _capped(fence: Fence | None, until: float) -> Fence | None:
         return None
     held = fence
     return lambda: min(held(), until)
-
-
-def _scope_of(order: dict[str, Any]) -> dict[str, str]:
-    """Where an order's open orders are counted: linear USDT as a whole, else its own symbol."""
-    category, symbol = str(order.get("category", "")), str(order.get("symbol", ""))
-    if category == "linear" and symbol.endswith("USDT"):
-        return {"category": "linear", "settleCoin": "USDT"}
-    return {"category": category, "symbol": symbol}
 
 
 def _paper_exchange(account: Account, store: Store) -> PaperExchange:

@@ -128,13 +128,22 @@ def settle(store: Store, strategy: str, outcomes: dict[str, Outcome], clock: Cal
     _change(store, strategy, record)
 
 
+LINEAR_USDT = {"category": "linear", "settleCoin": "USDT"}
+
+
+def scope_of(category: str, symbol: str) -> dict[str, str]:
+    """The order list an order is in: linear USDT as a whole (Bybit's settleCoin scope), else its symbol."""
+    if category == "linear" and symbol.endswith("USDT"):
+        return dict(LINEAR_USDT)
+    return {"category": category, "symbol": symbol}
+
+
 def scopes(logs: Iterable[IntentLog]) -> list[dict[str, str]]:
     """Where to look for a strategy's orders: linear USDT, and every other category and symbol it used."""
-    found = [{"category": "linear", "settleCoin": "USDT"}]
+    found = [dict(LINEAR_USDT)]
     for log in logs:
         for intent in [*log.open, *log.settled]:
-            scope = {"category": intent.category, "symbol": intent.symbol}
-            usdt_linear = intent.category == "linear" and intent.symbol.endswith("USDT")
-            if intent.category and intent.symbol and not usdt_linear and scope not in found:
+            scope = scope_of(intent.category, intent.symbol)
+            if intent.category and intent.symbol and scope not in found:
                 found.append(scope)
     return found

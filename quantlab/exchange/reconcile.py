@@ -83,13 +83,14 @@ def reconcile(desk: Desk, store: Store, request: Request, fence: Fence,
     try:
         settled = _settle_open(desk, store, request, clock)
         log = intents.read(store, request.strategy)
+        scopes = intents.scopes([log])
         mine: list[dict[str, Any]] = []
         stale: list[dict[str, Any]] = []
         positions: list[dict[str, Any]] = []
         for account in request.accounts:
-            for row, epoch in owned_orders(desk, log, request.strategy, account):
+            for row, epoch in owned_orders(desk, log, request.strategy, account, scopes):
                 (stale if epoch < request.epoch else mine).append(row)
-            positions += _positions(desk, log, account)
+            positions += _positions(desk, account, scopes)
         cancelled = _cancel(desk, stale, fence) if request.cancel_stale else []
         kept = [row for row in stale if row["orderLinkId"] not in cancelled]
         return Reconciled(ok=True, open_orders=[*mine, *kept], positions=positions, settled=settled,
@@ -118,10 +119,11 @@ def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[],
     return {link_id: outcome.status for link_id, outcome in found.items()}
 
 
-def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str) -> list[tuple[dict[str, Any], int]]:
-    """The strategy's open orders on ``account``, each with the epoch that placed it."""
+def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str,
+                 scopes: list[dict[str, str]]) -> list[tuple[dict[str, Any], int]]:
+    """The strategy's open orders on ``account`` (looked for in ``scopes``), each with the epoch that placed it."""
     found = []
-    for scope in intents.scopes([log]):
+    for scope in scopes:
         for row in orders.open_orders(functools.partial(desk.read, account), scope):
             epoch = log.epoch_of(strategy, str(row.get("orderLinkId", "")))
             if epoch is not None:
@@ -129,9 +131,9 @@ def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str) -> lis
     return found
 
 
-def _positions(desk: Desk, log: IntentLog, account: str) -> list[dict[str, Any]]:
+def _positions(desk: Desk, account: str, scopes: list[dict[str, str]]) -> list[dict[str, Any]]:
     rows = []
-    for scope in intents.scopes([log]):
+    for scope in scopes:
         if scope["category"] not in POSITION_CATEGORIES:
             continue
         result = desk.read(account, "get_positions", scope).get("result") or {}
@@ -158,7 +160,8 @@ def cancel_open_orders(desk: Desk, store: Store, accounts: list[str], strategy: 
     open order there, scope by scope; how many were cancelled (for a scope: asked to be)."""
     if strategy:
         log = intents.read(store, strategy)
-        owned = [row for account in accounts for row, _epoch in owned_orders(desk, log, strategy, account)]
+        scopes = intents.scopes([log])
+        owned = [row for account in accounts for row, _epoch in owned_orders(desk, log, strategy, account, scopes)]
         return len(_cancel(desk, owned, fence))
     logs = [intents.read(store, key) for key in store.blob_keys(intents.BLOB_KIND)]
     cancelled = 0
