@@ -48,6 +48,9 @@ _TRADE_CATEGORIES = ("linear",)
 _INTERVALS = {"1": 60, "3": 180, "5": 300, "15": 900, "30": 1800, "60": 3600, "120": 7200,
               "240": 14400, "360": 21600, "720": 43200, "D": 86400, "W": 604800}  # fmt: skip
 _WEEK_OFFSET = 4 * 86400  # weekly candles open on Monday; 1970-01-01 was a Thursday
+#: Built here, on the importing thread: msgspec works out a Struct's field types on first use, and
+#: a decode racing that on another thread (the API and reconciliation threads) crashed a worker.
+_decode_state = msgspec.json.Decoder(PaperState).decode
 _LINK_ID = re.compile(r"^[A-Za-z0-9_-]{1,36}$")  # Bybit's orderLinkId alphabet and length
 _TIME_IN_FORCE = ("GTC", "IOC", "FOK", "PostOnly")
 _UNSUPPORTED = ("triggerPrice", "takeProfit", "stopLoss", "tpslMode", "isLeverage", "marketUnit")
@@ -118,7 +121,7 @@ class PaperExchange:
     def _load(self, raw: bytes | None, ms: int) -> PaperState:
         if raw is None:
             return PaperState(balances=dict(self.account.balances), checked_at=ms // 1000)
-        return msgspec.json.decode(raw, type=PaperState)
+        return _decode_state(raw)
 
     def _read(self, handler: Handler, kwargs: dict[str, Any]) -> dict[str, Any]:
         ms = self._ms()
@@ -174,7 +177,7 @@ class PaperExchange:
         """Move the oldest ids out of the document once it holds a batch more than it keeps."""
         if raw is None:
             return
-        ids = msgspec.json.decode(raw, type=PaperState).link_ids
+        ids = _decode_state(raw).link_ids
         keep = paper_state.LINK_IDS_KEEP
         batch = min(ARCHIVE_BATCH, max(1, keep // 2))  # small bounds (tests) archive in smaller batches
         if len(ids) <= keep + batch - 1:
@@ -190,7 +193,7 @@ class PaperExchange:
         def trim(old: bytes | None) -> bytes | None:
             if old is None:
                 return None
-            state = msgspec.json.decode(old, type=PaperState)
+            state = _decode_state(old)
             kept = [i for i in state.link_ids if i not in gone]
             state.archived += len(state.link_ids) - len(kept)
             state.link_ids = kept

@@ -164,7 +164,12 @@ class Feed(Protocol):
 
 
 _encode = msgspec.json.Encoder().encode
-_decoders: dict[type, msgspec.json.Decoder[Any]] = {}
+#: Decoders of the stored records, built at import on the importing thread: msgspec works out a
+#: Struct's field types on first use, and a first decode racing that on another thread (API and
+#: reconciliation threads read the store too) crashed a worker in msgspec (SIGSEGV).
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls) for cls in (Work, Resource, Director, Leader, StrategyState, Event)
+}
 
 
 def decode(cls: type[T], data: bytes) -> T:
