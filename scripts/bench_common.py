@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-QLAB = shutil.which("qlab") or "qlab"
+
+
+def _qlab() -> str:
+    """The ``qlab`` script installed beside this interpreter, else the one on PATH.
+
+    On PATH it may be a version manager's shim (pyenv's costs ~50 ms a run): every CLI
+    figure would measure the shim, not qlab.
+    """
+    beside = Path(sys.executable).parent / "qlab"
+    return str(beside) if beside.exists() else shutil.which("qlab") or "qlab"
+
+
+QLAB = _qlab()
 
 
 def qlab_args(home: Path, url: str) -> list[str]:
