@@ -64,6 +64,7 @@ class Head(NamedTuple):
     data: bytes | None
     nonce: str = ""
     ancestors: tuple[str, ...] = ()  #: the nonces of its predecessors, newest first
+    frames: int = 0  #: states appended to this version by its writer (statelog.py)
 
 
 ABSENT = Head(0, None, "")
@@ -162,23 +163,34 @@ def read_file(path: Path | str) -> bytes:
         return f.read()
 
 
-def _name(version: int) -> str:
+def version_name(version: int) -> str:
     return f"{version:0{_WIDTH}d}"
 
 
-def _versions(folder: Path) -> list[int]:
+def _versions(folder: Path) -> dict[int, list[str]]:
+    """Each version in ``folder`` with its files: the version's own and its sidecars (``7.log``)."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
-        return []
-    return [int(n) for n in names if n.isdigit()]
+        return {}
+    out: dict[int, list[str]] = {}
+    for name in names:
+        number = name.partition(".")[0]
+        if number.isdigit():
+            out.setdefault(int(number), []).append(name)
+    return out
 
 
 class VersionedDir:
     """The records of one kind: ``root/KEY/VERSION``."""
 
-    def __init__(self, root: Path, durable: Callable[[], bool] = lambda: True, *, remember: bool = False) -> None:
+    def __init__(
+        self, root: Path, durable: Callable[[], bool] = lambda: True, *, remember: bool = False,
+        sidecars: tuple[str, ...] = (),
+    ) -> None:
         self.root = root
+        #: Suffixes of files that belong to a version (``7.log``): pruned with it.
+        self.sidecars = sidecars
         #: Whether a commit syncs its own writes now; False inside a batch its owner syncs at once.
         self.durable = durable
         #: With ``remember``, the head this process last committed, per key: a good guess of the
@@ -229,7 +241,7 @@ class VersionedDir:
         tmp = folder / f".tmp-{os.getpid()}-{nonce}"
         write_durable(tmp, header + b"\n" + (data or b""), sync=durable)
         try:
-            os.link(tmp, folder / _name(version))
+            os.link(tmp, folder / version_name(version))
         except FileExistsError:
             self.committed.pop(key, None)  # someone else wrote since: the next try reads the head
             return False
@@ -240,7 +252,7 @@ class VersionedDir:
             fsync_dir(folder)
         if not self._in_history(key, version, nonce):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(folder / _name(version))
+                os.unlink(folder / version_name(version))
             self.committed.pop(key, None)
             return False
         if self.remember:
@@ -274,8 +286,16 @@ class VersionedDir:
 
     def _prune(self, folder: Path, version: int) -> None:
         """Drop the version that fell out of the last KEEP; every PRUNE_SCAN versions, any older one left."""
-        olds = _versions(folder) if version % PRUNE_SCAN == 0 else [version - KEEP]
-        paths = [f"{folder}/{_name(old)}" for old in olds if 0 < old <= version - KEEP]
+        if version % PRUNE_SCAN == 0:
+            olds = {old: names for old, names in _versions(folder).items() if old <= version - KEEP}
+            # Sorted: a version's own file goes before its sidecars (statelog.py relies on it).
+            self.discard([f"{folder}/{name}" for names in olds.values() for name in sorted(names)])
+        elif version > KEEP:
+            old = version_name(version - KEEP)
+            self.discard([f"{folder}/{old}{suffix}" for suffix in ("", *self.sidecars)])
+
+    def discard(self, paths: list[str]) -> None:
+        """Unlink files nobody reads any more: now, or by the pruner thread inside a batch."""
         if self.durable():
             _unlink_all(paths)
         else:

@@ -1,0 +1,106 @@
+"""States on the file store: the owner appends to its version's log (quantlab/pool/statelog.py)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import pytest
+
+from quantlab.errors import StaleWriter
+from quantlab.pool import statelog
+from quantlab.pool.filestore import FileStore
+from quantlab.pool.statewrites import StateWrite
+
+
+def _state(store: FileStore, work_id: str = "s") -> tuple[int, bytes]:
+    record = store.load_state(work_id)
+    assert record is not None
+    return record.epoch, bytes(record.state)
+
+
+def _write(store: FileStore, epoch: int, n: int, work_id: str = "s") -> Exception | None:
+    return store.save_states([StateWrite(work_id, epoch, b'{"n":%d}' % n)])[0]
+
+
+def test_the_owner_appends_frames_instead_of_making_files(tmp_path: Path) -> None:
+    ours, reader = FileStore(tmp_path), FileStore(tmp_path)
+    for n in range(200):
+        assert _write(ours, 1, n) is None
+    assert sorted(os.listdir(tmp_path / "state" / "s")) == ["000000000001", "000000000001.log"]
+    assert _state(reader) == (1, b'{"n":199}')  # another process reads the last frame
+
+
+def test_a_torn_last_frame_is_ignored(tmp_path: Path) -> None:
+    ours = FileStore(tmp_path)
+    for n in range(3):
+        _write(ours, 1, n)
+    log = tmp_path / "state" / "s" / "000000000001.log"
+    whole = statelog.frame(b'{"epoch":1,"state":{"n":3}}')
+    with open(log, "ab") as f:
+        f.write(whole[:-4])  # the writer died inside its write()
+    assert _state(FileStore(tmp_path)) == (1, b'{"n":2}')
+
+
+def test_a_full_log_moves_to_a_new_version_and_the_old_log_goes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(statelog, "LOG_LIMIT", 200)
+    ours = FileStore(tmp_path)
+    for n in range(100):
+        assert _write(ours, 1, n) is None
+    names = os.listdir(tmp_path / "state" / "s")
+    assert len([n for n in names if n.endswith(".log")]) <= 1  # only the head's log is kept
+    assert len([n for n in names if n.isdigit()]) <= 4
+    assert _state(FileStore(tmp_path)) == (1, b'{"n":99}')
+
+
+def test_an_owner_whose_version_was_pruned_long_ago_is_refused(tmp_path: Path) -> None:
+    """The owner stalls; others make many versions (its version and seal are pruned): its append must not count."""
+    ours = FileStore(tmp_path)
+    assert _write(ours, 1, 1) is None  # version 1, whose log its next write would start
+    for n in range(12):  # a new process each time: each writes a version of its own
+        FileStore(tmp_path).save_state("s", 2, b'{"n":%d}' % (100 + n))
+    assert not (tmp_path / "state" / "s" / "000000000001").exists()
+    assert isinstance(_write(ours, 1, 3), StaleWriter)
+    assert _state(FileStore(tmp_path)) == (2, b'{"n":111}')
+
+
+def _owner(place: str, conn: Connection) -> None:
+    """Write n = 1, 2, ... as epoch 1 until refused; send each n that was answered as written."""
+    store = FileStore(Path(place))
+    n = 0
+    while True:
+        n += 1
+        if _write(store, 1, n) is not None:
+            conn.send(None)
+            return
+        conn.send(n)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_claim_racing_the_owner_keeps_every_answered_write_and_refuses_every_later_one(tmp_path: Path, seed: int) -> None:
+    """A new epoch claims the state while its old owner is appending, in another process."""
+    place = str(tmp_path)
+    FileStore(tmp_path).save_state("s", 1, b'{"n":0}')
+    parent, child = multiprocessing.get_context("fork").Pipe()
+    owner = multiprocessing.get_context("fork").Process(target=_owner, args=(place, child))
+    owner.start()
+    try:
+        acked, delay = [0], random.Random(seed).randint(5, 60)
+        while len(acked) < delay:
+            acked.append(parent.recv())
+        claimed = FileStore(tmp_path).save_state("s", 2, None)  # keep the state, stamp the new epoch
+        while (n := parent.recv()) is not None:
+            acked.append(n)
+        owner.join(10)
+        kept = int(bytes(claimed.state)[5:-1])
+        # Every write answered as written is in the claimed state (the owner's last one may be
+        # in it unanswered: it was appended as the seal came, and reported lost).
+        assert acked[-1] <= kept <= acked[-1] + 1
+        assert _state(FileStore(tmp_path)) == (2, bytes(claimed.state))
+    finally:
+        owner.join(10)
+        if owner.is_alive():
+            owner.kill()
