@@ -26,6 +26,7 @@ import msgspec
 
 from quantlab.pool.feed import Change, FileFeed
 from quantlab.pool.records import Event
+from quantlab.pool.statelog import StateLog
 from quantlab.pool.store import TableStore, check_id
 from quantlab.pool.vfiles import Head, VersionedDir, fsync_dir, private_dir, read_file, sync_filesystem, write_all, write_durable
 from quantlab.errors import CorruptRecord
@@ -41,7 +42,7 @@ class FileStore(TableStore):
         self.root = root
         private_dir(root)
         os.chmod(root, 0o700)
-        self._tables: dict[str, VersionedDir] = {}
+        self._tables: dict[str, VersionedDir | StateLog] = {}
         self._batch = threading.local()  #: per thread: ``active`` inside durable_together, ``pending`` a sync owed
         self.feed = FileFeed(root / "changes")
         self._events = root / "events.jsonl"
@@ -51,11 +52,12 @@ class FileStore(TableStore):
         for folder in (root / "blobs").glob("*/"):
             _migrate_flat_records(self._table(f"blobs.{folder.name}").root)
 
-    def _table(self, kind: str) -> VersionedDir:
+    def _table(self, kind: str) -> VersionedDir | StateLog:
         table = self._tables.get(kind)
         if table is None:
-            # Only states are written often by one process: only their heads are worth remembering.
-            table = VersionedDir(self.root.joinpath(*kind.split(".")), self._durable, remember=kind == "state")
+            root = self.root.joinpath(*kind.split("."))
+            # States are written on nearly every tick by one process: it appends to its own version.
+            table = StateLog(root, self._durable) if kind == "state" else VersionedDir(root, self._durable)
             self._tables[kind] = table
         return table
 
@@ -90,11 +92,31 @@ class FileStore(TableStore):
             if self._batch.pending:  # most blocks (a pass, a batch of messages) commit nothing
                 sync_filesystem(self.root)
 
+    @contextlib.contextmanager
+    def durable_later(self) -> Iterator[None]:
+        """Commits of this thread inside are not synced: the caller calls ``sync()`` before telling anyone."""
+        if getattr(self._batch, "active", False):  # inside a durable block: that block syncs them
+            yield
+            return
+        self._batch.active = True
+        try:
+            yield
+        finally:
+            self._batch.active = False
+
+    def sync(self) -> None:
+        sync_filesystem(self.root)
+
     def _heads_of_states(self, keys: list[str]) -> list[Head]:
         # A worker is almost always the last writer of its strategies' states: its own last
         # commit saves reading each record (another writer's commit makes ours lose, then it reads).
-        table = self._table("state")
+        table = self._states()
         return [table.committed.get(key) or table.head(key) for key in keys]
+
+    def _states(self) -> StateLog:
+        table = self._table("state")
+        assert isinstance(table, StateLog)
+        return table
 
     def _commit_states(self, commits: list[tuple[str, Head, bytes]]) -> list[bool]:
         with self.durable_together():

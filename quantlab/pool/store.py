@@ -114,6 +114,19 @@ class Store(Protocol):
         """
         ...
 
+    def durable_later(self) -> ContextManager[None]:
+        """Inside, this thread's commits leave making them durable to a later ``sync()``.
+
+        For a caller that syncs on another thread (the worker's state commits) and tells
+        nobody of a write before that sync returned. Stores whose commits are durable as
+        they return (PostgreSQL) do nothing special.
+        """
+        ...
+
+    def sync(self) -> None:
+        """Make durable every commit made inside ``durable_later`` so far, by any thread."""
+        ...
+
     def save_states(self, writes: Sequence[StateWrite]) -> list[Outcome]:
         """Write many states as one durable step (group commit); an outcome per write, in order.
 
@@ -403,6 +416,12 @@ class TableStore:
 
     def durable_together(self) -> ContextManager[None]:
         return contextlib.nullcontext()
+
+    def durable_later(self) -> ContextManager[None]:
+        return contextlib.nullcontext()
+
+    def sync(self) -> None:
+        pass
 
     def save_states(self, writes: Sequence[StateWrite]) -> list[Outcome]:
         for write in writes:

@@ -112,6 +112,13 @@ class WorkPool:
         """This thread's writes inside are made durable together at the end (Store.durable_together)."""
         return self.store.durable_together()
 
+    def durable_later(self) -> ContextManager[None]:
+        """This thread's writes inside wait for a later ``sync()`` to be durable (Store.durable_later)."""
+        return self.store.durable_later()
+
+    def sync(self) -> None:
+        self.store.sync()
+
     def save_states(self, writes: Sequence[StateWrite]) -> list[Outcome]:
         """Write many states as one durable step (group commit); per write None or its StaleWriter."""
         return self.store.save_states(writes)

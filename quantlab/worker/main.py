@@ -235,6 +235,7 @@ class WorkerRuntime:
         if self.manager.guard is not None:
             self.manager.guard.close()
         self.children.kill_all()  # nothing outlives the worker, whatever path brought us here
+        self.manager.states.close()  # the last states' sync, before the store closes
         self.fds.close()
         self.channel.close()
         self.context.term()

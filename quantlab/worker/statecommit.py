@@ -1,13 +1,14 @@
 """Group commit of the states heartbeats return: one store write for every strategy of a pass.
 
 A Heartbeat's state is not written when it arrives: it waits here, and the
-whole group is written as one durable step (one fsync, one statement) at the
-start of the next supervision pass, before that pass sends any tick. The
-rule stays: the state returned by heartbeat N is durable before tick N+1
-reaches that strategy, because a tick to a strategy whose state still waits
-commits the group first (``before_send``). What each write says is what it
-said alone: a StaleWriter stops that strategy, a failing store is reported
-and the state written again on a later pass, the others go on.
+whole group is written at the start of the next supervision pass, then made
+durable by one sync (quantlab/worker/syncer.py: the file store's syncfs, on
+its own thread; PostgreSQL's statement is durable as it returns). The rule
+stays: the state returned by heartbeat N is durable before tick N+1 reaches
+that strategy, because a tick to a strategy whose state still waits commits
+the group first, then waits for its sync (``before_send``). What each write
+says is what it said alone: a StaleWriter stops that strategy, a failing
+store is reported and the state written again on a later pass, the others go on.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ from quantlab.pool.statewrites import StateWrite
 from quantlab.pool.workpool import WorkPool
 from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
+from quantlab.worker.syncer import Syncer
+
+#: How long a tick waits for its strategy's state to be synced before it is reported and sent anyway.
+SYNC_WAIT = 2.0
 
 
 class StateCommits:
@@ -28,6 +33,9 @@ class StateCommits:
         self.on_stale = on_stale  #: a newer epoch holds the slot's state: the manager stops it
         self.waiting: dict[str, Slot] = {}  #: slots whose newest state is not written yet
         self.batches = 0  #: group commits made (figures and tests)
+        self.syncer = Syncer(pool.sync, reporter.log)
+        #: Per strategy, the sync generation its last written state needs (Syncer.ask).
+        self.generation: dict[str, int] = {}
 
     def add(self, slot: Slot, state: bytes) -> None:
         slot.unsaved = state
@@ -37,6 +45,10 @@ class StateCommits:
         """A tick or Init is about to reach ``slot``: its waiting state must be durable first."""
         if slot.id in self.waiting:
             self.commit()
+        generation = self.generation.get(slot.id, 0)
+        if generation > self.syncer.done and not self.syncer.wait(generation, SYNC_WAIT):
+            error = self.syncer.error or OSError(f"the store's sync took over {SYNC_WAIT:g} s")
+            self.reporter.store_failed(slot, "making its state durable", error)
 
     def retry(self, slots: Iterable[Slot]) -> None:
         """States the store refused before join the next group."""
@@ -45,14 +57,20 @@ class StateCommits:
                 self.waiting[slot.id] = slot
 
     def settle(self, slot: Slot) -> None:
-        """The slot is leaving: its last state is written now (it is tried once more, then dropped)."""
+        """The slot is leaving: its last state is written and synced now (tried once more, then dropped)."""
         if slot.unsaved is not None:
             self.waiting[slot.id] = slot
             self.commit()
         self.waiting.pop(slot.id, None)
+        generation = self.generation.pop(slot.id, 0)
+        if generation > self.syncer.done:
+            self.syncer.wait(generation, SYNC_WAIT)
+
+    def close(self) -> None:
+        self.syncer.close()
 
     def commit(self) -> None:
-        """Write every waiting state as one durable step."""
+        """Write every waiting state; one sync, asked for here, makes them all durable."""
         slots = [s for s in self.waiting.values() if s.unsaved is not None and not s.moved_away]
         self.waiting.clear()
         if not slots:
@@ -60,12 +78,15 @@ class StateCommits:
         writes = [StateWrite(s.id, s.assignment.epoch, s.unsaved) for s in slots if s.unsaved is not None]
         self.batches += 1
         try:
-            outcomes = self.pool.save_states(writes)
+            with self.pool.durable_later():
+                outcomes = self.pool.save_states(writes)
         except (OSError, QuantlabError) as e:
             for slot in slots:
                 self.reporter.store_failed(slot, "saving its state", e)
             return
+        generation = self.syncer.ask()
         for slot, outcome in zip(slots, outcomes):
+            self.generation[slot.id] = generation
             if isinstance(outcome, StaleWriter):
                 slot.unsaved = None
                 self.on_stale(slot, outcome)

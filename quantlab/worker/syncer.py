@@ -1,0 +1,77 @@
+"""The worker's syncs of its store, on a thread of their own.
+
+A group commit of states used to end with a sync of the filesystem on the
+loop thread: a few milliseconds in which no heartbeat was read and no tick
+sent, on every pass (issue 12). The loop now writes a pass's states without
+syncing and asks for a sync; this thread makes it, in generations: a sync
+asked for while another runs is done once the running one ends, together
+with every other asked for meanwhile. A tick waits only when its strategy's
+last state belongs to a generation not yet synced, which at 10 Hz it almost
+never does: the sync ends long before the next tick comes due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+#: After a failed sync, the next try (the disk may come back; the waiting states stay unsynced).
+RETRY = 0.5
+
+
+class Syncer:
+    def __init__(self, sync: Callable[[], None], log: logging.Logger) -> None:
+        self._sync = sync
+        self.log = log
+        self.asked = 0  #: the newest generation asked for
+        self.done = 0  #: every generation up to this one is durable
+        self.error: Exception | None = None  #: why the last sync failed, until one succeeds
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None  #: started by the first ask
+
+    def ask(self) -> int:
+        """Ask for a sync of every write made so far; the generation to wait for."""
+        with self._changed:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="qlab-sync", daemon=True)
+                self._thread.start()
+            self.asked += 1
+            self._changed.notify_all()
+            return self.asked
+
+    def wait(self, generation: int, timeout: float) -> bool:
+        """Whether ``generation`` is durable, waiting up to ``timeout`` seconds for it."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.done >= generation, timeout)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self.asked > self.done or self._closed)
+                if self.asked <= self.done:
+                    return  # closed with nothing left to sync
+                target = self.asked
+            try:
+                self._sync()
+            except OSError as e:
+                self._failed(e)
+                continue
+            with self._changed:
+                self.done, self.error = target, None
+                self._changed.notify_all()
+
+    def _failed(self, error: OSError) -> None:
+        with self._changed:
+            if self.error is None:
+                self.log.error("syncing the store failed, trying again: %s", error)
+            self.error = error
+            self._changed.wait(RETRY)
