@@ -74,6 +74,8 @@ LEASE_KILL_GRACE = 0.5
 MEMORY_EVERY = 2.0
 #: Seconds between retries of a store write that failed (state, Init's state read).
 STORE_RETRY = 1.0
+#: Heartbeat counts written per loop pass at most (each is a new file on the file store).
+COUNTS_PER_PASS = 4
 
 _json = msgspec.json.encode
 
@@ -111,6 +113,8 @@ class StrategyManager:
         self.states = StateCommits(pool, self.reporter, self._state_taken)
         #: Status changes of this pass, written together at its end (one sync for a hundred starting).
         self.to_publish: dict[str, Slot] = {}
+        #: Heartbeat counts to write, oldest first, a few a pass (``write_counts``).
+        self.counts_due: dict[str, Slot] = {}
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
         #: Told each new lease deadline (plus grace), to kill the children even while the loop is stuck.
@@ -475,6 +479,7 @@ class StrategyManager:
                 self.log.exception("supervising %s failed", slot.id)
                 self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"worker could not supervise it: {type(e).__name__}: {e}")))
         self.publish()
+        self.write_counts()
 
     def publish(self) -> None:
         """Write the status changes of this pass as one durable batch."""
@@ -545,12 +550,27 @@ class StrategyManager:
         """Write what changed since the last flush, and settles the store refused before.
 
         A status change is written when it happens; what is left dirty between those is
-        heartbeat counts and times, written only when ``counts``: one fsynced write per
-        strategy per heartbeat would cost the worker more than running its strategies.
+        heartbeat counts and times, queued only when ``counts`` (one write per strategy per
+        heartbeat would cost the worker more than running its strategies) and written a few
+        a pass (``write_counts``).
         """
         self.publish()
-        with self.pool.durable_together():  # one sync for the whole flush, not one per strategy
-            for slot in list(self.slots.values()):
-                if slot.dirty and (counts or slot.store_failing):
-                    self.reporter.flush_one(slot)
+        for slot in self.slots.values():
+            if slot.dirty and (counts or slot.store_failing):
+                self.counts_due[slot.id] = slot
         self.reporter.retry()
+
+    def write_counts(self) -> None:
+        """Write up to COUNTS_PER_PASS of the queued counts, synced later by the sync thread.
+
+        All at once, 200 of them held the loop for ~60 ms every few seconds: the ticks
+        due meanwhile went out late (issue 12). Nobody waits for a count to be durable.
+        """
+        if not self.counts_due:
+            return
+        with self.pool.durable_later():
+            for _ in range(min(COUNTS_PER_PASS, len(self.counts_due))):
+                slot = self.counts_due.pop(next(iter(self.counts_due)))
+                if slot.dirty and self.slots.get(slot.id) is slot:
+                    self.reporter.flush_one(slot)
+        self.states.syncer.ask()

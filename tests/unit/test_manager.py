@@ -40,7 +40,7 @@ from quantlab.protocol import (
     ToChild,
 )
 from quantlab.worker.machine import Due
-from quantlab.worker.manager import LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, StrategyManager
+from quantlab.worker.manager import COUNTS_PER_PASS, LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, StrategyManager
 from quantlab.worker.zygote import Spawn
 
 T0 = 1000.0  # monotonic
@@ -523,3 +523,24 @@ def test_a_tick_sent_outside_the_pass_commits_the_waiting_state_first(env: Env) 
     env.clocks.advance(1.0)
     env.manager.feed(env.manager.slots["s"], Due())  # a tick due before the pass's commit
     assert env.transport.of(Tick)[-1].tick.seq == 2 and env.pool.durable["s"] == (1, b'{"n": 1}')
+
+
+def test_heartbeat_counts_are_written_a_few_a_pass_not_all_at_once(env: Env) -> None:
+    """Issue 12: 200 count writes in one pass held the loop ~60 ms; the ticks due then went out late."""
+    ids = [f"s{i}" for i in range(10)]
+    rids = {}
+    for work_id in ids:
+        env.assign(work_id, interval=1.0)
+        rids[work_id] = env.start(work_id)
+        env.manager.on_message(rids[work_id], Heartbeat(seq=1, state=None))
+    env.step(1.0)  # the first heartbeats are published with their pass; the second ticks go out
+    for work_id in ids:
+        env.manager.on_message(rids[work_id], Heartbeat(seq=2, state=None))
+    env.manager.flush(counts=True)
+    written = lambda: sum(env.work(i).result.heartbeats == 2 for i in ids)  # noqa: E731
+    assert written() == 0
+    env.step(0.0)
+    assert written() == COUNTS_PER_PASS
+    for _ in range(3):
+        env.step(0.0)
+    assert written() == 10 and not env.manager.counts_due
