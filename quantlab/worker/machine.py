@@ -58,7 +58,7 @@ from quantlab.worker.machine_events import (  # re-exported: callers write m.Due
     StopWanted,
     TickRefused,
 )
-from quantlab.worker.rules import STABLE_AFTER, backoff_delay, next_tick
+from quantlab.worker.rules import STABLE_AFTER, backoff_delay, next_tick, second_tick
 
 #: Stop reasons under which the Work is someone else's now: no state writes, no orders, no st_init.
 MOVED_AWAY = ("reassigned", "lease_lost")
@@ -74,10 +74,13 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     backoff_max: float = 60.0
     max_errors: int = 5
     error_window: float = 600.0
+    #: Where in each interval the ticks after a child's first fall (rules.tick_phase); None: its start.
+    phase: float | None = None
 
     @classmethod
-    def of(cls, spec: StrategySpec) -> "Limits":
+    def of(cls, spec: StrategySpec, phase: float | None = None) -> "Limits":
         return cls(
+            phase=phase,
             interval=spec.interval,
             heartbeat_timeout=spec.heartbeat_timeout,
             stop_timeout=spec.stop_timeout,
@@ -253,7 +256,7 @@ def _live(machine: Machine, state: Live, event: Event, now: float) -> Step:
         if isinstance(state, Starting):
             running = Running(msgspec.structs.replace(child, ready_at=now, next_tick=now))
             machine, actions = _tick(_replace(machine, state=running), running, now)
-            return machine, [Note(EventKind.STARTED, f"pid {child.pid}"), Publish(), *actions]
+            return _on_phase(machine, now), [Note(EventKind.STARTED, f"pid {child.pid}"), Publish(), *actions]
         if isinstance(state, Stopping) and machine.stop is not None:
             return machine, [SendStop(machine.stop)]  # again: a stop is never lost to a race with st_init
         return machine, []
@@ -301,6 +304,15 @@ def _tick(machine: Machine, state: Running, now: float) -> Step:
         return _replace(machine, state=Running(child), overruns=machine.overruns + 1), []
     child = msgspec.structs.replace(child, seq=child.seq + 1, in_flight=True, next_tick=following)
     return _replace(machine, state=Running(child)), [SendTick(child.seq, machine.overruns)]
+
+
+def _on_phase(machine: Machine, first: float) -> Machine:
+    """The ticks after a child's first fall on its strategy's phase, when it has one."""
+    phase = machine.limits.phase
+    if phase is None or not isinstance(machine.state, Running):
+        return machine
+    child = msgspec.structs.replace(machine.state.child, next_tick=second_tick(first, machine.limits.interval, phase))
+    return _replace(machine, state=Running(child))
 
 
 def _hello(machine: Machine, state: Live) -> Step:

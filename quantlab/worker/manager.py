@@ -52,6 +52,7 @@ from quantlab.worker import machine as m
 from quantlab.worker import procs
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.report import Reporter
+from quantlab.worker.rules import tick_phase
 from quantlab.worker.slot import Slot
 from quantlab.worker.statecommit import StateCommits
 from quantlab.worker.transport import Transport
@@ -92,8 +93,11 @@ class StrategyManager:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        phase: Callable[[str], float | None] = tick_phase,
     ) -> None:
         self.worker_id = worker_id
+        #: Where in its interval a strategy ticks (rules.tick_phase); None: from its start, exactly.
+        self.phase = phase
         self.pool = pool
         self.transport = transport
         self.paths = paths
@@ -198,7 +202,7 @@ class StrategyManager:
     def _adopt(self, work: Work) -> None:
         log_path = self.paths.strategy_log(work.id)
         private_dir(log_path.parent)
-        slot = Slot(work, log_path, m.new_machine(m.Limits.of(work.spec), self.clock()))
+        slot = Slot(work, log_path, m.new_machine(m.Limits.of(work.spec, self.phase(work.id)), self.clock()))
         self.slots[work.id] = slot
         self.reporter.note(EventKind.ACCEPTED, slot, f"epoch {slot.assignment.epoch}")
         self.feed(slot, m.Due())

@@ -7,6 +7,9 @@ strategy's supervision are in quantlab/worker/machine.py.
 
 from __future__ import annotations
 
+import math
+import zlib
+
 #: Seconds a child must run without error before its restart backoff resets.
 STABLE_AFTER = 30.0
 #: Fraction of a backoff delay added or taken at random, so restarts do not march in step.
@@ -28,7 +31,23 @@ def next_tick(due: float, interval: float, now: float) -> float:
     """When the tick after the one due at ``due`` is due: one interval on, never in the past.
 
     After a long pause (a stopped worker, a slow pass) the schedule skips ahead
-    instead of sending a burst of ticks to catch up.
+    instead of sending a burst of ticks to catch up: whole intervals, so the tick
+    keeps its phase (``tick_phase``), to the first at least half an interval away.
     """
     following = due + interval
-    return following if following > now else now + interval
+    return following if following > now else due + interval * math.ceil((now + interval / 2 - due) / interval)
+
+
+def tick_phase(strategy_id: str) -> float:
+    """Where in each interval a strategy's ticks fall, a fraction in [0, 1) from its id.
+
+    Strategies started together (one `qlab apply`) would otherwise tick together: every
+    interval a burst of ticks, and of heartbeats waiting on the worker's loop behind each
+    other. Spread by a hash of the id, as Prometheus spreads its scrapes; stable across restarts.
+    """
+    return zlib.crc32(strategy_id.encode()) / 2**32
+
+
+def second_tick(first: float, interval: float, phase: float) -> float:
+    """The tick after a child's first (sent at once at ``first``): on its phase, half an interval on at least."""
+    return (math.floor(first / interval - phase + 0.5) + 1 + phase) * interval

@@ -56,7 +56,7 @@ def test_a_long_pause_skips_ahead_instead_of_bursting() -> None:
     machine = play([*RUNNING, (0.3, m.Beat(seq=1), [m.Beaten(True)], m.Running)])
     machine = play([(4.0, m.Due(), [m.SendTick(2, 0)], m.Running), (4.1, m.Beat(seq=2), [m.Beaten(False)], m.Running),
                     (4.5, m.Due(), [], m.Running)], machine)
-    assert m.deadline(machine) == 5.0
+    assert m.deadline(machine) == 5.2  # on its phase (ready at 0.2), half an interval on at least
 
 
 def test_hung_child_is_killed_then_restarted_after_backoff() -> None:

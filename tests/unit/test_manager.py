@@ -7,6 +7,7 @@ and the fake pool is a dict of Works with the WorkPool's fenced writes.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import errno
 import math
 import logging
@@ -41,6 +42,7 @@ from quantlab.protocol import (
 )
 from quantlab.worker.machine import Due
 from quantlab.worker.manager import COUNTS_PER_PASS, LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, StrategyManager
+from quantlab.worker.rules import tick_phase
 from quantlab.worker.zygote import Spawn
 
 T0 = 1000.0  # monotonic
@@ -196,7 +198,7 @@ class Env:
         self.manager = StrategyManager(
             worker_id="w1", pool=self.pool, transport=self.transport, paths=Paths(tmp_path),  # type: ignore[arg-type]
             log=logging.getLogger("test"), clock=lambda: self.clocks.mono, wall=lambda: self.clocks.wall,
-            rng=random.Random(1),
+            rng=random.Random(1), phase=lambda _: None,  # ticks exactly an interval apart from the start
         )
         self.manager.set_lease(T0 + 10_000)
 
@@ -544,3 +546,26 @@ def test_heartbeat_counts_are_written_a_few_a_pass_not_all_at_once(env: Env) -> 
     for _ in range(3):
         env.step(0.0)
     assert written() == 10 and not env.manager.counts_due
+
+
+def test_strategies_started_together_tick_spread_over_their_interval(env: Env) -> None:
+    """Issue 12: 100 started by one apply ticked in bursts; each burst's heartbeats queued on the loop."""
+    env.manager.phase = tick_phase
+    ids = [f"s{i}" for i in range(40)]
+    for work_id in ids:
+        env.assign(work_id, interval=1.0)
+        env.manager.on_message(env.start(work_id), Heartbeat(seq=1, state=None))
+    sent_at: dict[bytes, float] = {}
+    send = env.transport.send
+
+    def spy(routing_id: bytes, msg: ToChild) -> bool:
+        if isinstance(msg, Tick) and msg.tick.seq == 2:
+            sent_at[routing_id] = env.clocks.mono
+        return send(routing_id, msg)
+
+    env.transport.send = spy  # type: ignore[method-assign]
+    for _ in range(150):
+        env.step(0.01)
+    assert len(sent_at) == 40
+    tenths = Counter(int((t - T0) * 10) % 10 for t in sent_at.values())
+    assert len(tenths) >= 8 and max(tenths.values()) <= 10  # all at once before: one tenth held all 40

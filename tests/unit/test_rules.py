@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+from collections import Counter
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantlab.worker.rules import JITTER, backoff_delay, next_tick
+from quantlab.worker.rules import JITTER, backoff_delay, next_tick, second_tick, tick_phase
 
 
 def test_backoff_doubles_and_caps() -> None:
@@ -29,3 +31,19 @@ def test_next_tick_is_one_interval_on() -> None:
 def test_next_tick_after_a_long_pause_skips_ahead_never_bursts() -> None:
     assert next_tick(10.0, 1.0, now=100.0) == 101.0
     assert next_tick(10.0, 1.0, now=11.0) == 12.0  # due exactly now: not in the past
+    assert next_tick(10.3, 1.0, now=20.9) == 22.3  # whole intervals on: the phase stays, never under half an interval
+
+
+def test_tick_phases_are_stable_and_spread() -> None:
+    phases = [tick_phase(f"s{i}") for i in range(1000)]
+    assert phases == [tick_phase(f"s{i}") for i in range(1000)] and all(0 <= p < 1 for p in phases)
+    tenths = Counter(int(p * 10) for p in phases)
+    assert len(tenths) == 10 and max(tenths.values()) < 150  # ~100 in each tenth of the interval
+
+
+@given(st.floats(0, 1e6), st.sampled_from([0.05, 0.1, 1.0, 7.5]), st.floats(0, 0.999))
+def test_the_second_tick_is_on_the_phase_at_least_half_an_interval_on(first: float, interval: float, phase: float) -> None:
+    second = second_tick(first, interval, phase)
+    assert first + interval / 2 - 1e-6 <= second <= first + 1.5 * interval + 1e-6
+    on_grid = second / interval - phase
+    assert abs(on_grid - round(on_grid)) < 1e-6
