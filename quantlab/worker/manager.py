@@ -55,6 +55,7 @@ from quantlab.worker.report import Reporter
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.slot import Slot
 from quantlab.worker.statecommit import StateCommits
+from quantlab.worker.timers import Timers
 from quantlab.worker.transport import Transport
 from quantlab.worker.zygote import Spawn
 from quantlab.strategy.jsruntime import child_command
@@ -119,6 +120,8 @@ class StrategyManager:
         self.to_publish: dict[str, Slot] = {}
         #: Heartbeat counts to write, oldest first, a few a pass (``write_counts``).
         self.counts_due: dict[str, Slot] = {}
+        self.timers = Timers()  #: each slot's next deadline (its ``due``), soonest first
+        self.backlogged: dict[str, Slot] = {}  #: slots with messages their child could not take yet
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
         #: Told each new lease deadline (plus grace), to kill the children even while the loop is stuck.
@@ -215,6 +218,7 @@ class StrategyManager:
         for action in actions:
             self._perform(slot, action)
         slot.due = m.deadline(slot.machine)  # only a step changes it: passes compare, not recompute
+        self.timers.set(slot.id, slot.due)
         if self.metrics is not None:
             self.metrics.observe(slot, actions)
         return actions
@@ -338,6 +342,8 @@ class StrategyManager:
     def _forget(self, slot: Slot) -> None:
         if self.slots.get(slot.id) is slot:
             del self.slots[slot.id]
+            self.timers.set(slot.id, None)
+            self.backlogged.pop(slot.id, None)
         self.by_routing_id.pop(slot.routing_id, None)
 
     # ---- messages from children ----
@@ -456,6 +462,10 @@ class StrategyManager:
     def _flush_outbox(self, slot: Slot) -> None:
         while slot.outbox and self.transport.send(slot.routing_id, slot.outbox[0]):
             slot.outbox.popleft()
+        if slot.outbox:
+            self.backlogged[slot.id] = slot
+        else:
+            self.backlogged.pop(slot.id, None)
         if len(slot.outbox) > OUTBOX_LIMIT:
             slot.outbox.clear()
             charge = m.Charge(EventKind.HEARTBEAT_TIMEOUT, f"hung: {OUTBOX_LIMIT} messages to it could not be delivered")
@@ -472,11 +482,7 @@ class StrategyManager:
             self.store_retry_at = now + STORE_RETRY
             self.states.retry(self.slots.values())
         self.states.commit()  # the states of this pass's heartbeats, before any tick goes out
-        for slot in list(self.slots.values()):
-            # Most passes touch few slots (one tick came due, one answer came in): skip the rest cheaply.
-            idle = not slot.outbox and (slot.due is None or slot.due > now) and slot.work.spec.max_memory_mb is None
-            if idle and not retry_store:
-                continue
+        for slot in self._to_supervise(now, retry_store):
             try:
                 self._supervise_one(slot, now, retry_store)
             except Exception as e:
@@ -494,6 +500,19 @@ class StrategyManager:
         with self.pool.durable_together():
             for slot in slots:
                 self.reporter.flush_one(slot)
+
+    def _to_supervise(self, now: float, everyone: bool) -> list[Slot]:
+        """The slots a pass must look at: those due and those with messages waiting (``everyone``: all).
+
+        Most passes touch one or two (a tick came due, an answer came in). Every STORE_RETRY
+        a pass looks at all of them: retried writes, and memory limits.
+        """
+        due = self.timers.pop_due(now)
+        if everyone:
+            return list(self.slots.values())
+        picked = {key: slot for key in due if (slot := self.slots.get(key)) is not None}
+        picked.update(self.backlogged)
+        return list(picked.values())
 
     def _supervise_one(self, slot: Slot, now: float, retry_store: bool) -> None:
         if slot.outbox:
@@ -521,8 +540,8 @@ class StrategyManager:
         deadlines = [now + 1.0]
         if self.slots:  # the lease's end, then the kill after it (each only while ahead)
             deadlines += [t for t in (self.lease_until, self.lease_until + self.lease_grace) if t > now]
-        deadlines += [slot.due for slot in self.slots.values() if slot.due is not None]
-        return min(deadlines)
+        soonest = self.timers.next()
+        return min(deadlines) if soonest is None else min(soonest, *deadlines)
 
     # ---- stopping ----
 
