@@ -281,26 +281,26 @@ def rows(quick: bool, scale: bool, store_only: bool = False) -> Iterator[Row]:
                     if not store_only:
                         yield from bench_api(cluster, hammer, quick)
                         yield bench_idle_account(tmp, fake, 50 * k)
-                    yield from bench_idle_worker(cluster, file, 100)
+                    yield from bench_idle_worker(cluster, file, 100, 2.5 * k)
                 finally:
                     cluster.close()
         with store_url() as url:
-            yield from bench_worker_heartbeat(tmp, url, 10.0 * k)
+            yield from bench_worker_heartbeat(tmp, url, 2.5 if quick else 40.0)
         with store_url() as url:
             yield bench_failover(tmp, file, url, 3 * k)
         if scale:
             with store_url() as url:
-                yield from bench_scale(tmp, file, 2_000 if quick else 10_000, url)
+                yield from bench_scale(tmp, file, 2_000 if quick else 10_000, url, 2.5 * k)
 
 
-def bench_idle_worker(cluster: Cluster, file: Path, n: int) -> Iterator[Row]:
+def bench_idle_worker(cluster: Cluster, file: Path, n: int, seconds: float) -> Iterator[Row]:
     ids = [f"idle{i}" for i in range(n)]
     for work_id in ids:
         control.assign(cluster.store, control.AssignRequest(file=str(file), id=work_id, interval=1.0))
     poll(lambda: all(cluster.store.get_work(w).result.heartbeats >= 2 for w in ids), timeout=120)
     worker = cluster.procs[1].pid
-    yield Rate(f"idle worker with {n} strategies (1 s ticks): % of a core, worker alone", cpu_percent(worker, 10.0), n, unit="%")
-    yield Rate(f"idle worker with {n} strategies: % of a core, with zygote and children", cpu_percent(worker, 10.0, children=True), n, unit="%")
+    yield Rate(f"idle worker with {n} strategies (1 s ticks): % of a core, worker alone", cpu_percent(worker, seconds), n, unit="%")
+    yield Rate(f"idle worker with {n} strategies: % of a core, with zygote and children", cpu_percent(worker, seconds, children=True), n, unit="%")
     for work_id in ids:
         control.remove(cluster.store, work_id)
 

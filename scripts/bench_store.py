@@ -69,7 +69,7 @@ def cpu_percent(pid: int, seconds: float, children: bool = False) -> float:
     return 100.0 * (total() - before) / (time.monotonic() - start)
 
 
-def bench_scale(tmp: Path, file: Path, works: int, url: str = "") -> Iterator[Row]:
+def bench_scale(tmp: Path, file: Path, works: int, url: str = "", idle_seconds: float = 10.0) -> Iterator[Row]:
     """The store at scale: placing many Works, status, an idle director and an idle worker."""
     home = tmp / "scale"
     store = open_store(Paths(home, store_url=url))
@@ -96,7 +96,7 @@ def bench_scale(tmp: Path, file: Path, works: int, url: str = "") -> Iterator[Ro
             subprocess.run([*qlab_args(home, url), "status", "--json"], check=True, capture_output=True)
             status.append(time.perf_counter() - start)
         yield Row(f"qlab status --json, {works} Works", status)
-        yield Rate(f"idle director, {works} Works, 100 workers: % of a core", cpu_percent(director.pid, 10.0), 1, unit="%")
+        yield Rate(f"idle director, {works} Works, 100 workers: % of a core", cpu_percent(director.pid, idle_seconds), 1, unit="%")
     finally:
         fake.close()
         director.send_signal(signal.SIGTERM)
