@@ -26,6 +26,10 @@ from quantlab.protocol import ToChild, ToWorker, decode_to_worker, encode
 
 #: Messages ZeroMQ may queue per child before a send is refused; the manager's outbox holds the rest.
 SEND_HWM = 1000
+# Plain ints: pyzmq's flags are enum.Flag members, and combining them costs more than the send.
+_FIRST = int(zmq.NOBLOCK | zmq.SNDMORE)
+_LAST = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
 
 
 class Channel:
@@ -43,7 +47,9 @@ class Channel:
     def send(self, routing_id: bytes, msg: ToChild) -> bool:
         """True when ZeroMQ took the message; False when the child cannot take it now (try again later)."""
         try:
-            self.socket.send_multipart([routing_id, encode(msg)], flags=zmq.NOBLOCK)
+            # The routing frame cannot be refused alone: ZeroMQ takes or refuses the whole message.
+            self.socket.send(routing_id, _FIRST)
+            self.socket.send(encode(msg), _LAST)
         except zmq.Again:
             return False  # the child's pipe is full
         except zmq.ZMQError as e:
@@ -54,9 +60,9 @@ class Channel:
 
     def receive(self) -> Iterator[tuple[bytes, ToWorker]]:
         """Every message waiting now, without blocking."""
-        while True:
+        while self.socket.getsockopt(zmq.EVENTS) & _POLLIN:  # no zmq.Again raised to end every batch
             try:
-                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+                frames = self.socket.recv_multipart(_LAST)
             except zmq.Again:
                 return
             if len(frames) != 2:
