@@ -37,14 +37,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import queue
 import threading
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import msgspec
 
 from quantlab.errors import CorruptRecord
+
+if TYPE_CHECKING:  # the pruner's queue is made by the processes that batch commits, not by every reader
+    import queue
 
 #: Versions kept per record; older ones are pruned after each commit.
 KEEP = 4
@@ -296,6 +298,8 @@ def _pruner() -> queue.SimpleQueue[list[str]]:
     on the worker's loop thread that wait was most of a group commit's time (issue 12). A
     version left behind by an exit is harmless, and a later PRUNE_SCAN removes it.
     """
+    import queue
+
     paths: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
 
     def run() -> None:
