@@ -1,16 +1,24 @@
 """A command loads only what it uses (issue 12): what `qlab --help` and `qlab status --json` import.
 
-Each case runs the CLI in a fresh interpreter and lists the modules it has
-executed (a module quantlab.lazy registered but nobody touched does not count).
-No timings: a module that comes back is the regression, whatever it costs here.
+Each case runs the CLI in a fresh interpreter started without ``site`` (the
+package and its dependencies on PYTHONPATH instead), so what an editable
+install's import hook loads at start-up cannot hide a module the CLI would
+load itself, and lists the modules it executed (a module quantlab.lazy
+registered but nobody touched does not count). No timings: a module that
+comes back is the regression, whatever it costs here.
 """
 
 from __future__ import annotations
 
+import os
+import site
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import Lab
+
+ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = (
     "import sys\n"
@@ -27,13 +35,15 @@ HEAVY = ("rich", "psutil", "pybit", "requests", "zmq", "prometheus_client", "psy
 #: Standard modules only some commands use: settings files, host names, `events --json`, assign's file
 #: check, `worker stop`, the worker's pruner thread, the risk checks of orders.
 DEFERRED = ("tomllib", "socket", "json", "subprocess", "signal", "queue", "quantlab.exchange.risk")
-#: `--help` runs no command: no records, no store, no msgspec.
-NOT_FOR_HELP = ("msgspec", "quantlab.config", "quantlab.settings", "quantlab.control", "quantlab.views", "quantlab.pool",
-                "quantlab.exchange")
+#: `--help` runs no command: no home, no records, no store, no msgspec.
+NOT_FOR_HELP = ("pathlib", "msgspec", "quantlab.config", "quantlab.settings", "quantlab.control", "quantlab.views",
+                "quantlab.pool", "quantlab.exchange")
 
 
 def _loaded(*args: str) -> set[str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, check=True).stdout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *site.getsitepackages()])}
+    out = subprocess.run([sys.executable, "-S", "-c", PROBE, *args], capture_output=True, text=True, check=True,
+                         env=env).stdout
     line = out.splitlines()[-1].split(" ")
     assert line[:2] == ["MODULES", "0"], out
     return set(line[2:])
