@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import click
@@ -21,8 +20,11 @@ from quantlab.errors import BadInput, QuantlabError
 from quantlab.lazy import lazy_module
 
 # Each command imports only what it uses (`qlab --help` in tens of milliseconds, issue 12):
-# these modules load on first use.
+# these modules load on first use. pathlib too: it comes with the home (quantlab.config), and
+# the commands that take a path make their Path themselves, so that listing them needs none.
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import msgspec
     from rich.console import RenderableType
 
@@ -155,10 +157,12 @@ def worker() -> None:
 @click.option("--log-max-mb", type=_POSITIVE, help="Its and its strategies' logs rotate past this size [10].")
 @click.option("--log-keep", type=click.IntRange(min=0), help="Rotated log files kept [5].")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port.")
-@click.option("--profile", type=click.Path(dir_okay=False, path_type=Path), help="Worker profile TOML.")
+@click.option("--profile", type=click.Path(dir_okay=False), help="Worker profile TOML.")
 @pass_env
-def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
+def worker_start(env: Env, profile: str | None, **given: Any) -> None:
     """Run a worker in the foreground until SIGTERM or Ctrl-C."""
+    from pathlib import Path
+
     from click.core import ParameterSource
 
     from quantlab.worker.main import run_worker
@@ -166,8 +170,8 @@ def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
 
     if profile is None and given["region"] is None:
         raise click.UsageError("Missing option '--region' (or a --profile that sets it).")
-    base = load_profile(profile) if profile is not None else WorkerOptions()
-    in_profile = profile_keys(profile) if profile is not None else set()
+    base = load_profile(Path(profile)) if profile is not None else WorkerOptions()
+    in_profile = profile_keys(Path(profile)) if profile is not None else set()
     source = click.get_current_context().get_parameter_source
     passed = {
         name: value
@@ -280,15 +284,17 @@ def strategy_assign(
 
 
 @qlab.command("apply")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--prune", is_flag=True, help="Remove the strategies FILE does not list (without it they are stopped).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and change nothing.")
 @pass_env
-def apply_manifest(env: Env, file: Path, prune: bool, dry_run: bool) -> None:
+def apply_manifest(env: Env, file: str, prune: bool, dry_run: bool) -> None:
     """Make the store match the fleet manifest FILE (TOML, one table per strategy)."""
+    from pathlib import Path
+
     from quantlab import manifest
 
-    steps = manifest.apply(env.store, file, prune=prune, dry_run=dry_run)
+    steps = manifest.apply(env.store, Path(file), prune=prune, dry_run=dry_run)
     for line in manifest.describe(steps):
         click.echo(line)
     if dry_run:
@@ -529,13 +535,15 @@ def systemd() -> None:
 @click.option("--user", default="quantlab", show_default=True, help="The user the units run as.")
 @click.option("--home", "qlab_home", default="/var/lib/quantlab", show_default=True, help="QLAB_HOME for the units.")
 @click.option("--venv", type=click.Path(file_okay=False), help="The virtualenv quantlab is installed in [/usr/local].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder to write the units into (e.g. /etc/systemd/system).")
-def systemd_render(user: str, qlab_home: str, venv: str | None, out: Path) -> None:
+def systemd_render(user: str, qlab_home: str, venv: str | None, out: str) -> None:
     """Write qlab-director.service and qlab-worker@.service (Type=notify, watchdog, KillMode=mixed)."""
+    from pathlib import Path
+
     from quantlab.ops.units import Install, write
 
-    for path in write(Install(user=user, home=qlab_home, venv=venv), out):
+    for path in write(Install(user=user, home=qlab_home, venv=venv), Path(out)):
         click.echo(f"wrote {path}")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import msgspec
@@ -32,7 +31,9 @@ class Paths(msgspec.Struct, frozen=True):
 
     @property
     def host_name(self) -> str:
-        return self.host or socket.gethostname()
+        # The kernel's host name, as socket.gethostname() returns it, without importing socket:
+        # every command loads this module, few need the name (issue 12).
+        return self.host or os.uname().nodename
 
     @property
     def store(self) -> Path:

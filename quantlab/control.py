@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, cast
@@ -30,7 +29,6 @@ from quantlab.pool.records import (
     flat,
 )
 from quantlab.pool.store import Store, check_id
-from quantlab.strategy import loader
 
 Clock = Callable[[], float]
 
@@ -148,6 +146,8 @@ SPEC_OPTIONS = ("interval", "heartbeat_timeout", "max_errors", "error_window", "
 
 def _spec(request: AssignRequest, path: Path) -> StrategySpec:
     """The StrategySpec with every option the request left out at its default."""
+    from quantlab.strategy import loader  # with ast and subprocess (Node): only commands that assign need it
+
     options = {
         name: value
         for name in SPEC_OPTIONS
@@ -192,6 +192,8 @@ def new_work(work_id: str, spec: StrategySpec, now: float) -> Work:
 
 def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
     """Write a new Work with desired=running; the director places it, a worker starts it."""
+    from quantlab.strategy import loader
+
     path = loader.check_file(request.file)
     work_id, spec = checked_spec(store, request, path)
     now = clock()
@@ -356,6 +358,8 @@ def _is_quantlab(pid: int) -> bool:
 
 def stop_worker(store: Store, worker_id: str, *, host: str, clock: Clock = time.time) -> str:
     """SIGTERM a worker on ``host``, this one (it drains its strategies); returns what was done."""
+    import signal  # only `qlab worker stop` signals anything
+
     resource = store.find_resource(check_id("worker", worker_id))
     if resource is None:
         raise NotFound(f"no worker {worker_id!r}")

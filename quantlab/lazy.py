@@ -1,7 +1,8 @@
 """Modules imported on first use: how `qlab` loads only what the command it runs needs.
 
 ``qlab --help`` must not import the worker, rich or psutil; ``qlab status
---json`` must not import rich. A command body keeps writing ``control.stop(...)``:
+--json`` must not import rich (tests/integration/test_cli_imports.py lists what
+each may not load). A command body keeps writing ``control.stop(...)``:
 the module behind ``control`` runs its top level the first time an attribute
 is read (importlib.util.LazyLoader, the standard library's recipe).
 """

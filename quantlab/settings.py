@@ -18,7 +18,6 @@ naming the file, never a silent typo.
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,8 @@ def load(path: Path | None, root: click.Group) -> dict[str, dict[str, Any]]:
     """The file's tables, checked against the commands' options; {} without a file."""
     if path is None:
         return {}
+    import tomllib  # only with a settings file: most homes have none, and every command comes here
+
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as e:

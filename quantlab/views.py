@@ -6,7 +6,6 @@ The tables show the same dicts that ``--json`` prints, so the two never disagree
 from __future__ import annotations
 
 import collections
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Iterable
@@ -155,6 +154,8 @@ def status_view(snapshot: dict[str, list[Entry]], now: float) -> Group:
 def event_line(event: Event, as_json: bool) -> str:
     """One event as a JSON line, or as "time  kind  strategy=.. worker=..  detail"."""
     if as_json:
+        import json  # only `events --json` prints this way (its lines keep json's spacing)
+
         return json.dumps(msgspec.to_builtins(event), sort_keys=True)
     millis = int(event.ts % 1 * 1000)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.ts)) + f".{millis:03d}"

@@ -49,8 +49,8 @@ class FileStore(TableStore):
         self._reported: set[str] = set()
         for kind in _KINDS:
             _migrate_flat_records(self._table(kind).root, wrap_state=kind == "state")
-        for folder in (root / "blobs").glob("*/"):
-            _migrate_flat_records(self._table(f"blobs.{folder.name}").root)
+        for kind in _folders(root / "blobs"):
+            _migrate_flat_records(self._table(f"blobs.{kind}").root)
 
     def _table(self, kind: str) -> VersionedDir | StateLog:
         table = self._tables.get(kind)
@@ -180,12 +180,26 @@ class FileStore(TableStore):
         pass
 
 
+def _folders(parent: Path) -> list[str]:
+    """The folders in ``parent``, [] without it.
+
+    Every process that opens the store looks for old layouts: plain listings, not pathlib's
+    glob, whose pattern matching cost a command more than the look itself (issue 12).
+    """
+    try:
+        with os.scandir(parent) as entries:
+            return [entry.name for entry in entries if entry.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
 def _migrate_flat_records(folder: Path, *, wrap_state: bool = False) -> None:
     """Stores written before versioned records kept ``KIND/ID.json``: make each version 1 of ID."""
     table = VersionedDir(folder)
-    for path in folder.glob("*.json"):
-        if path.name.startswith("."):
+    for name in os.listdir(folder):
+        if name.startswith(".") or not name.endswith(".json"):
             continue
+        path = folder / name
         data = read_file(path)
         if wrap_state:  # the bare ctx.state of old, at epoch 0
             data = b'{"epoch":0,"state":' + data + b"}"

@@ -8,11 +8,12 @@ Stored as msgspec JSON, one file (or row) per record. Times are Unix seconds.
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from quantlab.exchange.risk import RiskLimits
+if TYPE_CHECKING:  # the risk checks' module loads where orders are checked, not in every reader of records
+    from quantlab.exchange.risk import RiskLimits
 
 WorkerStatus = Literal["idle", "busy", "stopping"]
 Desired = Literal["running", "stopped"]
@@ -94,6 +95,8 @@ class StrategySpec(msgspec.Struct, kw_only=True):
 
     @property
     def limits(self) -> RiskLimits:
+        from quantlab.exchange.risk import RiskLimits
+
         return RiskLimits(max_order_notional=self.max_order_notional, max_orders_per_minute=self.max_orders_per_minute,
                           max_open_orders=self.max_open_orders)
 
