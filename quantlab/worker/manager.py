@@ -115,7 +115,7 @@ class StrategyManager:
         #: The halts in force, read every worker heartbeat (the pool reads them again as it sends).
         self.halts = Halts()
         self.reporter = Reporter(worker_id, pool, log, wall)
-        self.states = StateCommits(pool, self.reporter, self._state_taken)
+        self.states = StateCommits(pool, self.reporter, self._state_taken, clock)
         #: Status changes of this pass, written together at its end (one sync for a hundred starting).
         self.to_publish: dict[str, Slot] = {}
         #: Heartbeat counts to write, oldest first, a few a pass (``write_counts``).
@@ -481,7 +481,7 @@ class StrategyManager:
         if retry_store:
             self.store_retry_at = now + STORE_RETRY
             self.states.retry(self.slots.values())
-        self.states.commit()  # the states of this pass's heartbeats, before any tick goes out
+        self.states.commit_due(now)  # a tick to a strategy whose state waits writes the group first
         for slot in self._to_supervise(now, retry_store):
             try:
                 self._supervise_one(slot, now, retry_store)
@@ -540,8 +540,8 @@ class StrategyManager:
         deadlines = [now + 1.0]
         if self.slots:  # the lease's end, then the kill after it (each only while ahead)
             deadlines += [t for t in (self.lease_until, self.lease_until + self.lease_grace) if t > now]
-        soonest = self.timers.next()
-        return min(deadlines) if soonest is None else min(soonest, *deadlines)
+        deadlines += [t for t in (self.timers.next(), self.states.due()) if t is not None]
+        return min(deadlines)
 
     # ---- stopping ----
 

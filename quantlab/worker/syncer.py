@@ -8,16 +8,24 @@ asked for while another runs is done once the running one ends, together
 with every other asked for meanwhile. A tick waits only when its strategy's
 last state belongs to a generation not yet synced, which at 10 Hz it almost
 never does: the sync ends long before the next tick comes due.
+
+With ticks spread over their interval, nearly every pass writes one state:
+synced at once, each would cost a sync of its own (a thousand a second at
+100 strategies). So a sync begins at most every WINDOW seconds, for every
+write made until then, unless a tick is waiting for it: then at once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 #: After a failed sync, the next try (the disk may come back; the waiting states stay unsynced).
 RETRY = 0.5
+#: Seconds from the start of one sync to the next, when nobody waits: the writes in between share it.
+WINDOW = 0.01
 
 
 class Syncer:
@@ -29,6 +37,8 @@ class Syncer:
         self.error: Exception | None = None  #: why the last sync failed, until one succeeds
         self._changed = threading.Condition()
         self._closed = False
+        self._waiting = 0  #: threads in ``wait``: the window is cut short for them
+        self._began = -WINDOW  #: when the last sync began (monotonic)
         self._thread: threading.Thread | None = None  #: started by the first ask
 
     def ask(self) -> int:
@@ -37,14 +47,22 @@ class Syncer:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="qlab-sync", daemon=True)
                 self._thread.start()
+            if self.asked == self.done:  # else the thread is syncing or in a window: it will see this
+                self._changed.notify_all()
             self.asked += 1
-            self._changed.notify_all()
             return self.asked
 
     def wait(self, generation: int, timeout: float) -> bool:
         """Whether ``generation`` is durable, waiting up to ``timeout`` seconds for it."""
         with self._changed:
-            return self._changed.wait_for(lambda: self.done >= generation, timeout)
+            if self.done >= generation:
+                return True
+            self._waiting += 1
+            self._changed.notify_all()
+            try:
+                return self._changed.wait_for(lambda: self.done >= generation, timeout)
+            finally:
+                self._waiting -= 1
 
     def close(self) -> None:
         with self._changed:
@@ -59,7 +77,11 @@ class Syncer:
                 self._changed.wait_for(lambda: self.asked > self.done or self._closed)
                 if self.asked <= self.done:
                     return  # closed with nothing left to sync
+                opens = self._began + WINDOW
+                self._changed.wait_for(lambda: self._waiting or self._closed or time.monotonic() >= opens,
+                                       max(0.0, opens - time.monotonic()))
                 target = self.asked
+            self._began = time.monotonic()
             try:
                 self._sync()
             except OSError as e:

@@ -43,6 +43,7 @@ from quantlab.protocol import (
 from quantlab.worker.machine import Due
 from quantlab.worker.manager import COUNTS_PER_PASS, LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, StrategyManager
 from quantlab.worker.rules import tick_phase
+from quantlab.worker.statecommit import GATHER
 from quantlab.worker.zygote import Spawn
 
 T0 = 1000.0  # monotonic
@@ -360,7 +361,7 @@ def test_a_newer_epoch_holding_the_state_stops_the_slot_without_more_writes(env:
     rid = env.start()
     env.pool.state["s"] = (2, b'{"theirs": 1}')
     env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
-    env.step(0.0)  # the pass's group commit finds the state taken
+    env.step(GATHER)  # the group commit, GATHER after the heartbeat, finds the state taken
     stop = env.transport.of(Stop)[-1]
     assert stop.reason.type == "reassigned"
     env.manager.on_message(rid, Exited(reason=stop.reason, state=b'{"n": 9}'))
@@ -569,3 +570,15 @@ def test_strategies_started_together_tick_spread_over_their_interval(env: Env) -
     assert len(sent_at) == 40
     tenths = Counter(int((t - T0) * 10) % 10 for t in sent_at.values())
     assert len(tenths) >= 8 and max(tenths.values()) <= 10  # all at once before: one tenth held all 40
+
+
+def test_states_coming_in_passes_apart_share_one_group_commit(env: Env) -> None:
+    """Issue 12: with ticks spread, each pass brings one heartbeat; a group gathers GATHER seconds of them."""
+    env.assign("a", interval=1.0)
+    env.assign("b", interval=1.0)
+    a, b = env.start("a"), env.start("b")
+    env.manager.on_message(a, Heartbeat(seq=1, state=b'{"n": 1}'))
+    env.step(GATHER / 2)  # a pass of its own, before b's heartbeat: nothing written yet
+    env.manager.on_message(b, Heartbeat(seq=1, state=b'{"m": 1}'))
+    env.step(GATHER / 2)
+    assert env.manager.states.batches == 1 and env.pool.state["a"][1] == b'{"n": 1}' and env.pool.state["b"][1] == b'{"m": 1}'
