@@ -89,10 +89,13 @@ class Connection:
     """The child's DEALER socket; API calls wait here for their answer."""
 
     def __init__(self, endpoint: str, routing_id: bytes) -> None:
-        self.context = zmq.Context()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.ROUTING_ID, routing_id)
-        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        # pyzmq's backend classes, without its Python layer over them (socket tracking, option
+        # attributes, enums): run for the first time in each child, that layer cost it 0.17 MB of
+        # private memory (issue 12), for nothing this socket uses.
+        self.context = zmq.backend.Context()
+        self.socket = zmq.backend.Socket(self.context, zmq.DEALER)
+        self.socket.set(zmq.ROUTING_ID, routing_id)
+        self.socket.set(zmq.LINGER, LINGER_MS)
         self.socket.connect(endpoint)
         self.backlog: collections.deque[ToChild] = collections.deque()
         self.next_call = 0
