@@ -22,10 +22,13 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_DUMPABLE = 4
 _libc = ctypes.CDLL(None, use_errno=True)
+#: Looked up once, at import: in the zygote, before its forks. Looked up by each child (its
+#: parent-death signal), ctypes' lookup cost the child 0.05 MB of private memory (issue 12).
+_libc_prctl = _libc.prctl
 
 
 def _prctl(option: int, value: int) -> None:
-    if _libc.prctl(option, value, 0, 0, 0) != 0:
+    if _libc_prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
