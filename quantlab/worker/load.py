@@ -1,4 +1,4 @@
-"""The worker's own load: CPU and memory of the worker, its zygote and its children (psutil).
+"""The worker's own load: CPU and memory of the worker, its zygote and its children (/proc).
 
 CPU is cheap to read and is taken at every heartbeat. Memory is the
 proportional set size (PSS): children forked from the zygote share most of
@@ -11,13 +11,13 @@ seconds instead of stalling the worker's loop.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from typing import Callable
 
-import psutil
-
 from quantlab.pool.records import Load
+from quantlab.worker import procfs
 
 #: Seconds between memory samples.
 MEMORY_EVERY = 30.0
@@ -28,8 +28,8 @@ CPU_EVERY = 5.0
 
 class LoadMeter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.me = psutil.Process()
-        self.known: dict[int, psutil.Process] = {}
+        self.me = os.getpid()
+        self.known: dict[int, tuple[float, float]] = {}  #: pid -> (CPU seconds, monotonic time) at the last sample
         self.memory_mib = 0.0
         self.clock = clock
         self.cpu = 0.0  #: % of one core over the last CPU_EVERY seconds
@@ -45,32 +45,36 @@ class LoadMeter:
         return Load(cpu=round(self.cpu, 1), memory=round(self.memory_mib, 1), running_strategies=running_strategies)
 
     def _cpu(self) -> float:
-        # cpu_percent() compares with the previous call on the same Process object: keep them.
-        alive = {p.pid: self.known.get(p.pid, p) for p in self._family()}
-        self.known = alive
+        """% of one core the family used since the last sample; a process seen for the first time adds 0."""
+        samples: dict[int, tuple[float, float]] = {}
         cpu = 0.0
-        for proc in alive.values():
+        for pid in self._family():
             try:
-                cpu += proc.cpu_percent(None)
-            except psutil.Error:
+                sample = (procfs.cpu_seconds(pid), time.monotonic())
+            except OSError:
                 continue  # exited meanwhile
+            samples[pid] = sample
+            last = self.known.get(pid)
+            if last is not None and sample[1] > last[1]:
+                cpu += 100.0 * (sample[0] - last[0]) / (sample[1] - last[1])
+        self.known = samples
         return cpu
 
     def close(self) -> None:
         self._stop.set()
         self._sampler.join(timeout=5)
 
-    def _family(self) -> list[psutil.Process]:
-        return [self.me, *self.me.children(recursive=True)]
+    def _family(self) -> list[int]:
+        return [self.me, *procfs.descendants(self.me)]
 
     def _sample_memory(self) -> None:
         while True:
             total = 0
-            for proc in self._family():
+            for pid in self._family():
                 try:
-                    total += proc.memory_full_info().pss
-                except psutil.Error:
-                    continue
+                    total += procfs.pss_bytes(pid)
+                except OSError:
+                    continue  # exited meanwhile
             self.memory_mib = total / 2**20
             if self._stop.wait(MEMORY_EVERY):
                 return

@@ -16,7 +16,7 @@ import os
 import signal
 from typing import Callable
 
-import psutil
+from quantlab.worker import procfs
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -127,15 +127,10 @@ class Children:
 
 def tree_memory_mb(pid: int) -> float:
     """Resident memory of ``pid`` and its descendants in MB (pages shared with the zygote count too)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     total = 0
-    for proc in procs:
+    for member in (pid, *procfs.descendants(pid)):
         try:
-            total += proc.memory_info().rss
-        except psutil.Error:
+            total += procfs.rss_bytes(member)
+        except OSError:
             continue  # exited meanwhile
     return total / 1e6
