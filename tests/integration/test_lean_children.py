@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from tests.conftest import Lab, wait_for
+
+#: Reports in ctx.state what its zygote froze and whether it collects its own objects.
+INTROSPECT = '''
+import gc
+def st_init(ctx):
+    ctx.state.update(frozen=gc.get_freeze_count(), collects=gc.isenabled())
+def st_heartbeat(ctx, tick):
+    pass
+def st_exit(ctx, reason):
+    pass
+'''
 
 #: Reports in ctx.state whether its logger exists yet; prints at tick 2 and logs at tick 3.
 LOGS_LATE = '''
@@ -31,3 +45,17 @@ def test_the_strategy_log_is_made_by_its_first_line_and_gets_every_line(lab: Lab
     assert state == {"logger_at_init": False, "logger_after_print": False, "logger_after_log": True}
     log = wait_for(lambda: "logged at 3" in (text := lab.log("late")) and text, what="the logged line")
     assert log.index("printed at 2") < log.index("logged at 3")
+
+
+def test_an_idle_child_shares_the_zygotes_frozen_objects_and_runs_only_zeromqs_two_threads(lab: Lab) -> None:
+    lab.director()
+    lab.worker("w1")
+    lab.assign(lab.strategy("idle", INTROSPECT), "--interval", "0.05")
+    state = wait_for(lambda: "frozen" in (s := lab.state("idle")) and s, what="the child's report")
+    # Everything the zygote imported is frozen (tens of thousands of objects): a collection in
+    # the child never writes to the pages it shares with the zygote; its own objects are collected.
+    assert state["frozen"] > 10_000 and state["collects"]
+    # Its main thread and ZeroMQ's I/O thread and reaper: no event loop, no logging thread.
+    pid = wait_for(lambda: lab.work("idle").result.pid, what="the child's pid")
+    threads = [Path(f"/proc/{pid}/task/{task}/comm").read_text().strip() for task in os.listdir(f"/proc/{pid}/task")]
+    assert len(threads) == 3 and {"ZMQbg/IO/0", "ZMQbg/Reaper"} <= set(threads), threads
