@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from quantlab import ENV_PREFIX
-from quantlab.errors import BadInput, QuantlabError
+from quantlab import ENV_PREFIX, exits
+from quantlab.errors import BadInput
+from quantlab.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from quantlab.lazy import lazy_module
 
 # Each command imports only what it uses (`qlab --help` in tens of milliseconds, issue 12):
@@ -34,10 +35,6 @@ else:
     settings = lazy_module("quantlab.settings")
     views = lazy_module("quantlab.views")
     msgspec = lazy_module("msgspec")
-
-EXIT_OK = 0
-EXIT_ERROR = 1  #: a QuantlabError: bad input, unknown id, a conflict
-EXIT_INTERRUPTED = 130  #: Ctrl-C, as a shell reports SIGINT
 
 POLL = 0.5  #: seconds between reads in `events --follow`
 WATCH = 1.0  #: seconds between redraws in `status --watch`
@@ -542,11 +539,6 @@ def systemd_render(user: str, qlab_home: str, venv: str | None, out: Path) -> No
 # ---- entry point ----
 
 
-def _error(message: str) -> None:
-    # One line, whatever the message carries: scripts and people read the first line only.
-    click.echo("Error: " + " ".join(message.split("\n")), err=True)
-
-
 def _warn_if_open(home: Path) -> None:
     try:
         mode = home.stat().st_mode & 0o777
@@ -561,24 +553,17 @@ def run(argv: list[str] | None = None) -> int:
     # Private by default, whatever the caller's umask: every folder and file qlab and its
     # children create (home, store, sockets, logs) is the user's alone.
     os.umask(0o077)
+    return exits.reported(lambda: _command(argv))
+
+
+def _command(argv: list[str] | None) -> int:
     try:
         result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False, auto_envvar_prefix=ENV_PREFIX)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except click.exceptions.Abort:
         return EXIT_INTERRUPTED  # click already printed a newline after the ^C
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except QuantlabError as e:
-        _error(str(e))
-        return EXIT_ERROR
-    except OSError as e:  # a home that cannot be made or read, a full disk: what and where, in one line
-        _error(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-        return EXIT_ERROR
-    except Exception as e:
-        if os.environ.get("QLAB_DEBUG"):
-            raise
-        _error(f"internal error: {type(e).__name__}: {e} (set QLAB_DEBUG=1 for the traceback)")
-        return EXIT_ERROR
     return result if isinstance(result, int) else EXIT_OK
 
 
