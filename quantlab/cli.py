@@ -127,11 +127,12 @@ def director_start(
     env: Env, tick: float, lease_ttl: float, log_format: str, log_max_mb: float, log_keep: int, metrics_port: int | None
 ) -> None:
     """Run a director in the foreground until SIGTERM or Ctrl-C."""
+    from quantlab import daemon
     from quantlab.logsetup import LogSettings
-    from quantlab.pool.director import run_director
 
     logs = LogSettings(format=log_format, max_mb=log_max_mb, keep=log_keep)  # type: ignore[arg-type]
-    sys.exit(run_director(env.paths, tick=tick, lease_ttl=lease_ttl, logs=logs, metrics_port=metrics_port))
+    daemon.become(daemon.DirectorStart(home=daemon.home_of(env.paths), tick=tick, lease_ttl=lease_ttl, logs=logs,
+                                       metrics_port=metrics_port))
 
 
 @qlab.group()
@@ -158,7 +159,7 @@ def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
     """Run a worker in the foreground until SIGTERM or Ctrl-C."""
     from click.core import ParameterSource
 
-    from quantlab.worker.main import run_worker
+    from quantlab import daemon
     from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
 
     if profile is None and given["region"] is None:
@@ -173,7 +174,7 @@ def worker_start(env: Env, profile: Path | None, **given: Any) -> None:
         if value is not None and not (source(name) == ParameterSource.DEFAULT_MAP and name in in_profile)
     }
     options = msgspec.structs.replace(base, **passed).resolved(env.paths.host_name)
-    sys.exit(run_worker(env.paths, options))
+    daemon.become(daemon.WorkerStart(home=daemon.home_of(env.paths), options=options))
 
 
 @worker.command("list")

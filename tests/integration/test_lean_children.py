@@ -1,7 +1,8 @@
-"""Issue 12: a strategy child holds only what it uses, with the real director, worker and zygote."""
+"""Issue 12: strategy children and the worker hold only what they use (real director, worker and zygote)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,14 @@ def st_heartbeat(ctx, tick):
     pass
 def st_exit(ctx, reason):
     pass
+'''
+
+#: Worker hooks: which modules the worker's process holds once it runs, and its pid.
+MODULES_HOOK = '''
+import json, os, sys
+def st_worker_init(wctx):
+    with open(os.path.join(os.path.dirname(__file__), "worker.json"), "w") as f:
+        json.dump({"pid": os.getpid(), "modules": sorted(sys.modules)}, f)
 '''
 
 #: Reports in ctx.state whether its logger exists yet; prints at tick 2 and logs at tick 3.
@@ -59,3 +68,17 @@ def test_an_idle_child_shares_the_zygotes_frozen_objects_and_runs_only_zeromqs_t
     pid = wait_for(lambda: lab.work("idle").result.pid, what="the child's pid")
     threads = [Path(f"/proc/{pid}/task/{task}/comm").read_text().strip() for task in os.listdir(f"/proc/{pid}/task")]
     assert len(threads) == 3 and {"ZMQbg/IO/0", "ZMQbg/Reaper"} <= set(threads), threads
+
+
+def test_the_worker_process_holds_no_command_line_modules_and_keeps_its_pid(lab: Lab, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks.py"
+    hooks.write_text(MODULES_HOOK)
+    profile = tmp_path / "w1.toml"
+    profile.write_text(f'region = "JP"\nhooks = "{hooks}"\n')
+    worker = lab.worker("w1", "--profile", str(profile))
+    report = wait_for(lambda: (tmp_path / "worker.json").exists() and json.loads((tmp_path / "worker.json").read_text()),
+                      what="the worker's hook")
+    # `qlab worker start` parsed its options, then became the worker: same process, without click
+    # and the CLI (1.1 MB it would hold for its whole life), and without psutil (0.7 MB).
+    assert report["pid"] == worker.pid == lab.store.find_resource("w1").spec.pid
+    assert not {"click", "quantlab.cli", "psutil"} & set(report["modules"])
