@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from quantlab import ENV_PREFIX
-from quantlab.errors import BadInput, QuantlabError
+from quantlab import ENV_PREFIX, exits
+from quantlab.errors import BadInput
+from quantlab.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from quantlab.lazy import lazy_module
 
 # Each command imports only what it uses (`qlab --help` in tens of milliseconds, issue 12):
@@ -36,10 +37,6 @@ else:
     settings = lazy_module("quantlab.settings")
     views = lazy_module("quantlab.views")
     msgspec = lazy_module("msgspec")
-
-EXIT_OK = 0
-EXIT_ERROR = 1  #: a QuantlabError: bad input, unknown id, a conflict
-EXIT_INTERRUPTED = 130  #: Ctrl-C, as a shell reports SIGINT
 
 POLL = 0.5  #: seconds between reads in `events --follow`
 WATCH = 1.0  #: seconds between redraws in `status --watch`
@@ -132,11 +129,12 @@ def director_start(
     env: Env, tick: float, lease_ttl: float, log_format: str, log_max_mb: float, log_keep: int, metrics_port: int | None
 ) -> None:
     """Run a director in the foreground until SIGTERM or Ctrl-C."""
+    from quantlab import daemon
     from quantlab.logsetup import LogSettings
-    from quantlab.pool.director import run_director
 
     logs = LogSettings(format=log_format, max_mb=log_max_mb, keep=log_keep)  # type: ignore[arg-type]
-    sys.exit(run_director(env.paths, tick=tick, lease_ttl=lease_ttl, logs=logs, metrics_port=metrics_port))
+    daemon.become(daemon.DirectorStart(home=daemon.home_of(env.paths), tick=tick, lease_ttl=lease_ttl, logs=logs,
+                                       metrics_port=metrics_port))
 
 
 @qlab.group()
@@ -165,7 +163,7 @@ def worker_start(env: Env, profile: str | None, **given: Any) -> None:
 
     from click.core import ParameterSource
 
-    from quantlab.worker.main import run_worker
+    from quantlab import daemon
     from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
 
     if profile is None and given["region"] is None:
@@ -180,7 +178,7 @@ def worker_start(env: Env, profile: str | None, **given: Any) -> None:
         if value is not None and not (source(name) == ParameterSource.DEFAULT_MAP and name in in_profile)
     }
     options = msgspec.structs.replace(base, **passed).resolved(env.paths.host_name)
-    sys.exit(run_worker(env.paths, options))
+    daemon.become(daemon.WorkerStart(home=daemon.home_of(env.paths), options=options))
 
 
 @worker.command("list")
@@ -550,11 +548,6 @@ def systemd_render(user: str, qlab_home: str, venv: str | None, out: str) -> Non
 # ---- entry point ----
 
 
-def _error(message: str) -> None:
-    # One line, whatever the message carries: scripts and people read the first line only.
-    click.echo("Error: " + " ".join(message.split("\n")), err=True)
-
-
 def _warn_if_open(home: Path) -> None:
     try:
         mode = home.stat().st_mode & 0o777
@@ -569,24 +562,17 @@ def run(argv: list[str] | None = None) -> int:
     # Private by default, whatever the caller's umask: every folder and file qlab and its
     # children create (home, store, sockets, logs) is the user's alone.
     os.umask(0o077)
+    return exits.reported(lambda: _command(argv))
+
+
+def _command(argv: list[str] | None) -> int:
     try:
         result = qlab.main(args=argv, prog_name="qlab", standalone_mode=False, auto_envvar_prefix=ENV_PREFIX)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except click.exceptions.Abort:
         return EXIT_INTERRUPTED  # click already printed a newline after the ^C
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except QuantlabError as e:
-        _error(str(e))
-        return EXIT_ERROR
-    except OSError as e:  # a home that cannot be made or read, a full disk: what and where, in one line
-        _error(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))
-        return EXIT_ERROR
-    except Exception as e:
-        if os.environ.get("QLAB_DEBUG"):
-            raise
-        _error(f"internal error: {type(e).__name__}: {e} (set QLAB_DEBUG=1 for the traceback)")
-        return EXIT_ERROR
     return result if isinstance(result, int) else EXIT_OK
 
 

@@ -21,6 +21,7 @@ import socket
 import time
 from typing import Callable
 
+from quantlab import heap
 from quantlab.config import Paths
 from quantlab.errors import NotFound, QuantlabError, StaleWriter
 from quantlab.logsetup import LogSettings, process_logger
@@ -350,6 +351,7 @@ def run_director(
         store_commit_timing(store, metrics)
         metrics.serve(metrics_port)
     loop.st_director_init()
+    heap.trim()  # start-up is over: what it freed goes back to the system
     next_beat = 0.0
     while not stop.requested:
         mono = time.monotonic()

@@ -92,7 +92,7 @@ class StrategyContext:
         id: str,
         params: dict[str, Any],
         state: dict[str, Any],
-        log: logging.Logger,
+        log: Callable[[], logging.Logger],
         api: Api,
         send: Callable[[Any], None],
         open_orders: list[dict[str, Any]] | None = None,
@@ -101,7 +101,7 @@ class StrategyContext:
         self.id = id
         self.params = params
         self.state = state  #: persisted after every heartbeat, restored on restart
-        self.log = log
+        self._log = log
         self.api = api
         self._send = send
         self.stop_reason: str | None = None
@@ -113,6 +113,11 @@ class StrategyContext:
         #: open positions of its accounts, each a Bybit row with the "account" it is on.
         self.open_orders: list[dict[str, Any]] = open_orders or []
         self.positions: list[dict[str, Any]] = positions or []
+
+    @property
+    def log(self) -> logging.Logger:
+        """The strategy's own logger (its file is `qlab strategy logs ID`); made on first use."""
+        return self._log()
 
     def send(self, data: Any) -> None:
         """Report something to the worker; it is recorded as an event.

@@ -1,4 +1,4 @@
-"""The worker's own load: CPU and memory of the worker, its zygote and its children (psutil).
+"""The worker's own load: CPU and memory of the worker, its zygote and its children (/proc).
 
 Memory is the proportional set size (PSS): children forked from the zygote
 share most of their pages, so adding up RSS would count those pages once per
@@ -12,24 +12,23 @@ reads the last figures, so the worker's loop never stalls for them.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 
-import psutil
-
 from quantlab.pool.records import Load
+from quantlab.worker import procfs
 
 #: Seconds between memory samples.
 MEMORY_EVERY = 30.0
-#: Seconds between CPU samples: finding the children scans every process on the host (/proc),
-#: which at 200 strategies cost the loop a tenth of its time when done every heartbeat.
+#: Seconds between CPU samples: finding the children scans every process on the host (/proc).
 CPU_EVERY = 5.0
 
 
 class LoadMeter:
     def __init__(self) -> None:
-        self.me = psutil.Process()
-        self.known: dict[int, psutil.Process] = {}
+        self.me = os.getpid()
+        self.known: dict[int, tuple[float, float]] = {}  #: pid -> (CPU seconds, monotonic time) at the last sample
         self.memory_mib = 0.0
         self.cpu = 0.0  #: % of one core over the last CPU_EVERY seconds
         self._stop = threading.Event()
@@ -46,36 +45,36 @@ class LoadMeter:
     def _sample(self) -> None:
         memory_at = -math.inf
         while True:
-            family = self._family()
+            family = [self.me, *procfs.descendants(self.me)]
             self.cpu = self._cpu(family)
             if time.monotonic() >= memory_at + MEMORY_EVERY:
                 memory_at = time.monotonic()
-                self.memory_mib = self._memory(family) / 2**20
+                self.memory_mib = self._pss(family) / 2**20
             if self._stop.wait(CPU_EVERY):
                 return
 
-    def _family(self) -> list[psutil.Process]:
-        # cpu_percent() compares with the previous call on the same Process object: keep them.
-        alive = {p.pid: self.known.get(p.pid, p) for p in [self.me, *self.me.children(recursive=True)]}
-        self.known = alive
-        return list(alive.values())
-
-    @staticmethod
-    def _cpu(family: list[psutil.Process]) -> float:
+    def _cpu(self, family: list[int]) -> float:
+        """% of one core the family used since the last sample; a process seen for the first time adds 0."""
+        samples: dict[int, tuple[float, float]] = {}
         cpu = 0.0
-        for proc in family:
+        for pid in family:
             try:
-                cpu += proc.cpu_percent(None)
-            except psutil.Error:
+                sample = (procfs.cpu_seconds(pid), time.monotonic())
+            except OSError:
                 continue  # exited meanwhile
+            samples[pid] = sample
+            last = self.known.get(pid)
+            if last is not None and sample[1] > last[1]:
+                cpu += 100.0 * (sample[0] - last[0]) / (sample[1] - last[1])
+        self.known = samples
         return cpu
 
     @staticmethod
-    def _memory(family: list[psutil.Process]) -> int:
+    def _pss(family: list[int]) -> int:
         total = 0
-        for proc in family:
+        for pid in family:
             try:
-                total += proc.memory_full_info().pss
-            except psutil.Error:
-                continue
+                total += procfs.pss_bytes(pid)
+            except OSError:
+                continue  # exited meanwhile
         return total

@@ -23,6 +23,7 @@ from typing import Callable
 
 import zmq
 
+from quantlab import heap
 from quantlab.config import Paths
 from quantlab.errors import ConfigError, QuantlabError
 from quantlab.logsetup import process_logger
@@ -328,6 +329,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     )
     try:
         st_worker_init(wctx)
+        heap.trim()  # start-up is over: what it freed goes back to the system
         runtime.run(wctx)
         st_worker_exit(wctx, ExitReason(type="manual", message=f"signal {stop.signal_name}"))
     finally:

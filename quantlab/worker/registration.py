@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Callable
 
 import filelock
-import psutil
 
 from quantlab.errors import ConfigError
 from quantlab.pool.leases import LeaseWatch
 from quantlab.pool.records import Resource
 from quantlab.pool.store import Store, check_id
 from quantlab.pool.vfiles import private_dir
+from quantlab.worker import procfs
 
 #: Seconds between looks at a foreign holder's lease while waiting it out.
 WAIT_POLL = 0.2
@@ -40,7 +40,7 @@ def new_instance(host: str) -> str:
 
 
 def process_started() -> float:
-    return psutil.Process().create_time()
+    return procfs.started(os.getpid())
 
 
 class WorkerIdLock:
