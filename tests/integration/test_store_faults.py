@@ -293,11 +293,10 @@ def test_a_full_disk_fails_writes_loudly_and_replaces_nothing(small_home: Lab, t
     lab.assign(file, "--interval", "0.05")
     lab.wait_heartbeats("rec", 5)
     filler = lab.home / "filler"
-    with open(filler, "wb") as f:  # fill the disk to the last byte
+    with open(filler, "wb", buffering=0) as f:  # fill the disk to the last byte (unbuffered: close has nothing to flush)
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError:
             pass
     ticked = len((tmp_path / "rec.beats").read_text().splitlines())
