@@ -111,7 +111,7 @@ class FileStore(TableStore):
         # A worker is almost always the last writer of its strategies' states: its own last
         # commit saves reading each record (another writer's commit makes ours lose, then it reads).
         table = self._states()
-        return [table.committed.get(key) or table.head(key) for key in keys]
+        return [table.last_written(key) or table.head(key) for key in keys]
 
     def _states(self) -> StateLog:
         table = self._table("state")

@@ -79,15 +79,18 @@ class StateLog:
     def __init__(self, root: Path, durable: Callable[[], bool]) -> None:
         self.dir = VersionedDir(root, durable, remember=True, sidecars=SIDECARS)
         self.durable = durable
-        self.owned: dict[str, _Owned] = {}
-        #: The head this process last wrote, per key: a good guess of the base of its next write.
-        self.committed: dict[str, Head] = {}
+        self.owned: dict[str, _Owned] = {}  #: per key, the version this process appends to
         self._lock = threading.Lock()  #: one writer of this process at a time (never held across processes)
         self._root = str(root)  #: plain strings: a path is made on every append
 
     @property
     def root(self) -> Path:
         return self.dir.root
+
+    def last_written(self, key: str) -> Head | None:
+        """The head this process last wrote: a good guess of the base of its next write."""
+        owned = self.owned.get(key)
+        return None if owned is None else owned.head
 
     def keys(self) -> list[str]:
         return self.dir.keys()
@@ -153,7 +156,6 @@ class StateLog:
             return False
         new = head._replace(data=data, frames=head.frames + 1)
         self.owned[key] = owned._replace(head=new, size=owned.size + len(record))
-        self.committed[key] = new
         return True
 
     def _link(self, key: str, base: Head, data: bytes | None) -> bool:
@@ -165,7 +167,6 @@ class StateLog:
         new = self.dir.committed.get(key)
         if new is not None and data is not None:
             self.owned[key] = _Owned(new, 0, self._path(key, new.version, ""))
-            self.committed[key] = new
         return True
 
     def _seal(self, key: str, version: int) -> None:
@@ -174,7 +175,6 @@ class StateLog:
 
     def _forget(self, key: str) -> None:
         self.owned.pop(key, None)
-        self.committed.pop(key, None)
 
     def _path(self, key: str, version: int, suffix: str) -> str:
         return f"{self._root}/{key}/{version_name(version)}{suffix}"
