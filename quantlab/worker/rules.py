@@ -14,6 +14,11 @@ import zlib
 STABLE_AFTER = 30.0
 #: Fraction of a backoff delay added or taken at random, so restarts do not march in step.
 JITTER = 0.1
+#: Ticks whose phases fall in one slot this long are sent together, at the slot's start. Each
+#: wakeup of a sleeping thread (the channel's I/O thread, the sync thread) costs tens of us on a
+#: virtual machine; strategies ticking together share one, and share the group commit of their
+#: states. Fine enough that 100 strategies at 10 Hz still tick two or so at a time.
+TICK_GRID = 0.002
 
 
 def backoff_delay(base: float, cap: float, consecutive: int, rand: float) -> float:
@@ -49,5 +54,7 @@ def tick_phase(strategy_id: str) -> float:
 
 
 def second_tick(first: float, interval: float, phase: float) -> float:
-    """The tick after a child's first (sent at once at ``first``): on its phase, half an interval on at least."""
-    return (math.floor(first / interval - phase + 0.5) + 1 + phase) * interval
+    """The tick after a child's first (sent at once at ``first``): on its phase's slot of the
+    grid (TICK_GRID), half an interval on at least."""
+    offset = math.floor(phase * interval / TICK_GRID) * TICK_GRID
+    return (math.floor((first - offset) / interval + 0.5) + 1) * interval + offset
