@@ -177,7 +177,9 @@ class FileStore(TableStore):
         return events, offset + end
 
     def close(self) -> None:
-        pass
+        states = self._tables.get("state")
+        if isinstance(states, StateLog):
+            states.close()  # the logs it holds open
 
 
 def _folders(parent: Path) -> list[str]:

@@ -15,14 +15,22 @@ the head (``Head.frames``):
 
 - Only the owner appends, and only on the head it last wrote. Any other base,
   and a log grown past LOG_LIMIT, takes the slow path: a new version.
-- Anyone else committing on version v first seals it (creates ``VERSION.seal``),
+- Anyone else committing on version v first seals it: it takes the write
+  permission off ``VERSION.log`` (or creates it so, when there is none yet),
   then reads the head again: if the log grew meanwhile, it lost the race and
   decides again. Otherwise it links version v+1, which no reader looks past.
-- The owner looks for the seal after each append (and for its version: a
-  version pruned long ago is sealed too). No seal: the frame is in
-  whatever a later sealer reads, so it counts. A seal: the frame may or may
-  not have been read, so the owner reports a lost race, reads the new head
-  and decides again (a newer epoch's head refuses it as a stale writer).
+- The owner keeps its log open and, after each append, looks at the open
+  file's mode (fstat: no path, no lookup). Writable: the frame was written
+  before any seal, so it is in whatever a later sealer reads, and it counts.
+  Sealed (or unlinked): the frame may or may not have been read, so the owner
+  reports a lost race, reads the new head and decides again (a newer epoch's
+  head refuses it as a stale writer). The seal is a mode, not a file of its
+  own, because a file can be unlinked under an open descriptor: the mode
+  stays with what the owner holds. The mode is read, never enforced: it
+  holds for root too.
+- A version pruned long ago loses its sealed log, and a stalled owner could
+  start a fresh one: the first append to a log also checks that the
+  version's own file is still there (pruning unlinks it before its log).
 
 So a commit that was answered as written is never lost, and once a newer
 version is linked no old log is read. Nobody waits for anyone: a sealed
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import struct
 import threading
 import zlib
@@ -44,7 +53,12 @@ from quantlab.pool.vfiles import READ_RETRIES, Head, VersionedDir, fsync_dir, re
 
 #: A log longer than this is not appended to: the next state becomes a new version with a new log.
 LOG_LIMIT = 256 * 1024
-SIDECARS = (".log", ".seal")
+#: Logs kept open to append to, at most: the least recently written is closed, and opened
+#: again by its path when next written (a worker serves up to a few hundred strategies).
+OPEN_LOGS = 256
+SIDECARS = (".log",)
+#: A sealed log's mode: no write permission (statelog's seal, read with fstat).
+SEALED = 0o400
 
 _FRAME = struct.Struct("<II")  #: data length, CRC32 of the data
 
@@ -80,6 +94,7 @@ class StateLog:
         self.dir = VersionedDir(root, durable, remember=True, sidecars=SIDECARS)
         self.durable = durable
         self.owned: dict[str, _Owned] = {}  #: per key, the version this process appends to
+        self.fds: dict[str, int] = {}  #: per key, its log held open, least recently written first
         self._lock = threading.Lock()  #: one writer of this process at a time (never held across processes)
         self._root = str(root)  #: plain strings: a path is made on every append
 
@@ -113,7 +128,8 @@ class StateLog:
     def commit(self, key: str, base: Head, data: bytes | None) -> bool:
         with self._lock:
             owned = self.owned.get(key)
-            if owned is not None and owned.head.version == base.version:
+            mine = owned is not None and owned.head.version == base.version
+            if owned is not None and mine:
                 if not _same(owned.head, base):
                     return False  # our own later frame is the head: decide again on it
                 if data is not None and owned.size < LOG_LIMIT:
@@ -125,18 +141,17 @@ class StateLog:
                     self._forget(key)
                     return False  # its owner appended meanwhile: decide again on what it wrote
             self._forget(key)
-            return self._link(key, base, data)
+            return self._link(key, base, data, drop_log=mine)
 
     def _append(self, key: str, owned: _Owned, data: bytes) -> bool:
         head, first = owned.head, owned.size == 0
-        path = owned.path + ".log"
         durable = self.durable()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | (os.O_CREAT | os.O_EXCL if first else 0), 0o600)
-        except FileExistsError:  # a log this process did not start is not ours to extend
+            fd = self._open(key, owned)
+        except FileExistsError:  # a log this process did not start (a sealer's) is not ours to extend
             self._forget(key)
             return self._link(key, head, data)
-        except FileNotFoundError:  # removed by the writer of a newer version
+        except (FileNotFoundError, PermissionError):  # removed by a newer version's writer, or sealed
             self._forget(key)
             return False
         try:
@@ -147,46 +162,67 @@ class StateLog:
         except BaseException:
             self._forget(key)
             raise
-        finally:
-            os.close(fd)
         if durable and first:
-            fsync_dir(Path(path).parent)
-        if _sealed(owned.path):
+            fsync_dir(Path(owned.path).parent)
+        if _sealed(fd) or (first and not os.path.exists(owned.path)):
             self._forget(key)  # another process is committing a new version: this frame may not count
             return False
         new = head._replace(data=data, frames=head.frames + 1)
         self.owned[key] = owned._replace(head=new, size=owned.size + len(record))
         return True
 
-    def _link(self, key: str, base: Head, data: bytes | None) -> bool:
-        """Version base + 1 as a file of its own (vfiles); this process then owns its log."""
+    def _link(self, key: str, base: Head, data: bytes | None, *, drop_log: bool = False) -> bool:
+        """Version base + 1 as a file of its own (vfiles); this process then owns its log.
+
+        ``drop_log``: base's log was ours, and no reader looks past the new version, so it goes
+        now. A log another process owned stays until its version is pruned: it carries the seal.
+        """
         if not self.dir.commit(key, base, data):
             return False
-        if base.version:  # no reader looks past the new version: its log can go (the seal stays)
+        if drop_log:
             self.dir.discard([self._path(key, base.version, ".log")])
         new = self.dir.committed.get(key)
         if new is not None and data is not None:
             self.owned[key] = _Owned(new, 0, self._path(key, new.version, ""))
         return True
 
+    def _open(self, key: str, owned: _Owned) -> int:
+        """The owned log's descriptor: held open, or opened (made, for its first frame) and held."""
+        fd = self.fds.pop(key, None)
+        if fd is None:
+            create = os.O_CREAT | os.O_EXCL if owned.size == 0 else 0
+            fd = os.open(owned.path + ".log", os.O_WRONLY | os.O_APPEND | create, 0o600)
+            while len(self.fds) >= OPEN_LOGS:
+                os.close(self.fds.pop(next(iter(self.fds))))
+        self.fds[key] = fd  # the most recently written last
+        return fd
+
     def _seal(self, key: str, version: int) -> None:
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(self._path(key, version, ".seal"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        log = self._path(key, version, ".log")
+        try:
+            os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SEALED))  # no log yet: born sealed
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):  # gone with a version linked meanwhile
+                os.chmod(log, SEALED)
 
     def _forget(self, key: str) -> None:
         self.owned.pop(key, None)
+        fd = self.fds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        for key in list(self.fds):
+            self._forget(key)
 
     def _path(self, key: str, version: int, suffix: str) -> str:
         return f"{self._root}/{key}/{version_name(version)}{suffix}"
 
 
-def _sealed(version_path: str) -> bool:
-    """Whether a new version is being made over this one, or was long ago (it was pruned).
-
-    Pruning unlinks a version's file before its seal, so a version still here whose seal is
-    gone was never sealed.
-    """
-    return os.path.exists(version_path + ".seal") or not os.path.exists(version_path)
+def _sealed(fd: int) -> bool:
+    """Whether a new version is being made over the one whose open log this is (or was: unlinked)."""
+    st = os.fstat(fd)
+    return st.st_nlink == 0 or not st.st_mode & stat.S_IWUSR
 
 
 def _same(a: Head, b: Head) -> bool:

@@ -67,6 +67,63 @@ def test_an_owner_whose_version_was_pruned_long_ago_is_refused(tmp_path: Path) -
     assert _state(FileStore(tmp_path)) == (2, b'{"n":111}')
 
 
+def test_the_owner_opens_its_log_once_and_looks_for_no_seal_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each append is a write and an fstat: an open, a close and two path lookups cost more than the state."""
+    ours = FileStore(tmp_path)
+    _write(ours, 1, 0)
+    opened, looked = [], []
+    real_open, real_exists = os.open, os.path.exists
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k))
+    monkeypatch.setattr(os.path, "exists", lambda path: looked.append(path) or real_exists(path))
+    for n in range(1, 50):
+        assert _write(ours, 1, n) is None
+    logs = [Path(p).name for p in opened if str(p).endswith(".log")]
+    assert logs == ["000000000001.log"] and looked == [str(tmp_path / "state" / "s" / "000000000001")]
+    assert _state(FileStore(tmp_path)) == (1, b'{"n":49}')
+
+
+def test_a_claim_seals_the_log_its_owner_holds_open(tmp_path: Path) -> None:
+    """The claimer links a new version and drops the old log; the owner, still holding it, must not count its next frame."""
+    ours, theirs = FileStore(tmp_path), FileStore(tmp_path)
+    for n in range(3):
+        assert _write(ours, 1, n) is None
+    theirs.save_state("s", 2, None)  # a new epoch takes the state as it stands
+    assert isinstance(_write(ours, 1, 3), StaleWriter)
+    assert _state(FileStore(tmp_path)) == (2, b'{"n":2}')
+
+
+def test_a_claim_before_the_first_frame_leaves_the_owner_no_log_to_start(tmp_path: Path) -> None:
+    ours, theirs = FileStore(tmp_path), FileStore(tmp_path)
+    assert _write(ours, 1, 0) is None  # version 1: its log is not made until the next write
+    theirs.save_state("s", 2, None)
+    assert isinstance(_write(ours, 1, 1), StaleWriter)
+    assert _state(FileStore(tmp_path)) == (2, b'{"n":0}')
+
+
+def test_logs_held_open_are_capped_and_reopened_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(statelog, "OPEN_LOGS", 2)
+    ours = FileStore(tmp_path)
+    keys = [f"s{i}" for i in range(5)]
+    for n in range(4):
+        for key in keys:
+            assert _write(ours, 1, n, key) is None
+    assert len([h for h in _held(tmp_path) if h.endswith(".log")]) == 2
+    assert all(_state(FileStore(tmp_path), key) == (1, b'{"n":3}') for key in keys)
+    ours.close()
+    assert not _held(tmp_path)
+
+
+def _held(under: Path) -> list[str]:
+    """The files under ``under`` this process holds open."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            pass
+    return [h for h in held if h.startswith(str(under))]
+
+
 def _owner(place: str, conn: Connection) -> None:
     """Write n = 1, 2, ... as epoch 1 until refused; send each n that was answered as written."""
     store = FileStore(Path(place))
