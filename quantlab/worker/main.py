@@ -33,7 +33,7 @@ from quantlab.pool.store import Store
 from quantlab.pool.view import WorkView
 from quantlab.pool.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, ToChild
-from quantlab.signals import StopRequest
+from quantlab.signals import ChildExits, StopRequest
 from quantlab.strategy.loader import import_file
 from quantlab.worker import procs
 from quantlab.worker.fenceguard import FenceGuard
@@ -64,6 +64,7 @@ class WorkerRuntime:
         self.options = options
         self.log = log
         self.stop = stop
+        self.child_exits = ChildExits().install()  # before the zygote: no exit goes unseen
         accounts = load_accounts(_accounts_path(options, paths))
         take_secrets(accounts)  # out of the environment before anything is started
         proxy = take_proxy(options.proxy)
@@ -85,6 +86,7 @@ class WorkerRuntime:
         self.poller.register(self.channel.socket, zmq.POLLIN)
         self.poller.register(self.fds.fileno(), zmq.POLLIN)
         self.watch(stop.fd, stop.drain)
+        self.watch(self.child_exits.fd, self._reap_exited)
         self.watch(self.api_wakeup, self._deliver_api_results)
 
     # ---- Transport ----
@@ -154,6 +156,10 @@ class WorkerRuntime:
             for routing_id, msg in self.channel.receive():
                 self.manager.on_message(routing_id, msg)
 
+    def _reap_exited(self) -> None:
+        self.child_exits.drain()  # first: an exit from now on wakes the loop again
+        self.children.reap_orphans(self._reap_zygote)
+
     def _reap_zygote(self, pid: int) -> bool:
         """The zygote is Popen's to reap (its returncode tells `alive`)."""
         return pid == self.zygote.proc.pid and self.zygote.proc.poll() is not None
@@ -179,7 +185,6 @@ class WorkerRuntime:
                 handler = self.handlers.get(fd)
                 if handler is not None:
                     self._guarded(handler)
-        self._guarded(lambda: self.children.reap_orphans(self._reap_zygote))
         self.manager.supervise()
 
     def _guarded(self, step: Callable[[], object]) -> None:
@@ -242,6 +247,7 @@ class WorkerRuntime:
         self.context.term()
         self.zygote.close()
         os.close(self.api_wakeup)
+        self.child_exits.close()
 
 
 def strategy_environment(accounts: list[Account]) -> dict[str, str]:
