@@ -36,11 +36,7 @@ class StopRequest:
         return self
 
     def drain(self) -> None:
-        try:
-            while os.read(self._read_fd, 64):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self._read_fd)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -74,11 +70,7 @@ class ChildExits:
         return self
 
     def drain(self) -> None:
-        try:
-            while os.read(self._read_fd, 256):
-                pass
-        except BlockingIOError:
-            pass
+        drain(self._read_fd)
 
     def close(self) -> None:
         signal.set_wakeup_fd(-1)
@@ -89,3 +81,12 @@ class ChildExits:
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
     """The work is the loop's: it reaps when the wakeup fd says so."""
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking wake-up pipe empty."""
+    try:
+        while os.read(fd, 256):
+            pass
+    except BlockingIOError:
+        pass
