@@ -38,6 +38,25 @@ def st_worker_init(wctx: WorkerContext) -> None:
 def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     now = tick.ts
     renew_lease(wctx, now)
+    follow_changes(wctx, counts=_counts_due(wctx))
+    wctx.notifier.ready()  # registered, and what was assigned here is reconciled
+    wctx.notifier.status(status_line(wctx))
+    metrics = wctx.manager.metrics
+    if metrics is not None:
+        metrics.set_statuses(slot.result.status for slot in wctx.manager.slots.values())
+        metrics.lease_left.set(max(0.0, wctx.manager.lease_until - time.monotonic()))
+        metrics.set_halts(wctx.manager.halts)
+    _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
+
+
+def follow_changes(wctx: WorkerContext, *, counts: bool = False) -> None:
+    """Act on what changed in the store: halts, assignments to start or stop, messages to deliver.
+
+    Run by every heartbeat, and between heartbeats whenever the store changed. The lease is
+    renewed on the heartbeat's own schedule only: most changes are this worker's own status
+    writes, and a renewal on each put two fsyncs between a restarted child's Hello and its
+    Init (issue 12).
+    """
     follow_halts(wctx)
     if not wctx.stopping:
         fresh = wctx.view.refresh()
@@ -48,15 +67,7 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
             wctx.mail.update(wctx.view.works)
         wctx.manager.reconcile(list(wctx.view.works.values()))
         deliver_messages(wctx)
-    wctx.manager.flush(counts=_counts_due(wctx))
-    wctx.notifier.ready()  # registered, and what was assigned here is reconciled
-    wctx.notifier.status(status_line(wctx))
-    metrics = wctx.manager.metrics
-    if metrics is not None:
-        metrics.set_statuses(slot.result.status for slot in wctx.manager.slots.values())
-        metrics.lease_left.set(max(0.0, wctx.manager.lease_until - time.monotonic()))
-        metrics.set_halts(wctx.manager.halts)
-    _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
+    wctx.manager.flush(counts=counts)
 
 
 def status_line(wctx: WorkerContext) -> str:

@@ -45,7 +45,7 @@ from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.worker.channel import Channel
 from quantlab.worker.context import WorkerContext, WorkerIdentity
-from quantlab.worker.lifecycle import st_worker_exit, st_worker_heartbeat, st_worker_init
+from quantlab.worker.lifecycle import follow_changes, st_worker_exit, st_worker_heartbeat, st_worker_init
 from quantlab.worker.manager import StrategyManager
 from quantlab.ops.metrics import WorkerMetrics, store_commit_timing
 from quantlab.worker.options import WorkerOptions
@@ -222,20 +222,27 @@ class WorkerRuntime:
             changed = now >= next_look and wctx.view.dirty()
             if now >= next_look:
                 next_look = now + CHANGE_POLL
-            if now >= next_beat or changed:
+            if now >= next_beat:
                 seq += 1
-                try:
-                    started = time.perf_counter()
-                    st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=time.time(), interval=heartbeat))
-                    if self.manager.metrics is not None:
-                        self.manager.metrics.worker_heartbeat.observe(time.perf_counter() - started)
-                except (OSError, QuantlabError):
-                    # A full disk or a store hiccup must not take the children down with the worker;
-                    # if it lasts, the lease runs out and the director moves the strategies.
-                    self.log.exception("worker heartbeat failed; trying again at the next one")
-                if now >= next_beat:
-                    next_beat = now + heartbeat
+                self._store_step("worker heartbeat", lambda: self._heartbeat(wctx, seq))
+                next_beat = now + heartbeat
+            elif changed:
+                self._store_step("following the store's changes", lambda: follow_changes(wctx))
             wctx.notifier.watchdog()  # only from here: a stuck loop must go quiet
+
+    def _heartbeat(self, wctx: WorkerContext, seq: int) -> None:
+        started = time.perf_counter()
+        st_worker_heartbeat(wctx, TickInfo(seq=seq, ts=time.time(), interval=self.options.heartbeat))
+        if self.manager.metrics is not None:
+            self.manager.metrics.worker_heartbeat.observe(time.perf_counter() - started)
+
+    def _store_step(self, what: str, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except (OSError, QuantlabError):
+            # A full disk or a store hiccup must not take the children down with the worker;
+            # if it lasts, the lease runs out and the director moves the strategies.
+            self.log.exception("%s failed; trying again at the next one", what)
 
     def close(self) -> None:
         if self.manager.guard is not None:

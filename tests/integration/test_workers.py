@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from tests.conftest import QLAB, Lab, pid_alive, wait_for
@@ -198,3 +199,28 @@ def test_bad_profile_is_a_one_line_error(lab: Lab) -> None:
     assert result.returncode == 1
     assert result.stderr.startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
     assert "max_strategy" in result.stderr
+
+
+def test_the_workers_own_status_writes_do_not_renew_its_lease_each_time(lab: Lab) -> None:
+    """A change in the store wakes the worker to follow it (assignments, stops), not to renew its lease.
+
+    Each restart writes statuses, and each is a change: renewing on each one put a lease write
+    (two fsyncs) between a restarted child's Hello and its Init (issue 12).
+    """
+    lab.director()
+    lab.worker("w1", "--heartbeat", "1")
+    lab.assign(lab.strategy("victim", COUNTER), "--interval", "60", "--backoff", "0", "--max-errors", "1000")
+    work = lab.wait_heartbeats("victim", 1)
+    resource = lab.store.find_resource("w1")
+    assert resource is not None
+    renewals, started = resource.state.renewals, time.monotonic()
+    for _ in range(10):
+        pid = work.result.pid
+        assert pid
+        os.kill(pid, signal.SIGKILL)
+        work = wait_for(lambda: (w := lab.work("victim")).result.pid not in (None, pid) and w.result.heartbeats and w,
+                        what="the restarted child's first heartbeat")
+    resource = lab.store.find_resource("w1")
+    assert resource is not None
+    beats = time.monotonic() - started  # one renewal a second, and one to spare at either end
+    assert resource.state.renewals - renewals <= beats + 2, (resource.state.renewals - renewals, beats)
