@@ -492,14 +492,20 @@ class StrategyManager:
         self.write_counts()
 
     def publish(self) -> None:
-        """Write the status changes of this pass as one durable batch."""
+        """Write the status changes of this pass, made durable by the sync thread's next sync.
+
+        Nobody waits for a status to be durable (a stop's last word is written apart, by
+        ``Reporter.settle``, durably), and a sync here stood between a restarted child's
+        Hello and its Init (issue 12).
+        """
         if not self.to_publish:
             return
         slots = list(self.to_publish.values())
         self.to_publish.clear()
-        with self.pool.durable_together():
+        with self.pool.durable_later():
             for slot in slots:
                 self.reporter.flush_one(slot)
+        self.states.syncer.ask()
 
     def _to_supervise(self, now: float, everyone: bool) -> list[Slot]:
         """The slots a pass must look at: those due and those with messages waiting (``everyone``: all).
