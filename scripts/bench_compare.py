@@ -22,7 +22,7 @@ from typing import Iterator
 import msgspec
 import psutil
 
-from bench_fleet import BUSY, QUIET, Fleet, bench_cli, bench_kill, bench_load, median, poll, uss_pss
+from bench_fleet import BUSY, QUIET, Fleet, bench_cli, bench_kill, bench_load, median, poll, uss_pss, zmq_floor
 
 VENV = Path.home() / ".cache" / "qlab-bench" / "supervisor"
 
@@ -269,6 +269,9 @@ def load_figures(qlab: list[str], home: Path, busy: Path, seconds: float) -> Ite
     """The tick load on a worker serving metrics: 100 active strategies, then 200."""
     fleet = Fleet(qlab, home, metrics=True)
     try:
+        floor = sorted(zmq_floor(int(min(seconds, 10.0) * 100)))
+        yield Figure("for reference: bare pyzmq ROUTER/DEALER round trip, 10 ms apart: median / p99",
+                     f"{median(floor) * 1e6:.0f} us / {floor[int(len(floor) * 0.99)] * 1e3:.2f} ms")
         active = bench_load(fleet, busy, 100, min(seconds, 10.0))
         yield Figure("tick round trip, 100 active at 10 Hz: median", f"{active.p50 * 1e6:.0f} us",
                      target="< 400 us", met=_met(active.p50 < 0.0004))

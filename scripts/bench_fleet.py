@@ -208,6 +208,51 @@ def bench_load(fleet: Fleet, file: Path, n: int, seconds: float, interval: float
                        quantile_from_buckets(buckets, 0.5), quantile_from_buckets(buckets, 0.99))
 
 
+ECHO = """
+import sys, zmq
+socket = zmq.Context().socket(zmq.DEALER)
+socket.connect(sys.argv[1])
+socket.send(b"hello")
+while (message := socket.recv()) != b"end":
+    socket.send(message)
+"""
+
+
+def zmq_floor(rounds: int, gap: float = 0.01) -> list[float]:
+    """Round trips of a bare pyzmq ROUTER/DEALER ping-pong between two processes, one every ``gap`` s.
+
+    The floor under the tick round trip: the same sockets and ipc:// transport with no
+    worker and no strategy around them, each side idle between pings as a strategy's child
+    is between ticks (each round trip wakes four threads: both ends and both I/O threads).
+    """
+    import tempfile
+
+    import zmq
+
+    with tempfile.TemporaryDirectory(prefix="qlab-floor-") as folder:
+        endpoint = f"ipc://{folder}/echo"
+        router = zmq.Context.instance().socket(zmq.ROUTER)
+        router.bind(endpoint)
+        echo = subprocess.Popen([sys.executable, "-c", ECHO, endpoint])
+        try:
+            peer, _ = router.recv_multipart()
+            samples = []
+            for _ in range(rounds):
+                time.sleep(gap)
+                started = time.perf_counter()
+                router.send_multipart([peer, b"tick"])
+                router.recv_multipart()
+                samples.append(time.perf_counter() - started)
+            router.send_multipart([peer, b"end"])
+            echo.wait(10)
+        finally:
+            if echo.poll() is None:
+                echo.kill()
+                echo.wait()
+            router.close(linger=0)
+    return samples
+
+
 def bench_kill(fleet: Fleet, file: Path, n: int) -> list[float]:
     """Child SIGKILL to the new child's first heartbeat (backoff 0), ``n`` times."""
     fleet.run("apply", str(fleet.manifest(file, ["victim"], 60.0, backoff=0.0, max_errors=10_000)), "--prune")
