@@ -91,11 +91,14 @@ class WorkerMetrics(_Process):
         self.halts = Gauge("quantlab_halts", "Halts in force (as this worker reads them), by scope.", ["scope"],
                            registry=self.registry)
         self._sent: dict[str, tuple[float, int]] = {}  #: strategy -> (monotonic tick sent, overruns then)
+        # The worker's own machine, looked up once: observe runs twice a tick (a director never gets here).
+        from quantlab.worker import machine
+
+        self._m = machine
 
     def observe(self, slot: "Slot", actions: list["m.Action"]) -> None:
         """Called by the manager after each machine step with the actions it performed."""
-        from quantlab.worker import machine as m
-
+        m = self._m
         for action in actions:
             if isinstance(action, m.SendTick):
                 _, before = self._sent.get(slot.id, (0.0, action.overruns))
