@@ -1,11 +1,11 @@
 """A command loads only what it uses (issue 12): what `qlab --help` and `qlab status --json` import.
 
 Each case runs the CLI in a fresh interpreter started without ``site`` (the
-package and its dependencies on PYTHONPATH instead), so what an editable
-install's import hook loads at start-up cannot hide a module the CLI would
-load itself, and lists the modules it executed (a module quantlab.lazy
-registered but nobody touched does not count). No timings: a module that
-comes back is the regression, whatever it costs here.
+package and its dependencies on PYTHONPATH instead), so what a ``.pth`` file
+loads at start-up cannot hide a module the CLI would load itself, and lists
+the modules it executed (a module quantlab.lazy registered but nobody touched
+does not count). No timings: a module that comes back is the regression,
+whatever it costs here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.conftest import Lab
 
-ROOT = Path(__file__).resolve().parents[2]
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 PROBE = (
     "import sys\n"
@@ -41,7 +41,7 @@ NOT_FOR_HELP = ("pathlib", "msgspec", "quantlab.config", "quantlab.settings", "q
 
 
 def _loaded(*args: str) -> set[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *site.getsitepackages()])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), *site.getsitepackages()])}
     out = subprocess.run([sys.executable, "-S", "-c", PROBE, *args], capture_output=True, text=True, check=True,
                          env=env).stdout
     line = out.splitlines()[-1].split(" ")
