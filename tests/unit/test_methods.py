@@ -10,7 +10,7 @@ from quantlab.exchange.pybit_methods import render, request_methods
 
 
 def test_the_static_list_is_what_the_installed_pybit_offers() -> None:
-    assert PUBLIC_METHODS == request_methods(), "run: python -m quantlab.exchange.pybit_methods > quantlab/exchange/methods.py"
+    assert PUBLIC_METHODS == request_methods(), "run: python -m quantlab.exchange.pybit_methods > src/quantlab/exchange/methods.py"
 
 
 def test_the_generated_module_is_up_to_date_text() -> None:

@@ -1,4 +1,4 @@
-"""States on the file store: the owner appends to its version's log (quantlab/pool/statelog.py)."""
+"""States on the file store: the owner appends to its version's log (src/quantlab/pool/statelog.py)."""
 
 from __future__ import annotations
 

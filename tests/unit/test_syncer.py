@@ -1,4 +1,4 @@
-"""The worker's sync thread (quantlab/worker/syncer.py): syncs shared by the writes of a window, at once for a waiting tick."""
+"""The worker's sync thread (src/quantlab/worker/syncer.py): syncs shared by the writes of a window, at once for a waiting tick."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The worker's deadline heap (quantlab/worker/timers.py) against the plain scan it replaced."""
+"""The worker's deadline heap (src/quantlab/worker/timers.py) against the plain scan it replaced."""
 
 from __future__ import annotations
 

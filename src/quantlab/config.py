@@ -9,8 +9,9 @@ import msgspec
 
 DEFAULT_HOME = Path.home() / ".local" / "state" / "quantlab"
 
-#: The source checkout (or installed package parent); example files live here.
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The source checkout (this file is src/quantlab/config.py in it), whose etc/env.jsonl is the
+#: accounts' last resort; an installed package has no etc/ there.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve_home(home: str | os.PathLike[str] | None) -> Path:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from quantlab import ENV_PREFIX, exits
+from quantlab import ENV_PREFIX, exits, helpcache
 from quantlab.errors import BadInput
 from quantlab.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from quantlab.lazy import lazy_module
@@ -67,7 +67,16 @@ class Env:
 pass_env = click.make_pass_decorator(Env)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class TopGroup(click.Group):
+    """`qlab` itself: the help it renders is kept for the next ``qlab --help`` (quantlab.helpcache)."""
+
+    def get_help(self, ctx: click.Context) -> str:
+        text = super().get_help(ctx)
+        helpcache.store(text, ctx.make_formatter().width, list(self.get_help_option_names(ctx)))
+        return text
+
+
+@click.group(cls=TopGroup, context_settings={"help_option_names": list(helpcache.HELP_OPTIONS)})
 @click.option("--home", envvar="QLAB_HOME", metavar="DIR", help="Home [$QLAB_HOME, else ~/.local/state/quantlab].")
 @click.option(
     "--store", "store_url", envvar="QLAB_STORE", metavar="URL",

@@ -4,7 +4,7 @@ The strategy child must not import pybit (it would load requests, pybit and
 their threads' worth of modules into every strategy process), so the names
 are written once into a static module by
 
-    python -m quantlab.exchange.pybit_methods > quantlab/exchange/methods.py
+    python -m quantlab.exchange.pybit_methods > src/quantlab/exchange/methods.py
 
 and tests/unit/test_methods.py fails when the installed pybit offers another set.
 """
