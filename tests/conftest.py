@@ -234,9 +234,11 @@ def pg_lab(tmp_path: Path, pg_url: str) -> Iterator[Lab]:
 
 
 @pytest.fixture(autouse=True)
-def _no_inherited_home(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_inherited_home(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     # A developer's own QLAB_HOME must never leak into a test.
     monkeypatch.delenv("QLAB_HOME", raising=False)
     monkeypatch.delenv("QLAB_STORE", raising=False)
+    # Nor the help `qlab --help` keeps (quantlab/helpcache.py) into the user's own cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
