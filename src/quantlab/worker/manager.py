@@ -589,14 +589,13 @@ class StrategyManager:
         self.reporter.flush_one(slot)
 
     def flush(self, *, counts: bool = True) -> None:
-        """Write what changed since the last flush, and settles the store refused before.
+        """Queue what changed since the last flush, and settle what the store refused before.
 
-        A status change is written when it happens; what is left dirty between those is
-        heartbeat counts and times, queued only when ``counts`` (one write per strategy per
-        heartbeat would cost the worker more than running its strategies) and written a few
-        a pass (``write_counts``).
+        A status change is written by the pass it is due in (``publish``); what is left dirty
+        between those is heartbeat counts and times, queued only when ``counts`` (one write
+        per strategy per heartbeat would cost the worker more than running its strategies)
+        and written a few a pass (``write_counts``).
         """
-        self.publish()
         for slot in self.slots.values():
             if slot.dirty and (counts or slot.store_failing):
                 self.counts_due[slot.id] = slot
