@@ -72,7 +72,9 @@ def test_a_strategy_killed_between_send_and_ack_finds_its_order_on_restart(lab: 
     live_worker(lab, fake, "w1")
     lab.assign(lab.strategy("once", ONCE), "--interval", "0.1", "--backoff", "0.1")
     wait_for(lambda: order_arrived(fake), what="the order reaching the exchange")
-    os.kill(lab.work("once").result.pid or 0, signal.SIGKILL)
+    # Its status (with the pid) may be written up to 50 ms after the child started (PUBLISH_GATHER).
+    pid = wait_for(lambda: lab.work("once").result.pid, what="the child's pid in the store")
+    os.kill(pid, signal.SIGKILL)
     wait_for(lambda: lab.state("once").get("starts", 0) >= 1 and lab.work("once").result.restarts >= 1
              and lab.work("once").result.status == "running", timeout=15, what="the restarted strategy")
     wait_for(lambda: lab.work("once").result.heartbeats >= 5, what="heartbeats after the restart")
