@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Callable, Iterator
 
 import msgspec
 import psutil
+import zmq
 
 from quantlab.config import Paths
 from quantlab.pool.open import open_store
@@ -225,10 +227,6 @@ def zmq_floor(rounds: int, gap: float = 0.01) -> list[float]:
     worker and no strategy around them, each side idle between pings as a strategy's child
     is between ticks (each round trip wakes four threads: both ends and both I/O threads).
     """
-    import tempfile
-
-    import zmq
-
     with tempfile.TemporaryDirectory(prefix="qlab-floor-") as folder:
         endpoint = f"ipc://{folder}/echo"
         router = zmq.Context.instance().socket(zmq.ROUTER)

@@ -128,8 +128,9 @@ class StateLog:
     def commit(self, key: str, base: Head, data: bytes | None) -> bool:
         with self._lock:
             owned = self.owned.get(key)
-            mine = owned is not None and owned.head.version == base.version
-            if owned is not None and mine:
+            if owned is not None and owned.head.version != base.version:
+                owned = None  # we own an older version: this base is someone else's
+            if owned is not None:
                 if not _same(owned.head, base):
                     return False  # our own later frame is the head: decide again on it
                 if data is not None and owned.size < LOG_LIMIT:
@@ -141,7 +142,7 @@ class StateLog:
                     self._forget(key)
                     return False  # its owner appended meanwhile: decide again on what it wrote
             self._forget(key)
-            return self._link(key, base, data, drop_log=mine)
+            return self._link(key, base, data, drop_log=owned is not None)
 
     def _append(self, key: str, owned: _Owned, data: bytes) -> bool:
         head, first = owned.head, owned.size == 0
