@@ -82,8 +82,10 @@ class FakeTransport:
         self.api_calls: list[ApiCall] = []
         self.reconciles: list[tuple[Request, Callable[[Reconciled], None]]] = []
         self.fences: list[Fence] = []
+        self.fork_cost: Callable[[], None] = lambda: None  #: the loop time a fork takes (a test advances its clock)
 
     def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
+        self.fork_cost()
         self.next_pid += 1
         self.on_exit[self.next_pid] = on_exit
         self.routing[self.next_pid] = request.routing_id
@@ -613,3 +615,59 @@ def test_a_status_change_alone_is_written_within_the_gather(env: Env) -> None:
     assert env.work().result.status != "starting"
     env.step(PUBLISH_GATHER / 2)
     assert env.work().result.status == "starting" and env.manager.next_deadline() > env.clocks.mono
+
+
+def test_a_mass_start_does_not_hold_back_the_running_strategies_ticks(env: Env) -> None:
+    """Issue 12: a fork is a round trip to the zygote (3-7 ms of the loop); 100 new strategies
+    forked in one go held every running strategy's next tick about 300 ms."""
+    env.assign("old", interval=0.1)
+    rid = env.start("old")
+    env.manager.on_message(rid, Heartbeat(seq=1, state=None))
+    due = env.clocks.mono + 0.1
+    env.clocks.advance(0.099)
+    env.transport.fork_cost = lambda: env.clocks.advance(0.003)
+    for i in range(100):
+        env.pool.works[f"new{i}"] = Work(id=f"new{i}", spec=StrategySpec(file="/s.py"),
+                                         assignment=Assignment(worker="w1", epoch=1), epoch=1)
+    sent_at: list[float] = []
+    send = env.transport.send
+
+    def spy(routing_id: bytes, msg: ToChild) -> bool:
+        if routing_id == rid and isinstance(msg, Tick):
+            sent_at.append(env.clocks.mono)
+        return send(routing_id, msg)
+
+    env.transport.send = spy  # type: ignore[method-assign]
+    env.manager.reconcile(list(env.pool.works.values()))  # one look at the store brings them all
+    while not sent_at:
+        env.step(0.0)
+    assert sent_at[0] - due <= 0.003 + 0.003  # late by a fork or two at most
+    while any(env.manager.slots[f"new{i}"].pid is None for i in range(100)):
+        assert env.manager.next_deadline() <= env.clocks.mono  # forks waiting: the next pass comes at once
+        env.step(0.0)
+    assert env.transport.next_pid == 100 + 101  # each forked once
+
+
+def test_a_fork_waiting_for_its_turn_is_dropped_when_its_strategy_stops_meanwhile(env: Env) -> None:
+    env.assign("old", interval=0.1)
+    env.start("old")  # its next tick comes due before a second fork would end
+    env.clocks.advance(0.099)
+    env.transport.fork_cost = lambda: env.clocks.advance(0.003)
+    for work_id in ("a", "b"):
+        env.pool.works[work_id] = Work(id=work_id, spec=StrategySpec(file="/s.py"),
+                                       assignment=Assignment(worker="w1", epoch=1), epoch=1)
+    env.manager.reconcile(list(env.pool.works.values()))
+    assert env.manager.slots["a"].pid is not None and env.manager.slots["b"].pid is None  # b waits its turn
+    env.change("b", assignment=None)  # stopped while it waited
+    for _ in range(3):
+        env.step(0.0)
+    assert env.transport.next_pid == 102 and "b" not in env.manager.slots
+
+
+def test_with_nothing_else_due_a_mass_start_forks_in_one_go(env: Env) -> None:
+    env.transport.fork_cost = lambda: env.clocks.advance(0.003)
+    for i in range(20):
+        env.pool.works[f"new{i}"] = Work(id=f"new{i}", spec=StrategySpec(file="/s.py"),
+                                         assignment=Assignment(worker="w1", epoch=1), epoch=1)
+    env.manager.reconcile(list(env.pool.works.values()))
+    assert all(slot.pid is not None for slot in env.manager.slots.values()) and not env.manager.forks_due

@@ -9,7 +9,7 @@ and performs the actions this returns (fork, send, kill, record).
 States, each carrying its own data:
 
     Waiting(until, why)   no child; start one at ``until`` (first start, or backoff after an error)
-    Spawning              a Spawn action is being performed
+    Spawning              a Spawn is under way: accounts reconciled, a turn to fork, the fork
     Starting(child)       forked; Init is sent on Hello; waiting for Ready (st_init)
     Running(child)        ticks every ``interval``, one in flight at most
     Stopping(child, ..)   a Stop is wanted; waiting for the child to exit, killed at ``deadline``

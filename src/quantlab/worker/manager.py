@@ -83,6 +83,12 @@ COUNTS_PER_PASS = 4
 #: one each (those writes were a fifth of what starting 100 strategies cost the worker, issue 12).
 #: A first heartbeat is written at once, with whatever waits.
 PUBLISH_GATHER = 0.05
+#: Seconds of a pass the loop may spend forking before it looks at the other strategies' deadlines.
+#: A fork is a round trip to the zygote (3-7 ms): a hundred new strategies forked in one go held
+#: every running strategy's next tick ~300 ms (issue 12). Past this budget a pass forks on only
+#: while no deadline comes due meanwhile, so a lone restart, or a mass start on an idle worker,
+#: still forks at once.
+FORK_BUDGET = 0.002
 
 _json = msgspec.json.encode
 
@@ -128,6 +134,10 @@ class StrategyManager:
         self.counts_due: dict[str, Slot] = {}
         self.timers = Timers()  #: each slot's next deadline (its ``due``), soonest first
         self.backlogged: dict[str, Slot] = {}  #: slots with messages their child could not take yet
+        #: Spawns waiting for a pass with fork budget left: slot id -> (slot, incarnation), oldest first.
+        self.forks_due: dict[str, tuple[Slot, int]] = {}
+        self.forked = 0.0  #: seconds this pass spent forking
+        self.fork_took = 0.005  #: seconds the last fork took
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
         #: Told each new lease deadline (plus grace), to kill the children even while the loop is stuck.
@@ -274,7 +284,33 @@ class StrategyManager:
     def _spawn(self, slot: Slot, incarnation: int) -> None:
         if slot.work.spec.accounts and slot.reconciled is None:
             self._reconcile(slot, incarnation)  # the child is forked once its accounts are known
-            return
+        elif self._may_fork():
+            self._fork(slot, incarnation)
+        else:
+            self.forks_due[slot.id] = (slot, incarnation)
+
+    def _fork_due(self) -> None:
+        """The waiting spawns this pass has budget for, oldest first."""
+        while self.forks_due and self._may_fork():
+            slot, incarnation = self.forks_due.pop(next(iter(self.forks_due)))
+            if self._still_spawning(slot, incarnation):
+                self._fork(slot, incarnation)
+
+    def _may_fork(self) -> bool:
+        """Within this pass's budget, or no other strategy's deadline comes before a fork would end."""
+        if self.forked < FORK_BUDGET:
+            return True
+        due = self.timers.next()
+        return due is None or due > self.clock() + self.fork_took
+
+    def _still_spawning(self, slot: Slot, incarnation: int) -> bool:
+        """False once the slot was stopped, moved or restarted since it asked for this spawn."""
+        return self.slots.get(slot.id) is slot and slot.machine.incarnation == incarnation \
+            and isinstance(slot.machine.state, m.Spawning)
+
+    def _fork(self, slot: Slot, incarnation: int) -> None:
+        """Ask the zygote for the child (the loop waits for its pid), and step the machine with the outcome."""
+        started = self.clock()
         slot.outbox.clear()
         slot.init_pending = False
         routing_id = slot.routing_id
@@ -287,6 +323,9 @@ class StrategyManager:
             slot.marker(self.wall(), f"spawn failed: {e}")
             self.feed(slot, m.SpawnFailed(str(e), self.rng.random()))
             return
+        finally:
+            self.fork_took = self.clock() - started
+            self.forked += self.fork_took
         self.by_routing_id[routing_id] = slot
         if incarnation > 1:
             slot.result.restarts += 1
@@ -308,9 +347,8 @@ class StrategyManager:
     def _reconciled(self, slot: Slot, incarnation: int, result: Reconciled) -> None:
         """On the loop thread: start the child, or wait and try again (the status says why)."""
         slot.reconciling = False
-        if self.slots.get(slot.id) is not slot or slot.machine.incarnation != incarnation \
-                or not isinstance(slot.machine.state, m.Spawning):
-            return  # stopped, moved or restarted meanwhile
+        if not self._still_spawning(slot, incarnation):
+            return
         if result.settled:
             settled = ", ".join(f"{link} {status}" for link, status in result.settled.items())
             self.reporter.note(EventKind.ORDERS_SETTLED, slot, f"open order intents settled by query: {settled}")
@@ -350,6 +388,7 @@ class StrategyManager:
             del self.slots[slot.id]
             self.timers.set(slot.id, None)
             self.backlogged.pop(slot.id, None)
+            self.forks_due.pop(slot.id, None)
         self.by_routing_id.pop(slot.routing_id, None)
 
     # ---- messages from children ----
@@ -482,6 +521,7 @@ class StrategyManager:
     def supervise(self) -> None:
         """One pass: the lease first (before anything is sent), then each strategy's outbox and timers."""
         now = self.clock()
+        self.forked = 0.0
         self._check_lease(now)
         retry_store = now >= self.store_retry_at
         if retry_store:
@@ -494,6 +534,7 @@ class StrategyManager:
             except Exception as e:
                 self.log.exception("supervising %s failed", slot.id)
                 self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"worker could not supervise it: {type(e).__name__}: {e}")))
+        self._fork_due()  # after the ticks due: they go out first
         if now >= self.publish_at:
             self.publish()
         self.write_counts()
@@ -555,6 +596,8 @@ class StrategyManager:
 
     def next_deadline(self) -> float:
         """The next moment (monotonic) a pass has something to do; at most a second away."""
+        if self.forks_due:
+            return 0.0  # overdue: a deadline a moment ahead would still be a millisecond's poll
         now = self.clock()
         deadlines = [now + 1.0]
         if self.slots:  # the lease's end, then the kill after it (each only while ahead)
