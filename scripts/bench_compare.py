@@ -22,7 +22,8 @@ from typing import Iterator
 import msgspec
 import psutil
 
-from bench_fleet import BUSY, QUIET, Fleet, bench_cli, bench_kill, bench_load, median, poll, uss_pss, zmq_floor
+from bench_fleet import (BUSY, GAPS, QUIET, Fleet, bench_cli, bench_kill, bench_load, bench_start_beside, median,
+                         poll, uss_pss, zmq_floor)
 
 VENV = Path.home() / ".cache" / "qlab-bench" / "supervisor"
 
@@ -266,7 +267,9 @@ def cli_figures(qlab: list[str], runs: int) -> Iterator[Figure]:
 
 
 def load_figures(qlab: list[str], home: Path, busy: Path, seconds: float) -> Iterator[Figure]:
-    """The tick load on a worker serving metrics: 100 active strategies, then 200."""
+    """The tick load on a worker serving metrics: 100 active strategies, 100 started beside them, then 200."""
+    quiet, gaps = busy.with_name("quiet.py"), busy.with_name("gaps.py")
+    gaps.write_text(GAPS)
     fleet = Fleet(qlab, home, metrics=True)
     try:
         floor = sorted(zmq_floor(int(min(seconds, 10.0) * 100)))
@@ -277,6 +280,10 @@ def load_figures(qlab: list[str], home: Path, busy: Path, seconds: float) -> Ite
                      target="< 400 us", met=_met(active.p50 < 0.0004))
         yield Figure("tick round trip, 100 active at 10 Hz: p99", f"{active.p99 * 1e3:.2f} ms",
                      target="< 3 ms", met=_met(active.p99 < 0.003))
+        beside = bench_start_beside(fleet, gaps, quiet)
+        yield Figure("start 100 beside 100 running at 10 Hz: until all 100 heartbeat", f"{beside.seconds * 1000:.0f} ms")
+        yield Figure("  meanwhile, the running ones' largest gap between ticks (100 ms apart): median / max",
+                     f"{beside.gap_median * 1000:.0f} ms / {beside.gap_max * 1000:.0f} ms")
         load = bench_load(fleet, busy, 200, seconds)
         yield Figure(f"200 at 10 Hz, state changed every tick: ticks/s over {seconds:g} s",
                      f"{load.ticks_per_s:.0f} /s", target=">= 2000 /s", met=_met(load.ticks_per_s >= 1980))

@@ -44,6 +44,21 @@ def st_exit(ctx, reason):
     pass
 '''
 
+#: Keeps the largest gap between two of its ticks, once it has had 30 (after its start settled).
+GAPS = '''
+import time
+def st_init(ctx):
+    ctx.state.update(gap=0.0, seen=0, last=0.0)
+def st_heartbeat(ctx, tick):
+    now = time.monotonic()
+    if ctx.state["seen"] >= 30:
+        ctx.state["gap"] = max(ctx.state["gap"], now - ctx.state["last"])
+    ctx.state["last"] = now
+    ctx.state["seen"] += 1
+def st_exit(ctx, reason):
+    pass
+'''
+
 
 def poll(check: Callable[[], object], timeout: float = 60.0, step: float = 0.005) -> object:
     deadline = time.monotonic() + timeout
@@ -208,6 +223,31 @@ def bench_load(fleet: Fleet, file: Path, n: int, seconds: float, interval: float
     owed = n * elapsed / interval
     return LoadFigures(beats / elapsed, max(0.0, 100.0 * (1 - beats / owed)), used,
                        quantile_from_buckets(buckets, 0.5), quantile_from_buckets(buckets, 0.99))
+
+
+class StartBeside(msgspec.Struct):
+    seconds: float  #: ``qlab apply`` of the new ones until all of them heartbeat
+    gap_median: float  #: the running strategies' largest gap between two ticks meanwhile, median of them
+    gap_max: float
+
+
+def bench_start_beside(fleet: Fleet, gaps: Path, quiet: Path, running: int = 100, new: int = 100) -> StartBeside:
+    """``new`` strategies started beside ``running`` ones ticking at 10 Hz: how late the running ones' ticks went."""
+    run_ids, new_ids = [f"run{i:03d}" for i in range(running)], [f"new{i:03d}" for i in range(new)]
+    path = fleet.home / "beside.toml"
+    body = f'[defaults]\nfile = "{gaps}"\ninterval = 0.1\n' + "".join(f"[strategies.{i}]\n" for i in run_ids)
+    path.write_text(body)
+    fleet.run("apply", str(path), "--prune")
+    poll(lambda: fleet.beating(run_ids, 40), timeout=120, step=0.05)
+    path.write_text(body + "".join(f'[strategies.{i}]\nfile = "{quiet}"\ninterval = 1.0\n' for i in new_ids))
+    start = time.monotonic()
+    fleet.run("apply", str(path))
+    poll(lambda: fleet.beating(new_ids), timeout=120, step=0.01)
+    seconds = time.monotonic() - start
+    time.sleep(0.5)  # the running ones' states of the ticks after the start: each has had a few since
+    found = [fleet.store.load_state(i) for i in run_ids]
+    largest = sorted(msgspec.json.decode(bytes(s.state))["gap"] for s in found if s is not None)
+    return StartBeside(seconds, median(largest), largest[-1])
 
 
 ECHO = """
