@@ -32,16 +32,20 @@ CLOCK_SLACK_NS = 50_000_000
 #: The help option's names (cli.py gives them to click): only these are worth a look at the cache;
 #: which of them the group accepted is recorded with the text.
 HELP_OPTIONS = ("-h", "--help")
+#: The group's own options (cli.py), each taking a plain string: click prints the help before it
+#: looks at any of them, so `qlab --home DIR --help` is the same help.
+GROUP_OPTIONS = ("--home", "--store", "--config", "--host")
 COMPLETE_VAR = "_QLAB_COMPLETE"  #: set, click answers shell completion instead
 LOCALE_VARS = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
 
 
 def show(argv: list[str]) -> int | None:
-    """For ``qlab --help``: print the kept help and return the exit code; None: click must answer."""
-    if len(argv) != 1 or argv[0] not in HELP_OPTIONS or COMPLETE_VAR in os.environ or sys.stdout is None:
+    """For ``qlab [--home DIR ...] --help``: print the kept help and return the exit code; None: click must answer."""
+    option = help_asked(argv)
+    if option is None or COMPLETE_VAR in os.environ or sys.stdout is None:
         return None
     try:
-        text = _kept(argv[0])
+        text = _kept(option)
     except Exception:  # only ever a shortcut: whatever is wrong with the cache, click answers
         return None
     if text is None:
@@ -55,6 +59,18 @@ def show(argv: list[str]) -> int | None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return 0
+
+
+def help_asked(argv: list[str]) -> str | None:
+    """The help option of ``qlab [GROUP OPTION VALUE]... --help``; None for any other command line."""
+    if not argv or argv[-1] not in HELP_OPTIONS:
+        return None
+    words = iter(argv[:-1])
+    for word in words:
+        name, equals, _ = word.partition("=")
+        if name not in GROUP_OPTIONS or (not equals and next(words, None) is None):
+            return None
+    return argv[-1]
 
 
 def store(text: str, width: int, options: list[str]) -> None:

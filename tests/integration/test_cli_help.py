@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from quantlab import helpcache
 from tests.conftest import QLAB
 
@@ -134,3 +136,20 @@ def test_without_xdg_cache_home_the_cache_is_under_home(tmp_path: Path) -> None:
     del user.env["XDG_CACHE_HOME"]
     user.run("--help")
     assert (tmp_path / "home" / ".cache" / "quantlab" / "help-80").is_file()
+
+
+def test_the_groups_own_options_before_the_help_are_answered_from_the_cache(tmp_path: Path) -> None:
+    expected = click_help(tmp_path)
+    user = Home(tmp_path)
+    assert user.run("--help") == expected
+    kept = user.inode()
+    for args in (["--home", str(tmp_path / "elsewhere"), "--help"], ["--store=postgresql://u@h/db", "-h"],
+                 ["--config", "q.toml", "--host", "h1", "--help"]):
+        assert user.run(*args) == expected
+    assert user.inode() == kept  # click, had it answered, would have written the cache anew
+
+
+@pytest.mark.parametrize("argv", [["--home", "--help"], ["--help", "--help"], ["worker", "--help"], ["--home", "x"],
+                                  ["--verbose", "--help"], []])
+def test_any_other_command_line_is_left_to_click(argv: list[str]) -> None:
+    assert helpcache.help_asked(argv) is None

@@ -69,7 +69,7 @@ def _under(modules: set[str], names: tuple[str, ...]) -> list[str]:
 
 
 def test_help_imports_click_and_nothing_it_does_not_print(lab: Lab, tmp_path: Path) -> None:
-    loaded = _loaded(tmp_path, "--home", str(lab.home), "--help")  # not one the cache answers
+    loaded = _loaded(tmp_path, "--home", str(lab.home), "--help")  # the cache is empty: click renders it
     assert "click" in loaded
     assert _under(loaded, HEAVY + DEFERRED + NOT_FOR_HELP) == []
 
