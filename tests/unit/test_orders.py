@@ -6,6 +6,7 @@ The real pybit client against the fake Bybit server, and the paper account.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -219,6 +220,38 @@ def test_reconciliation_lists_the_strategys_own_orders_and_cancels_older_epochs_
     cleaned = reconciled(pool, "s1", 2, cancel_stale=True)
     assert [o["orderLinkId"] for o in cleaned.open_orders] == ["s1-2-2"] and cleaned.cancelled == ["s1-1-1"]
     assert [o["orderLinkId"] for o in reconciled(pool, "s1", 2).open_orders] == ["s1-2-2"]
+
+
+def reconciled_while_sending(pool: ApiPool, fake: FakeBybit) -> reconcile.Reconciled:
+    """Reconciliation of S1 while its order is on its way, landing 0.3 s after it left."""
+    fake.slow_delay = 0.3  # inside the account's 0.5 s timeout: the order lands, late
+    fake.inject("slow")
+    sending = threading.Thread(target=pool.call, args=("main", "place_order", limit_order(), ["main"], forever, S1))
+    sending.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not pool.in_flight(S1.strategy) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert pool.in_flight(S1.strategy) == {"s1-3-1"}  # on its way
+        request = reconcile.Request(strategy=S1.strategy, epoch=S1.epoch, accounts=["main"], cancel_stale=False)
+        return reconcile.reconcile(pool, pool._store, request, forever)
+    finally:
+        sending.join()
+
+
+def test_reconciliation_waits_for_an_order_this_process_is_sending_to_land(live: ApiPool, fake: FakeBybit) -> None:
+    """A worker paused past its lease restarts its strategies; one whose order was on its way waited
+    a whole retry (a second) after the answer came (chaos soak, 60 strategies at 10 Hz)."""
+    found = reconciled_while_sending(live, fake)
+    assert found.ok, found.error
+    assert [o["orderLinkId"] for o in found.open_orders] == ["s1-3-1"]
+
+
+def test_an_order_still_on_its_way_after_the_wait_puts_the_start_off(live: ApiPool, fake: FakeBybit,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconcile, "LANDING_WAIT", 0.05)
+    found = reconciled_while_sending(live, fake)
+    assert not found.ok and found.error == "order s1-3-1 is being sent: waiting for its answer"
 
 
 def test_reconciliation_waits_for_an_order_another_process_may_still_be_sending(

@@ -179,7 +179,7 @@ class ApiPool:
         self._order_locks = {a.name: threading.Lock() for a in accounts}  # while open orders are counted
         self._prices: dict[tuple[str, str, str], tuple[float, float]] = {}  # (account, category, symbol) -> (price, at)
         self._in_flight: dict[str, set[str]] = {}  # strategy -> orderLinkIds being sent by this process
-        self._in_flight_lock = threading.Lock()
+        self._in_flight_changed = threading.Condition()  #: guards _in_flight; notified as orders land
         # Reconciliation waits on several calls in turn: its own threads, so it never holds an account's.
         self._reconciling = ThreadPoolExecutor(max_workers=2, thread_name_prefix="reconcile")
         self._closed = False
@@ -480,16 +480,23 @@ class ApiPool:
             log.exception("could not record the outcome of %s's order(s) %s", caller.strategy, ", ".join(outcomes))
 
     def _flying(self, strategy: str, written: list[Intent], on: bool) -> None:
-        with self._in_flight_lock:
+        with self._in_flight_changed:
             ids = self._in_flight.setdefault(strategy, set())
             ids.update(i.link_id for i in written) if on else ids.difference_update(i.link_id for i in written)
             if not ids:
                 del self._in_flight[strategy]
+            if not on:
+                self._in_flight_changed.notify_all()
 
     def in_flight(self, strategy: str) -> set[str]:
         """orderLinkIds of the strategy this process is sending now (their outcome is coming)."""
-        with self._in_flight_lock:
+        with self._in_flight_changed:
             return set(self._in_flight.get(strategy, ()))
+
+    def wait_landed(self, strategy: str, link_ids: set[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until none of ``link_ids`` is being sent; True when none is."""
+        with self._in_flight_changed:
+            return self._in_flight_changed.wait_for(lambda: not link_ids & self._in_flight.get(strategy, set()), timeout)
 
     def _reader(self, account: Account) -> orders.Read:
         return functools.partial(self._read, account)

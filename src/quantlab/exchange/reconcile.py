@@ -35,6 +35,9 @@ from quantlab.exchange.signing import Fence
 from quantlab.pool.store import Store
 
 POSITION_CATEGORIES = ("linear", "inverse", "option")
+#: Seconds a reconciliation waits for an order this process is sending to land, before it gives
+#: up and the start is tried again later (it holds an API pool thread meanwhile).
+LANDING_WAIT = 2.0
 
 
 class Request(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +76,8 @@ class Desk(Protocol):
 
     def in_flight(self, strategy: str) -> set[str]: ...
 
+    def wait_landed(self, strategy: str, link_ids: set[str], timeout: float) -> bool: ...
+
 
 class NotYet(Exception):
     """The strategy cannot start yet; the message says why."""
@@ -104,7 +109,11 @@ def reconcile(desk: Desk, store: Store, request: Request, fence: Fence,
 def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[], float]) -> dict[str, str]:
     """Settle every open intent by query, or raise NotYet when one may still be on its way."""
     log = intents.read(store, request.strategy)
-    flying = desk.in_flight(request.strategy)
+    flying = desk.in_flight(request.strategy) & {intent.link_id for intent in log.open}
+    # Its answer is moments away (the call runs on a thread of this process): waiting for it here
+    # beats failing the start and trying again a retry later.
+    if flying and desk.wait_landed(request.strategy, flying, LANDING_WAIT):
+        log, flying = intents.read(store, request.strategy), desk.in_flight(request.strategy)
     found: dict[str, Outcome] = {}
     for intent in log.open:
         if intent.link_id in flying:
