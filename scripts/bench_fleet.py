@@ -234,12 +234,11 @@ class StartBeside(msgspec.Struct):
 def bench_start_beside(fleet: Fleet, gaps: Path, quiet: Path, running: int = 100, new: int = 100) -> StartBeside:
     """``new`` strategies started beside ``running`` ones ticking at 10 Hz: how late the running ones' ticks went."""
     run_ids, new_ids = [f"run{i:03d}" for i in range(running)], [f"new{i:03d}" for i in range(new)]
-    path = fleet.home / "beside.toml"
-    body = f'[defaults]\nfile = "{gaps}"\ninterval = 0.1\n' + "".join(f"[strategies.{i}]\n" for i in run_ids)
-    path.write_text(body)
+    path = fleet.manifest(gaps, run_ids, 0.1)
     fleet.run("apply", str(path), "--prune")
     poll(lambda: fleet.beating(run_ids, 40), timeout=120, step=0.05)
-    path.write_text(body + "".join(f'[strategies.{i}]\nfile = "{quiet}"\ninterval = 1.0\n' for i in new_ids))
+    with path.open("a") as manifest:
+        manifest.write("".join(f'[strategies.{i}]\nfile = "{quiet}"\ninterval = 1.0\n' for i in new_ids))
     start = time.monotonic()
     fleet.run("apply", str(path))
     poll(lambda: fleet.beating(new_ids), timeout=120, step=0.01)

@@ -207,11 +207,16 @@ class Env:
         )
         self.manager.set_lease(T0 + 10_000)
 
+    def add(self, *work_ids: str, **spec: Any) -> None:
+        """Works assigned to this worker in the store, which the manager has not looked at yet."""
+        for work_id in work_ids:
+            self.pool.works[work_id] = Work(id=work_id, spec=StrategySpec(file="/s.py", **spec),
+                                            assignment=Assignment(worker="w1", epoch=1), epoch=1)
+
     def assign(self, work_id: str = "s", **spec: Any) -> Work:
-        work = Work(id=work_id, spec=StrategySpec(file="/s.py", **spec), assignment=Assignment(worker="w1", epoch=1), epoch=1)
-        self.pool.works[work_id] = work
+        self.add(work_id, **spec)
         self.manager.reconcile(list(self.pool.works.values()))
-        return work
+        return self.pool.works[work_id]
 
     def change(self, work_id: str = "s", **fields: Any) -> None:
         self.pool.works[work_id] = msgspec.structs.replace(self.pool.works[work_id], **fields)
@@ -626,9 +631,7 @@ def test_a_mass_start_does_not_hold_back_the_running_strategies_ticks(env: Env) 
     due = env.clocks.mono + 0.1
     env.clocks.advance(0.099)
     env.transport.fork_cost = lambda: env.clocks.advance(0.003)
-    for i in range(100):
-        env.pool.works[f"new{i}"] = Work(id=f"new{i}", spec=StrategySpec(file="/s.py"),
-                                         assignment=Assignment(worker="w1", epoch=1), epoch=1)
+    env.add(*(f"new{i}" for i in range(100)))
     sent_at: list[float] = []
     send = env.transport.send
 
@@ -653,9 +656,7 @@ def test_a_fork_waiting_for_its_turn_is_dropped_when_its_strategy_stops_meanwhil
     env.start("old")  # its next tick comes due before a second fork would end
     env.clocks.advance(0.099)
     env.transport.fork_cost = lambda: env.clocks.advance(0.003)
-    for work_id in ("a", "b"):
-        env.pool.works[work_id] = Work(id=work_id, spec=StrategySpec(file="/s.py"),
-                                       assignment=Assignment(worker="w1", epoch=1), epoch=1)
+    env.add("a", "b")
     env.manager.reconcile(list(env.pool.works.values()))
     assert env.manager.slots["a"].pid is not None and env.manager.slots["b"].pid is None  # b waits its turn
     env.change("b", assignment=None)  # stopped while it waited
@@ -666,8 +667,6 @@ def test_a_fork_waiting_for_its_turn_is_dropped_when_its_strategy_stops_meanwhil
 
 def test_with_nothing_else_due_a_mass_start_forks_in_one_go(env: Env) -> None:
     env.transport.fork_cost = lambda: env.clocks.advance(0.003)
-    for i in range(20):
-        env.pool.works[f"new{i}"] = Work(id=f"new{i}", spec=StrategySpec(file="/s.py"),
-                                         assignment=Assignment(worker="w1", epoch=1), epoch=1)
+    env.add(*(f"new{i}" for i in range(20)))
     env.manager.reconcile(list(env.pool.works.values()))
     assert all(slot.pid is not None for slot in env.manager.slots.values()) and not env.manager.forks_due

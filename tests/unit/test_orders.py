@@ -20,6 +20,7 @@ from quantlab.exchange.apipool import ApiPool, Caller
 from quantlab.exchange.risk import RISK_REFUSED, RiskLimits
 from quantlab.pool.filestore import FileStore
 from quantlab.pool.store import Store
+from tests.conftest import wait_for
 from tests.fakes.bybit import FakeBybit, fake_bybit
 from tests.unit.test_apipool import KEY, SECRET, account
 
@@ -229,10 +230,7 @@ def reconciled_while_sending(pool: ApiPool, fake: FakeBybit) -> reconcile.Reconc
     sending = threading.Thread(target=pool.call, args=("main", "place_order", limit_order(), ["main"], forever, S1))
     sending.start()
     try:
-        deadline = time.monotonic() + 5
-        while not pool.in_flight(S1.strategy) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert pool.in_flight(S1.strategy) == {"s1-3-1"}  # on its way
+        assert wait_for(lambda: pool.in_flight(S1.strategy), what="the order on its way") == {"s1-3-1"}
         request = reconcile.Request(strategy=S1.strategy, epoch=S1.epoch, accounts=["main"], cancel_stale=False)
         return reconcile.reconcile(pool, pool._store, request, forever)
     finally:
