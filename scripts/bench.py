@@ -30,9 +30,9 @@ import zmq
 
 from quantlab import control
 from quantlab.config import Paths
-from quantlab.pool.open import open_store
-from quantlab.pool.records import ExitReason, TickInfo
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.open import open_store
+from quantlab.store.records import ExitReason, TickInfo
+from quantlab.store.workpool import WorkPool
 from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_to_worker, encode
 from quantlab.worker import procs
 from quantlab.worker.zygote import Spawn, Zygote
@@ -156,7 +156,7 @@ def bench_idle_account(tmp: Path, fake: FakeBybit, n: int) -> Row:
     """An idle account's calls while another account's queue waits for its rate limit (per-account queues)."""
     from quantlab.exchange.accounts import Account
     from quantlab.exchange.apipool import ApiPool
-    from quantlab.pool.memstore import MemoryStore
+    from quantlab.store.memstore import MemoryStore
     from quantlab.protocol import ApiCall, ApiResult
 
     def account(name: str, rate: float) -> Account:
@@ -250,7 +250,7 @@ def bench_fresh_interpreter(n: int) -> Row:
     samples = []
     for _ in range(n):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import quantlab.strategy.runner"], check=True)
+        subprocess.run([sys.executable, "-c", "import quantlab.child.runner"], check=True)
         samples.append(time.perf_counter() - start)
     return Row("for comparison: fresh interpreter + import", samples)
 

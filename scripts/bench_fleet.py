@@ -25,8 +25,8 @@ import psutil
 import zmq
 
 from quantlab.config import Paths
-from quantlab.pool.open import open_store
-from quantlab.pool.store import Store
+from quantlab.store.open import open_store
+from quantlab.store.store import Store
 
 QUIET = '''
 def st_init(ctx): pass

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (its harness, cluster and rows)
 
 from quantlab.protocol import Hello  # noqa: E402
-from quantlab.strategy.jsruntime import child_command  # noqa: E402
+from quantlab.child.jsruntime import child_command  # noqa: E402
 from quantlab.worker.zygote import Spawn  # noqa: E402
 
 QUIET = """

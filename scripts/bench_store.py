@@ -22,10 +22,10 @@ import psutil
 from bench_common import Rate, Row, poll, qlab_args
 from quantlab import control
 from quantlab.config import Paths
-from quantlab.pool.open import open_store
-from quantlab.pool.records import Resource, StrategySpec, Work, WorkerSpec
-from quantlab.pool.store import Store
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.open import open_store
+from quantlab.store.records import Resource, StrategySpec, Work, WorkerSpec
+from quantlab.store.store import Store
+from quantlab.store.workpool import WorkPool
 
 
 def _registered(resource: Resource, current: Resource | None) -> Resource:

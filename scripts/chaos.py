@@ -52,7 +52,7 @@ from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
 from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
 from chaos_faults import FAULT_KINDS, Injector, Limits, Recovery, Timeline  # noqa: E402
 from tests.pgutil import scratch_database  # noqa: E402  (the scratch databases of the tests)
-from quantlab.pool.pglink import redact  # noqa: E402
+from quantlab.store.pglink import redact  # noqa: E402
 
 VIOLATION_KINDS = (
     "double-runner",  # an older runner began a heartbeat after a newer one's st_init

@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import pytest
 
 from quantlab.config import Paths
-from quantlab.pool.open import open_store
-from quantlab.pool.records import Event, Work
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.open import open_store
+from quantlab.store.records import Event, Work
+from quantlab.store.workpool import WorkPool
 
 T = TypeVar("T")
 
@@ -37,6 +37,13 @@ def note(ctx, text):
     with open(os.path.join(os.path.dirname(__file__), f"exit-{ctx.id}.txt"), "a") as f:
         f.write(text + "\\n")
 '''
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts real `qlab` processes is ``slow``: `pytest -m "not slow"` is the everyday tier."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
 
 
 def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from quantlab import control, settings, views
     from quantlab.config import Paths
-    from quantlab.pool.store import Store
+    from quantlab.store.store import Store
 else:
     control = lazy_module("quantlab.control")
     settings = lazy_module("quantlab.settings")
@@ -54,7 +54,7 @@ class Env:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from quantlab.pool.open import open_store
+            from quantlab.store.open import open_store
 
             self._store = open_store(self.paths)
         return self._store
@@ -220,7 +220,7 @@ def store_group() -> None:
 @pass_env
 def store_migrate(env: Env) -> None:
     """Create or update the store's schema (PostgreSQL; opening the store does it too)."""
-    from quantlab.pool.open import migrate_store
+    from quantlab.store.open import migrate_store
 
     click.echo(migrate_store(env.paths))
 
@@ -236,7 +236,7 @@ def js_group() -> None:
 @js_group.command("install")
 def js_install() -> None:
     """Install the Node runner's packages from the lock file (npm ci); runs offline afterwards."""
-    from quantlab.strategy import jsruntime
+    from quantlab.child import jsruntime
 
     click.echo(f"JavaScript runtime installed in {jsruntime.install()}")
 

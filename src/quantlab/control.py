@@ -18,7 +18,7 @@ import msgspec
 from quantlab.config import Paths
 from quantlab.errors import BadInput, NotFound
 from quantlab.exchange import halts
-from quantlab.pool.records import (
+from quantlab.store.records import (
     EventKind,
     Event,
     Placement,
@@ -28,7 +28,7 @@ from quantlab.pool.records import (
     Work,
     flat,
 )
-from quantlab.pool.store import Store, check_id
+from quantlab.store.store import Store, check_id
 
 Clock = Callable[[], float]
 
@@ -146,7 +146,7 @@ SPEC_OPTIONS = ("interval", "heartbeat_timeout", "max_errors", "error_window", "
 
 def _spec(request: AssignRequest, path: Path) -> StrategySpec:
     """The StrategySpec with every option the request left out at its default."""
-    from quantlab.strategy import loader  # with ast and subprocess (Node): only commands that assign need it
+    from quantlab.child import loader  # with ast and subprocess (Node): only commands that assign need it
 
     options = {
         name: value
@@ -192,7 +192,7 @@ def new_work(work_id: str, spec: StrategySpec, now: float) -> Work:
 
 def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
     """Write a new Work with desired=running; the director places it, a worker starts it."""
-    from quantlab.strategy import loader
+    from quantlab.child import loader
 
     path = loader.check_file(request.file)
     work_id, spec = checked_spec(store, request, path)

@@ -71,7 +71,7 @@ def _run(start: Start) -> int:
         from quantlab.worker.main import run_worker
 
         return run_worker(start.home.paths(), start.options)
-    from quantlab.pool.director import run_director
+    from quantlab.director.loop import run_director
 
     return run_director(
         start.home.paths(), tick=start.tick, lease_ttl=start.lease_ttl, logs=start.logs, metrics_port=start.metrics_port

@@ -35,9 +35,9 @@ import msgspec
 
 from quantlab import control
 from quantlab.errors import BadInput, QuantlabError
-from quantlab.pool.records import Event, EventKind, StrategySpec, Work
-from quantlab.pool.store import Store
-from quantlab.strategy import loader
+from quantlab.store.records import Event, EventKind, StrategySpec, Work
+from quantlab.store.store import Store
+from quantlab.child import loader
 
 Action = Literal["add", "update", "start", "stop", "remove"]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from quantlab.pool.records import ExitReason, TickInfo
+from quantlab.store.records import ExitReason, TickInfo
 
 
 class _Msg(msgspec.Struct, tag_field="type", kw_only=True):

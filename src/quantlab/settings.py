@@ -106,7 +106,7 @@ def _builtin_default(section: str, name: str, param: click.Parameter) -> Any:
     if default is not None and type(default).__name__ != "Sentinel":
         return default
     # Imported here: the settings module is loaded by every command, these only by `config show`.
-    from quantlab.pool.records import StrategySpec
+    from quantlab.store.records import StrategySpec
     from quantlab.worker.options import WorkerOptions
 
     record: Any = {"worker": WorkerOptions(), "strategy": StrategySpec(file="")}.get(section)

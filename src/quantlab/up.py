@@ -19,11 +19,11 @@ from pathlib import Path
 from quantlab import control
 from quantlab.config import Paths
 from quantlab.errors import Conflict, QuantlabError
-from quantlab.pool.open import open_store
-from quantlab.pool.store import Store
-from quantlab.pool.vfiles import private_dir
+from quantlab.store.open import open_store
+from quantlab.store.store import Store
+from quantlab.store.vfiles import private_dir
 from quantlab.signals import StopRequest
-from quantlab.strategy.loader import check_file
+from quantlab.child.loader import check_file
 from quantlab.views import event_line
 from quantlab.worker import procs
 

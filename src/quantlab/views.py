@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import msgspec
 
-from quantlab.pool.records import Event
+from quantlab.store.records import Event
 
 if TYPE_CHECKING:  # rich is imported by the functions that draw: `--json` never loads it
     from rich.console import Console, Group, RenderableType

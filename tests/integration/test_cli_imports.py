@@ -36,13 +36,13 @@ BARE = "import os, sys\nprint('MODULES', 0, ' '.join(sorted(sys.modules)))\n"
 
 #: Never needed to list commands or print the store: the daemons', the exchange's and the drawing's.
 HEAVY = ("rich", "psutil", "pybit", "requests", "zmq", "prometheus_client", "psycopg", "filelock",
-         "quantlab.worker", "quantlab.strategy", "quantlab.ops", "quantlab.pool.director", "quantlab.pool.pgstore")
+         "quantlab.worker", "quantlab.child", "quantlab.ops", "quantlab.director.loop", "quantlab.store.pgstore")
 #: Standard modules only some commands use: settings files, host names, `events --json`, assign's file
 #: check, `worker stop`, the worker's pruner thread, the risk checks of orders.
 DEFERRED = ("tomllib", "socket", "json", "subprocess", "signal", "queue", "quantlab.exchange.risk")
 #: `--help` runs no command: no home, no records, no store, no msgspec.
 NOT_FOR_HELP = ("pathlib", "msgspec", "quantlab.config", "quantlab.settings", "quantlab.control", "quantlab.views",
-                "quantlab.pool", "quantlab.exchange")
+                "quantlab.store", "quantlab.exchange")
 
 
 def _run(tmp: Path, *args: str, probe: str = PROBE) -> tuple[str, set[str]]:
@@ -87,5 +87,5 @@ def test_help_from_the_cache_imports_neither_click_nor_the_commands(tmp_path: Pa
 def test_status_json_reads_the_store_without_the_daemons_or_the_drawing(lab: Lab, tmp_path: Path) -> None:
     lab.assign(lab.strategy("s", "def st_init(ctx): pass\ndef st_heartbeat(ctx, tick): pass\ndef st_exit(ctx, r): pass\n"))
     loaded = _loaded(tmp_path, "--home", str(lab.home), "status", "--json")
-    assert {"msgspec", "quantlab.control", "quantlab.pool.filestore"} <= loaded  # it did read the store
+    assert {"msgspec", "quantlab.control", "quantlab.store.filestore"} <= loaded  # it did read the store
     assert _under(loaded, HEAVY + DEFERRED) == []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quantlab.pool.records import Resource, WorkerSpec, WorkerState
+from quantlab.store.records import Resource, WorkerSpec, WorkerState
 from tests.conftest import QLAB, Lab, wait_for
 
 GOOD = """

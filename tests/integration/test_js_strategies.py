@@ -19,7 +19,7 @@ import pytest
 from quantlab.errors import JsRuntimeError
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.paper import PaperExchange
-from quantlab.strategy import jsruntime
+from quantlab.child import jsruntime
 from tests.conftest import QLAB, Lab, pid_alive, wait_for
 from tests.fakes.bybit import FakeBybit
 from tests.integration.test_exchange import SECRET, assert_no_secret_in, fake, live  # noqa: F401  (fixtures)

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import psycopg
 import pytest
 
-from quantlab.pool.records import Work
+from quantlab.store.records import Work
 from tests.conftest import Lab, pid_alive, wait_for
 from tests.integration.test_store_faults import RECORDER, beats
 

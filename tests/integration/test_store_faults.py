@@ -12,7 +12,7 @@ from typing import Callable
 
 import pytest
 
-from quantlab.pool.records import Work
+from quantlab.store.records import Work
 from tests.conftest import Lab, pid_alive, proc_state, wait_for
 
 #: Heartbeats and exits are appended to ID.beats beside the file: "beat PID N WALLTIME" / "exit PID TYPE WALLTIME".

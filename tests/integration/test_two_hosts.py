@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import pytest
 
 from quantlab.config import Paths
-from quantlab.pool.open import open_store
-from quantlab.pool.store import Store
+from quantlab.store.open import open_store
+from quantlab.store.store import Store
 from tests.conftest import QLAB, wait_for
 
 MARKER = "<!-- two-hosts-demo -->"

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import msgspec
 import pytest
 
-from quantlab.pool.filestore import FileStore
+from quantlab.store.filestore import FileStore
 from quantlab.protocol import ApiCall, ApiResult, decode_to_child, encode
 from quantlab.exchange.accounts import Account, default_paper_account
 from quantlab.exchange.apipool import ApiPool
@@ -398,7 +398,7 @@ FIRST_CLIENTS = """
 import sys, threading
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.apipool import ApiPool
-from quantlab.pool.memstore import MemoryStore
+from quantlab.store.memstore import MemoryStore
 from quantlab.protocol import ApiCall
 names = [f"a{i}" for i in range(6)]
 pool = ApiPool([Account(name=n, type="bybit", api_key="k", api_secret="s", endpoint=sys.argv[1], timeout=0.5,

@@ -18,8 +18,8 @@ from quantlab import control
 from quantlab.config import Paths
 from quantlab.errors import BadInput, Conflict, NotFound, StrategyFileError
 from quantlab.logs import last_lines
-from quantlab.pool.filestore import FileStore
-from quantlab.pool.records import (
+from quantlab.store.filestore import FileStore
+from quantlab.store.records import (
     Assignment,
     Director,
     ErrorInfo,

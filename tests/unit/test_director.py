@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from quantlab.pool.director import DirectorLoop
-from quantlab.pool.memstore import MemoryStore
-from quantlab.pool.records import Assignment, ExitReason, Resource, StrategySpec, Work, WorkerSpec, WorkerState
+from quantlab.director.loop import DirectorLoop
+from quantlab.store.memstore import MemoryStore
+from quantlab.store.records import Assignment, ExitReason, Resource, StrategySpec, Work, WorkerSpec, WorkerState
 
 TTL = 10.0
 

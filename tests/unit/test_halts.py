@@ -12,7 +12,7 @@ from quantlab.exchange import halts
 from quantlab.exchange.accounts import default_paper_account
 from quantlab.exchange.apipool import ApiPool, Caller
 from quantlab.exchange.calls import opens_exposure
-from quantlab.pool.filestore import FileStore
+from quantlab.store.filestore import FileStore
 
 
 def forever() -> float:

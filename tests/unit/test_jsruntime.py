@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from quantlab.errors import JsRuntimeError
-from quantlab.pool.records import ExitReason, TickInfo
+from quantlab.store.records import ExitReason, TickInfo
 from quantlab.protocol import ApiResult, Error, Exited, Heartbeat, Init, Tick, decode_to_worker, encode
-from quantlab.strategy import jsruntime
+from quantlab.child import jsruntime
 from tests.unit.test_runner import node_runtime
 
 

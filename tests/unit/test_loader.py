@@ -10,7 +10,7 @@ from typing import Iterator
 import pytest
 
 from quantlab.errors import StrategyFileError
-from quantlab.strategy.loader import load_module
+from quantlab.child.loader import load_module
 
 HOOKS = '''
 def st_init(ctx): pass

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from quantlab.pool.records import EventKind, ExitReason
+from quantlab.store.records import EventKind, ExitReason
 from quantlab.worker import machine as m
 from quantlab.worker.rules import STABLE_AFTER
 

@@ -25,8 +25,8 @@ from quantlab.errors import CorruptRecord, NotFound, StaleWriter
 from quantlab.exchange.apipool import Caller
 from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
-from quantlab.pool.records import Assignment, Event, StrategyResult, StrategySpec, Work
-from quantlab.pool.statewrites import StateWrite
+from quantlab.store.records import Assignment, Event, StrategyResult, StrategySpec, Work
+from quantlab.store.statewrites import StateWrite
 from quantlab.protocol import (
     ApiCall,
     ApiResult,
@@ -325,7 +325,7 @@ def test_a_late_start_after_the_stop_settled_is_not_overwritten(env: Env) -> Non
 
 
 def test_ctx_stop_keeps_it_stopped_unless_restarted_meanwhile(env: Env) -> None:
-    from quantlab.pool.records import ExitReason
+    from quantlab.store.records import ExitReason
 
     env.assign()
     rid = env.start()

@@ -31,7 +31,7 @@ def test_pybit_endpoints_are_listed_and_helpers_are_not() -> None:
 
 def test_a_strategy_child_imports_neither_pybit_nor_the_api_pool() -> None:
     probe = (
-        "import sys, quantlab.strategy.runner\n"
+        "import sys, quantlab.child.runner\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pybit', 'requests')"
         " or m in ('quantlab.exchange.apipool', 'quantlab.exchange.ratelimit', 'quantlab.exchange.paper'))\n"
         "print(','.join(bad))\n"

@@ -18,8 +18,8 @@ from quantlab.exchange import intents, orderids, reconcile
 from quantlab.exchange.accounts import Account, default_paper_account
 from quantlab.exchange.apipool import ApiPool, Caller
 from quantlab.exchange.risk import RISK_REFUSED, RiskLimits
-from quantlab.pool.filestore import FileStore
-from quantlab.pool.store import Store
+from quantlab.store.filestore import FileStore
+from quantlab.store.store import Store
 from tests.conftest import wait_for
 from tests.fakes.bybit import FakeBybit, fake_bybit
 from tests.unit.test_apipool import KEY, SECRET, account

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantlab.pool.filestore import FileStore
+from quantlab.store.filestore import FileStore
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.paper import PaperExchange
 from quantlab.exchange.paper_state import MAKER_FEE, TAKER_FEE, Walk, _path

@@ -8,9 +8,9 @@ import msgspec
 import psycopg
 import pytest
 
-from quantlab.pool import pgschema, pgstore
-from quantlab.pool.pgstore import PostgresStore
-from quantlab.pool.records import Event
+from quantlab.store import pgschema, pgstore
+from quantlab.store.pgstore import PostgresStore
+from quantlab.store.records import Event
 from tests.conftest import wait_for
 
 

@@ -13,9 +13,9 @@ import pytest
 
 from quantlab.cli import run
 from quantlab.errors import StoreUnavailable
-from quantlab.pool.pgschema import SCHEMA_VERSION
-from quantlab.pool.pgstore import PostgresStore
-from quantlab.pool.records import Assignment, StrategySpec, Work
+from quantlab.store.pgschema import SCHEMA_VERSION
+from quantlab.store.pgstore import PostgresStore
+from quantlab.store.records import Assignment, StrategySpec, Work
 from tests.conftest import wait_for
 
 

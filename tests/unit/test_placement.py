@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from quantlab.pool.placement import choose_worker
-from quantlab.pool.records import Load, Placement, Resource, StrategySpec, Work, WorkerSpec, WorkerState
+from quantlab.director.placement import choose_worker
+from quantlab.store.records import Load, Placement, Resource, StrategySpec, Work, WorkerSpec, WorkerState
 
 NOW = 1000.0
 

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from quantlab.errors import JsRuntimeError
-from quantlab.pool.records import ExitReason, TickInfo
+from quantlab.store.records import ExitReason, TickInfo
 from quantlab.protocol import (
     Error,
     Exited,
@@ -28,8 +28,8 @@ from quantlab.protocol import (
     decode_to_worker,
     encode,
 )
-from quantlab.strategy import jsruntime
-from quantlab.strategy.runner import run_child
+from quantlab.child import jsruntime
+from quantlab.child.runner import run_child
 
 RID = b"s#1"
 #: The same strategy for each runner: Python, and JavaScript in the Node child.
@@ -174,7 +174,7 @@ def test_a_state_that_is_not_json_is_an_error_naming_the_key_path(worker: FakeWo
     ],
 )
 def test_what_is_not_json_is_named_by_its_path(value: object, message: str) -> None:
-    from quantlab.strategy.jsoncheck import NotJson, to_json
+    from quantlab.child.jsoncheck import NotJson, to_json
 
     with pytest.raises(NotJson) as caught:
         to_json(value, "state")
@@ -182,6 +182,6 @@ def test_what_is_not_json_is_named_by_its_path(value: object, message: str) -> N
 
 
 def test_json_passes_as_it_is() -> None:
-    from quantlab.strategy.jsoncheck import to_json
+    from quantlab.child.jsoncheck import to_json
 
     assert to_json({"a": [1, 2.5, "x", None, True, (3, 4)], "big": 2**70}, "state") == b'{"a":[1,2.5,"x",null,true,[3,4]],"big":1180591620717411303424}'

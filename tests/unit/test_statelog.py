@@ -1,4 +1,4 @@
-"""States on the file store: the owner appends to its version's log (src/quantlab/pool/statelog.py)."""
+"""States on the file store: the owner appends to its version's log (src/quantlab/store/statelog.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from quantlab.errors import StaleWriter
-from quantlab.pool import statelog
-from quantlab.pool.filestore import FileStore
-from quantlab.pool.statewrites import StateWrite
+from quantlab.store import statelog
+from quantlab.store.filestore import FileStore
+from quantlab.store.statewrites import StateWrite
 
 
 def _state(store: FileStore, work_id: str = "s") -> tuple[int, bytes]:

@@ -14,12 +14,12 @@ import msgspec
 import pytest
 
 from quantlab.errors import Conflict, CorruptRecord, NotFound, StaleWriter
-from quantlab.pool import vfiles
-from quantlab.pool.filestore import FileStore
-from quantlab.pool.memstore import MemoryStore
-from quantlab.pool.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
-from quantlab.pool.statewrites import StateWrite
-from quantlab.pool.store import Store, TableStore
+from quantlab.store import vfiles
+from quantlab.store.filestore import FileStore
+from quantlab.store.memstore import MemoryStore
+from quantlab.store.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
+from quantlab.store.statewrites import StateWrite
+from quantlab.store.store import Store, TableStore
 from tests.conftest import proc_state, wait_for
 
 STORES = ["file", "memory", "postgres"]
@@ -29,7 +29,7 @@ SHARED = ["file", "postgres"]  #: stores that several processes share
 def open_at(where: str) -> TableStore:
     """A store by its place: a postgresql:// URL or a file store's directory (fresh in each process)."""
     if where.startswith("postgresql://"):
-        from quantlab.pool.pgstore import PostgresStore
+        from quantlab.store.pgstore import PostgresStore
 
         return PostgresStore(where)
     return FileStore(Path(where))
@@ -428,7 +428,7 @@ def test_a_writer_slow_between_its_link_and_its_check_is_not_applied_twice(
 def test_a_durable_block_syncs_only_when_it_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every batch of worker messages is such a block: an empty one synced the whole filesystem anyway
     (one syncfs per API call and per heartbeat, doubling their round trips)."""
-    from quantlab.pool import filestore
+    from quantlab.store import filestore
 
     syncs: list[Path] = []
     monkeypatch.setattr(filestore, "sync_filesystem", syncs.append)

@@ -19,7 +19,7 @@ import msgspec
 
 from quantlab.errors import ConfigError
 from quantlab.exchange.risk import RiskLimits
-from quantlab.pool.store import check_id
+from quantlab.store.store import check_id
 
 DEFAULT_PAPER = "paper"
 

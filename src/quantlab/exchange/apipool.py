@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Collection, ContextManager, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
-from quantlab.pool.store import Store
+from quantlab.store.store import Store
 from quantlab.protocol import ApiCall, ApiResult
 from quantlab.errors import ApiError
 from quantlab.exchange import calls, halts, intents, orders, reconcile

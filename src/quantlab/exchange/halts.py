@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Literal
 import msgspec
 
 from quantlab.errors import BadInput
-from quantlab.pool.store import Store, check_id
+from quantlab.store.store import Store, check_id
 
 BLOB_KIND = "halts"
 BLOB_KEY = "halts"

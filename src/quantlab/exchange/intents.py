@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Literal
 import msgspec
 
 from quantlab.exchange import orderids
-from quantlab.pool.store import Store
+from quantlab.store.store import Store
 
 BLOB_KIND = "intents"
 KEEP_SETTLED = 100  #: settled intents kept per strategy (reconciliation knows custom orderLinkIds by them)

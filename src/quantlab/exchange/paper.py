@@ -29,7 +29,7 @@ from typing import Any, Callable, cast
 import msgspec
 
 from quantlab.errors import ApiError, BadInput
-from quantlab.pool.store import Store
+from quantlab.store.store import Store
 from quantlab.exchange import paper_state
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.paper_state import SETTLE, Market, Order, OrderType, PaperState, Position, Side, TimeInForce

@@ -32,7 +32,7 @@ from quantlab.errors import ApiError
 from quantlab.exchange import intents, orders
 from quantlab.exchange.intents import IntentLog, Outcome
 from quantlab.exchange.signing import Fence
-from quantlab.pool.store import Store
+from quantlab.store.store import Store
 
 POSITION_CATEGORIES = ("linear", "inverse", "option")
 #: Seconds a reconciliation waits for an order this process is sending to land, before it gives

@@ -142,7 +142,7 @@ class DirectorMetrics(_Process):
 
 def store_commit_timing(store: object, metrics: _Process) -> None:
     """Have a table-based store report each commit's duration and its round trips (other stores: nothing to time)."""
-    from quantlab.pool.store import TableStore
+    from quantlab.store.store import TableStore
 
     if isinstance(store, TableStore):
         store.commit_observer = metrics.store_write.observe

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
-from quantlab.pool.records import Resource, WorkerState
+from quantlab.store.records import Resource, WorkerState
 from quantlab.ops.notify import Notifier
-from quantlab.pool.view import WorkView
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.view import WorkView
+from quantlab.store.workpool import WorkPool
 from quantlab.worker.load import LoadMeter
 from quantlab.worker.manager import StrategyManager
 from quantlab.worker.options import WorkerOptions

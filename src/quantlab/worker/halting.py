@@ -13,7 +13,7 @@ from typing import Callable
 
 from quantlab.exchange import halts
 from quantlab.exchange.halts import Halt
-from quantlab.pool.records import EventKind
+from quantlab.store.records import EventKind
 from quantlab.worker.context import WorkerContext
 
 

@@ -13,8 +13,8 @@ import time
 
 import msgspec
 
-from quantlab.pool.leases import fence_margin, holder_deadline
-from quantlab.pool.records import EventKind, ExitReason, TickInfo
+from quantlab.store.leases import fence_margin, holder_deadline
+from quantlab.store.records import EventKind, ExitReason, TickInfo
 from quantlab.worker.context import WorkerContext
 from quantlab.worker.halting import follow_halts
 from quantlab.worker.registration import claim_record

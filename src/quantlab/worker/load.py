@@ -16,7 +16,7 @@ import os
 import threading
 import time
 
-from quantlab.pool.records import Load
+from quantlab.store.records import Load
 from quantlab.worker import procfs
 
 #: Seconds between memory samples.

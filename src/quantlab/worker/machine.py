@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import msgspec
 
-from quantlab.pool.records import EventKind, ExitReason, StrategySpec, StrategyStatus
+from quantlab.store.records import EventKind, ExitReason, StrategySpec, StrategyStatus
 from quantlab.worker.machine_events import (  # re-exported: callers write m.Due, m.Spawn...
     Action,
     Beat,

@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from quantlab.pool.records import EventKind, ExitReason
+from quantlab.store.records import EventKind, ExitReason
 
 Outcome = Literal["stopped", "failed", "released", "handed_back"]
 

@@ -27,14 +27,14 @@ from quantlab import heap
 from quantlab.config import Paths
 from quantlab.errors import ConfigError, QuantlabError
 from quantlab.logsetup import process_logger
-from quantlab.pool.open import open_store
-from quantlab.pool.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
-from quantlab.pool.store import Store
-from quantlab.pool.view import WorkView
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.open import open_store
+from quantlab.store.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
+from quantlab.store.store import Store
+from quantlab.store.view import WorkView
+from quantlab.store.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import ChildExits, StopRequest
-from quantlab.strategy.loader import import_file
+from quantlab.child.loader import import_file
 from quantlab.worker import procs
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children

@@ -29,8 +29,8 @@ from quantlab.exchange.apipool import Caller
 from quantlab.exchange.halts import Halts
 from quantlab.exchange.reconcile import Reconciled
 from quantlab.exchange.signing import Fence
-from quantlab.pool.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
+from quantlab.store.workpool import WorkPool
 from quantlab.protocol import (
     ApiCall,
     ApiResult,
@@ -58,10 +58,10 @@ from quantlab.worker.statecommit import StateCommits
 from quantlab.worker.timers import Timers
 from quantlab.worker.transport import Transport
 from quantlab.worker.zygote import Spawn
-from quantlab.strategy.jsruntime import child_command
+from quantlab.child.jsruntime import child_command
 from quantlab.logsetup import LogSettings
 from quantlab.ops.metrics import WorkerMetrics
-from quantlab.pool.vfiles import private_dir
+from quantlab.store.vfiles import private_dir
 
 
 #: Seconds to wait for a self-exiting child's last message before judging its exit.

@@ -11,7 +11,7 @@ import msgspec
 from quantlab.errors import ConfigError
 from quantlab.logsetup import LogSettings
 from quantlab.exchange.accounts import PROXY_ENV, has_credentials
-from quantlab.pool.leases import fence_margin
+from quantlab.store.leases import fence_margin
 
 
 class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

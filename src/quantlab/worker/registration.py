@@ -25,10 +25,10 @@ from typing import Callable
 import filelock
 
 from quantlab.errors import ConfigError
-from quantlab.pool.leases import LeaseWatch
-from quantlab.pool.records import Resource
-from quantlab.pool.store import Store, check_id
-from quantlab.pool.vfiles import private_dir
+from quantlab.store.leases import LeaseWatch
+from quantlab.store.records import Resource
+from quantlab.store.store import Store, check_id
+from quantlab.store.vfiles import private_dir
 from quantlab.worker import procfs
 
 #: Seconds between looks at a foreign holder's lease while waiting it out.

@@ -23,8 +23,8 @@ from typing import Callable
 import msgspec
 
 from quantlab.errors import NotFound, QuantlabError, StaleWriter
-from quantlab.pool.records import EventKind, StrategyResult, Work
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.records import EventKind, StrategyResult, Work
+from quantlab.store.workpool import WorkPool
 from quantlab.worker import machine as m
 from quantlab.worker.slot import Slot
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 
 from quantlab.exchange.reconcile import Reconciled
-from quantlab.pool.records import Assignment, StrategyResult, StrategyStatus, Work
+from quantlab.store.records import Assignment, StrategyResult, StrategyStatus, Work
 from quantlab.protocol import ToChild
 from quantlab.worker import machine as m
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from quantlab.errors import QuantlabError, StaleWriter
-from quantlab.pool.statewrites import StateWrite
-from quantlab.pool.workpool import WorkPool
+from quantlab.store.statewrites import StateWrite
+from quantlab.store.workpool import WorkPool
 from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
 from quantlab.worker.syncer import Syncer

@@ -117,7 +117,7 @@ class Zygote:
 
 def _serve(sock: socket.socket, worker_pid: int) -> None:
     # Imported here, once: every child starts with them loaded.
-    from quantlab.strategy import runner  # noqa: F401
+    from quantlab.child import runner  # noqa: F401
 
     unreaped: set[int] = set()  # children the worker has not reaped: their groups may hold helpers
     while True:
@@ -195,7 +195,7 @@ def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask:
             except OSError as e:
                 print(f"cannot start {request.argv[0]}: {e}", file=sys.stderr)
                 raise
-        from quantlab.strategy.runner import run_child
+        from quantlab.child.runner import run_child
 
         code = run_child(request.endpoint, request.routing_id)
     finally:

@@ -20,8 +20,8 @@ from typing import Callable
 import psycopg
 
 from quantlab.errors import QuantlabError
-from quantlab.pool.feed import Change, Cursor
-from quantlab.pool.pglink import PgLink, Row, connect
+from quantlab.store.feed import Change, Cursor
+from quantlab.store.pglink import PgLink, Row, connect
 
 #: Seconds between fallback reads of the feed's head while the listener is down.
 FALLBACK_EVERY = 0.25

@@ -16,9 +16,9 @@ import socket
 import time
 from typing import Callable
 
-from quantlab.pool.leases import LeaseWatch, holder_deadline
-from quantlab.pool.records import Leader
-from quantlab.pool.store import Store
+from quantlab.store.leases import LeaseWatch, holder_deadline
+from quantlab.store.records import Leader
+from quantlab.store.store import Store
 
 _KEY = "director"
 

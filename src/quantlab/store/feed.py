@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from quantlab.pool.vfiles import private_dir, write_all
+from quantlab.store.vfiles import private_dir, write_all
 
 #: Bytes after which appenders start a new segment.
 SEGMENT_BYTES = 8 << 20

@@ -4,7 +4,7 @@
 assign` catches a bad path, a syntax error or a missing hook at once, in the
 operator's shell. `load_module` runs it, in the strategy child only.
 A JavaScript file (``.js``, ``.mjs``) is checked by loading it in Node
-(quantlab/strategy/jsruntime.py): there is no parser for it here.
+(quantlab/child/jsruntime.py): there is no parser for it here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 from quantlab.errors import StrategyFileError
-from quantlab.strategy import jsruntime
+from quantlab.child import jsruntime
 
 HOOKS = ("st_init", "st_heartbeat", "st_exit")
 

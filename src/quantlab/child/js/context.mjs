@@ -1,6 +1,6 @@
 /**
  * What a JavaScript strategy sees: `ctx` and `ctx.api`, as the Python runner's
- * quantlab/strategy/context.py gives them.
+ * quantlab/child/context.py gives them.
  *
  * `await ctx.api.bybit["acct"].getPositions({category: "linear"})` does not talk
  * to Bybit: it sends an ApiCall to the worker, which runs pybit's

@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import msgspec
 
 from quantlab.errors import Conflict, CorruptRecord, StaleWriter
-from quantlab.pool.records import StrategyState
-from quantlab.pool.vfiles import Head
+from quantlab.store.records import StrategyState
+from quantlab.store.vfiles import Head
 
 #: Rounds of a batch before it gives up (each lost race means another writer made progress).
 ROUNDS = 1000

@@ -1,6 +1,6 @@
 /**
  * The Node strategy child: one incarnation of one JavaScript strategy, driven
- * by its worker over the same channel and protocol as quantlab/strategy/runner.py.
+ * by its worker over the same channel and protocol as quantlab/child/runner.py.
  *
  *   node runner.mjs child ENDPOINT ROUTING_ID RUNTIME_DIR   (the worker's zygote execs this)
  *   node runner.mjs check FILE RUNTIME_DIR                  (`qlab strategy assign` runs this)

@@ -2,7 +2,7 @@
 
 The director calls `choose_worker` for each unplaced Work with the workers
 whose lease it has not seen expire (it judges leases by watching them renew,
-see quantlab/pool/leases.py, never by comparing clocks). No I/O here, so the
+see quantlab/store/leases.py, never by comparing clocks). No I/O here, so the
 rules are unit-tested directly: region, account and pin must match, the worker
 must not be stopping and be under `max_strategies`; among the eligible, the
 least loaded (fewest assigned strategies, then CPU) wins. No eligible worker: a
@@ -15,7 +15,7 @@ from collections import Counter
 
 import msgspec
 
-from quantlab.pool.records import Resource, Work
+from quantlab.store.records import Resource, Work
 
 
 class Choice(msgspec.Struct, frozen=True):

@@ -15,9 +15,9 @@ from typing import Callable
 import msgspec
 
 from quantlab.errors import CorruptRecord
-from quantlab.pool.feed import Change, Cursor
-from quantlab.pool.records import Work
-from quantlab.pool.store import Store
+from quantlab.store.feed import Change, Cursor
+from quantlab.store.records import Work
+from quantlab.store.store import Store
 
 #: Seconds between safety-net full passes.
 FULL_PASS_EVERY = 30.0

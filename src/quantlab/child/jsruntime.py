@@ -1,6 +1,6 @@
 """Strategies in JavaScript (issue 11): Node, the installed runtime, checking a file, the child's command.
 
-A ``.js`` or ``.mjs`` strategy runs in a Node child: ``quantlab/strategy/js/runner.mjs``
+A ``.js`` or ``.mjs`` strategy runs in a Node child: ``quantlab/child/js/runner.mjs``
 speaks the channel protocol of the Python runner. The zygote forks the child as
 it forks a Python one (own process group, re-parented to the worker, parent-death
 signal, output into the strategy's log, the scrubbed environment) and then execs

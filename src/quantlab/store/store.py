@@ -32,11 +32,11 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, 
 import msgspec
 
 from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
-from quantlab.pool.feed import Change, Cursor
-from quantlab.pool.records import NO_STATE, Director, Event, EventKind, Leader, Resource, StrategyState, Work
-from quantlab.pool import statewrites
-from quantlab.pool.statewrites import Outcome, StateWrite
-from quantlab.pool.vfiles import ABSENT, Head
+from quantlab.store.feed import Change, Cursor
+from quantlab.store.records import NO_STATE, Director, Event, EventKind, Leader, Resource, StrategyState, Work
+from quantlab.store import statewrites
+from quantlab.store.statewrites import Outcome, StateWrite
+from quantlab.store.vfiles import ABSENT, Head
 
 T = TypeVar("T", bound=msgspec.Struct)
 

@@ -27,14 +27,14 @@ from quantlab.errors import NotFound, QuantlabError, StaleWriter
 from quantlab.logsetup import LogSettings, process_logger
 from quantlab.ops.metrics import DirectorMetrics, store_commit_timing
 from quantlab.ops.notify import Notifier
-from quantlab.pool.leadership import Leadership
-from quantlab.pool.leases import LeaseWatch
-from quantlab.pool.open import open_store
-from quantlab.pool.placement import assigned_counts, choose_worker
-from quantlab.pool.records import Assignment, Director, EventKind, ExitReason, Resource, StrategyStatus, Work
-from quantlab.pool.store import Store
-from quantlab.pool.view import WorkView
-from quantlab.pool.workpool import WorkPool
+from quantlab.director.leadership import Leadership
+from quantlab.store.leases import LeaseWatch
+from quantlab.store.open import open_store
+from quantlab.director.placement import assigned_counts, choose_worker
+from quantlab.store.records import Assignment, Director, EventKind, ExitReason, Resource, StrategyStatus, Work
+from quantlab.store.store import Store
+from quantlab.store.view import WorkView
+from quantlab.store.workpool import WorkPool
 from quantlab.signals import StopRequest
 
 #: Seconds between checks of the change feed while waiting for the next tick.

@@ -5,7 +5,7 @@ Layout under the root::
     works/ID/VERSION  resources/ID/VERSION  directors/ID/VERSION  leases/director/VERSION
     state/ID/VERSION  blobs/KIND/KEY/VERSION  changes/NNNNNNNN.log  events.jsonl  inbox/ID/
 
-Records are versioned files committed by compare-and-swap (quantlab/pool/vfiles.py):
+Records are versioned files committed by compare-and-swap (quantlab/store/vfiles.py):
 no process ever waits for a lock another one holds. Events and the change feed
 are O_APPEND logs, one write per line. Messages for a strategy are files with
 unique names, taken by renaming them away. ``filelock`` is used for one thing
@@ -24,11 +24,11 @@ from typing import Any, Iterator
 
 import msgspec
 
-from quantlab.pool.feed import Change, FileFeed
-from quantlab.pool.records import Event
-from quantlab.pool.statelog import StateLog
-from quantlab.pool.store import TableStore, check_id
-from quantlab.pool.vfiles import Head, VersionedDir, fsync_dir, private_dir, read_file, sync_filesystem, write_all, write_durable
+from quantlab.store.feed import Change, FileFeed
+from quantlab.store.records import Event
+from quantlab.store.statelog import StateLog
+from quantlab.store.store import TableStore, check_id
+from quantlab.store.vfiles import Head, VersionedDir, fsync_dir, private_dir, read_file, sync_filesystem, write_all, write_durable
 from quantlab.errors import CorruptRecord
 
 _encode = msgspec.json.Encoder().encode

@@ -14,7 +14,7 @@ import logging
 from typing import Any, Callable, Generator, Iterator, Mapping
 
 from quantlab.errors import ApiPermissionError
-from quantlab.strategy.jsoncheck import to_json
+from quantlab.child.jsoncheck import to_json
 
 ApiCaller = Callable[[str, str, dict[str, Any]], Any]
 

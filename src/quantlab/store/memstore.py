@@ -11,10 +11,10 @@ from typing import Any
 
 import msgspec
 
-from quantlab.pool.feed import Change, Cursor
-from quantlab.pool.records import Event
-from quantlab.pool.store import TableStore
-from quantlab.pool.vfiles import ABSENT, Head
+from quantlab.store.feed import Change, Cursor
+from quantlab.store.records import Event
+from quantlab.store.store import TableStore
+from quantlab.store.vfiles import ABSENT, Head
 
 
 class MemoryTable:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from quantlab.errors import CorruptRecord
-from quantlab.pool.vfiles import READ_RETRIES, Head, VersionedDir, fsync_dir, read_file, version_name, write_all
+from quantlab.store.vfiles import READ_RETRIES, Head, VersionedDir, fsync_dir, read_file, version_name, write_all
 
 #: A log longer than this is not appended to: the next state becomes a new version with a new log.
 LOG_LIMIT = 256 * 1024

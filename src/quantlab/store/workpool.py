@@ -15,9 +15,9 @@ from typing import Any, Callable, ContextManager, Sequence
 import msgspec
 
 from quantlab.errors import CorruptRecord, NotFound, StaleWriter
-from quantlab.pool.records import Assignment, Event, EventKind, Resource, StrategyResult, Work, WorkerState
-from quantlab.pool.statewrites import Outcome, StateWrite
-from quantlab.pool.store import Store
+from quantlab.store.records import Assignment, Event, EventKind, Resource, StrategyResult, Work, WorkerState
+from quantlab.store.statewrites import Outcome, StateWrite
+from quantlab.store.store import Store
 
 
 class WorkPool:

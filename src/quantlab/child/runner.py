@@ -44,7 +44,7 @@ import msgspec
 import zmq
 
 from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError, ApiRiskError
-from quantlab.pool.records import ExitReason
+from quantlab.store.records import ExitReason
 from quantlab.protocol import (
     ApiCall,
     ApiResult,
@@ -63,9 +63,9 @@ from quantlab.protocol import (
     decode_to_child,
     encode,
 )
-from quantlab.strategy.context import Api, StrategyContext
-from quantlab.strategy.jsoncheck import NotJson, to_json
-from quantlab.strategy.loader import load_module
+from quantlab.child.context import Api, StrategyContext
+from quantlab.child.jsoncheck import NotJson, to_json
+from quantlab.child.loader import load_module
 from quantlab.exchange.methods import PUBLIC_METHODS
 
 #: Lines of traceback kept in last_error.

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from quantlab.config import Paths
 from quantlab.errors import ConfigError
-from quantlab.pool.filestore import FileStore
-from quantlab.pool.store import Store
+from quantlab.store.filestore import FileStore
+from quantlab.store.store import Store
 
 if TYPE_CHECKING:
-    from quantlab.pool.pgstore import PostgresStore
+    from quantlab.store.pgstore import PostgresStore
 
 _POSTGRES = ("postgresql://", "postgres://")
 
@@ -43,7 +43,7 @@ def migrate_store(paths: Paths) -> str:
 
 def _postgres(url: str, *, migrate: bool = True) -> PostgresStore:
     try:
-        from quantlab.pool.pgstore import PostgresStore
+        from quantlab.store.pgstore import PostgresStore
     except ImportError as e:
         raise ConfigError(f"the PostgreSQL store needs psycopg: pip install 'quantlab[postgres]' ({e})") from None
     return PostgresStore(url, migrate_schema=migrate)

@@ -14,7 +14,7 @@ advisory lock is used. The feed line and its NOTIFY go in the same statement
 (see pgschema.py for why the feed's ids come from a counter row).
 
 Leases are judged as on every store: by watching renewal counts on the
-watcher's monotonic clock (quantlab/pool/leases.py). No host's wall clock and
+watcher's monotonic clock (quantlab/store/leases.py). No host's wall clock and
 no server ``now()`` decides anything, so clock skew between hosts cannot
 expire a lease early.
 """
@@ -27,13 +27,13 @@ from typing import Any
 import msgspec
 
 from quantlab.errors import CorruptRecord, StoreUnavailable
-from quantlab.pool.feed import Change
-from quantlab.pool.pgfeed import Listener, PgFeed, channel_for
-from quantlab.pool.pglink import PgLink, connect
-from quantlab.pool.pgschema import migrate
-from quantlab.pool.records import Event
-from quantlab.pool.store import T, TableStore, check_id, decode
-from quantlab.pool.vfiles import ABSENT, Head
+from quantlab.store.feed import Change
+from quantlab.store.pgfeed import Listener, PgFeed, channel_for
+from quantlab.store.pglink import PgLink, connect
+from quantlab.store.pgschema import migrate
+from quantlab.store.records import Event
+from quantlab.store.store import T, TableStore, check_id, decode
+from quantlab.store.vfiles import ABSENT, Head
 
 #: Feed lines and events kept; older ones are pruned now and then (a reader behind them makes a full pass).
 CHANGES_KEPT = 200_000

@@ -1,0 +1,1 @@
+"""The director process: one leader per store places Work on live workers."""
