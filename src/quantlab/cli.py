@@ -249,7 +249,49 @@ def strategy() -> None:
     """Strategies: assign, inspect and control them."""
 
 
-@strategy.command("assign")
+class _LateOptionsCommand(click.Command):
+    """A command with more options, made by ``late`` when its options are first read.
+
+    `strategy assign`'s setting options are made from StrategySpec's fields, and
+    reading those imports the store's records and msgspec, which listing the
+    commands (`qlab --help`) must not (tests/integration/test_cli_imports.py).
+    """
+
+    def __init__(self, *args: Any, late: Callable[[], list[click.Parameter]], **kwargs: Any) -> None:
+        self._late: Callable[[], list[click.Parameter]] | None = late
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._late is not None:
+            late, self._late = self._late, None
+            self._params.extend(late())
+        return self._params
+
+    @params.setter
+    def params(self, params: list[click.Parameter]) -> None:
+        self._params = params
+
+
+def _setting_options() -> list[click.Parameter]:
+    """One option per StrategySpec setting, named by the setting (the ``[strategy]`` key in quantlab.toml).
+
+    No default of their own (None: the StrategySpec default), and no range: quantlab.control checks
+    the range for every way a value comes in, with a message naming the option.
+    """
+    from quantlab.store.strategy_settings import option_help, spec_settings
+
+    options: list[click.Parameter] = []
+    for setting in spec_settings():
+        if setting.kind is bool:
+            options.append(click.Option([setting.flag, setting.name], is_flag=True, help=option_help(setting)))
+        else:
+            options.append(click.Option([setting.flag, setting.name], type=setting.kind,
+                                        metavar=setting.declared.metavar, help=option_help(setting)))
+    return options
+
+
+@strategy.command("assign", cls=_LateOptionsCommand, late=_setting_options)
 @click.argument("file")
 @click.option("--id", "work_id", help="Strategy id [the file's stem].")
 @click.option("--param", "pairs", multiple=True, metavar="K=V", help="A parameter; V is JSON or a string. Repeatable.")
@@ -257,17 +299,6 @@ def strategy() -> None:
 @click.option("--account", "accounts", multiple=True, metavar="NAME", help="An account it may use. Repeatable.")
 @click.option("--region", help="Run only on a worker of this region.")
 @click.option("--worker", help="Run only on this worker.")
-@click.option("--interval", type=float, help="Seconds between ticks [1].")
-@click.option("--heartbeat-timeout", type=float, help="Seconds without a heartbeat before a kill [60].")
-@click.option("--max-errors", type=int, help="More errors than this within the window fail it [5].")
-@click.option("--error-window", type=float, help="Seconds over which errors are counted [600].")
-@click.option("--backoff", type=float, help="First restart delay in seconds, doubling [1].")
-@click.option("--max-memory", "max_memory_mb", type=float, metavar="MB", help="Restart it when its memory exceeds MB [no limit].")
-@click.option("--stop-timeout", type=float, help="Seconds st_exit may take before the child is killed [10].")
-@click.option("--max-order-notional", type=float, metavar="USDT", help="Refuse an order worth more [no limit].")
-@click.option("--max-orders-per-minute", type=int, metavar="N", help="Refuse orders past N a minute [no limit].")
-@click.option("--max-open-orders", type=int, metavar="N", help="Refuse orders past N of its own open [no limit].")
-@click.option("--cancel-stale-orders", is_flag=True, help="Cancel its open orders from an older epoch before it starts.")
 @pass_env
 def strategy_assign(
     env: Env,

@@ -7,16 +7,15 @@ message is one line a person can act on; the CLI prints it as ``Error: ...``.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import msgspec
 
 from quantlab.config import Paths
-from quantlab.errors import BadInput, NotFound
+from quantlab.errors import BadInput, Conflict, NotFound
 from quantlab.exchange import halts
 from quantlab.store.records import (
     EventKind,
@@ -28,31 +27,38 @@ from quantlab.store.records import (
     Work,
     flat,
 )
+from quantlab.store import workmachine as wm
 from quantlab.store.store import Store, check_id
+from quantlab.store.strategy_settings import spec_settings
 
 Clock = Callable[[], float]
 
 #: The reason a Work shows until the director places it.
-WAITING = "waiting for the director to place it"
+WAITING = wm.WAITING
 
 
-class AssignOptions(msgspec.Struct, kw_only=True):
+if TYPE_CHECKING:
+    class _SettingOptions:
+        """What mypy sees of the fields made below at run time, which it cannot see: each is Any."""
+
+        def __init_subclass__(cls, **config: Any) -> None: ...
+        def __init__(self, **values: Any) -> None: ...
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    #: One field per StrategySpec setting, under the setting's name and of its type, or None: not
+    #: given. Made from the settings' declarations: a setting added to StrategySpec is an option
+    #: here, and a manifest key, without an edit.
+    _SettingOptions = msgspec.defstruct(
+        "SettingOptions", [(s.name, s.kind | None, None) for s in spec_settings()], kw_only=True, module=__name__
+    )
+
+
+class AssignOptions(_SettingOptions, kw_only=True):
     """The options of `qlab strategy assign` (and of a manifest's table); None: the StrategySpec default."""
 
     accounts: list[str] | None = None  #: defaults to the file's ACCOUNTS literal
     region: str | None = None
     worker: str | None = None
-    interval: float | None = None
-    heartbeat_timeout: float | None = None
-    max_errors: int | None = None
-    error_window: float | None = None
-    backoff: float | None = None
-    max_memory_mb: float | None = None  #: None: no memory limit
-    stop_timeout: float | None = None  #: seconds st_exit may take before SIGKILL
-    max_order_notional: float | None = None  #: risk limits (quantlab/exchange/risk.py); None: no limit
-    max_orders_per_minute: int | None = None
-    max_open_orders: int | None = None
-    cancel_stale_orders: bool | None = None  #: None: no (a manifest's defaults may say yes)
 
 
 class AssignRequest(AssignOptions, kw_only=True):
@@ -110,25 +116,11 @@ def parse_params(pairs: list[str], params_json: str | None) -> dict[str, Any]:
 # ---- assign ----
 
 
-def _check_positive(option: str, value: float | None) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise BadInput(f"--{option} must be positive, got {value:g}")
-
-
 def _check_options(request: AssignRequest) -> None:
-    _check_positive("interval", request.interval)
-    _check_positive("heartbeat-timeout", request.heartbeat_timeout)
-    _check_positive("error-window", request.error_window)
-    _check_positive("max-memory", request.max_memory_mb)
-    _check_positive("stop-timeout", request.stop_timeout)
-    if request.backoff is not None and not (math.isfinite(request.backoff) and request.backoff >= 0):
-        raise BadInput(f"--backoff must be zero or more, got {request.backoff:g}")
-    if request.max_errors is not None and request.max_errors < 1:
-        raise BadInput(f"--max-errors must be at least 1, got {request.max_errors}")
-    _check_positive("max-order-notional", request.max_order_notional)
-    _check_positive("max-orders-per-minute", request.max_orders_per_minute)
-    if request.max_open_orders is not None and request.max_open_orders < 0:
-        raise BadInput(f"--max-open-orders must be zero or more, got {request.max_open_orders}")
+    for setting in spec_settings():
+        value = getattr(request, setting.name)
+        if value is not None and (problem := setting.problem(value)) is not None:
+            raise BadInput(f"{setting.flag} {problem}")
 
 
 def _check_worker_pin(store: Store, worker: str) -> None:
@@ -139,9 +131,8 @@ def _check_worker_pin(store: Store, worker: str) -> None:
     raise BadInput(f"unknown worker {worker!r}: known workers: {known}")
 
 
-#: AssignRequest fields that go into the StrategySpec as they are, when given.
-SPEC_OPTIONS = ("interval", "heartbeat_timeout", "max_errors", "error_window", "backoff", "max_memory_mb", "stop_timeout",
-                "max_order_notional", "max_orders_per_minute", "max_open_orders")
+#: AssignRequest fields that go into the StrategySpec as they are, when given: every setting.
+SPEC_OPTIONS = tuple(s.name for s in spec_settings())
 
 
 def _spec(request: AssignRequest, path: Path) -> StrategySpec:
@@ -159,7 +150,6 @@ def _spec(request: AssignRequest, path: Path) -> StrategySpec:
         params=request.params,
         accounts=accounts,
         placement=Placement(region=request.region, worker=request.worker),
-        cancel_stale_orders=bool(request.cancel_stale_orders),
         **options,
     )
 
@@ -182,12 +172,24 @@ def checked_spec(store: Store, request: AssignRequest, path: Path) -> tuple[str,
     return work_id, _spec(request, path)
 
 
-def new_work(work_id: str, spec: StrategySpec, now: float) -> Work:
-    """A Work to add: desired=running, waiting for the director."""
-    return Work(
-        id=work_id, spec=spec, desired="running", created=now,
-        result=StrategyResult(status="pending", reason=WAITING, updated=now),
-    )
+def submit(store: Store, work_id: str, spec: StrategySpec, now: float, *, detail: str = "") -> Work:
+    """Write a new Work with desired=running (or, over one being removed, the new one that waits for it).
+
+    The state of an id submitted anew is forgotten at the Work's epoch: a re-created
+    strategy starts from an empty state, and the old child's late writes are refused.
+    """
+    try:
+        work = store.add_work(wm.submit(work_id, spec, now))
+        store.append_event(Event(ts=now, kind=EventKind.SUBMITTED, strategy=work_id, detail=detail))
+        return work
+    except Conflict:
+        try:
+            change = wm.apply(store, work_id, wm.resubmit(spec, now))
+        except wm.Refused as e:
+            raise Conflict(str(e)) from None
+    assert change.work is not None
+    store.save_state(work_id, change.work.epoch, b"null")
+    return change.work
 
 
 def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
@@ -196,75 +198,52 @@ def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) ->
 
     path = loader.check_file(request.file)
     work_id, spec = checked_spec(store, request, path)
-    now = clock()
-    work = new_work(work_id, spec, now)
-    store.add_work(work)
-    store.append_event(Event(ts=now, kind=EventKind.SUBMITTED, strategy=work_id, detail=str(path)))
-    return work
+    return submit(store, work_id, spec, clock(), detail=str(path))
 
 
-# ---- lifecycle of one strategy ----
+# ---- lifecycle of one strategy: each a transition of quantlab/store/workmachine.py ----
 
 
-def _event(store: Store, clock: Clock, kind: EventKind, work_id: str) -> None:
-    store.append_event(Event(ts=clock(), kind=kind, strategy=work_id))
+def _transition(store: Store, work_id: str, transition: wm.Transition) -> Work | None:
+    try:
+        return wm.apply(store, _strategy_id(work_id), transition).work
+    except wm.Refused as e:
+        raise BadInput(str(e)) from None
 
 
 def stop(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
-    """desired=stopped; the worker calls st_exit(reason=manual). Unplaced works stop at once."""
-
-    def update(work: Work) -> Work:
-        if work.assignment is not None:
-            return msgspec.structs.replace(work, desired="stopped")
-        result = msgspec.structs.replace(
-            work.result, status="stopped", reason="stopped by operator", updated=clock()
-        )
-        return msgspec.structs.replace(work, desired="stopped", result=result)
-
-    work = store.update_work(_strategy_id(work_id), update)
-    _event(store, clock, EventKind.STOP_REQUESTED, work_id)
+    """desired=stopped; the worker calls st_exit(reason=manual). Works no worker took stop at once."""
+    work = _transition(store, work_id, wm.request_stop(clock()))
+    assert work is not None
     return work
-
-
-def wanted_running(work: Work, now: float) -> Work:
-    """desired=running; a failed or stopped work goes back to placement with a fresh error count."""
-    if work.result.status not in ("failed", "stopped"):
-        return msgspec.structs.replace(work, desired="running")
-    result = msgspec.structs.replace(work.result, status="pending", error_count=0, reason=WAITING, updated=now)
-    return msgspec.structs.replace(work, desired="running", assignment=None, result=result)
 
 
 def start(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Run a stopped or failed strategy again (no-op for one that runs)."""
-    work = store.update_work(_strategy_id(work_id), lambda w: wanted_running(w, clock()))
-    _event(store, clock, EventKind.START_REQUESTED, work_id)
+    work = _transition(store, work_id, wm.request_start(clock()))
+    assert work is not None
     return work
 
 
 def restart(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Like start, and a running child is restarted: its worker sees restart_seq change."""
-
-    def update(work: Work) -> Work:
-        work = wanted_running(work, clock())
-        spec = msgspec.structs.replace(work.spec, restart_seq=work.spec.restart_seq + 1)
-        return msgspec.structs.replace(work, spec=spec)
-
-    work = store.update_work(_strategy_id(work_id), update)
-    _event(store, clock, EventKind.RESTART_REQUESTED, work_id)
+    work = _transition(store, work_id, wm.request_start(clock(), restart=True))
+    assert work is not None
     return work
 
 
-def remove(store: Store, work_id: str, *, clock: Clock = time.time) -> None:
-    """Delete the Work and its state; its worker stops a child whose Work vanished."""
-    store.remove_work(_strategy_id(work_id))
-    _event(store, clock, EventKind.REMOVED, work_id)
+def remove(store: Store, work_id: str, *, clock: Clock = time.time, detail: str = "") -> None:
+    """Forget the Work and its state; a running child is fenced at once (st_exit with reason ``removed``)."""
+    work = _transition(store, work_id, wm.remove(clock(), detail=detail))
+    if work is not None:  # its holder deletes it once the child is gone: its state is forgotten now
+        store.save_state(work.id, work.epoch, b"null")
 
 
 def send(store: Store, work_id: str, data: Any, *, clock: Clock = time.time) -> None:
     """Queue ``data`` for the strategy's st_message hook; its worker delivers it."""
     store.get_work(_strategy_id(work_id))
     store.push_message(work_id, data)
-    _event(store, clock, EventKind.MESSAGE_SENT, work_id)
+    store.append_event(Event(ts=clock(), kind=EventKind.MESSAGE_SENT, strategy=work_id))
 
 
 def log_file(store: Store, paths: Paths, work_id: str) -> Path:
@@ -371,10 +350,27 @@ def stop_worker(store: Store, worker_id: str, *, host: str, clock: Clock = time.
             raise ProcessLookupError(pid)
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        store.remove_resource(worker_id)
-        store.append_event(Event(ts=clock(), kind=EventKind.WORKER_REMOVED, worker=worker_id, detail="stale record"))
-        return f"worker {worker_id} (pid {pid}) was not running: removed its stale record"
+        return remove_stale_worker(store, resource, clock=clock)
     except PermissionError as e:
         raise BadInput(f"cannot signal worker {worker_id} (pid {pid}): permission denied") from e
     store.append_event(Event(ts=clock(), kind=EventKind.WORKER_STOP_REQUESTED, worker=worker_id))
     return f"worker {worker_id} (pid {pid}) is stopping"
+
+
+def remove_stale_worker(store: Store, stale: Resource, *, clock: Clock = time.time) -> str:
+    """Remove ``stale``, the registration of a worker that is not running, only while it is still that one.
+
+    A worker restarting under the same id registers anew (another instance and pid) between our
+    look and the removal: that registration belongs to a live worker, and removing it would
+    take its lease away.
+    """
+    def unchanged(current: Resource) -> bool:
+        return (current.spec.instance, current.spec.pid) == (stale.spec.instance, stale.spec.pid)
+
+    was = f"worker {stale.id} (pid {stale.spec.pid}) was not running"
+    if store.remove_resource(stale.id, only_if=unchanged):
+        store.append_event(Event(ts=clock(), kind=EventKind.WORKER_REMOVED, worker=stale.id, detail="stale record"))
+        return f"{was}: removed its stale record"
+    if store.find_resource(stale.id) is None:
+        return f"{was}: its record was gone already"
+    return f"{was}, but it restarted meanwhile: nothing removed"

@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from quantlab.store.vfiles import private_dir
+from quantlab.files import private_dir
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LogFormat = Literal["text", "json"]

@@ -13,12 +13,15 @@ keys it does not set itself::
     params = { symbol = "BTCUSDT" }
     accounts = ["paper"]
 
-The keys are the options of `qlab strategy assign`: file, params, accounts,
-region, worker, interval, heartbeat_timeout, max_errors, error_window,
-backoff, max_memory_mb, stop_timeout, max_order_notional,
-max_orders_per_minute, max_open_orders, cancel_stale_orders. Applying it: a strategy not in the
-store is assigned; one whose spec differs is updated and restarted (moved
-anew when its placement or accounts changed); a stopped one is started; one
+The keys are the options of `qlab strategy assign`, by their field names:
+file, params, accounts, region, worker, and StrategySpec's settings (Entry
+takes their fields from control.AssignOptions, which makes them from the
+settings' declarations): interval, heartbeat_timeout, max_errors,
+error_window, backoff, stop_timeout, max_memory_mb, max_order_notional,
+max_orders_per_minute, max_open_orders, cancel_stale_orders
+(tests/unit/test_settings_table.py keeps this list whole). Applying it: a
+strategy not in the store is assigned; one whose spec differs is updated and
+restarted (moved anew when its placement or accounts changed); a stopped one is started; one
 in the store but not in the manifest is stopped, or removed with ``prune``.
 Everything is read and checked before the first write, so bad input writes
 nothing.
@@ -29,27 +32,21 @@ from __future__ import annotations
 import time
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import msgspec
 
 from quantlab import control
 from quantlab.errors import BadInput, QuantlabError
-from quantlab.store.records import Event, EventKind, StrategySpec, Work
+from quantlab.store.records import StrategySpec, Work
+from quantlab.store import workmachine as wm
 from quantlab.store.store import Store
 from quantlab.child import loader
 
 Action = Literal["add", "update", "start", "stop", "remove"]
 
-#: Event kinds written for each action (the same as the one-strategy commands write).
-_EVENTS: dict[Action, EventKind] = {
-    "add": EventKind.SUBMITTED,
-    "update": EventKind.RESTART_REQUESTED,
-    "start": EventKind.START_REQUESTED,
-    "stop": EventKind.STOP_REQUESTED,
-    "remove": EventKind.REMOVED,
-}
-
+#: The detail of the events a manifest's changes write.
+APPLIED = "qlab apply"
 
 class Entry(control.AssignOptions, kw_only=True, forbid_unknown_fields=True):
     """One strategy's table (or the defaults): the options of `qlab strategy assign`."""
@@ -114,6 +111,7 @@ def _given(entry: Entry) -> dict[str, Any]:
 
 def plan(works: list[Work], specs: dict[str, StrategySpec], *, prune: bool) -> list[Step]:
     """What makes the store match ``specs``, in the manifest's order, then what it no longer lists."""
+    works = [w for w in works if w.desired != "removed"]  # on its way out: a listed one is added anew
     current = {w.id: w for w in works}
     steps = []
     for work_id, spec in specs.items():
@@ -143,51 +141,37 @@ def _changed(old: StrategySpec, new: StrategySpec) -> str:
     return ", ".join(names)
 
 
-def _moves(old: StrategySpec, new: StrategySpec) -> bool:
-    """A new placement or new accounts may not fit its worker: the director places it anew."""
-    return old.placement != new.placement or old.accounts != new.accounts
-
-
 def perform(store: Store, steps: list[Step], *, clock: control.Clock = time.time) -> None:
-    """Write the plan: each step one compare-and-swap on its strategy, then its event; durable together."""
+    """Write the plan: each step one transition of its strategy's Work, with its event; durable together."""
     with store.durable_together():
         for step in steps:
-            _perform(store, step, clock)
+            _perform(store, step, clock())
 
 
-def _perform(store: Store, step: Step, clock: control.Clock) -> None:
-    now = clock()
+def _perform(store: Store, step: Step, now: float) -> None:
     if step.action == "add":
         assert step.spec is not None
-        store.add_work(control.new_work(step.id, step.spec, now))
-    elif step.action == "update":
-        spec = step.spec
-        assert spec is not None
-        store.update_work(step.id, lambda work: _updated(work, spec, now))
-    elif step.action == "start":
-        store.update_work(step.id, lambda work: control.wanted_running(work, now))
-    elif step.action == "stop":
-        control.stop(store, step.id, clock=clock)
-        return  # it wrote its own event
+        control.submit(store, step.id, step.spec, now, detail=APPLIED)
+    elif step.action == "remove":
+        control.remove(store, step.id, clock=lambda: now, detail=APPLIED)
     else:
-        store.remove_work(step.id)
-    store.append_event(Event(ts=now, kind=_EVENTS[step.action], strategy=step.id, detail="qlab apply"))
+        wm.apply(store, step.id, _transition(step, now))
 
 
-def _updated(work: Work, spec: StrategySpec, now: float) -> Work:
-    moves = _moves(work.spec, spec)
-    work = control.wanted_running(work, now)
-    work = msgspec.structs.replace(work, spec=msgspec.structs.replace(spec, restart_seq=work.spec.restart_seq + 1))
-    if moves and work.assignment is not None:
-        result = msgspec.structs.replace(work.result, status="pending", reason=control.WAITING, updated=now)
-        work = msgspec.structs.replace(work, assignment=None, result=result)
-    return work
+def _transition(step: Step, now: float) -> wm.Transition:
+    if step.action == "update":
+        assert step.spec is not None
+        return wm.update_spec(step.spec, now, detail=APPLIED)
+    if step.action == "start":
+        return wm.request_start(now, detail=APPLIED)
+    assert step.action == "stop"
+    return wm.request_stop(now, detail=APPLIED)
 
 
 def describe(steps: list[Step]) -> list[str]:
     """The plan as lines a person reads: one per step, then a count per action."""
     lines = [f"{step.action:<7} {step.id}" + (f"  ({step.why})" if step.why else "") for step in steps]
-    counts = {action: sum(1 for s in steps if s.action == action) for action in _EVENTS}
+    counts = {action: sum(1 for s in steps if s.action == action) for action in get_args(Action)}
     lines.append(", ".join(f"{n} to {a}" for a, n in counts.items() if n) or "nothing to change")
     return lines
 

@@ -21,7 +21,7 @@ from quantlab.config import Paths
 from quantlab.errors import Conflict, QuantlabError
 from quantlab.store.open import open_store
 from quantlab.store.store import Store
-from quantlab.store.vfiles import private_dir
+from quantlab.files import private_dir
 from quantlab.signals import StopRequest
 from quantlab.child.loader import check_file
 from quantlab.views import event_line

@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from quantlab import control
 from tests.conftest import QLAB, Lab, pid_alive, wait_for
 
 COUNTER = '''
@@ -224,3 +225,22 @@ def test_the_workers_own_status_writes_do_not_renew_its_lease_each_time(lab: Lab
     assert resource is not None
     beats = time.monotonic() - started  # one renewal a second, and one to spare at either end
     assert resource.state.renewals - renewals <= beats + 2, (resource.state.renewals - renewals, beats)
+
+
+def test_change_driven_heartbeats_never_expire_a_renewing_worker(lab: Lab) -> None:
+    """The director reads the worker records on its 4 s timer, but beats on every change in between.
+
+    A worker with a 2 s lease renews five times a second all along; a stream of messages keeps
+    the director beating between its timer reads for longer than that lease plus its margin.
+    """
+    lab.start("director", "start", "--tick", "4")
+    lab.worker("w1", "--lease-ttl", "2", "--stop-timeout", "1")
+    lab.assign(lab.strategy("listener", LISTENER), "--interval", "0.2")
+    placed = lab.wait_status("listener", "running")
+    deadline = time.monotonic() + 9  # two timer ticks and more, each past the lease plus its margin
+    while time.monotonic() < deadline and not lab.events("reassigned"):  # a lost worker's works are reassigned
+        control.send(lab.store, "listener", {"from": "test"})  # each message is a change the director wakes to
+        time.sleep(0.1)
+    assert lab.events("worker_lost") == [] and lab.events("reassigned") == []
+    assert lab.work("listener").assignment == placed.assignment
+    assert lab.store.find_resource("w1") is not None

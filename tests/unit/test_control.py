@@ -18,6 +18,7 @@ from quantlab import control
 from quantlab.config import Paths
 from quantlab.errors import BadInput, Conflict, NotFound, StrategyFileError
 from quantlab.logs import last_lines
+from quantlab.store import workmachine as wm
 from quantlab.store.filestore import FileStore
 from quantlab.store.records import (
     Assignment,
@@ -25,6 +26,7 @@ from quantlab.store.records import (
     ErrorInfo,
     Load,
     Resource,
+    StrategyResult,
     StrategySpec,
     WorkerSpec,
     WorkerState,
@@ -78,12 +80,19 @@ def set_result(store: FileStore, work_id: str, **fields: Any) -> None:
     store.update_work(work_id, update)
 
 
-def assign_placed(store: FileStore, tmp_path: Path, work_id: str = "demo") -> Work:
-    """A Work the director has placed on w1 at epoch 1."""
+def assign_placed(store: FileStore, tmp_path: Path, work_id: str = "demo", *, adopted: bool = True) -> Work:
+    """A Work the director has placed on w1 at epoch 1 (and w1 took, when ``adopted``)."""
     assign(store, strategy_file(tmp_path), id=work_id)
-    return store.update_work(
-        work_id, lambda w: msgspec.structs.replace(w, epoch=1, assignment=Assignment(worker="w1", epoch=1))
-    )
+    work = wm.apply(store, work_id, wm.place("w1", clock())).work
+    if adopted:
+        work = wm.apply(store, work_id, wm.adopt("w1", 1, clock())).work
+    assert work is not None
+    return work
+
+
+def settle_on_w1(store: FileStore, outcome: wm.Outcome, **result: Any) -> None:
+    """w1's child of "demo" is gone: w1 lets go of it, as its worker would."""
+    wm.apply(store, "demo", wm.release("w1", 1, outcome, StrategyResult(**result), clock()))
 
 
 # ---- assign ----
@@ -259,13 +268,21 @@ def test_stop_a_placed_strategy_leaves_the_status_to_its_worker(store: FileStore
     set_result(store, "demo", status="running", pid=42)
     work = control.stop(store, "demo", clock=clock)
     assert (work.desired, work.result.status, work.result.pid) == ("stopped", "running", 42)
-    assert work.assignment == Assignment(worker="w1", epoch=1)
+    assert work.assignment == Assignment(worker="w1", epoch=1, adopted=True)
+
+
+def test_stop_a_strategy_placed_but_not_yet_taken_stops_it_at_once_and_frees_its_place(
+        store: FileStore, tmp_path: Path) -> None:
+    assign_placed(store, tmp_path, adopted=False)
+    work = control.stop(store, "demo", clock=clock)
+    assert (work.desired, work.result.status, work.assignment, work.epoch) == ("stopped", "stopped", None, 2)
+    with pytest.raises(wm.Refused):  # the worker's adoption, racing the stop, lost
+        wm.apply(store, "demo", wm.adopt("w1", 1, clock()))
 
 
 def test_start_a_failed_strategy_with_a_fresh_count(store: FileStore, tmp_path: Path) -> None:
     assign_placed(store, tmp_path)
-    store.update_work("demo", lambda w: msgspec.structs.replace(w, desired="stopped"))
-    set_result(store, "demo", status="failed", error_count=6, last_error=ErrorInfo(message="boom"), reason="too many")
+    settle_on_w1(store, "failed", status="failed", error_count=6, last_error=ErrorInfo(message="boom"), reason="too many")
 
     work = control.start(store, "demo", clock=clock)
 
@@ -288,10 +305,11 @@ def test_restart_bumps_restart_seq(store: FileStore, tmp_path: Path) -> None:
     assert (work.spec.restart_seq, work.result.status, work.result.error_count) == (1, "running", 2)
     assert work.assignment is not None  # the worker restarts it in place
 
-    set_result(store, "demo", status="stopped")
+    control.stop(store, "demo", clock=clock)
+    settle_on_w1(store, "stopped", status="stopping", reason="stopped by operator")
     work = control.restart(store, "demo", clock=clock)
     assert (work.spec.restart_seq, work.result.status, work.assignment) == (2, "pending", None)
-    assert kinds(store)[-2:] == ["restart_requested", "restart_requested"]
+    assert kinds(store)[-4:] == ["restart_requested", "stop_requested", "stopped", "restart_requested"]
 
 
 def test_remove_deletes_the_work_and_its_state(store: FileStore, tmp_path: Path) -> None:
@@ -403,3 +421,22 @@ def test_stop_worker_never_signals_a_reused_pid(store: FileStore) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_stale_worker_record_is_removed_only_while_it_is_the_one_looked_at(store: FileStore) -> None:
+    def register(instance: str, pid: int) -> Resource:
+        spec = WorkerSpec(name="w1", region="JP", host=socket.gethostname(), pid=pid, instance=instance)
+        written = store.update_resource("w1", lambda current: Resource(id="w1", spec=spec, state=WorkerState()))
+        assert written is not None
+        return written
+
+    stale = register("w1-old", 4001)  # what `qlab worker stop w1` looked at: pid 4001 runs no quantlab
+    register("w1-new", 4002)  # w1 restarts under the same id before the removal lands
+    assert control.remove_stale_worker(store, stale, clock=clock) == (
+        "worker w1 (pid 4001) was not running, but it restarted meanwhile: nothing removed"
+    )
+    current = store.find_resource("w1")
+    assert current is not None and current.spec.instance == "w1-new" and kinds(store) == []
+    assert "removed its stale record" in control.remove_stale_worker(store, current, clock=clock)
+    assert store.find_resource("w1") is None and kinds(store) == ["worker_removed"]
+    assert "its record was gone already" in control.remove_stale_worker(store, stale, clock=clock)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from quantlab.director.loop import DirectorLoop
@@ -37,16 +39,16 @@ class Setup:
     def beat(self, director: DirectorLoop | None = None) -> None:
         (director or self.director).st_director_heartbeat(self.wall.now)
 
-    def worker(self, wid: str, cap: int = 5) -> None:
-        """Register a worker, or renew its lease."""
+    def worker(self, wid: str, cap: int = 5, ttl: float = TTL) -> None:
+        """Register a worker, or renew its lease (as a worker does: a renewal is no change on the feed)."""
         def put(current: Resource | None) -> Resource:
             if current is not None:
                 current.state.renewals += 1
                 return current
             return Resource(id=wid, spec=WorkerSpec(name=wid, region="JP", host="h", pid=1, max_strategies=cap,
-                                                    lease_ttl=TTL, instance=f"{wid}-1"), state=WorkerState())
+                                                    lease_ttl=ttl, instance=f"{wid}-1"), state=WorkerState())
 
-        self.store.update_resource(wid, put)
+        self.store.update_resource(wid, put, announce=self.store.find_resource(wid) is None)
 
     def work(self, wid: str = "s") -> Work:
         return self.store.add_work(Work(id=wid, spec=StrategySpec(file="/s.py")))
@@ -197,3 +199,49 @@ def test_a_freed_place_goes_to_a_waiting_work_at_once(lab: Setup) -> None:
     lab.store.update_work("a", released)
     lab.director.st_director_heartbeat(lab.wall.now, renew=False)  # a change-driven heartbeat, no full pass
     assert lab.store.get_work("b").assignment == Assignment(worker="w1", epoch=1)
+
+
+def lost_or_moved(lab: Setup) -> list[tuple[str, str | None]]:
+    return [(e.kind, e.worker) for e in lab.store.read_events()[0] if e.kind in ("worker_lost", "reassigned")]
+
+
+def test_change_driven_heartbeats_judge_workers_on_a_fresh_read(lab: Setup) -> None:
+    lab.worker("live", ttl=2.0)
+    lab.worker("dead", ttl=2.0)
+    lab.work("a")
+    lab.work("b")
+    lab.beat()  # a timer heartbeat: the only one that reads every worker record
+    assert {lab.store.get_work(w).assignment.worker for w in "ab"} == {"live", "dead"}  # type: ignore[union-attr]
+    on_live = "a" if lab.store.get_work("a").assignment == Assignment(worker="live", epoch=1) else "b"
+    for step in range(1, 21):  # 10 s: the timer beats every 4 s, changes wake the director every half second
+        lab.advance(0.5)
+        lab.worker("live", ttl=2.0)
+        lab.director.st_director_heartbeat(lab.wall.now, renew=step % 8 == 0)
+    assert lab.store.get_work(on_live).assignment == Assignment(worker="live", epoch=1)
+    assert lab.store.find_resource("live") is not None and lab.store.find_resource("dead") is None
+    assert lost_or_moved(lab) == [("worker_lost", "dead"), ("reassigned", "dead")]
+
+
+def test_a_failed_conditional_removal_keeps_the_worker_and_its_works(lab: Setup) -> None:
+    lab.worker("w1", ttl=2.0)
+    lab.work()
+    lab.beat()
+    lab.advance(3.0)  # past the lease plus its margin since the director saw w1 renew
+    token = lab.director.workers.token("w1")
+    lab.worker("w1", ttl=2.0)  # w1 renews between the director's read and its removal
+    assert not lab.director.remove_lost("w1", token)
+    assert "w1" in lab.director.resources
+    lab.director.st_director_heartbeat(lab.wall.now, renew=False)
+    assert lab.store.get_work("s").assignment == Assignment(worker="w1", epoch=1)
+    assert lab.store.find_resource("w1") is not None and lost_or_moved(lab) == []
+
+
+def test_warns_when_a_tick_outlasts_a_worker_lease(lab: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    lab.director.tick = 4.0
+    lab.worker("w1")
+    lab.worker("w2", ttl=2.0)
+    with caplog.at_level(logging.WARNING, logger="quantlab.director"):
+        lab.beat()
+    assert [r.getMessage() for r in caplog.records] == [
+        "tick 4s is longer than worker w2's lease (2s): a lost worker is noticed up to two ticks after its lease runs out"
+    ]

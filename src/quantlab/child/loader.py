@@ -10,7 +10,6 @@ A JavaScript file (``.js``, ``.mjs``) is checked by loading it in Node
 from __future__ import annotations
 
 import ast
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -67,17 +66,6 @@ def default_accounts(path: Path) -> list[str]:
             if isinstance(values, list) and all(isinstance(v, str) for v in values):
                 return values
     return []
-
-
-def import_file(path: str, name: str) -> ModuleType | None:
-    """Import a Python file as module ``name`` (runs its top level); None if it cannot be loaded."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None or not Path(path).is_file():
-        return None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def load_module(path: str) -> ModuleType:

@@ -19,20 +19,21 @@ import logging
 import os
 import socket
 import time
-from typing import Callable
+from typing import Callable, Hashable
 
 from quantlab import heap
 from quantlab.config import Paths
 from quantlab.errors import NotFound, QuantlabError, StaleWriter
 from quantlab.logsetup import LogSettings, process_logger
-from quantlab.ops.metrics import DirectorMetrics, store_commit_timing
+from quantlab.ops.metrics import DirectorMetrics
 from quantlab.ops.notify import Notifier
 from quantlab.director.leadership import Leadership
 from quantlab.store.leases import LeaseWatch
 from quantlab.store.open import open_store
 from quantlab.director.placement import assigned_counts, choose_worker
 from quantlab.store.records import Assignment, Director, EventKind, ExitReason, Resource, StrategyStatus, Work
-from quantlab.store.store import Store
+from quantlab.store.store import Store, TableStore
+from quantlab.store import workmachine as wm
 from quantlab.store.view import WorkView
 from quantlab.store.workpool import WorkPool
 from quantlab.signals import StopRequest
@@ -156,19 +157,28 @@ class DirectorLoop:
         self.resources = resources
         mono = self.mono()
         for r in resources.values():
-            self.workers.observe(r.id, (r.spec.instance, r.state.renewals), mono)
+            self.workers.observe(r.id, _lease_token(r), mono)
         self.workers.keep_only(set(resources))
+        if joined_or_left:
+            self._warn_if_tick_outlasts_a_lease()
         return joined_or_left
+
+    def _warn_if_tick_outlasts_a_lease(self) -> None:
+        """The records are read on the timer: a lease shorter than a tick ends long before its loss is seen."""
+        shortest = min(self.resources.values(), key=lambda r: r.spec.lease_ttl, default=None)
+        if shortest is not None and self.tick > shortest.spec.lease_ttl:
+            self.log.warning("tick %gs is longer than worker %s's lease (%gs): a lost worker is noticed up to "
+                             "two ticks after its lease runs out", self.tick, shortest.id, shortest.spec.lease_ttl)
 
     def _track_unplaced(self, full: bool) -> None:
         """Keep the set of Works waiting for a worker, so a freed place retries only those."""
         if full:
-            self.unplaced = {i for i, w in self.view.works.items() if _wants_a_worker(w)}
+            self.unplaced = {i for i, w in self.view.works.items() if wm.wants_a_worker(w)}
             return
         freed = False
         for work_id in self.looking_at:
             work = self.view.works.get(work_id)
-            if work is not None and _wants_a_worker(work):
+            if work is not None and wm.wants_a_worker(work):
                 self.unplaced.add(work_id)
             else:
                 freed |= work_id not in self.unplaced and (work is None or work.assignment is None)
@@ -180,19 +190,50 @@ class DirectorLoop:
         return [w for i in self.looking_at if (w := self.view.works.get(i)) is not None]
 
     def expire_workers(self) -> None:
-        """Workers whose lease stopped moving for a lease plus the margin are gone."""
+        """Workers whose lease stopped moving for a lease plus the margin, on a read made now, are gone.
+
+        The records are read on the timer, yet this runs on every heartbeat: by the timer's read
+        alone, a worker that renewed since would look expired. So each candidate is read again
+        before it is judged; live workers cost no read beyond the timer's.
+        """
         mono = self.mono()
         for resource in list(self.resources.values()):
-            if not self.workers.expired(resource.id, resource.spec.lease_ttl, mono):
-                continue
-            token = self.workers.token(resource.id)
-            self._check_lead()
-            if self.store.remove_resource(resource.id, lambda r: (r.spec.instance, r.state.renewals) == token):
-                self.pool.event(EventKind.WORKER_LOST, worker=resource.id, detail="lease expired")
-                self.log.warning("worker %s lost: lease expired", resource.id)
-            del self.resources[resource.id]
-            self.workers.forget(resource.id)
-            self.looking_at = list(self.view.works)  # its works are orphans now
+            if self.workers.expired(resource.id, resource.spec.lease_ttl, mono):
+                token = self._expired_on_a_fresh_read(resource.id)
+                if token is not None:
+                    self.remove_lost(resource.id, token)
+
+    def _expired_on_a_fresh_read(self, worker_id: str) -> Hashable | None:
+        """Read a candidate's record again; the lease token it stood still at, or None when it is alive or gone."""
+        before = self.mono()  # the token read below stood still at least until now
+        current = self.store.find_resource(worker_id)
+        if current is None:
+            self._forget_worker(worker_id)  # it unregistered meanwhile: gone, with nothing to remove
+            return None
+        self.resources[worker_id] = current
+        self.workers.observe(worker_id, _lease_token(current), self.mono())
+        if not self.workers.expired(worker_id, current.spec.lease_ttl, before):
+            return None
+        return self.workers.token(worker_id)
+
+    def remove_lost(self, worker_id: str, token: Hashable) -> bool:
+        """Remove a worker whose lease stood still at ``token``; whether it was removed.
+
+        The removal holds only while the record still carries ``token``: when it fails, the worker
+        renewed (or restarted) since the read, so it stays, and so do its works.
+        """
+        self._check_lead()
+        if not self.store.remove_resource(worker_id, lambda r: _lease_token(r) == token):
+            return False
+        self.pool.event(EventKind.WORKER_LOST, worker=worker_id, detail="lease expired")
+        self.log.warning("worker %s lost: lease expired", worker_id)
+        self._forget_worker(worker_id)
+        return True
+
+    def _forget_worker(self, worker_id: str) -> None:
+        self.resources.pop(worker_id, None)
+        self.workers.forget(worker_id)
+        self.looking_at = list(self.view.works)  # its works are orphans now
 
     def release_orphans(self) -> None:
         """Works assigned to a worker that is gone go back to placement at epoch + 1."""
@@ -201,7 +242,7 @@ class DirectorLoop:
                 self._unassign(work.id, work.assignment, f"worker {work.assignment.worker} lost")
 
     def place_works(self, now: float) -> None:
-        works = [w for w in self._looked_at() if _wants_a_worker(w)]
+        works = [w for w in self._looked_at() if wm.wants_a_worker(w)]
         if not works:
             return
         resources = list(self.resources.values())
@@ -217,10 +258,10 @@ class DirectorLoop:
                     self.unplaced.discard(work.id)
 
     def settle_stopped(self, now: float) -> None:
-        """A stop asked for a Work that no worker runs is done at once."""
+        """A Work that does not want to run and that no worker took settles now: stopped, or gone."""
         for work in self._looked_at():
-            if work.desired == "stopped" and work.assignment is None and work.result.status not in ("stopped", "failed"):
-                self._set_status(work.id, "stopped", "stopped by operator")
+            if wm.needs_settling(work):
+                self._apply(work.id, wm.settle(now))
 
     def forget_directors(self) -> None:
         """Drop the records of directors that stopped publishing (killed ones never say goodbye)."""
@@ -249,69 +290,36 @@ class DirectorLoop:
         work.leader_epoch = term
         return work
 
-    def _write(self, work_id: str, update: Callable[[Work], Work | None]) -> Work | None:
-        """One fenced write; None when the Work is gone. The view keeps what landed."""
-        def fenced(work: Work) -> Work | None:
-            new = update(work)
-            return None if new is None else self._fenced(new)
+    def _apply(self, work_id: str, transition: wm.Transition) -> wm.Change | None:
+        """One transition, fenced by our term; None when the Work moved on. The view keeps what landed."""
+        def fenced(work: Work) -> wm.Change:
+            change = transition(work)
+            if change.work is None:
+                self._check_lead()
+            else:
+                self._fenced(change.work)
+            return change
 
-        try:
-            work = self.store.update_work(work_id, fenced)
-        except NotFound:
-            work = None
-        self.view.works.pop(work_id, None)
-        if work is not None:
-            self.view.works[work_id] = work
-        return work
+        change = wm.try_apply(self.store, work_id, fenced)
+        if change is not None:
+            if change.work is None:
+                self.view.works.pop(work_id, None)
+            else:
+                self.view.works[work_id] = change.work
+        return change
 
     def _assign(self, work_id: str, worker_id: str) -> bool:
-        def assign(work: Work) -> Work | None:
-            if work.assignment is not None or work.desired != "running" or work.result.status == "failed":
-                return None  # changed since we read it
-            work.epoch += 1
-            work.assignment = Assignment(worker=worker_id, epoch=work.epoch)
-            work.result.status = "assigned"
-            work.result.reason = ""
-            work.result.updated = self.clock()
-            return work
-
-        work = self._write(work_id, assign)
-        if work is None or work.assignment is None or work.assignment.worker != worker_id:
+        if self._apply(work_id, wm.place(worker_id, self.clock())) is None:
             return False
-        self.pool.event(EventKind.ASSIGNED, strategy=work_id, worker=worker_id, detail=f"epoch {work.epoch}")
-        self.log.info("assigned %s to %s (epoch %d)", work_id, worker_id, work.epoch)
+        self.log.info("assigned %s to %s", work_id, worker_id)
         return True
 
     def _unassign(self, work_id: str, assignment: Assignment, why: str) -> None:
-        def unassign(work: Work) -> Work | None:
-            if work.assignment != assignment:
-                return None
-            work.assignment = None
-            work.epoch += 1  # fences off the lost worker's late writes
-            if work.result.status not in ("stopped", "failed"):
-                work.result.status = "pending"
-                work.result.pid = None
-                work.result.reason = f"{why}; waiting for placement"
-            return work
-
-        work = self._write(work_id, unassign)
-        if work is not None and work.assignment is None:
-            self.pool.event(EventKind.REASSIGNED, strategy=work_id, worker=assignment.worker, detail=why)
+        self._apply(work_id, wm.expire_worker(assignment.worker, why, self.clock()))
 
     def _mark_pending(self, work: Work, reason: str) -> None:
-        if work.result.status == "pending" and work.result.reason == reason:
-            return
-        self._set_status(work.id, "pending", reason)
-        self.pool.event(EventKind.PENDING, strategy=work.id, detail=reason)
-
-    def _set_status(self, work_id: str, status: StrategyStatus, reason: str) -> None:
-        def put(work: Work) -> Work:
-            work.result.status = status
-            work.result.reason = reason
-            work.result.updated = self.clock()
-            return work
-
-        self._write(work_id, put)
+        if work.result.status != "pending" or work.result.reason != reason:
+            self._apply(work.id, wm.mark_pending(reason, self.clock()))
 
     def _lead_or_stand_by(self) -> None:
         was = self.record.role
@@ -331,8 +339,9 @@ class DirectorLoop:
         self.store.put_director(self.record)
 
 
-def _wants_a_worker(work: Work) -> bool:
-    return work.desired == "running" and work.assignment is None and work.result.status != "failed"
+def _lease_token(resource: Resource) -> tuple[str, int]:
+    """What moves on every renewal of a worker's lease, and on every restart under the same id."""
+    return resource.spec.instance, resource.state.renewals
 
 
 def run_director(
@@ -348,7 +357,8 @@ def run_director(
     metrics = None
     if metrics_port is not None:
         metrics = DirectorMetrics()
-        store_commit_timing(store, metrics)
+        if isinstance(store, TableStore):  # the stores whose commits can be timed
+            store.commit_observer = metrics.time_store(store.round_trips)
         metrics.serve(metrics_port)
     loop.st_director_init()
     heap.trim()  # start-up is over: what it freed goes back to the system

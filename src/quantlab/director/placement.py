@@ -16,6 +16,7 @@ from collections import Counter
 import msgspec
 
 from quantlab.store.records import Resource, Work
+from quantlab.store.workmachine import occupies
 
 
 class Choice(msgspec.Struct, frozen=True):
@@ -28,7 +29,8 @@ def takes_work(resource: Resource) -> bool:
 
 
 def assigned_counts(works: list[Work]) -> Counter[str]:
-    return Counter(w.assignment.worker for w in works if w.assignment is not None)
+    """Strategies per worker that run there or are about to (a settled stop frees its place)."""
+    return Counter(w.assignment.worker for w in works if w.assignment is not None and occupies(w))
 
 
 def choose_worker(work: Work, resources: list[Resource], counts: Counter[str]) -> Choice:

@@ -16,7 +16,7 @@ document that cannot be read or decoded halts everything.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, get_args
 
 import msgspec
 
@@ -58,6 +58,13 @@ class Halts(msgspec.Struct, kw_only=True):
     def covering(self, worker: str, strategy: str, accounts: Iterable[str]) -> Halt | None:
         names = list(accounts)
         return next((h for h in self.halts if h.covers(worker, strategy, names)), None)
+
+    def by_scope(self) -> dict[str, int]:
+        """How many halts of each scope, every scope listed (0 when none): a gauge per scope must drop to 0."""
+        counts = dict.fromkeys(get_args(Scope), 0)
+        for halt in self.halts:
+            counts[halt.scope] += 1
+        return counts
 
 
 #: What a reader that cannot read the document must assume: everything is halted.

@@ -21,9 +21,12 @@ import collections
 import math
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import msgspec
+
+if TYPE_CHECKING:
+    from quantlab.store.records import StrategySpec
 
 #: The retCode of an order refused by a risk limit (quantlab's own: Bybit has none for it).
 RISK_REFUSED = 170998
@@ -34,6 +37,12 @@ class RiskLimits(msgspec.Struct, frozen=True, kw_only=True):
     max_order_notional: float | None = None  #: quote coin (USDT) per order
     max_orders_per_minute: int | None = None
     max_open_orders: int | None = None
+
+    @classmethod
+    def of(cls, spec: StrategySpec) -> RiskLimits:
+        """A strategy's own limits, from its spec's fields (the store's records know nothing of the checks)."""
+        return cls(max_order_notional=spec.max_order_notional, max_orders_per_minute=spec.max_orders_per_minute,
+                   max_open_orders=spec.max_open_orders)
 
     @property
     def counts_open_orders(self) -> bool:

@@ -5,6 +5,10 @@ counters, label sets that stay small (a status, a reason, an account, a
 result). prometheus-client is imported only by processes that serve metrics,
 so the CLI does not pay for it.
 
+The processes push their figures in (the worker's manager after each machine
+step, its heartbeat, the director's loop); this module knows nothing of
+them, so it sits below every process package.
+
 Worker: `quantlab_strategies{status}`, `quantlab_heartbeats_total`,
 `quantlab_tick_latency_seconds` (tick sent to its heartbeat back, i.e. the
 hook's duration plus the channel), `quantlab_hook_duration_seconds` (st_heartbeat
@@ -24,12 +28,7 @@ Director: `quantlab_strategies{status}`, `quantlab_workers{state}`,
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable, get_args
-
-if TYPE_CHECKING:
-    from quantlab.exchange.halts import Halts
-    from quantlab.worker import machine as m
-    from quantlab.worker.slot import Slot
+from typing import Callable, Iterable, Mapping
 
 #: Restart reasons, by the event kind that announced the fault (a bounded label set).
 RESTART_REASONS = {"crashed": "crashed", "heartbeat_timeout": "hung", "error": "error", "memory_limit": "memory", "lease_lost": "lease_lost"}
@@ -54,6 +53,11 @@ class _Process:
                                      buckets=_WRITE_BUCKETS, registry=self.registry)
         self.store_round_trips = Gauge("quantlab_store_round_trips", "Statements sent to the store's database so far.",
                                        registry=self.registry)
+
+    def time_store(self, round_trips: Callable[[], int]) -> Callable[[float], None]:
+        """Read the store's ``round_trips`` at each scrape; the observer of each store commit's duration."""
+        self.store_round_trips.set_function(round_trips)
+        return self.store_write.observe
 
     def serve(self, port: int) -> None:
         from prometheus_client import start_http_server
@@ -91,27 +95,28 @@ class WorkerMetrics(_Process):
         self.halts = Gauge("quantlab_halts", "Halts in force (as this worker reads them), by scope.", ["scope"],
                            registry=self.registry)
         self._sent: dict[str, tuple[float, int]] = {}  #: strategy -> (monotonic tick sent, overruns then)
-        # The worker's own machine, looked up once: observe runs twice a tick (a director never gets here).
-        from quantlab.worker import machine
 
-        self._m = machine
+    # The next three run for a strategy's machine steps (twice a tick): a dict lookup or two each.
 
-    def observe(self, slot: "Slot", actions: list["m.Action"]) -> None:
-        """Called by the manager after each machine step with the actions it performed."""
-        m = self._m
-        for action in actions:
-            if isinstance(action, m.SendTick):
-                _, before = self._sent.get(slot.id, (0.0, action.overruns))
-                if action.overruns > before:
-                    self.overruns.inc(action.overruns - before)
-                self._sent[slot.id] = (time.monotonic(), action.overruns)
-            elif isinstance(action, m.Beaten):
-                self.heartbeats.inc()
-                sent = self._sent.get(slot.id)
-                if sent is not None:
-                    self.tick_latency.observe(time.monotonic() - sent[0])
-            elif isinstance(action, m.Note) and str(action.kind) in RESTART_REASONS:
-                self.restarts.labels(reason=RESTART_REASONS[str(action.kind)]).inc()
+    def tick_sent(self, strategy: str, overruns: int) -> None:
+        """A tick went to ``strategy``'s child; ``overruns``: the ticks it has skipped so far, in all."""
+        _, before = self._sent.get(strategy, (0.0, overruns))
+        if overruns > before:
+            self.overruns.inc(overruns - before)
+        self._sent[strategy] = (time.monotonic(), overruns)
+
+    def heartbeat_back(self, strategy: str) -> None:
+        """``strategy``'s child answered its last tick."""
+        self.heartbeats.inc()
+        sent = self._sent.get(strategy)
+        if sent is not None:
+            self.tick_latency.observe(time.monotonic() - sent[0])
+
+    def noted(self, kind: str) -> None:
+        """An event of ``kind`` (an EventKind value) about a strategy; the faults that restart it are counted."""
+        reason = RESTART_REASONS.get(kind)
+        if reason is not None:
+            self.restarts.labels(reason=reason).inc()
 
     def api_call(self, account: str, ok: bool, kind: str) -> None:
         self.api_calls.labels(account=account, result="ok" if ok else kind).inc()
@@ -120,15 +125,10 @@ class WorkerMetrics(_Process):
         """On an API pool thread (prometheus-client is thread safe)."""
         self.rate_limit_waits.labels(account=account).observe(seconds)
 
-    def set_halts(self, found: "Halts") -> None:
-        """Once a worker heartbeat; unreadable halts count as one halt of everything (as the pool treats them)."""
-        from quantlab.exchange.halts import Scope
-
-        counts: dict[str, int] = {}
-        for halt in found.halts:
-            counts[halt.scope] = counts.get(halt.scope, 0) + 1
-        for scope in get_args(Scope):
-            self.halts.labels(scope=scope).set(counts.get(scope, 0))
+    def set_halts(self, by_scope: Mapping[str, int]) -> None:
+        """Once a worker heartbeat: the halts in force by scope, every scope given (0 when none)."""
+        for scope, count in by_scope.items():
+            self.halts.labels(scope=scope).set(count)
 
 
 class DirectorMetrics(_Process):
@@ -138,12 +138,3 @@ class DirectorMetrics(_Process):
 
         self.workers = Gauge("quantlab_workers", "Registered workers by lease state.", ["state"], registry=self.registry)
         self.leading = Gauge("quantlab_leading", "1 while this director leads.", registry=self.registry)
-
-
-def store_commit_timing(store: object, metrics: _Process) -> None:
-    """Have a table-based store report each commit's duration and its round trips (other stores: nothing to time)."""
-    from quantlab.store.store import TableStore
-
-    if isinstance(store, TableStore):
-        store.commit_observer = metrics.store_write.observe
-        metrics.store_round_trips.set_function(store.round_trips)

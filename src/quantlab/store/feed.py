@@ -18,28 +18,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import NamedTuple
 
-import msgspec
-
-from quantlab.store.vfiles import private_dir, write_all
+from quantlab.files import private_dir, write_all
+from quantlab.store.table import Change, Cursor
 
 #: Bytes after which appenders start a new segment.
 SEGMENT_BYTES = 8 << 20
 #: Segments kept; older ones are deleted when a new one starts.
 SEGMENTS_KEPT = 4
-
-
-class Change(msgspec.Struct, frozen=True):
-    kind: str
-    key: str
-    version: int
-    worker: str = ""  #: for works: the assigned worker after the change ("" for none)
-
-
-class Cursor(NamedTuple):
-    segment: int
-    offset: int
 
 
 class FileFeed:

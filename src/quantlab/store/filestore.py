@@ -24,11 +24,13 @@ from typing import Any, Iterator
 
 import msgspec
 
-from quantlab.store.feed import Change, FileFeed
+from quantlab.files import fsync_dir, private_dir, sync_filesystem, write_all, write_durable
+from quantlab.store.feed import FileFeed
 from quantlab.store.records import Event
 from quantlab.store.statelog import StateLog
 from quantlab.store.store import TableStore, check_id
-from quantlab.store.vfiles import Head, VersionedDir, fsync_dir, private_dir, read_file, sync_filesystem, write_all, write_durable
+from quantlab.store.table import Change, Head
+from quantlab.store.vfiles import VersionedDir, read_file
 from quantlab.errors import CorruptRecord
 
 _encode = msgspec.json.Encoder().encode

@@ -11,10 +11,9 @@ from typing import Any
 
 import msgspec
 
-from quantlab.store.feed import Change, Cursor
 from quantlab.store.records import Event
 from quantlab.store.store import TableStore
-from quantlab.store.vfiles import ABSENT, Head
+from quantlab.store.table import ABSENT, Change, Cursor, Head
 
 
 class MemoryTable:

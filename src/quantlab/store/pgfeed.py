@@ -20,7 +20,7 @@ from typing import Callable
 import psycopg
 
 from quantlab.errors import QuantlabError
-from quantlab.store.feed import Change, Cursor
+from quantlab.store.table import Change, Cursor
 from quantlab.store.pglink import PgLink, Row, connect
 
 #: Seconds between fallback reads of the feed's head while the listener is down.

@@ -27,13 +27,12 @@ from typing import Any
 import msgspec
 
 from quantlab.errors import CorruptRecord, StoreUnavailable
-from quantlab.store.feed import Change
 from quantlab.store.pgfeed import Listener, PgFeed, channel_for
 from quantlab.store.pglink import PgLink, connect
 from quantlab.store.pgschema import migrate
 from quantlab.store.records import Event
 from quantlab.store.store import T, TableStore, check_id, decode
-from quantlab.store.vfiles import ABSENT, Head
+from quantlab.store.table import ABSENT, Change, Head
 
 #: Feed lines and events kept; older ones are pruned now and then (a reader behind them makes a full pass).
 CHANGES_KEPT = 200_000

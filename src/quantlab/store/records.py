@@ -8,19 +8,18 @@ Stored as msgspec JSON, one file (or row) per record. Times are Unix seconds.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-if TYPE_CHECKING:  # the risk checks' module loads where orders are checked, not in every reader of records
-    from quantlab.exchange.risk import RiskLimits
+from quantlab.store.strategy_settings import Setting
 
 WorkerStatus = Literal["idle", "busy", "stopping"]
-Desired = Literal["running", "stopped"]
+Desired = Literal["running", "stopped", "removed"]  #: removed: fenced, deleted once its holder lets go
 StrategyStatus = Literal[
     "pending", "assigned", "starting", "running", "paused", "error", "stopping", "stopped", "failed"
 ]
-ExitType = Literal["manual", "worker_exit", "error", "reassigned", "lease_lost"]
+ExitType = Literal["manual", "removed", "moved_away", "worker_exit", "error", "reassigned", "lease_lost"]
 DirectorRole = Literal["leader", "standby"]
 
 
@@ -78,32 +77,40 @@ class StrategySpec(msgspec.Struct, kw_only=True):
     params: dict[str, Any] = {}
     accounts: list[str] = []
     placement: Placement = msgspec.field(default_factory=Placement)
-    interval: float = 1.0  #: seconds between ticks
-    heartbeat_timeout: float = 60.0  #: seconds without a completed heartbeat before a kill
-    max_errors: int = 5  #: more errors than this within error_window fails the strategy
-    error_window: float = 600.0  #: seconds
-    backoff: float = 1.0  #: first restart delay in seconds, doubled per consecutive error
-    backoff_max: float = 60.0  #: seconds
-    stop_timeout: float = 10.0  #: seconds st_exit may take before SIGKILL
+    # The settings people give (`qlab strategy assign`, a manifest, quantlab.toml): each one's
+    # unit, range and help are its Setting, its default the field's (quantlab/store/strategy_settings.py).
+    interval: Annotated[float, Setting(help="Seconds between ticks", unit="s", more_than=0)] = 1.0
+    heartbeat_timeout: Annotated[float, Setting(
+        help="Seconds without a completed heartbeat before the child is killed", unit="s", more_than=0)] = 60.0
+    max_errors: Annotated[int, Setting(
+        help="More errors than this within the error window fail it", unit="errors", at_least=1)] = 5
+    error_window: Annotated[float, Setting(help="Seconds over which errors are counted", unit="s", more_than=0)] = 600.0
+    backoff: Annotated[float, Setting(
+        help="First restart delay in seconds, doubled per consecutive error", unit="s", at_least=0)] = 1.0
+    backoff_max: float = 60.0  #: seconds; the cap of the doubled backoff, not offered as a setting
+    stop_timeout: Annotated[float, Setting(
+        help="Seconds st_exit may take before the child is killed", unit="s", more_than=0)] = 10.0
     restart_seq: int = 0  #: bumped by `qlab strategy restart`; a change restarts the child
-    max_memory_mb: float | None = None  #: MB of resident memory (child and its descendants) before a restart; None: no limit
-    # risk limits on its orders (quantlab/exchange/risk.py); None: no limit
-    max_order_notional: float | None = None
-    max_orders_per_minute: int | None = None
-    max_open_orders: int | None = None
-    cancel_stale_orders: bool = False  #: cancel its open orders from older epochs before it starts
-
-    @property
-    def limits(self) -> RiskLimits:
-        from quantlab.exchange.risk import RiskLimits
-
-        return RiskLimits(max_order_notional=self.max_order_notional, max_orders_per_minute=self.max_orders_per_minute,
-                          max_open_orders=self.max_open_orders)
+    max_memory_mb: Annotated[float | None, Setting(
+        help="Restart it when its child and the child's descendants use more resident memory", unit="MB",
+        more_than=0, none="no limit", flag="--max-memory", metavar="MB")] = None
+    # risk limits on its orders (quantlab/exchange/risk.py)
+    max_order_notional: Annotated[float | None, Setting(
+        help="Refuse an order worth more", unit="USDT", more_than=0, none="no limit", metavar="USDT")] = None
+    max_orders_per_minute: Annotated[int | None, Setting(
+        help="Refuse orders past this many a minute", unit="orders/min", more_than=0, none="no limit",
+        metavar="N")] = None
+    max_open_orders: Annotated[int | None, Setting(
+        help="Refuse orders past this many of its own open", unit="orders", at_least=0, none="no limit",
+        metavar="N")] = None
+    cancel_stale_orders: Annotated[bool, Setting(
+        help="Cancel its open orders from an older epoch before it starts")] = False
 
 
 class Assignment(msgspec.Struct, kw_only=True):
     worker: str
     epoch: int  #: fencing token: a write from an older epoch is refused
+    adopted: bool = False  #: the worker took it (quantlab/store/workmachine.py): its child may run
 
 
 class ErrorInfo(msgspec.Struct, kw_only=True):

@@ -49,7 +49,9 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from quantlab.errors import CorruptRecord
-from quantlab.store.vfiles import READ_RETRIES, Head, VersionedDir, fsync_dir, read_file, version_name, write_all
+from quantlab.files import fsync_dir, write_all
+from quantlab.store.table import Head
+from quantlab.store.vfiles import READ_RETRIES, VersionedDir, read_file, version_name
 
 #: A log longer than this is not appended to: the next state becomes a new version with a new log.
 LOG_LIMIT = 256 * 1024

@@ -17,7 +17,7 @@ import msgspec
 
 from quantlab.errors import Conflict, CorruptRecord, StaleWriter
 from quantlab.store.records import StrategyState
-from quantlab.store.vfiles import Head
+from quantlab.store.table import Head
 
 #: Rounds of a batch before it gives up (each lost race means another writer made progress).
 ROUNDS = 1000

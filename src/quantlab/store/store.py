@@ -32,11 +32,10 @@ from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, 
 import msgspec
 
 from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
-from quantlab.store.feed import Change, Cursor
 from quantlab.store.records import NO_STATE, Director, Event, EventKind, Leader, Resource, StrategyState, Work
 from quantlab.store import statewrites
 from quantlab.store.statewrites import Outcome, StateWrite
-from quantlab.store.vfiles import ABSENT, Head
+from quantlab.store.table import ABSENT, Change, Cursor, Head
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -72,8 +71,12 @@ class Store(Protocol):
     def find_work(self, work_id: str) -> Work | None: ...
     def list_works(self) -> list[Work]: ...
     def update_work(self, work_id: str, update: WorkUpdate) -> Work: ...
-    def remove_work(self, work_id: str) -> None:
-        """Delete the Work and forget its state; a late write from any of its epochs is refused."""
+    def remove_work(self, work_id: str, only_if: Callable[[Work], bool] | None = None) -> bool:
+        """Delete the Work (if ``only_if`` holds for it as it is then) and forget its state.
+
+        A late write from any of its epochs is refused. NotFound when there is none; False
+        when ``only_if`` said no.
+        """
         ...
 
     # resources (workers)
@@ -323,20 +326,26 @@ class TableStore:
         assert new is not None
         return new
 
-    def remove_work(self, work_id: str) -> None:
+    def remove_work(self, work_id: str, only_if: Callable[[Work], bool] | None = None) -> bool:
         last_epoch = 0
 
         def gone(current: Work | None, head: Head) -> None:
             nonlocal last_epoch
             if current is None:
                 raise NotFound(f"no strategy {work_id!r}")
+            if only_if is not None and not only_if(msgspec.structs.replace(current)):
+                raise _Unchanged
             last_epoch = current.epoch
             return None
 
-        self._cas("works", work_id, Work, gone, delete=True, announce=_work_hint)
+        try:
+            self._cas("works", work_id, Work, gone, delete=True, announce=_work_hint)
+        except _Unchanged:
+            return False
         # The state is forgotten with a stamp above every epoch the Work had, so a late write
         # from any old child is refused, and a re-created Work starts above it (_epoch_floor).
         self._stamp_state(work_id, last_epoch + 1, forget=True)
+        return True
 
     # ---- resources ----
 

@@ -39,11 +39,13 @@ import functools
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable
 
 import msgspec
 
 from quantlab.errors import CorruptRecord
+from quantlab.files import fsync_dir, private_dir, write_durable
+from quantlab.store.table import ABSENT, Head
 
 if TYPE_CHECKING:  # the pruner's queue is made by the processes that batch commits, not by every reader
     import queue
@@ -61,19 +63,6 @@ READ_CHUNK = 1 << 16
 _WIDTH = 12
 
 
-class Head(NamedTuple):
-    """A record's current version as read: ``data`` None when absent (never written, or deleted)."""
-
-    version: int
-    data: bytes | None
-    nonce: str = ""
-    ancestors: tuple[str, ...] = ()  #: the nonces of its predecessors, newest first
-    frames: int = 0  #: states appended to this version by its writer (statelog.py)
-
-
-ABSENT = Head(0, None, "")
-
-
 class _Header(msgspec.Struct):
     v: int
     n: str
@@ -84,82 +73,6 @@ class _Header(msgspec.Struct):
 
 _decode_header = msgspec.json.Decoder(_Header).decode
 _encode = msgspec.json.encode
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """os.write until every byte is written: a short write (a full disk) raises, never truncates."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(f"write returned {written}")
-        view = view[written:]
-
-
-def write_durable(path: Path, data: bytes, *, sync: bool = True) -> None:
-    """Create ``path`` (which must not exist) with every byte of ``data``, fsynced; no file on error.
-
-    ``sync`` False: the caller syncs the filesystem after a batch of them (sync_filesystem).
-    """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        write_all(fd, data)
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        raise
-    os.close(fd)
-
-
-def sync_filesystem(path: Path) -> None:
-    """Make every write on the filesystem holding ``path`` durable with one call: syncfs(2).
-
-    One call for a batch of files and their directories, where each would need an fsync of
-    its own (the worker's group commit of states). Without syncfs, sync(2) does the same for
-    every filesystem.
-    """
-    syncfs = _syncfs()
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if syncfs is None or syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-@functools.cache
-def _syncfs() -> Callable[[int], int] | None:
-    import ctypes  # only the processes that group-commit need it
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-
-
-def private_dir(path: Path) -> None:
-    """``mkdir -p`` with every folder it creates 0700, whatever the umask (parents too)."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_file(path: Path | str) -> bytes:

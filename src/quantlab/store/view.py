@@ -15,7 +15,7 @@ from typing import Callable
 import msgspec
 
 from quantlab.errors import CorruptRecord
-from quantlab.store.feed import Change, Cursor
+from quantlab.store.table import Change, Cursor
 from quantlab.store.records import Work
 from quantlab.store.store import Store
 

@@ -1,9 +1,9 @@
 """The seed's workerpool API over a Store: what workers and the director call.
 
-Writes about a running strategy are fenced: they carry the (worker, epoch) of
-the assignment they act under, and the store refuses them once the director
-has moved the Work on (StaleWriter), so a worker that lost its lease can never
-overwrite the new owner's record. The strategy's state is fenced the same way,
+Writes about a running strategy are transitions of the Work machine
+(quantlab/store/workmachine.py) that carry the (worker, epoch) they act under:
+once the Work has moved on they are refused, so a worker that lost its lease
+can never overwrite the new owner's record. The strategy's state is fenced the same way,
 by the epoch stamped in the state record itself.
 """
 
@@ -17,6 +17,7 @@ import msgspec
 from quantlab.errors import CorruptRecord, NotFound, StaleWriter
 from quantlab.store.records import Assignment, Event, EventKind, Resource, StrategyResult, Work, WorkerState
 from quantlab.store.statewrites import Outcome, StateWrite
+from quantlab.store import workmachine as wm
 from quantlab.store.store import Store
 
 
@@ -58,31 +59,11 @@ class WorkPool:
     def get_work(self, work_id: str) -> Work | None:
         return self.store.find_work(work_id)
 
-    # ---- fenced reports from a worker ----
+    # ---- the Work's lifecycle ----
 
-    def report(self, work_id: str, assignment: Assignment, update: Callable[[Work], None]) -> Work:
-        """Apply ``update`` to the Work only while ``assignment`` is still its assignment."""
-
-        def fenced(work: Work) -> Work:
-            if work.assignment != assignment:
-                raise StaleWriter(f"strategy {work_id!r} is no longer assigned to {assignment.worker} at epoch {assignment.epoch}")
-            update(work)
-            work.result.updated = self.clock()
-            return work
-
-        return self.store.update_work(work_id, fenced)
-
-    def report_result(self, work_id: str, assignment: Assignment, result: StrategyResult) -> bool:
-        """Write a strategy's result; False when the write was fenced off or the Work is gone."""
-
-        def put(work: Work) -> None:
-            work.result = result
-
-        try:
-            self.report(work_id, assignment, put)
-        except (StaleWriter, NotFound):
-            return False
-        return True
+    def apply(self, work_id: str, transition: wm.Transition) -> wm.Change:
+        """One transition of the Work machine through the store's compare-and-swap (workmachine.apply)."""
+        return wm.apply(self.store, work_id, transition)
 
     # ---- fenced strategy state ----
 

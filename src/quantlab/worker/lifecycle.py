@@ -45,7 +45,7 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     if metrics is not None:
         metrics.set_statuses(slot.result.status for slot in wctx.manager.slots.values())
         metrics.lease_left.set(max(0.0, wctx.manager.lease_until - time.monotonic()))
-        metrics.set_halts(wctx.manager.halts)
+        metrics.set_halts(wctx.manager.halts.by_scope())  # unreadable halts: one of everything, as the pool treats them
     _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
 
 

@@ -60,8 +60,8 @@ from quantlab.worker.machine_events import (  # re-exported: callers write m.Due
 )
 from quantlab.worker.rules import STABLE_AFTER, backoff_delay, next_tick, second_tick
 
-#: Stop reasons under which the Work is someone else's now: no state writes, no orders, no st_init.
-MOVED_AWAY = ("reassigned", "lease_lost")
+#: Stop reasons under which the Work is no longer this incarnation's: no state writes, no orders, no st_init.
+MOVED_AWAY = ("reassigned", "lease_lost", "removed", "moved_away")
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):

@@ -11,11 +11,13 @@ monotonic clock; the wall clock only stamps what people read.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
 import queue
 import select
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -29,12 +31,11 @@ from quantlab.errors import ConfigError, QuantlabError
 from quantlab.logsetup import process_logger
 from quantlab.store.open import open_store
 from quantlab.store.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
-from quantlab.store.store import Store
+from quantlab.store.store import Store, TableStore
 from quantlab.store.view import WorkView
 from quantlab.store.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import ChildExits, StopRequest
-from quantlab.child.loader import import_file
 from quantlab.worker import procs
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children
@@ -47,7 +48,7 @@ from quantlab.worker.channel import Channel
 from quantlab.worker.context import WorkerContext, WorkerIdentity
 from quantlab.worker.lifecycle import follow_changes, st_worker_exit, st_worker_heartbeat, st_worker_init
 from quantlab.worker.manager import StrategyManager
-from quantlab.ops.metrics import WorkerMetrics, store_commit_timing
+from quantlab.ops.metrics import WorkerMetrics
 from quantlab.worker.options import WorkerOptions
 from quantlab.worker.registration import WorkerIdLock, new_instance, process_started
 from quantlab.worker.zygote import Spawn, Zygote
@@ -283,9 +284,12 @@ def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:
 def _load_hooks(path: str | None) -> ModuleType | None:
     if path is None:
         return None
-    module = import_file(path, "worker_hooks")
-    if module is None:
+    spec = importlib.util.spec_from_file_location("worker_hooks", path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
         raise ConfigError(f"worker hooks file not found: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["worker_hooks"] = module
+    spec.loader.exec_module(module)
     return module
 
 
@@ -320,7 +324,8 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     manager.log_settings = options.log_settings
     if options.metrics_port is not None:
         manager.metrics = WorkerMetrics()
-        store_commit_timing(store, manager.metrics)
+        if isinstance(store, TableStore):  # the stores whose commits can be timed
+            store.commit_observer = manager.metrics.time_store(store.round_trips)
         runtime.apis.wait_observer = manager.metrics.rate_limit_waited
         manager.metrics.serve(options.metrics_port)
     view = WorkView(

@@ -23,13 +23,15 @@ from typing import Callable
 import msgspec
 
 from quantlab.config import Paths
-from quantlab.errors import ApiPermissionError, CorruptRecord, JsRuntimeError, QuantlabError, StaleWriter
+from quantlab.errors import ApiPermissionError, CorruptRecord, JsRuntimeError, NotFound, QuantlabError, StaleWriter
 from quantlab.exchange import reconcile
 from quantlab.exchange.apipool import Caller
 from quantlab.exchange.halts import Halts
 from quantlab.exchange.reconcile import Reconciled
+from quantlab.exchange.risk import RiskLimits
 from quantlab.exchange.signing import Fence
 from quantlab.store.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
+from quantlab.store import workmachine as wm
 from quantlab.store.workpool import WorkPool
 from quantlab.protocol import (
     ApiCall,
@@ -61,7 +63,7 @@ from quantlab.worker.zygote import Spawn
 from quantlab.child.jsruntime import child_command
 from quantlab.logsetup import LogSettings
 from quantlab.ops.metrics import WorkerMetrics
-from quantlab.store.vfiles import private_dir
+from quantlab.files import private_dir
 
 
 #: Seconds to wait for a self-exiting child's last message before judging its exit.
@@ -188,43 +190,74 @@ class StrategyManager:
     # ---- reconcile with the store ----
 
     def reconcile(self, works: list[Work]) -> None:
+        """Carry the store's Works over to this worker: follow what runs, adopt what is new, let go of the rest."""
         by_id = {w.id: w for w in works}
         for slot in list(self.slots.values()):
             self._follow(slot, by_id.get(slot.id))
         if not self.lease_ok():
             return  # take nothing new on a lapsed lease
-        for work in works:
-            mine = work.assignment is not None and work.assignment.worker == self.worker_id
-            if mine and work.desired == "running" and work.id not in self.slots:
-                self._adopt(work)
+        fresh = [w for w in works if w.id not in self.slots and wm.holds(w, self.worker_id)]
+        if not fresh:
+            return
+        with self.pool.durable_together():  # a hundred adopted at once: one sync
+            for work in fresh:
+                if wm.placed_on(work, self.worker_id):
+                    self._adopt(work)
+                elif not self.reporter.holds_unsettled(work.id):
+                    self._let_go(work)
 
     def _follow(self, slot: Slot, work: Work | None) -> None:
         """Carry a store change over to a slot."""
-        if work is None or work.created != slot.work.created:  # removed (and perhaps assigned anew)
-            self.feed(slot, m.StopWanted(ExitReason(type="manual", message="strategy removed")))
-        elif work.assignment != slot.assignment:
-            moved = ExitReason(type="lease_lost", message="assignment dropped: this worker's lease ran out")
-            if work.assignment is not None:
-                moved = ExitReason(type="reassigned", message=f"assigned to {work.assignment.worker} now")
-            self.feed(slot, m.StopWanted(moved))
-        elif work.desired == "stopped":
+        fenced = wm.exit_reason(work, self.worker_id, slot.assignment.epoch)
+        if fenced is not None:
+            self.feed(slot, m.StopWanted(fenced))
+            return
+        assert work is not None
+        known_restart, slot.work = slot.work.spec.restart_seq, work  # the spec of its next start
+        if work.desired == "stopped":
             slot.operator_stopped = True
             self.feed(slot, m.StopWanted(ExitReason(type="manual", message="stopped by operator")))
-        else:
-            if slot.operator_stopped:  # `start` while the stop is under way: it ends running
-                slot.operator_stopped = False
-                self.feed(slot, m.StartWanted())
-            if work.spec.restart_seq != slot.work.spec.restart_seq:
-                slot.work = work
-                self.feed(slot, m.RestartWanted())
+            return
+        if slot.operator_stopped:  # `start` while the stop is under way: it ends running
+            slot.operator_stopped = False
+            self.feed(slot, m.StartWanted())
+        if work.spec.restart_seq != known_restart:
+            self.feed(slot, m.RestartWanted())
 
     def _adopt(self, work: Work) -> None:
+        """Take a Work placed here (a write: until it lands, the director may still take it back), then start it."""
+        assert work.assignment is not None
+        try:
+            adopted = self.pool.apply(work.id, wm.adopt(self.worker_id, work.assignment.epoch, self.wall())).work
+        except (wm.Refused, NotFound):
+            return  # taken back or changed meanwhile: the next reconcile sees what it is now
+        except (OSError, QuantlabError) as e:
+            self.reporter.store_failed(None, f"taking {work.id}", e)
+            return
+        assert adopted is not None
         log_path = self.paths.strategy_log(work.id)
         private_dir(log_path.parent)
-        slot = Slot(work, log_path, m.new_machine(m.Limits.of(work.spec, self.phase(work.id)), self.clock()))
+        slot = Slot(adopted, log_path, m.new_machine(self._limits(adopted), self.clock()))
         self.slots[work.id] = slot
         self.reporter.note(EventKind.ACCEPTED, slot, f"epoch {slot.assignment.epoch}")
         self.feed(slot, m.Due())
+
+    def _let_go(self, work: Work) -> None:
+        """A Work this worker holds but runs no child of (stopped, removed or moved meanwhile): release it."""
+        assert work.assignment is not None
+        reason = wm.exit_reason(work, self.worker_id, work.assignment.epoch)
+        why = reason.message if reason is not None else "stopped by operator"
+        result = msgspec.structs.replace(work.result, reason=why)
+        transition = wm.release(self.worker_id, work.assignment.epoch, "stopped", result, self.wall())
+        try:
+            self.pool.apply(work.id, transition)
+        except (wm.Refused, NotFound):
+            pass
+        except (OSError, QuantlabError) as e:
+            self.reporter.store_failed(None, f"letting go of {work.id} ({why})", e)
+
+    def _limits(self, work: Work) -> m.Limits:
+        return m.Limits.of(work.spec, self.phase(work.id))
 
     # ---- the machine ----
 
@@ -236,11 +269,13 @@ class StrategyManager:
         slot.due = m.deadline(slot.machine)  # only a step changes it: passes compare, not recompute
         self.timers.set(slot.id, slot.due)
         if self.metrics is not None:
-            self.metrics.observe(slot, actions)
+            _meter(self.metrics, slot.id, actions)
         return actions
 
     def _perform(self, slot: Slot, action: m.Action) -> None:
         if isinstance(action, m.Spawn):
+            # Every start runs under the settings of the Work as it is now (`qlab apply` changes them).
+            slot.machine = msgspec.structs.replace(slot.machine, limits=self._limits(slot.work))
             self._spawn(slot, action.incarnation)
         elif isinstance(action, m.SendInit):
             self.states.before_send(slot)
@@ -458,7 +493,7 @@ class StrategyManager:
             refused = ApiPermissionError("worker lease not valid for this strategy; call refused")
             self.send_to(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
             return
-        caller = Caller(slot.id, slot.assignment.epoch, slot.work.spec.limits)
+        caller = Caller(slot.id, slot.assignment.epoch, RiskLimits.of(slot.work.spec))
         self.transport.submit_api(slot.routing_id, call, slot.work.spec.accounts, self.fence(slot), caller)
 
     def fence(self, slot: Slot) -> Fence:
@@ -471,9 +506,19 @@ class StrategyManager:
         def act_until() -> float:
             if slot.fenced_off or slot.moved_away or self.slots.get(slot.id) is not slot:
                 return -math.inf  # the strategy is someone else's now, or gone from here
+            if not self._current_in_store(slot):
+                return -math.inf  # removed or moved a moment ago: the loop has not heard yet
             return self.lease_until
 
         return act_until
+
+    def _current_in_store(self, slot: Slot) -> bool:
+        """The store still names this worker and the slot's epoch: read as the call leaves, not as it came."""
+        try:
+            work = self.pool.get_work(slot.id)
+        except (OSError, QuantlabError):
+            return False  # unknown is not current: an order waits for the store, never guesses
+        return work is not None and wm.current(work, self.worker_id, slot.assignment.epoch)
 
     def deliver_api_result(self, routing_id: bytes, result: ApiResult) -> None:
         slot = self.by_routing_id.get(routing_id)
@@ -658,3 +703,14 @@ class StrategyManager:
                 if slot.dirty and self.slots.get(slot.id) is slot:
                     self.reporter.flush_one(slot)
         self.states.syncer.ask()
+
+
+def _meter(metrics: WorkerMetrics, strategy: str, actions: list[m.Action]) -> None:
+    """Tell the metrics what one machine step of ``strategy`` did (ops.metrics knows no machine)."""
+    for action in actions:
+        if isinstance(action, m.SendTick):
+            metrics.tick_sent(strategy, action.overruns)
+        elif isinstance(action, m.Beaten):
+            metrics.heartbeat_back(strategy)
+        elif isinstance(action, m.Note):
+            metrics.noted(action.kind)

@@ -28,7 +28,7 @@ from quantlab.errors import ConfigError
 from quantlab.store.leases import LeaseWatch
 from quantlab.store.records import Resource
 from quantlab.store.store import Store, check_id
-from quantlab.store.vfiles import private_dir
+from quantlab.files import private_dir
 from quantlab.worker import procfs
 
 #: Seconds between looks at a foreign holder's lease while waiting it out.

@@ -6,13 +6,10 @@ is reported once per run of failures, as an event and a log line, and the
 write is tried again; strategies keep running.
 
 The last write about a strategy that leaves this worker (stopped, failed,
-handed back or released) is fenced like every write about a running strategy (the assignment it acted
-under must still be the Work's), and conditional where a person may have
-changed their mind meanwhile: a stop that completes never writes
-``desired=stopped`` on its own; only a strategy that stopped itself
-(ctx.stop()) does, and only while nobody asked for a start or a restart since.
-A write the store refuses for a failure of its own (a full disk) is kept and
-tried again with the next flush.
+handed back or released) is the Work machine's ``release``: the worker lets
+go of the Work it holds, and what the Work shows then is the machine's rule,
+not this module's. A write the store refuses for a failure of its own (a
+full disk) is kept and tried again with the next flush.
 """
 
 from __future__ import annotations
@@ -22,15 +19,12 @@ from typing import Callable
 
 import msgspec
 
-from quantlab.errors import NotFound, QuantlabError, StaleWriter
-from quantlab.store.records import EventKind, StrategyResult, Work
+from quantlab.errors import NotFound, QuantlabError
+from quantlab.store import workmachine as wm
+from quantlab.store.records import EventKind
 from quantlab.store.workpool import WorkPool
 from quantlab.worker import machine as m
 from quantlab.worker.slot import Slot
-
-#: What a Work whose stop completed after someone asked to start it again shows until it is placed.
-STARTED_AGAIN = "started again while stopping; waiting for the director to place it"
-
 
 class Reporter:
     def __init__(self, worker_id: str, pool: WorkPool, log: logging.Logger, wall: Callable[[], float]) -> None:
@@ -63,17 +57,19 @@ class Reporter:
             self.log.info("store writes for %s work again", slot.id)
 
     def flush_one(self, slot: Slot) -> None:
+        """Write the slot's status, while its epoch is the Work's (a fenced-off write is dropped)."""
+        transition = wm.report(self.worker_id, slot.assignment.epoch, slot.result, self.wall())
         try:
-            if self.pool.report_result(slot.id, slot.assignment, slot.result):
-                slot.dirty = False
+            self.pool.apply(slot.id, transition)
+        except (wm.Refused, NotFound):
+            pass  # the Work moved on: what this worker knows of it is nobody's business now
         except (OSError, QuantlabError) as e:
             slot.dirty = True
             self.store_failed(slot, "writing its status", e)
+            return
+        slot.dirty = False
 
     def settle(self, slot: Slot, settle: m.Settle) -> None:
-        if settle.outcome == "released":  # someone else's now: nothing to write
-            self.note(EventKind.RELEASED, slot, settle.reason)
-            return
         if not self._write(slot, settle):
             self.unsettled.append((slot, settle))
 
@@ -83,42 +79,23 @@ class Reporter:
             if not self._write(slot, settle):
                 self.unsettled.append((slot, settle))
 
+    def holds_unsettled(self, work_id: str) -> bool:
+        """A strategy whose last word waits to be written: only that write may let go of its Work."""
+        return any(slot.id == work_id for slot, _ in self.unsettled)
+
     def _write(self, slot: Slot, settle: m.Settle) -> bool:
-        """True when written (or no longer ours to write); False to try again later."""
-        result = msgspec.structs.replace(slot.result, pid=None, reason=settle.reason)
-        known_restart = slot.work.spec.restart_seq
-        kind = EventKind.FAILED if settle.outcome == "failed" else EventKind.STOPPED
-
-        def put(work: Work) -> None:
-            work.assignment = None
-            work.result = msgspec.structs.replace(result)
-            if settle.outcome == "failed":
-                work.result.status = "failed"
-                return
-            if settle.outcome == "handed_back":
-                _waiting(work.result, f"worker {self.worker_id} stopped; waiting for placement")
-                return
-            if settle.by_strategy and work.desired == "running" and work.spec.restart_seq == known_restart:
-                work.desired = "stopped"  # ctx.stop(): it stays stopped, unless a start came since
-            if work.desired == "running":
-                _waiting(work.result, STARTED_AGAIN)
-            else:
-                work.result.status = "stopped"
-
+        """Let go of the Work with the last word on its child; True when written or no longer ours."""
+        result = msgspec.structs.replace(slot.result, reason=settle.reason)
+        transition = wm.release(self.worker_id, slot.assignment.epoch, settle.outcome, result, self.wall(),
+                                by_strategy=settle.by_strategy, restart_seq=slot.work.spec.restart_seq)
         try:
-            self.pool.report(slot.id, slot.assignment, put)
-        except (StaleWriter, NotFound) as e:  # fenced off or removed: the store has moved on without us
+            self.pool.apply(slot.id, transition)
+        except (wm.Refused, NotFound) as e:  # fenced off or removed: the store has moved on without us
             self.log.info("not recording %s for %s: %s", settle.outcome, slot.id, e)
+            if settle.outcome == "released":
+                self.note(EventKind.RELEASED, slot, settle.reason)
             return True
         except (OSError, QuantlabError) as e:
             self.store_failed(slot, f"recording that it {settle.outcome.replace('_', ' ')}", e)
             return False
-        if settle.outcome == "handed_back":
-            kind = EventKind.RELEASED
-        self.note(kind, slot, settle.reason)
         return True
-
-
-def _waiting(result: StrategyResult, reason: str) -> None:
-    result.status = "pending"
-    result.reason = reason

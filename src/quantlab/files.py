@@ -1,0 +1,89 @@
+"""Private folders and durable files: the few filesystem calls every process writes through.
+
+Below the store and the processes alike: the file store commits its records with them, and
+the worker, the logs and ``qlab up`` make their private folders with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from pathlib import Path
+from typing import Callable
+
+
+def private_dir(path: Path) -> None:
+    """``mkdir -p`` with every folder it creates 0700, whatever the umask (parents too)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written: a short write (a full disk) raises, never truncates."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(f"write returned {written}")
+        view = view[written:]
+
+
+def write_durable(path: Path, data: bytes, *, sync: bool = True) -> None:
+    """Create ``path`` (which must not exist) with every byte of ``data``, fsynced; no file on error.
+
+    ``sync`` False: the caller syncs the filesystem after a batch of them (sync_filesystem).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        write_all(fd, data)
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make every write on the filesystem holding ``path`` durable with one call: syncfs(2).
+
+    One call for a batch of files and their directories, where each would need an fsync of
+    its own (the worker's group commit of states). Without syncfs, sync(2) does the same for
+    every filesystem.
+    """
+    syncfs = _syncfs()
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _syncfs() -> Callable[[int], int] | None:
+    import ctypes  # only the processes that group-commit need it
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
