@@ -2,6 +2,7 @@
 
     python scripts/chaos.py --duration 60 --seed 1
     python scripts/chaos.py --faults worker-stop,stop-start --duration 20
+    python scripts/chaos.py --faults remove-assign,stop-start-restart,apply --duration 60
     python scripts/chaos.py --store postgresql://postgres@127.0.0.1/postgres --duration 60
 
 In a private temporary home it starts a director and a standby, three
@@ -16,9 +17,10 @@ pauses and choices (the targets depend on where things run by then).
 
 The pieces: chaos_strategy.py (what runs), chaos_checks.py (its records and
 the invariants over them), chaos_faults.py (faults and recovery times),
-chaos_cluster.py (processes, /proc, `qlab status`). Kept in a failing run's
-home: procs/*.log, logs/, store/events.jsonl, records/*.jsonl and
-chaos-report.json.
+chaos_races.py (the operator races: remove-assign, stop-start-restart,
+apply), chaos_cluster.py (processes, /proc, `qlab status`). Kept in a
+failing run's home: procs/*.log, logs/, store/events.jsonl,
+records/*.jsonl, manifests/ and chaos-report.json.
 
 With ``--store ADMIN_URL`` every process uses a scratch PostgreSQL database
 made on that server for the run (the URL must be allowed to create
@@ -51,6 +53,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
 from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
 from chaos_faults import FAULT_KINDS, Injector, Limits, Recovery, Timeline  # noqa: E402
+from chaos_races import MORE_ACCOUNTS, Races, Spec  # noqa: E402
 from tests.pgutil import scratch_database  # noqa: E402  (the scratch databases of the tests)
 from quantlab.store.pglink import redact  # noqa: E402
 
@@ -60,7 +63,10 @@ VIOLATION_KINDS = (
     "duplicate-order",  # an orderLinkId accepted twice, or refused as a duplicate when it was fresh
     "stale-order",  # an order accepted from a runner after a newer runner began (fencing)
     "ran-while-stopped",  # a heartbeat while the strategy was stopped
-    "stop-lost",  # `qlab strategy stop` took no effect
+    "stop-lost",  # a stop (or a remove) took no effect: status not stopped, or a child of it left, past the bound
+    "stale-state",  # a runner restored the state of a removed Work of the same id
+    "command-failed",  # a `qlab` command of a fault failed or timed out
+    "apply-plan",  # `qlab apply` planned more, or less, than its manifest changed
     "recovery",  # not back within the bound after a fault
     "work-lost",  # a strategy missing or not running at the end
     "process-died",  # a director or worker exited by itself
@@ -73,6 +79,9 @@ SETUP_TIMEOUT = 60.0  #: seconds for the cluster to come up and every strategy t
 SETTLE_EXTRA = 15.0  #: seconds past twice the bound that settling may take
 SCAN_EVERY = 1.0  #: seconds between /proc scans
 PATIENCE = 1.5  #: seconds a planned fault may wait for a target (none may fit while others recover)
+#: Seconds an apply may wait for every other operator command to end (it needs the fleet to itself):
+#: a stop-start race holds its strategy for its commands, a bound and a hold.
+APPLY_PATIENCE = 15.0
 LOOP_SLEEP = 0.05
 FINAL_WAIT = 3.0  #: seconds a strategy has to show a fresh beat in the final check
 
@@ -128,7 +137,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--store", default="", metavar="ADMIN_URL",
                         help="run on a scratch database made on this PostgreSQL server [the file store]")
     args = parser.parse_args(argv)
-    kinds = FAULT_KINDS if args.faults == "all" else tuple(k.strip() for k in args.faults.split(",") if k.strip())
+    # remove_assign is taken for remove-assign: a misspelt kind would otherwise end a long soak before it began
+    kinds = FAULT_KINDS if args.faults == "all" else tuple(k.strip().replace("_", "-") for k in args.faults.split(",") if k.strip())
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
     if unknown or not kinds:
         parser.error(f"unknown fault kind(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(FAULT_KINDS)}")
@@ -162,12 +172,15 @@ class Soak:
         self.status = StatusPoller(cluster)
         self.procs = ProcessWatch(cluster, self.violation)
         self.recovery = Recovery(settings.bound, self.violation, self.say, self.t0)
-        self.skipped = {kind: 0 for kind in settings.faults}
+        self.skipped = {kind: 0 for kind in settings.faults}  #: planned faults that found no target
         self.injector = Injector(
             cluster=cluster, logs=self.logs, recovery=self.recovery, procs=self.procs, status=self.status,
             timeline=self.timeline, rng=random.Random(f"{settings.seed}:choices"), limits=settings.limits,
             report=self.violation, say=self.say, start_worker=self.start_worker, start_director=self.start_director,
         )  # fmt: skip
+        self.specs: dict[str, Spec] = {}  #: what each strategy was assigned as (setup fills it)
+        self.races = Races(self.injector, self.specs, self.home, settings.interval, self.whereabouts)
+        self.injector.handlers.update(self.races.handlers)
         self.next_scan = 0.0
 
     # ---- output ----
@@ -217,9 +230,15 @@ class Soak:
         for name in workers:
             self.start_worker(name)
         self._until(deadline, "every worker to register", lambda: {w["id"] for w in self.cluster.json("worker", "list", "--json") or []} >= set(workers))
+        stop = self.s.stop_timeout if self.cluster.supports("--stop-timeout", "strategy", "assign") else None
         for sid in self.ids:
+            self.specs[sid] = Spec(
+                self.home / "chaos_strategy.py", self.s.interval, self.s.heartbeat_timeout, self.s.backoff, self.s.helpers, stop
+            )  # fmt: skip
             self._assign(sid)
         self._until(deadline, "every strategy to beat", self._all_beating)
+        if "apply" in self.s.faults and (problem := self.races.check_manifest()) is not None:
+            raise SetupError(f"the soak's manifest is not the fleet it assigned: {problem}")
         self.say(f"up: 2 directors, {len(workers)} workers, {len(self.ids)} strategies beating")
 
     def _write_home(self) -> None:
@@ -227,17 +246,13 @@ class Soak:
             (self.home / sub).mkdir(parents=True, exist_ok=True)
         # IOC orders never rest, so the account stays small; the limit is far above what 12 strategies use.
         paper = {"name": "paper", "type": "paper", "balances": {"USDT": 1_000_000}, "symbols": ["BTCUSDT"], "seed": 7, "rate_limit": 1000}
-        (self.home / "etc" / "env.jsonl").write_text(json.dumps(paper) + "\n")
+        # The second account is only there to be added to and taken from a strategy (an apply that moves it).
+        accounts = [{**paper, "name": name} for name in MORE_ACCOUNTS]
+        (self.home / "etc" / "env.jsonl").write_text("".join(json.dumps(a) + "\n" for a in accounts))
         shutil.copy(Path(__file__).resolve().parent / "chaos_strategy.py", self.home / "chaos_strategy.py")
 
     def _assign(self, sid: str) -> None:
-        s = self.s
-        stop = ("--stop-timeout", str(s.stop_timeout)) if self.cluster.supports("--stop-timeout", "strategy", "assign") else ()
-        result = self.cluster.run(
-            "strategy", "assign", str(self.home / "chaos_strategy.py"), "--id", sid, "--interval", str(s.interval),
-            "--heartbeat-timeout", str(s.heartbeat_timeout), "--backoff", str(s.backoff), "--max-errors", "100000",
-            "--param", f"helper={'true' if s.helpers else 'false'}", *stop,
-        )  # fmt: skip
+        result = self.cluster.run(*self.specs[sid].assign_args(sid))
         if result is None or result.returncode != 0:
             raise SetupError(f"assign {sid} failed: {result.stderr.strip() if result else 'timed out'}")
 
@@ -259,22 +274,37 @@ class Soak:
     # ---- the loop ----
 
     def run(self) -> None:
-        """Inject the planned faults for the duration; one that finds no target waits PATIENCE, then is skipped."""
+        """Inject the planned faults for the duration; one that finds no target waits for one, then is
+        skipped (see ``_patience``); the faults after it wait for it."""
         self.status.start()
         plan = self._plan()
         self.say(f"{len(plan)} faults planned over {self.s.duration:g}s, seed {self.s.seed}; recovery bound {self.s.bound:.1f}s")
         start = time.monotonic()
+        head_since = 0.0  #: when the plan's first fault was first tried: its patience counts from there
         while time.monotonic() < start + self.s.duration:
             now = time.monotonic()
             self.run_once(now)
             if plan and start + plan[0][0] <= now:
-                offset, kind = plan[0]
+                kind = plan[0][1]
+                head_since = head_since or now
                 if self.injector.inject(kind, now) is not None:
                     plan.pop(0)
-                elif now > start + offset + PATIENCE:
+                    head_since = 0.0
+                elif now > head_since + (patience := self._patience(kind)):
                     self.skipped[kind] += 1
+                    self.say(f"[yellow]{kind}: no target within {patience:g}s, skipped[/yellow]")
                     plan.pop(0)
+                    head_since = 0.0
             time.sleep(LOOP_SLEEP)
+        for _, kind in plan:  # behind schedule (faults waited for targets): counted as skipped, not dropped
+            self.skipped[kind] += 1
+        if plan:
+            self.say(f"[yellow]{len(plan)} planned fault(s) not reached in time, skipped: {', '.join(k for _, k in plan)}[/yellow]")
+
+    def _patience(self, kind: str) -> float:
+        """Seconds a fault may wait for a target: an apply waits for every other operator command to end,
+        and any fault waits as long while an apply's own commands have the fleet (a second or more each)."""
+        return APPLY_PATIENCE if kind == "apply" or self.injector.exclusive is not None else PATIENCE
 
     def _plan(self) -> list[tuple[float, str]]:
         rng = random.Random(f"{self.s.seed}:plan")
@@ -290,6 +320,7 @@ class Soak:
         self.read_records()
         self.timeline.run_due(now)
         self.injector.step(now)
+        self.races.step(now)
         self.recovery.check_leader(now, self.status, {m.pid for m in self.cluster.procs.values() if m.stopped})
         self.recovery.check_overdue(now, self.whereabouts)
         self.reap()
@@ -312,7 +343,7 @@ class Soak:
         deadline = time.monotonic() + SETTLE_EXTRA + 2 * self.s.bound
         while time.monotonic() < deadline:
             self.run_once(time.monotonic())
-            if not (len(self.timeline) or self.injector.ops or self.recovery.unsettled()):
+            if not (len(self.timeline) or self.injector.ops or self.races.ops or self.recovery.unsettled()):
                 return
             time.sleep(LOOP_SLEEP)
 
@@ -381,14 +412,18 @@ class Soak:
     def faults_table(self) -> Table:
         title = f"chaos soak: seed {self.s.seed}, {self.s.duration:g}s, {len(self.ids)} strategies, recovery bound {self.s.bound:.1f}s"
         table = Table(title=title, title_justify="left")
-        for column in ("fault", "injected", "skipped", "recovered", "median s", "max s"):
+        for column in ("fault", "injected", "skipped", "cmd failed", "recovered", "median s", "max s"):
             table.add_column(column, justify="left" if column == "fault" else "right")
         for kind in self.s.faults:
             faults = [f for f in self.recovery.faults if f.kind == kind]
             times = [t for f in faults if (t := f.recovery()) is not None]
             median = f"{statistics.median(times):.2f}" if times else "-"
             worst = f"{max(times):.2f}" if times else "-"
-            table.add_row(kind, str(len(faults)), str(self.skipped[kind]), f"{len(times)}/{len(faults)}", median, worst)
+            failed = sum(len(f.failed) for f in faults)
+            table.add_row(
+                kind, str(len(faults)), str(self.skipped[kind]), f"[bold red]{failed}[/bold red]" if failed else "0",
+                f"{len(times)}/{len(faults)}", median, worst,
+            )  # fmt: skip
         return table
 
     def violations_table(self) -> Table:
@@ -404,11 +439,16 @@ class Soak:
 
     def save_report(self) -> None:
         faults = [
-            {"kind": f.kind, "at": round(f.at - self.t0, 3), "target": f.target, "recovery": f.recovery(), "hit": [w.strategy for w in f.watches]}
+            {
+                "kind": f.kind, "at": round(f.at - self.t0, 3), "target": f.target, "recovery": f.recovery(),
+                "hit": [w.strategy for w in f.watches], "failed": f.failed,
+            }  # fmt: skip
             for f in self.recovery.faults
         ]
         violations = [{"kind": v.kind, "strategy": v.strategy, "detail": v.detail} for v in self.violations]
-        report = {"seed": self.s.seed, "duration": self.s.duration, "faults": faults, "violations": violations}
+        report = {
+            "seed": self.s.seed, "duration": self.s.duration, "faults": faults, "skipped": self.skipped, "violations": violations,
+        }  # fmt: skip
         (self.home / "chaos-report.json").write_text(json.dumps(report, indent=2))
 
 

@@ -6,12 +6,19 @@ mix). Times ``m``/``m0`` are ``time.monotonic()``, one clock for every
 process on the host; ``t`` and ``xt`` are wall time (the exchange's ``time``
 is in milliseconds)::
 
-    {"k": "init",  pid, ppid, m, t, n, helper}         end of st_init; n = the counter it restored
+    {"k": "init",  pid, ppid, m, t, n, helper, sgen}   end of st_init; n = the counter it restored,
+                                                       sgen = the generation its restored state was written by
     {"k": "send",  pid, ppid, m, t, n, id}             in st_heartbeat, before place_order(orderLinkId=id)
     {"k": "beat",  pid, ppid, m, t, n, id, m0, ok, code, xt, poisoned}
                                                        end of st_heartbeat: m0 = when it began,
                                                        ok = the order was accepted, code = the retCode
     {"k": "exit",  pid, ppid, m, t, n, reason}         st_exit
+
+Every record also carries ``gen``, the strategy's generation (its ``gen``
+param): the soak bumps it each time it removes the Work and creates it anew
+under the same id. A new generation starts from empty state, so its counter
+starts over; its order ids carry the generation, so they never meet the
+removed one's at the exchange.
 
 Nothing here runs processes: the functions take the parsed records and
 return violations, so they can be tested with hand-written records.
@@ -73,6 +80,8 @@ class Runner:
     sends: list[Send] = field(default_factory=list)
     exit_reason: str | None = None
     exit_m: float | None = None
+    gen: int = 0  #: the Work's generation (a remove and a new assign of the same id: the next one)
+    state_gen: int | None = None  #: the generation that wrote the state st_init restored; None: fresh state
 
     @property
     def last_send(self) -> int | None:
@@ -113,7 +122,10 @@ class StrategyLog:
     def add(self, rec: dict[str, Any]) -> tuple[Runner, Beat] | None:
         kind, pid = rec["k"], rec["pid"]
         if kind == "init":
-            runner = Runner(self.strategy, pid, rec["ppid"], rec["n"], rec["m"], rec["t"], rec.get("helper"))
+            runner = Runner(
+                self.strategy, pid, rec["ppid"], rec["n"], rec["m"], rec["t"], rec.get("helper"),
+                gen=rec.get("gen", 0), state_gen=rec.get("sgen"),
+            )  # fmt: skip
             self.runners.append(runner)
             self.runners.sort(key=lambda r: r.started)  # two children's lines may land out of order
             self.current[pid] = runner
@@ -136,7 +148,7 @@ class StrategyLog:
 
     def _unannounced(self, rec: dict[str, Any]) -> Runner:
         # A record without st_init's line before it should not happen; keep it, ordered by its time.
-        runner = Runner(self.strategy, rec["pid"], rec["ppid"], -1, rec["m"], rec["t"])
+        runner = Runner(self.strategy, rec["pid"], rec["ppid"], -1, rec["m"], rec["t"], gen=rec.get("gen", 0))
         self.runners.append(runner)
         self.runners.sort(key=lambda r: r.started)
         self.current[rec["pid"]] = runner
@@ -156,7 +168,11 @@ def double_runners(log: StrategyLog) -> list[Violation]:
 
     The one heartbeat the older runner had already begun when the newer one
     started (a tick sent before its worker lost the lease) is tolerated: only
-    heartbeats that *began* after the newer runner's st_init count.
+    heartbeats that *began* after the newer runner's st_init count. The rule
+    spans generations: the runner of a removed Work that still begins a
+    heartbeat once the Work made anew under its id has a runner is a second
+    runner of that strategy, and so is a removed generation's runner that
+    starts after a newer generation's did.
     """
     found = []
     for i, newer in enumerate(log.runners):
@@ -165,11 +181,21 @@ def double_runners(log: StrategyLog) -> list[Violation]:
             if late:
                 first = late[0]
                 found.append(Violation("double-runner", log.strategy, (
-                    f"pid {older.pid} (worker pid {older.ppid}) began {len(late)} heartbeat(s) after pid "
-                    f"{newer.pid} (worker pid {newer.ppid}) ran st_init: the first {first.m0 - newer.started:.3f}s "
-                    f"after, counter {first.n} (the new runner restored {newer.restored})"
+                    f"pid {older.pid}{_gen(older, newer)} (worker pid {older.ppid}) began {len(late)} heartbeat(s) "
+                    f"after pid {newer.pid}{_gen(newer, older)} (worker pid {newer.ppid}) ran st_init: the first "
+                    f"{first.m0 - newer.started:.3f}s after, counter {first.n} (the new runner restored {newer.restored})"
+                )))  # fmt: skip
+            if older.gen > newer.gen:
+                found.append(Violation("double-runner", log.strategy, (
+                    f"pid {newer.pid} of removed generation {newer.gen} (worker pid {newer.ppid}) ran st_init "
+                    f"{newer.started - older.started:.3f}s after pid {older.pid} of generation {older.gen} had"
                 )))  # fmt: skip
     return found
+
+
+def _gen(runner: Runner, other: Runner) -> str:
+    """The runner's generation, where two runners differ in it (a removed Work and the one made anew)."""
+    return f" of generation {runner.gen}" if runner.gen != other.gen else ""
 
 
 def counter_rollbacks(log: StrategyLog) -> list[Violation]:
@@ -179,10 +205,12 @@ def counter_rollbacks(log: StrategyLog) -> list[Violation]:
     n - 1 (a tick goes out only once the last one was answered), so state
     n - 1 was delivered. Only the heartbeat still running when a runner died
     may be lost: st_init must restore at least (highest counter begun) - 1.
+    Only runners of the same generation count: a Work made anew starts from
+    empty state.
     """
     found = []
     for i, newer in enumerate(log.runners):
-        begun = [(s.n, r.pid) for r in log.runners[:i] for s in r.sends if s.m < newer.started]
+        begun = [(s.n, r.pid) for r in log.runners[:i] if r.gen == newer.gen for s in r.sends if s.m < newer.started]
         if not begun or newer.restored < 0:
             continue
         top, pid = max(begun)
@@ -285,6 +313,23 @@ def beats_while_stopped(log: StrategyLog, windows: Iterable[tuple[float, float]]
     return found
 
 
+def stale_states(log: StrategyLog) -> list[Violation]:
+    """A runner restored state another generation wrote: a removed Work's state outlived it.
+
+    A remove deletes the Work's state; a late write from its runner (an older
+    epoch of a Work that no longer exists) must not land in the state of the
+    Work made anew under the same id.
+    """
+    return [
+        Violation("stale-state", log.strategy, (
+            f"pid {r.pid} (worker pid {r.ppid}) of generation {r.gen} restored state written by generation "
+            f"{r.state_gen} (counter {r.restored})"
+        ))  # fmt: skip
+        for r in log.runners
+        if r.state_gen is not None and r.state_gen != r.gen
+    ]
+
+
 def check_log(log: StrategyLog, stopped_windows: Iterable[tuple[float, float]] = ()) -> list[Violation]:
     """Every record-based invariant for one strategy."""
     return [
@@ -293,4 +338,58 @@ def check_log(log: StrategyLog, stopped_windows: Iterable[tuple[float, float]] =
         *duplicate_orders(log),
         *stale_orders(log),
         *beats_while_stopped(log, stopped_windows),
+        *stale_states(log),
     ]
+
+
+# ---- an operator's stop, seen from outside ----
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One look at a strategy while an operator's stop (or removal) settles."""
+
+    began: float  #: monotonic: the `qlab status` it came from began (what it shows was read after)
+    returned: float  #: monotonic: that command returned
+    status: str | None  #: the Work's status in it; None when the look asked no status
+    alive: frozenset[int]  #: pids of the strategy's runners found alive once it returned
+
+
+def took_effect(seen: Iterable[Seen], since: float, status: str | None) -> float | None:
+    """When a stop (or removal) whose command returned at ``since`` took effect; None while it has not.
+
+    It took effect at the first look begun after ``since`` that shows the
+    Work in ``status`` (any, when None: a removed Work has none) with none of
+    the runners it had still alive: a status that says stopped while a child
+    of the Work still runs is not a stop that took effect. The look's return
+    is the time: what it shows held by then, perhaps not before.
+    """
+    for look in seen:
+        if look.began >= since and (status is None or look.status == status) and not look.alive:
+            return look.returned
+    return None
+
+
+# ---- `qlab apply` ----
+
+APPLY_ACTIONS = ("add", "update", "start", "stop", "remove")
+
+
+def plan_mismatch(output: str, expected: set[tuple[str, str]]) -> str | None:
+    """What an apply's printed plan did beyond, or short of, ``expected`` (action, strategy) steps; None when exactly that.
+
+    The soak's manifest lists the whole fleet as it stands with one strategy
+    changed, so any other step is the apply (or the soak's model of the
+    fleet) changing what the manifest did not.
+    """
+    steps = set()
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in APPLY_ACTIONS:
+            steps.add((words[0], words[1]))
+    parts = []
+    if extra := sorted(steps - expected):
+        parts.append("planned also " + ", ".join(f"{a} {i}" for a, i in extra))
+    if missing := sorted(expected - steps):
+        parts.append("did not plan " + ", ".join(f"{a} {i}" for a, i in missing))
+    return "; ".join(parts) or None

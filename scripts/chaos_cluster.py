@@ -253,6 +253,11 @@ class StatusPoller:
         with self._lock:
             return self._latest
 
+    def look(self) -> tuple[float, float, dict[str, Any]] | None:
+        """(when it began, when it returned, its output) of the last successful poll, read together."""
+        with self._lock:
+            return None if self._latest is None else (self._latest_began, *self._latest)
+
     def latest_began(self) -> float:
         """When the command behind ``latest()`` began: what it shows was read after that, and before it returned."""
         with self._lock:

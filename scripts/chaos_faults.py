@@ -8,6 +8,11 @@ end of that heartbeat is the recovery; beyond the bound it is a violation.
 Targets are chosen among strategies that are not still recovering from an
 earlier fault, so each recovery time belongs to one fault; operator commands
 (stop/start/restart) are the exception: they race whatever is going on.
+Every `qlab` command a fault runs must succeed (each names a strategy that
+exists): one that fails or times out is counted on its fault and reported.
+The operator races (remove-assign, stop-start-restart, apply) are in
+chaos_races.py; they register their handlers here and claim the strategies
+they work on, so no other fault picks those meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from queue import SimpleQueue
-from typing import Callable
+from typing import Callable, Sequence
 
 from chaos_checks import Beat, Runner, StrategyLog
 from chaos_cluster import CLI_TIMEOUT, Cluster, Managed, ProcessWatch, StatusPoller, leader_of, send
@@ -37,12 +42,37 @@ FAULT_KINDS = (
     "stop-start",  # `qlab strategy stop`, then `start` (at once, or once the stop took effect)
     "restart",  # `qlab strategy restart`
     "bad-state",  # the strategy puts a tuple key in ctx.state once: not JSON
+    "remove-assign",  # `qlab strategy remove`, then at once `assign` of the same id (perhaps pinned elsewhere)
+    "stop-start-restart",  # stop/start/restart from two threads at once, then a final stop or start
+    "apply",  # `qlab apply` changing one strategy's interval, placement or accounts, or pruning and re-adding it
 )
 
 Report = Callable[[str, "str | None", str], None]
 Say = Callable[[str], None]
-#: What to do once a command ends: (when it was issued, when it returned, its result or None on a timeout).
-Done = Callable[[float, float, "subprocess.CompletedProcess[str] | None"], None]
+POOL_THREADS = 8  #: `qlab` commands under way at once; a race's two threads spend most of their time in its gaps
+
+
+@dataclass(frozen=True)
+class Ran:
+    """One `qlab` command a fault ran."""
+
+    args: tuple[str, ...]
+    issued: float  #: monotonic
+    returned: float  #: monotonic
+    result: subprocess.CompletedProcess[str] | None  #: None: it timed out
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.result.returncode == 0
+
+    def words(self) -> str:
+        """The command as an operator typed it, its strategy file by name only."""
+        return "qlab " + " ".join(a.rsplit("/", 1)[-1] for a in self.args)
+
+    def failure(self) -> str:
+        if self.result is None:
+            return "timed out"
+        return f"exit {self.result.returncode}: {(self.result.stderr or self.result.stdout).strip()[:200]}"
 
 
 @dataclass
@@ -74,6 +104,7 @@ class Fault:
     leader_gone: int | None = None  #: a director fault: this pid cannot count as the leader that came back
     leader_back: float | None = None  #: seconds until a leader published again
     leader_late: bool = False
+    failed: list[str] = field(default_factory=list)  #: its `qlab` commands that failed or timed out
 
     @property
     def wants_leader(self) -> bool:
@@ -232,10 +263,15 @@ class Injector:
         self.start_worker = start_worker
         self.start_director = start_director
         self.ops: dict[str, StopOp] = {}
+        self.claims: dict[str, str] = {}  #: strategy -> the operator race working on it (chaos_races.py)
+        self.pins: dict[str, str] = {}  #: strategy -> the worker it is pinned to
+        #: An operator race that needs the fleet to itself (an apply: its manifest speaks for every
+        #: strategy, so it would start one another command holds stopped): no command fault meanwhile.
+        self.exclusive: str | None = None
         self.commanded: dict[str, float] = {}  #: strategy -> when we last sent it a command
         self.stopped_windows: dict[str, list[tuple[float, float]]] = {sid: [] for sid in logs}
         self.inbox: SimpleQueue[Callable[[], None]] = SimpleQueue()
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="qlab-cli")
+        self.pool = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="qlab-cli")
         self.handlers: dict[str, Callable[[float], Fault | None]] = {
             "child-kill": self.child_kill,
             "child-stop": self.child_stop,
@@ -278,14 +314,18 @@ class Injector:
             return None
         return latest[0] if self.procs.same_process(latest[0].pid) else None
 
+    def taken(self, sid: str) -> bool:
+        """An operator command or race is working on the strategy: no other fault may pick it."""
+        return sid in self.ops or sid in self.claims
+
     def healthy(self) -> list[str]:
-        return [sid for sid in self.logs if sid not in self.ops and not self.recovery.busy(sid) and self.running(sid)]
+        return [sid for sid in self.logs if not self.taken(sid) and not self.recovery.busy(sid) and self.running(sid)]
 
     def hosted(self, worker: Managed) -> list[tuple[str, Runner]]:
         """The strategies beating on ``worker`` right now (a runner's parent is its worker)."""
         return [(sid, r) for sid in self.logs if (r := self.running(sid)) is not None and r.ppid == worker.pid]
 
-    def _fault(self, kind: str, now: float, target: str, hit: list[tuple[str, set[int]]]) -> Fault:
+    def fault(self, kind: str, now: float, target: str, hit: list[tuple[str, set[int]]]) -> Fault:
         fault = Fault(kind, now, time.time(), target)
         fault.watches = [Watch(sid, now, frozenset(pids), now) for sid, pids in hit]
         return fault
@@ -301,7 +341,7 @@ class Injector:
             return None
         sid, runner = choice
         send(runner.pid, signal.SIGKILL)
-        return self._fault("child-kill", now, f"{sid} pid {runner.pid}", [(sid, {runner.pid})])
+        return self.fault("child-kill", now, f"{sid} pid {runner.pid}", [(sid, {runner.pid})])
 
     def child_stop(self, now: float) -> Fault | None:
         if (choice := self._pick_runner()) is None:
@@ -311,7 +351,7 @@ class Injector:
         send(runner.pid, signal.SIGSTOP)
         self.timeline.later(now + pause, functools.partial(self._continue, runner.pid))
         # Any heartbeat that began after it counts: the same child resumed, or a new one after a hang kill.
-        return self._fault("child-stop", now, f"{sid} pid {runner.pid} for {pause:.1f}s", [(sid, set())])
+        return self.fault("child-stop", now, f"{sid} pid {runner.pid} for {pause:.1f}s", [(sid, set())])
 
     def _continue(self, pid: int) -> None:
         if self.procs.same_process(pid):
@@ -321,7 +361,7 @@ class Injector:
         if not (candidates := self.healthy()):
             return None
         sid = self.rng.choice(candidates)
-        fault = self._fault("bad-state", now, sid, [])
+        fault = self.fault("bad-state", now, sid, [])
         watch = Watch(sid, None, frozenset(), now)  # its clock starts with the poisoned heartbeat
         fault.watches.append(watch)
         self.recovery.poison_pending[sid] = watch
@@ -338,14 +378,16 @@ class Injector:
 
     def _pick_worker(self) -> tuple[Managed, list[tuple[str, Runner]]] | None:
         """A live, running worker with strategies, none of them still recovering from something else;
-        none at all while a strategy is in transit."""
+        none at all while a strategy is in transit. Never a worker a strategy is pinned to: that
+        strategy could run nowhere else until it is back, and a worker paused past its lease comes
+        back too late for the recovery bound."""
         if self._in_transit():
             return None
         candidates = []
         for worker in self.cluster.procs.values():
-            if not worker.is_worker or worker.stopped or not worker.alive():
+            if not worker.is_worker or worker.stopped or not worker.alive() or worker.name in self.pins.values():
                 continue
-            hosted = [(sid, r) for sid, r in self.hosted(worker) if sid not in self.ops]
+            hosted = [(sid, r) for sid, r in self.hosted(worker) if not self.taken(sid)]
             if hosted and not self._recovering_on(worker):
                 candidates.append((worker, hosted))
         return self.rng.choice(candidates) if candidates else None
@@ -369,7 +411,7 @@ class Injector:
         delay = self.rng.uniform(0.3, 2.0)
         self.timeline.later(now + delay, functools.partial(self.start_worker, worker.name))
         target = f"{worker.name} pid {worker.pid}, restarted after {delay:.1f}s"
-        return self._fault("worker-kill", now, target, [(sid, {r.pid}) for sid, r in hosted])
+        return self.fault("worker-kill", now, target, [(sid, {r.pid}) for sid, r in hosted])
 
     def worker_stop(self, now: float) -> Fault | None:
         if self._paused() or self.recovery.leader_missing() or (choice := self._pick_worker()) is None:
@@ -380,7 +422,7 @@ class Injector:
         pause = self.rng.uniform(self.limits.lease_ttl + 0.5, self.limits.lease_ttl + 2.0)
         self._pause(worker, now, pause)
         # Past its lease its strategies must be started anew (elsewhere, or here once it is back): a new pid.
-        return self._fault("worker-stop", now, f"{worker.name} pid {worker.pid} for {pause:.1f}s", [(sid, {r.pid}) for sid, r in hosted])
+        return self.fault("worker-stop", now, f"{worker.name} pid {worker.pid} for {pause:.1f}s", [(sid, {r.pid}) for sid, r in hosted])
 
     def _pause(self, managed: Managed, now: float, pause: float) -> None:
         managed.stopped = True
@@ -411,7 +453,7 @@ class Injector:
         leader.signal(signal.SIGKILL)
         delay = self.rng.uniform(0.3, 2.0)
         self.timeline.later(now + delay, self.start_director)
-        fault = self._fault("director-kill", now, f"{leader.name} pid {leader.pid}, a new standby after {delay:.1f}s", [])
+        fault = self.fault("director-kill", now, f"{leader.name} pid {leader.pid}, a new standby after {delay:.1f}s", [])
         fault.leader_gone = leader.pid
         return fault
 
@@ -420,56 +462,59 @@ class Injector:
             return None
         pause = self.rng.uniform(self.limits.lease_ttl + 0.5, self.limits.lease_ttl + 2.0)
         self._pause(leader, now, pause)
-        fault = self._fault("director-stop", now, f"{leader.name} pid {leader.pid} for {pause:.1f}s", [])
+        fault = self.fault("director-stop", now, f"{leader.name} pid {leader.pid} for {pause:.1f}s", [])
         fault.leader_gone = leader.pid
         return fault
 
     # ---- operator commands ----
 
-    def _pick_for_command(self, now: float) -> str | None:
-        """A running strategy with no command of ours under way (one command's st_exit must not pass for another's)."""
+    def pick_for_command(self, now: float, prefer: frozenset[str] = frozenset()) -> str | None:
+        """A running strategy with no command of ours under way (one command's st_exit must not pass for another's);
+        one of ``prefer`` when any fits."""
+        if self.exclusive is not None:
+            return None
         candidates = [
             sid for sid in self.logs
-            if sid not in self.ops and sid not in self.recovery.poison_pending and now - self.commanded.get(sid, -1e9) > self.limits.bound
-            and self.running(sid)
+            if not self.taken(sid) and sid not in self.recovery.poison_pending
+            and now - self.commanded.get(sid, -1e9) > self.limits.bound and self.running(sid)
         ]  # fmt: skip
         if not candidates:
             return None
-        sid = self.rng.choice(candidates)
+        sid = self.rng.choice([c for c in candidates if c in prefer] or candidates)
         self.commanded[sid] = now
         return sid
 
     def restart(self, now: float) -> Fault | None:
-        if (sid := self._pick_for_command(now)) is None:
+        if (sid := self.pick_for_command(now)) is None:
             return None
         runner = self.running(sid)
         old = frozenset({runner.pid} if runner else ())
-        fault = self._fault("restart", now, sid, [])
+        fault = self.fault("restart", now, sid, [])
         self.recovery.supersede(sid)
 
-        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
-            if self._ok(result, f"strategy restart {sid}"):
-                fault.watches.append(Watch(sid, returned, old, returned))
+        def done(ran: Ran) -> None:
+            if self.checked(fault, sid, ran):
+                fault.watches.append(Watch(sid, ran.returned, old, ran.returned))
 
-        self._background(done, "strategy", "restart", sid)
+        self.background(done, "strategy", "restart", sid)
         return fault
 
     def stop_start(self, now: float) -> Fault | None:
-        if (sid := self._pick_for_command(now)) is None:
+        if (sid := self.pick_for_command(now)) is None:
             return None
         runner = self.running(sid)
         race = self.rng.random() < 0.4
         hold = self.rng.uniform(0.0, 0.3) if race else self.rng.uniform(0.3, 1.2)
-        fault = self._fault("stop-start", now, f"{sid} ({'start at once' if race else f'held {hold:.1f}s'})", [])
+        fault = self.fault("stop-start", now, f"{sid} ({'start at once' if race else f'held {hold:.1f}s'})", [])
         self.recovery.supersede(sid)
         op = self.ops[sid] = StopOp(sid, fault, race, hold, runner.pid if runner else None)
 
-        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(ran: Ran) -> None:
             op.stop_done = time.monotonic()
-            op.phase = "waiting" if self._ok(result, f"strategy stop {sid}") and not race else "holding"
+            op.phase = "waiting" if self.checked(fault, sid, ran) and not race else "holding"
             op.start_at = op.stop_done + hold
 
-        self._background(done, "strategy", "stop", sid)
+        self.background(done, "strategy", "stop", sid)
         return fault
 
     def _wait_for_stop(self, op: StopOp, now: float) -> None:
@@ -490,34 +535,50 @@ class Injector:
     def _start(self, op: StopOp) -> None:
         op.phase = "starting"
 
-        def done(issued: float, returned: float, result: subprocess.CompletedProcess[str] | None) -> None:
+        def done(ran: Ran) -> None:
             if op.effect is not None:
-                self.stopped_windows[op.strategy].append((op.effect, issued))
-            if self._ok(result, f"strategy start {op.strategy}"):
-                op.fault.watches.append(Watch(op.strategy, returned, frozenset(), returned))
+                self.stopped_windows[op.strategy].append((op.effect, ran.issued))
+            if self.checked(op.fault, op.strategy, ran):
+                op.fault.watches.append(Watch(op.strategy, ran.returned, frozenset(), ran.returned))
             del self.ops[op.strategy]
 
-        self._background(done, "strategy", "start", op.strategy)
+        self.background(done, "strategy", "start", op.strategy)
 
-    def _background(self, then: Done, *args: str) -> None:
-        """Run a `qlab` command on a thread (a paused lock holder may block it); ``then`` runs in the loop.
+    # ---- running `qlab` commands ----
+
+    def background(self, then: Callable[[Ran], None], *args: str) -> None:
+        """Run one `qlab` command on a thread; ``then`` gets it in the loop."""
+        self.commands([(0.0, args)], lambda ran: then(ran[0]))
+
+    def commands(self, steps: Sequence[tuple[float, Sequence[str]]], then: Callable[[list[Ran]], None]) -> None:
+        """Run `qlab` commands one after another on a thread, each ``gap`` seconds after the one before;
+        ``then`` gets them all, in the loop (a paused lock holder may block a command: never the loop).
 
         An operator command's recovery counts from when the command returned: its own start-up (an
         interpreter and its imports, psycopg's alone up to seconds on a saturated machine) is the
-        client's time, not the cluster's (a command that fails or times out is said in the log).
+        client's time, not the cluster's.
         """
-        issued = time.monotonic()
 
         def work() -> None:
-            result = self.cluster.run(*args)
-            returned = time.monotonic()
-            self.inbox.put(lambda: then(issued, returned, result))
+            ran = []
+            for gap, args in steps:
+                if gap > 0:
+                    time.sleep(gap)  # the race's own spacing, on this thread: the loop never waits on it
+                issued = time.monotonic()
+                result = self.cluster.run(*args)
+                ran.append(Ran(tuple(args), issued, time.monotonic(), result))
+            self.inbox.put(lambda: then(ran))
 
         self.pool.submit(work)
 
-    def _ok(self, result: subprocess.CompletedProcess[str] | None, what: str) -> bool:
-        if result is not None and result.returncode == 0:
-            return True
-        self.say(f"[yellow]qlab {what} failed[/yellow]: {'timed out' if result is None else result.stderr.strip()[:200]}")
-        return False
+    def checked(self, fault: Fault, sid: str, ran: Ran) -> bool:
+        """Whether the command succeeded; one that failed or timed out is counted on its fault and reported.
 
+        Each command a fault runs names a strategy that exists (or, an assign, one just removed) with
+        valid options: none may fail, and a race that loses one leaves the strategy not as intended.
+        """
+        if ran.ok:
+            return True
+        fault.failed.append(f"{ran.words()}: {ran.failure()}")
+        self.report("command-failed", sid, f"`{ran.words()}` in {fault.kind} at +{fault.at - self.recovery.t0:.2f}s: {ran.failure()}")
+        return False

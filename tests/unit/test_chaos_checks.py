@@ -6,16 +6,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from chaos_checks import (  # noqa: E402
+    Seen,
     StrategyLog,
     beats_while_stopped,
     check_log,
     counter_rollbacks,
     double_runners,
     duplicate_orders,
+    plan_mismatch,
     stale_orders,
+    stale_states,
+    took_effect,
 )
+from chaos_races import Spec, manifest  # noqa: E402
 
 
 class Script:
@@ -23,22 +30,29 @@ class Script:
 
     def __init__(self) -> None:
         self.log = StrategyLog("s01", Path("/nonexistent"))
+        self.gens: dict[int, int] = {}  #: pid -> its generation
 
     def add(self, kind: str, pid: int, m: float, **fields: Any) -> None:
-        self.log.add({"k": kind, "pid": pid, "ppid": 100 + pid % 10, "m": m, "t": 1000.0 + m, **fields})
+        record = {"k": kind, "pid": pid, "ppid": 100 + pid % 10, "m": m, "t": 1000.0 + m, "gen": self.gens.get(pid, 0)}
+        self.log.add({**record, **fields})
 
-    def init(self, pid: int, m: float, n: int) -> None:
-        self.add("init", pid, m, n=n, helper=None)
+    def init(self, pid: int, m: float, n: int, *, gen: int = 0, sgen: int | None = None) -> None:
+        self.gens[pid] = gen
+        self.add("init", pid, m, n=n, helper=None, sgen=sgen)
+
+    def link(self, pid: int, n: int) -> str:
+        gen = self.gens.get(pid, 0)
+        return f"s01-{n}" if not gen else f"s01g{gen}-{n}"
 
     def beat(self, pid: int, m0: float, n: int, *, ok: bool = True, code: int | None = 0, sent: bool = True, xt: float | None = None) -> None:
         if sent:
-            self.add("send", pid, m0, n=n, id=f"s01-{n}")
+            self.add("send", pid, m0, n=n, id=self.link(pid, n))
         at = 1000.0 + m0 if xt is None else xt
-        self.add("beat", pid, m0 + 0.01, n=n, id=f"s01-{n}", m0=m0, ok=ok, code=code if not ok else 0, xt=at * 1000 if ok else None)
+        self.add("beat", pid, m0 + 0.01, n=n, id=self.link(pid, n), m0=m0, ok=ok, code=code if not ok else 0, xt=at * 1000 if ok else None)
 
-    def run(self, pid: int, start: float, first: int, count: int) -> float:
+    def run(self, pid: int, start: float, first: int, count: int, *, gen: int = 0, sgen: int | None = None) -> float:
         """A runner that restored ``first - 1`` and beat ``count`` times, 0.2 s apart; returns its last beat's start."""
-        self.init(pid, start, first - 1)
+        self.init(pid, start, first - 1, gen=gen, sgen=sgen)
         m = start
         for n in range(first, first + count):
             m += 0.2
@@ -154,3 +168,126 @@ def test_an_old_runners_call_refused_as_the_new_runners_duplicate_is_stale_not_d
     s.beat(2, 1.2, 4)  # the new runner uses s01-4 first
     s.add("beat", 1, 3.5, n=4, id="s01-4", m0=0.9, ok=False, code=110072, xt=None)  # the old call ran after the resume
     assert [v.kind for v in check_log(s.log)] == ["stale-order"]
+
+
+# ---- a strategy removed and assigned anew under its id (remove-assign, apply --prune) ----
+
+
+def test_a_recreated_strategy_starting_over_is_no_violation() -> None:
+    s = Script()
+    last = s.run(1, 0.0, 1, 5)
+    s.add("exit", 1, last + 0.05, n=5, reason="manual")  # removed: its st_exit ran
+    s.run(2, last + 0.3, 1, 5, gen=1)  # the new Work: empty state, counter from 1, ids of its own
+    assert kinds(s) == []
+
+
+def test_the_removed_runner_beating_after_the_recreated_one_started_is_a_double_runner() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 3)
+    s.run(2, 1.0, 1, 2, gen=1)
+    s.beat(1, 1.1, 4)  # the removed Work's child got another tick
+    found = double_runners(s.log)
+    assert [v.kind for v in found] == ["double-runner"]
+    assert "pid 1 of generation 0" in found[0].detail and "pid 2 of generation 1" in found[0].detail
+
+
+def test_a_removed_generation_starting_after_the_new_one_is_a_double_runner() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 3)
+    s.run(2, 1.0, 1, 2, gen=1)
+    s.init(3, 1.5, 3)  # generation 0 started again somewhere, after its Work was removed
+    found = double_runners(s.log)
+    assert [v.kind for v in found] == ["double-runner"]
+    assert "removed generation 0" in found[0].detail
+
+
+def test_restoring_state_a_removed_generation_wrote_is_stale_state() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 5)
+    s.run(2, 2.0, 1, 2, gen=1)
+    s.run(3, 3.0, 6, 2, gen=1, sgen=0)  # the removed runner's late write landed in the new Work's state
+    found = stale_states(s.log)
+    assert [v.kind for v in found] == ["stale-state"]
+    assert "generation 1 restored state written by generation 0" in found[0].detail
+    assert "stale-state" in kinds(s)
+
+
+def test_a_restart_within_a_generation_restores_its_own_state() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 3, gen=2)
+    s.run(2, 1.0, 4, 3, gen=2, sgen=2)
+    assert kinds(s) == []
+
+
+def test_a_rollback_is_still_found_within_a_new_generation() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 3)
+    s.run(2, 1.0, 1, 5, gen=1)
+    s.init(3, 2.5, 1, gen=1, sgen=1)  # heartbeat 5 of generation 1 began: at least 4 must come back
+    assert [v.kind for v in counter_rollbacks(s.log)] == ["counter-rollback"]
+
+
+# ---- the operator's final stop, seen from outside ----
+
+
+def look(began: float, status: str | None, *alive: int) -> Seen:
+    return Seen(began, began + 0.2, status, frozenset(alive))
+
+
+def test_a_stop_takes_effect_when_a_later_status_says_stopped_and_no_child_is_left() -> None:
+    seen = [
+        look(0.5, "stopped"),  # begun before the stop returned: it may show an earlier stop
+        look(1.1, "running", 7),
+        look(1.5, "stopped", 7),  # says stopped while its child still runs: not yet
+        look(2.0, "stopped"),
+    ]
+    assert took_effect(seen, 1.0, "stopped") == pytest.approx(2.2)
+    assert took_effect(seen[:3], 1.0, "stopped") is None
+
+
+def test_a_stop_that_never_settles_has_no_effect() -> None:
+    # desired stopped on a Work placed but not yet adopted: its status stays pending
+    seen = [look(1.0 + i, "pending") for i in range(8)]
+    assert took_effect(seen, 1.0, "stopped") is None
+
+
+def test_a_removal_takes_effect_once_its_runners_are_gone() -> None:
+    assert took_effect([look(1.0, None, 4)], 1.0, None) is None
+    assert took_effect([look(1.0, None, 4), look(1.4, None)], 1.0, None) == pytest.approx(1.6)
+
+
+def test_a_beat_after_the_final_stop_took_effect_ran_while_stopped() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 3)
+    s.add("exit", 1, 0.7, n=3, reason="manual")
+    s.run(2, 1.5, 4, 2)  # a child the race's restart spawned, ticked after the stop settled
+    effect = took_effect([look(0.8, "stopped")], 0.75, "stopped")
+    assert effect is not None
+    assert [v.kind for v in beats_while_stopped(s.log, [(effect, 3.0)])] == ["ran-while-stopped"]
+
+
+# ---- qlab apply ----
+
+
+def test_an_apply_plan_must_change_exactly_its_target() -> None:
+    out = "update  s03  (interval)\n1 to update\n"
+    assert plan_mismatch(out, {("update", "s03")}) is None
+    assert plan_mismatch("nothing to change\n", set()) is None
+    wide = "update  s03  (interval)\nupdate  s04  (params)\nstop    s05\n3 to update\n"
+    assert plan_mismatch(wide, {("update", "s03")}) == "planned also stop s05, update s04"
+    assert plan_mismatch("nothing to change\n", {("remove", "s03")}) == "did not plan remove s03"
+
+
+def test_the_soaks_manifest_lists_each_strategy_as_assigned(tmp_path: Path) -> None:
+    import tomllib
+
+    file = tmp_path / "chaos_strategy.py"
+    spec = Spec(file, 0.2, 3.0, 0.1, True, stop_timeout=1.0, gen=2, worker="w2", accounts=("paper", "paper2"))
+    table = tomllib.loads(manifest({"s01": spec, "s02": Spec(file, 0.3, 3.0, 0.1, False)}))["strategies"]
+    assert table["s01"] == {
+        "file": str(file), "params": {"helper": True, "gen": 2}, "interval": 0.2, "heartbeat_timeout": 3.0,
+        "backoff": 0.1, "max_errors": 100_000, "stop_timeout": 1.0, "worker": "w2", "accounts": ["paper", "paper2"],
+    }  # fmt: skip
+    assert table["s02"]["params"] == {"helper": False, "gen": 0} and "worker" not in table["s02"]
+    args = spec.assign_args("s01")
+    assert args[args.index("--worker") + 1] == "w2" and args.count("--account") == 2
