@@ -32,10 +32,10 @@ from quantlab import control
 from quantlab.config import Paths
 from quantlab.store.open import open_store
 from quantlab.store.records import ExitReason, TickInfo
-from quantlab.store.workpool import WorkPool
+from quantlab.store.fenced import FencedStore
 from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_to_worker, encode
 from quantlab.worker import procs
-from quantlab.worker.zygote import Spawn, Zygote
+from quantlab.worker.zygote import ForkRequest, Zygote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.fakes.bybit import FakeBybit  # noqa: E402  (the fake server lives with the tests)
@@ -84,7 +84,7 @@ class Cluster:
         self.home, self.url = home, url
         self.store = open_store(Paths(home, store_url=url))
         worker = ("worker", "start", "--region", "JP", "--id", "bench", "--max-strategies", "200", "--accounts", str(accounts))
-        self.procs = [self._start("director", "start", "--tick", "1"), self._start(*worker, env=env)]
+        self.procs = [self._start("director", "start", "--heartbeat", "1"), self._start(*worker, env=env)]
         poll(lambda: self.store.find_resource("bench"))
 
     def _start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -131,8 +131,8 @@ def run_hammers(cluster: Cluster, file: Path, count: int, params: dict[str, obje
     for work_id in ids:
         control.assign(cluster.store, control.AssignRequest(file=str(file), id=work_id, interval=3600.0,
                                                             params=params, accounts=[str(params["account"])]))
-    pool = WorkPool(cluster.store)
-    samples = [poll(lambda: pool.load_state(w).get("samples"), timeout=120) for w in ids]
+    fenced_store = FencedStore(cluster.store)
+    samples = [poll(lambda: fenced_store.load_state(w).get("samples"), timeout=120) for w in ids]
     for work_id in ids:
         control.remove(cluster.store, work_id)
     return samples  # type: ignore[return-value]
@@ -198,9 +198,10 @@ class ChildHarness:
         self.socket.bind(self.endpoint)
         self.tmp = tmp
 
-    def spawn(self, n: int) -> tuple[bytes, int]:
+    def fork(self, n: int) -> tuple[bytes, int]:
         routing_id = f"bench#{n}".encode()
-        return routing_id, self.zygote.spawn(Spawn(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log")))
+        request = ForkRequest(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log"))
+        return routing_id, self.zygote.fork(request)
 
     def recv(self, routing_id: bytes) -> object:
         """The next message from ``routing_id`` (children killed by the fork bench may have said Hello)."""
@@ -222,7 +223,7 @@ def bench_fork(harness: ChildHarness, n: int) -> Row:
     samples = []
     for i in range(n):
         start = time.perf_counter()
-        _, pid = harness.spawn(i)
+        _, pid = harness.fork(i)
         samples.append(time.perf_counter() - start)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -230,7 +231,7 @@ def bench_fork(harness: ChildHarness, n: int) -> Row:
 
 
 def bench_tick_round_trip(harness: ChildHarness, file: Path, n: int) -> Row:
-    routing_id, pid = harness.spawn(10_000)
+    routing_id, pid = harness.fork(10_000)
     assert isinstance(harness.recv(routing_id), Hello)
     harness.send(routing_id, Init(id="rt", file=str(file), params={}, state={}, accounts=[], log_path=str(harness.tmp / "rt.log")))
     assert isinstance(harness.recv(routing_id), Ready)

@@ -84,7 +84,7 @@ class Fleet:
         self.port = free_port()
         worker = ("worker", "start", "--region", "JP", "--id", "fleet", "--max-strategies", str(max_strategies),
                   *(("--metrics-port", str(self.port)) if metrics else ()))
-        self.director = self._start("director", "start", "--tick", "1")
+        self.director = self._start("director", "start", "--heartbeat", "1")
         self.worker = self._start(*worker)
         poll(lambda: self.store.find_resource("fleet"))
 

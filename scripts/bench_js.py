@@ -24,7 +24,7 @@ import bench  # noqa: E402  (its harness, cluster and rows)
 
 from quantlab.protocol import Hello  # noqa: E402
 from quantlab.child.jsruntime import child_command  # noqa: E402
-from quantlab.worker.zygote import Spawn  # noqa: E402
+from quantlab.worker.zygote import ForkRequest  # noqa: E402
 
 QUIET = """
 export async function st_init(ctx) {}
@@ -34,20 +34,20 @@ export async function st_exit(ctx, reason) {}
 
 
 class NodeHarness(bench.ChildHarness):
-    """bench's ROUTER and real zygote, spawning Node children."""
+    """bench's ROUTER and real zygote, forking Node children."""
 
-    def spawn(self, n: int) -> tuple[bytes, int]:
+    def fork(self, n: int) -> tuple[bytes, int]:
         routing_id = f"bench#{n}".encode()
         argv = child_command("quiet.mjs", self.endpoint, routing_id)
-        request = Spawn(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log"), argv=argv)
-        return routing_id, self.zygote.spawn(request)
+        request = ForkRequest(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log"), argv=argv)
+        return routing_id, self.zygote.fork(request)
 
 
 def bench_spawn_to_hello(harness: NodeHarness, n: int) -> bench.Row:
     samples = []
     for i in range(n):
         start = time.perf_counter()
-        routing_id, pid = harness.spawn(i)
+        routing_id, pid = harness.fork(i)
         assert isinstance(harness.recv(routing_id), Hello)
         samples.append(time.perf_counter() - start)
         os.kill(pid, signal.SIGKILL)

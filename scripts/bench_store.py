@@ -25,7 +25,7 @@ from quantlab.config import Paths
 from quantlab.store.open import open_store
 from quantlab.store.records import Resource, StrategySpec, Work, WorkerSpec
 from quantlab.store.store import Store
-from quantlab.store.workpool import WorkPool
+from quantlab.store.fenced import FencedStore
 
 
 def _registered(resource: Resource, current: Resource | None) -> Resource:
@@ -46,12 +46,12 @@ class FakeWorkers:
         self.thread.start()
 
     def _renew(self) -> None:
-        pool = WorkPool(self.store)
+        fenced_store = FencedStore(self.store)
         while not self.stop.wait(1.0):
             for wid in self.ids:
                 resource = self.store.find_resource(wid)
                 if resource is not None:
-                    pool.update_resource_state(resource, msgspec.structs.replace(resource.state, last_seen=time.time()))
+                    fenced_store.update_resource_state(resource, msgspec.structs.replace(resource.state, last_seen=time.time()))
 
     def close(self) -> None:
         self.stop.set()
@@ -74,7 +74,7 @@ def bench_scale(tmp: Path, file: Path, works: int, url: str = "", idle_seconds: 
     home = tmp / "scale"
     store = open_store(Paths(home, store_url=url))
     fake = FakeWorkers(store, 100)
-    director = subprocess.Popen([*qlab_args(home, url), "director", "start", "--tick", "1"],
+    director = subprocess.Popen([*qlab_args(home, url), "director", "start", "--heartbeat", "1"],
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         poll(lambda: store.find_leader())
@@ -167,12 +167,12 @@ def bench_failover(tmp: Path, file: Path, url: str, n: int) -> Row:
     def start_worker(worker_id: str) -> None:
         procs[worker_id] = subprocess.Popen(
             [*qlab_args(home, url), "worker", "start", "--region", "JP", "--id", worker_id, "--heartbeat", "0.2",
-             "--lease-ttl", "2", "--stop-timeout", "0.5"],
+             "--lease-ttl", "2", "--drain-timeout", "0.5"],
             stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         poll(lambda: (r := store.find_resource(worker_id)) is not None and r.spec.pid == procs[worker_id].pid)
 
-    director = subprocess.Popen([*qlab_args(home, url), "director", "start", "--tick", "0.2"],
+    director = subprocess.Popen([*qlab_args(home, url), "director", "start", "--heartbeat", "0.2"],
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     samples = []
     try:

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
 from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
-from chaos_faults import FAULT_KINDS, Injector, Limits, Recovery, Timeline  # noqa: E402
+from chaos_faults import FAULT_KINDS, Injector, Timings, Recovery, Timeline  # noqa: E402
 from chaos_races import MORE_ACCOUNTS, Races, Spec  # noqa: E402
 from tests.pgutil import scratch_database  # noqa: E402  (the scratch databases of the tests)
 from quantlab.store.pglink import redact  # noqa: E402
@@ -97,7 +97,7 @@ class Settings:
     heartbeat_timeout: float = 3.0  #: strategies' hang timeout, s
     interval: float = 0.2  #: strategies' tick, s
     backoff: float = 0.1  #: first restart delay, s
-    director_tick: float = 0.2
+    director_heartbeat: float = 0.2
     worker_heartbeat: float = 0.2
     stop_timeout: float = 1.0  #: st_exit's time; fits inside the lease
     gap: float = 2.0  #: mean seconds between faults
@@ -109,11 +109,11 @@ class Settings:
     @property
     def bound(self) -> float:
         """Seconds within which every strategy must beat again after a fault: lease + hang timeout + a tick."""
-        return self.lease_ttl + self.heartbeat_timeout + max(self.director_tick, self.interval)
+        return self.lease_ttl + self.heartbeat_timeout + max(self.director_heartbeat, self.interval)
 
     @property
-    def limits(self) -> Limits:
-        return Limits(self.bound, self.lease_ttl, self.heartbeat_timeout, fresh=max(1.0, 5 * self.interval))
+    def timings(self) -> Timings:
+        return Timings(self.bound, self.lease_ttl, self.heartbeat_timeout, fresh=max(1.0, 5 * self.interval))
 
     def replay(self) -> str:
         line = f"python scripts/chaos.py --seed {self.seed} --duration {self.duration:g} --strategies {self.strategies}"
@@ -175,7 +175,7 @@ class Soak:
         self.skipped = {kind: 0 for kind in settings.faults}  #: planned faults that found no target
         self.injector = Injector(
             cluster=cluster, logs=self.logs, recovery=self.recovery, procs=self.procs, status=self.status,
-            timeline=self.timeline, rng=random.Random(f"{settings.seed}:choices"), limits=settings.limits,
+            timeline=self.timeline, rng=random.Random(f"{settings.seed}:choices"), timings=settings.timings,
             report=self.violation, say=self.say, start_worker=self.start_worker, start_director=self.start_director,
         )  # fmt: skip
         self.specs: dict[str, Spec] = {}  #: what each strategy was assigned as (setup fills it)
@@ -198,13 +198,13 @@ class Soak:
         s = self.s
         self.cluster.start(
             name, "worker", "start", "--region", "JP", "--id", name, "--heartbeat", str(s.worker_heartbeat),
-            "--lease-ttl", str(s.lease_ttl), "--stop-timeout", str(s.stop_timeout),
+            "--lease-ttl", str(s.lease_ttl), "--drain-timeout", str(s.stop_timeout),
             "--accounts", str(self.home / "etc" / "env.jsonl"),
         )  # fmt: skip
 
     def start_director(self) -> None:
         lease = ("--lease-ttl", str(self.s.lease_ttl)) if self.cluster.supports("--lease-ttl", "director", "start") else ()
-        self.cluster.start(self.cluster.next_name("d"), "director", "start", "--tick", str(self.s.director_tick), *lease)
+        self.cluster.start(self.cluster.next_name("d"), "director", "start", "--heartbeat", str(self.s.director_heartbeat), *lease)
 
     def reap(self) -> None:
         """A director or worker that exits unbidden is a violation; it is started again, as systemd would."""

@@ -233,7 +233,7 @@ class StopOp:
 
 
 @dataclass(frozen=True)
-class Limits:
+class Timings:
     """The soak's timings, as the injector needs them."""
 
     bound: float  #: seconds to recover
@@ -247,7 +247,7 @@ class Injector:
 
     def __init__(
         self, *, cluster: Cluster, logs: dict[str, StrategyLog], recovery: Recovery, procs: ProcessWatch,
-        status: StatusPoller, timeline: Timeline, rng: random.Random, limits: Limits, report: Report, say: Say,
+        status: StatusPoller, timeline: Timeline, rng: random.Random, timings: Timings, report: Report, say: Say,
         start_worker: Callable[[str], None], start_director: Callable[[], None],
     ) -> None:  # fmt: skip
         self.cluster = cluster
@@ -257,7 +257,7 @@ class Injector:
         self.status = status
         self.timeline = timeline
         self.rng = rng
-        self.limits = limits
+        self.timings = timings
         self.report = report
         self.say = say
         self.start_worker = start_worker
@@ -310,7 +310,7 @@ class Injector:
     def running(self, sid: str) -> Runner | None:
         """The runner beating right now, if it is alive and the process it was."""
         latest = self.logs[sid].latest()
-        if latest is None or time.monotonic() - latest[1].m > self.limits.fresh:
+        if latest is None or time.monotonic() - latest[1].m > self.timings.fresh:
             return None
         return latest[0] if self.procs.same_process(latest[0].pid) else None
 
@@ -347,7 +347,7 @@ class Injector:
         if (choice := self._pick_runner()) is None:
             return None
         sid, runner = choice
-        pause = self.rng.uniform(0.5, self.limits.heartbeat_timeout + 1.5)
+        pause = self.rng.uniform(0.5, self.timings.heartbeat_timeout + 1.5)
         send(runner.pid, signal.SIGSTOP)
         self.timeline.later(now + pause, functools.partial(self._continue, runner.pid))
         # Any heartbeat that began after it counts: the same child resumed, or a new one after a hang kill.
@@ -419,7 +419,7 @@ class Injector:
             # may rightly keep its strategies, and its fault would have no defined outcome.
             return None
         worker, hosted = choice
-        pause = self.rng.uniform(self.limits.lease_ttl + 0.5, self.limits.lease_ttl + 2.0)
+        pause = self.rng.uniform(self.timings.lease_ttl + 0.5, self.timings.lease_ttl + 2.0)
         self._pause(worker, now, pause)
         # Past its lease its strategies must be started anew (elsewhere, or here once it is back): a new pid.
         return self.fault("worker-stop", now, f"{worker.name} pid {worker.pid} for {pause:.1f}s", [(sid, {r.pid}) for sid, r in hosted])
@@ -460,7 +460,7 @@ class Injector:
     def director_stop(self, now: float) -> Fault | None:
         if self._paused() or self._in_transit() or (leader := self._leader(now)) is None:
             return None
-        pause = self.rng.uniform(self.limits.lease_ttl + 0.5, self.limits.lease_ttl + 2.0)
+        pause = self.rng.uniform(self.timings.lease_ttl + 0.5, self.timings.lease_ttl + 2.0)
         self._pause(leader, now, pause)
         fault = self.fault("director-stop", now, f"{leader.name} pid {leader.pid} for {pause:.1f}s", [])
         fault.leader_gone = leader.pid
@@ -476,7 +476,7 @@ class Injector:
         candidates = [
             sid for sid in self.logs
             if not self.taken(sid) and sid not in self.recovery.poison_pending
-            and now - self.commanded.get(sid, -1e9) > self.limits.bound and self.running(sid)
+            and now - self.commanded.get(sid, -1e9) > self.timings.bound and self.running(sid)
         ]  # fmt: skip
         if not candidates:
             return None
@@ -528,8 +528,8 @@ class Injector:
         if exits or said:
             op.effect = min(exits) if exits else latest[0]  # type: ignore[index]
             op.phase, op.start_at = "holding", now + op.hold
-        elif now > op.stop_done + self.limits.bound:
-            self.report("stop-lost", op.strategy, f"`qlab strategy stop` at +{op.fault.at - self.recovery.t0:.2f}s took no effect within {self.limits.bound:.1f}s")
+        elif now > op.stop_done + self.timings.bound:
+            self.report("stop-lost", op.strategy, f"`qlab strategy stop` at +{op.fault.at - self.recovery.t0:.2f}s took no effect within {self.timings.bound:.1f}s")
             op.phase, op.start_at = "holding", now
 
     def _start(self, op: StopOp) -> None:

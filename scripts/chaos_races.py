@@ -248,11 +248,11 @@ class Races:
         alive = frozenset(pid for pid in removal.pids if self.inj.procs.same_process(pid))
         if took_effect([Seen(now, now, None, alive)], removal.since, None) is not None:
             removal.over = True
-        elif now > removal.since + self.inj.limits.bound:
+        elif now > removal.since + self.inj.timings.bound:
             removal.over = True
             self.inj.report("stop-lost", op.strategy, (
                 f"`{removal.command}` in {op.fault.kind} at +{op.fault.at - self.inj.recovery.t0:.2f}s: pid(s) "
-                f"{sorted(alive)} of the removed Work still running {self.inj.limits.bound:.1f}s after it returned"
+                f"{sorted(alive)} of the removed Work still running {self.inj.timings.bound:.1f}s after it returned"
                 f"{self.whereabouts(op.strategy)}"
             ))  # fmt: skip
 
@@ -316,7 +316,7 @@ class Races:
             said = f"status {last.status}, pids alive {sorted(last.alive)}" if last else "no status since"
             self.inj.report("stop-lost", op.strategy, (
                 f"the final `qlab strategy stop` of {op.fault.kind} at +{op.fault.at - self.inj.recovery.t0:.2f}s did not "
-                f"settle within {self.inj.limits.bound:.1f}s of its return: {said}{self.whereabouts(op.strategy)}"
+                f"settle within {self.inj.timings.bound:.1f}s of its return: {said}{self.whereabouts(op.strategy)}"
             ))  # fmt: skip
             op.phase, op.start_at = "holding", now
 
@@ -324,7 +324,7 @@ class Races:
         """Known late: a status begun after the bound still showed it unsettled (a status command can
         take seconds on a busy machine, so the time it returned alone would blame the cluster for
         it), or no status came back at all for as long as a command may take."""
-        bound = op.stopped + self.inj.limits.bound
+        bound = op.stopped + self.inj.timings.bound
         return bool(op.seen) and op.seen[-1].began > bound or now > bound + CLI_TIMEOUT
 
     def _alive(self, sid: str, entry: dict[str, Any] | None) -> frozenset[int]:

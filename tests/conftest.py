@@ -17,7 +17,7 @@ import pytest
 from quantlab.config import Paths
 from quantlab.store.open import open_store
 from quantlab.store.records import Event, Work
-from quantlab.store.workpool import WorkPool
+from quantlab.store.fenced import FencedStore
 
 T = TypeVar("T")
 
@@ -97,7 +97,7 @@ class Lab:
         return proc
 
     def director(self, *args: str) -> subprocess.Popen[bytes]:
-        return self.start("director", "start", "--tick", "0.2", *args)
+        return self.start("director", "start", "--heartbeat", "0.2", *args)
 
     def worker(
         self, worker_id: str = "w1", *args: str, region: str = "JP", env: dict[str, str] | None = None,
@@ -128,7 +128,7 @@ class Lab:
 
     def state(self, work_id: str) -> dict[str, Any]:
         """The strategy's saved ctx.state ({} when there is none)."""
-        return WorkPool(self.store).load_state(work_id)
+        return FencedStore(self.store).load_state(work_id)
 
     def wait_status(self, work_id: str, status: str, timeout: float = 10.0) -> Work:
         return wait_for(

@@ -102,13 +102,42 @@ def qlab(ctx: click.Context, home: str | None, store_url: str | None, config_fil
 
 # ---- the long-running processes ----
 
-_POSITIVE = click.FloatRange(min=0, min_open=True)
+
+class _LateOptionsCommand(click.Command):
+    """A command with more options, made by ``late`` when its options are first read.
+
+    The options made from declared settings (quantlab.settings.setting_options) are
+    read from the records' fields, and reading those imports the records and msgspec,
+    which listing the commands (`qlab --help`) must not (tests/integration/test_cli_imports.py).
+    """
+
+    def __init__(self, *args: Any, late: Callable[[], list[click.Parameter]], **kwargs: Any) -> None:
+        self._late: Callable[[], list[click.Parameter]] | None = late
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._late is not None:
+            late, self._late = self._late, None
+            self._params.extend(late())
+        return self._params
+
+    @params.setter
+    def params(self, params: list[click.Parameter]) -> None:
+        self._params = params
 
 
-@qlab.command()
+def _up_options() -> list[click.Parameter]:
+    """The strategy setting ``interval``, for the FILEs `up` runs."""
+    from quantlab.store.strategy_settings import spec_settings
+
+    interval = next(s for s in spec_settings() if s.name == "interval")
+    return [settings.SettingOption(interval, help=f"Seconds between ticks for the FILEs [{interval.default_text}].")]
+
+
+@qlab.command(cls=_LateOptionsCommand, late=_up_options)
 @click.argument("files", nargs=-1)
 @click.option("--region", default="JP", show_default=True, help="Region of the local worker.")
-@click.option("--interval", type=_POSITIVE, help="Seconds between ticks for the FILEs [1].")
 @pass_env
 def up(env: Env, files: tuple[str, ...], region: str, interval: float | None) -> None:
     """A director and one local worker in the foreground, running FILEs; Ctrl-C stops all."""
@@ -122,28 +151,24 @@ def director() -> None:
     """The director: places strategies on workers."""
 
 
-@director.command("start")
-@click.option("--tick", type=_POSITIVE, default=1.0, show_default=True, help="Seconds between director heartbeats.")
-@click.option(
-    "--lease-ttl", type=_POSITIVE, default=10.0, show_default=True,
-    help="Seconds the leadership lease lasts without renewal; a standby takes over after it plus a margin.",
-)
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="The log: text, or one JSON object a line.")
-@click.option("--log-max-mb", type=_POSITIVE, default=10.0, show_default=True, help="The log rotates past this size.")
-@click.option("--log-keep", type=click.IntRange(min=0), default=5, show_default=True, help="Rotated log files kept.")
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port.")
+def _director_options() -> list[click.Parameter]:
+    from quantlab.director.options import DirectorOptions
+    from quantlab.store.strategy_settings import field_settings
+
+    return settings.setting_options(field_settings(DirectorOptions))
+
+
+@director.command("start", cls=_LateOptionsCommand, late=_director_options)
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="The log: text, or one JSON object a line [text].")
 @pass_env
-def director_start(
-    env: Env, tick: float, lease_ttl: float, log_format: str, log_max_mb: float, log_keep: int, metrics_port: int | None
-) -> None:
+def director_start(env: Env, **params: Any) -> None:
     """Run a director in the foreground until SIGTERM or Ctrl-C."""
     from quantlab import daemon
-    from quantlab.logsetup import LogSettings
+    from quantlab.director.options import DirectorOptions
 
-    logs = LogSettings(format=log_format, max_mb=log_max_mb, keep=log_keep)  # type: ignore[arg-type]
-    daemon.become(daemon.DirectorStart(home=daemon.home_of(env.paths), tick=tick, lease_ttl=lease_ttl, logs=logs,
-                                       metrics_port=metrics_port))
+    given = settings.given(click.get_current_context(), params)
+    options = DirectorOptions(**{name: value for name, (value, _) in given.items() if value is not None}).checked()
+    daemon.become(daemon.DirectorStart(home=daemon.home_of(env.paths), options=options))
 
 
 @qlab.group()
@@ -151,22 +176,22 @@ def worker() -> None:
     """Workers: each runs strategies as child processes."""
 
 
-@worker.command("start")
+def _worker_options() -> list[click.Parameter]:
+    from quantlab.store.strategy_settings import field_settings
+    from quantlab.worker.options import WorkerOptions
+
+    return settings.setting_options(field_settings(WorkerOptions))
+
+
+@worker.command("start", cls=_LateOptionsCommand, late=_worker_options)
 @click.option("--region", help="Region this worker serves (required unless --profile sets it).")
 @click.option("--id", "id", help="Worker id [<host>-<region>].")
-@click.option("--max-strategies", type=int, help="Most strategies this worker runs at once [20].")
-@click.option("--heartbeat", type=float, help="Seconds between worker heartbeats [1].")
-@click.option("--lease-ttl", type=float, help="Seconds the worker's lease lasts without renewal [15].")
-@click.option("--stop-timeout", type=float, help="Seconds strategies get for st_exit on stop [10].")
 @click.option("--accounts", "accounts_file", metavar="FILE", help="Accounts file (env.jsonl).")
 @click.option("--proxy", metavar="URL", help="HTTP(S) proxy for the exchange.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Its log: text, or one JSON object a line [text].")
-@click.option("--log-max-mb", type=_POSITIVE, help="Its and its strategies' logs rotate past this size [10].")
-@click.option("--log-keep", type=click.IntRange(min=0), help="Rotated log files kept [5].")
-@click.option("--metrics-port", type=click.IntRange(1, 65535), help="Serve Prometheus metrics on this port.")
 @click.option("--profile", type=click.Path(dir_okay=False), help="Worker profile TOML.")
 @pass_env
-def worker_start(env: Env, profile: str | None, **given: Any) -> None:
+def worker_start(env: Env, profile: str | None, **params: Any) -> None:
     """Run a worker in the foreground until SIGTERM or Ctrl-C."""
     from pathlib import Path
 
@@ -175,16 +200,15 @@ def worker_start(env: Env, profile: str | None, **given: Any) -> None:
     from quantlab import daemon
     from quantlab.worker.options import WorkerOptions, load_profile, profile_keys
 
-    if profile is None and given["region"] is None:
+    if profile is None and params["region"] is None:
         raise click.UsageError("Missing option '--region' (or a --profile that sets it).")
     base = load_profile(Path(profile)) if profile is not None else WorkerOptions()
     in_profile = profile_keys(Path(profile)) if profile is not None else set()
-    source = click.get_current_context().get_parameter_source
     passed = {
         name: value
-        for name, value in given.items()
+        for name, (value, source) in settings.given(click.get_current_context(), params).items()
         # command line and environment win over the profile; the profile wins over the settings file
-        if value is not None and not (source(name) == ParameterSource.DEFAULT_MAP and name in in_profile)
+        if value is not None and not (source == ParameterSource.DEFAULT_MAP and name in in_profile)
     }
     options = msgspec.structs.replace(base, **passed).resolved(env.paths.host_name)
     daemon.become(daemon.WorkerStart(home=daemon.home_of(env.paths), options=options))
@@ -249,46 +273,11 @@ def strategy() -> None:
     """Strategies: assign, inspect and control them."""
 
 
-class _LateOptionsCommand(click.Command):
-    """A command with more options, made by ``late`` when its options are first read.
-
-    `strategy assign`'s setting options are made from StrategySpec's fields, and
-    reading those imports the store's records and msgspec, which listing the
-    commands (`qlab --help`) must not (tests/integration/test_cli_imports.py).
-    """
-
-    def __init__(self, *args: Any, late: Callable[[], list[click.Parameter]], **kwargs: Any) -> None:
-        self._late: Callable[[], list[click.Parameter]] | None = late
-        super().__init__(*args, **kwargs)
-
-    @property
-    def params(self) -> list[click.Parameter]:
-        if self._late is not None:
-            late, self._late = self._late, None
-            self._params.extend(late())
-        return self._params
-
-    @params.setter
-    def params(self, params: list[click.Parameter]) -> None:
-        self._params = params
-
-
 def _setting_options() -> list[click.Parameter]:
-    """One option per StrategySpec setting, named by the setting (the ``[strategy]`` key in quantlab.toml).
+    """One option per StrategySpec setting (quantlab.control checks them again for every other way in)."""
+    from quantlab.store.strategy_settings import spec_settings
 
-    No default of their own (None: the StrategySpec default), and no range: quantlab.control checks
-    the range for every way a value comes in, with a message naming the option.
-    """
-    from quantlab.store.strategy_settings import option_help, spec_settings
-
-    options: list[click.Parameter] = []
-    for setting in spec_settings():
-        if setting.kind is bool:
-            options.append(click.Option([setting.flag, setting.name], is_flag=True, help=option_help(setting)))
-        else:
-            options.append(click.Option([setting.flag, setting.name], type=setting.kind,
-                                        metavar=setting.declared.metavar, help=option_help(setting)))
-    return options
+    return settings.setting_options(spec_settings())
 
 
 @strategy.command("assign", cls=_LateOptionsCommand, late=_setting_options)
@@ -420,7 +409,7 @@ def strategy_logs(env: Env, work_id: str, follow: bool, lines: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: directors, workers, strategies.")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
 @click.option("--check", is_flag=True, help="For scripts: exit 1 when a strategy failed or waits too long for a worker.")
-@click.option("--pending-after", type=_POSITIVE, default=60.0, show_default=True, metavar="S",
+@click.option("--pending-after", type=float, default=60.0, show_default=True, metavar="S",
               help="With --check: seconds a strategy may be pending before it counts.")
 @pass_env
 def status(env: Env, as_json: bool, watch: bool, check: bool, pending_after: float) -> None:

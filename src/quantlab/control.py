@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 import msgspec
 
 from quantlab.config import Paths
-from quantlab.errors import BadInput, Conflict, NotFound
+from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
 from quantlab.exchange import halts
+from quantlab.numbers import Range, non_finite, shown
 from quantlab.store.records import (
     EventKind,
     Event,
@@ -28,7 +29,7 @@ from quantlab.store.records import (
     flat,
 )
 from quantlab.store import workmachine as wm
-from quantlab.store.store import Store, check_id
+from quantlab.store.store import Store, check_id, record_events
 from quantlab.store.strategy_settings import spec_settings
 
 Clock = Callable[[], float]
@@ -78,7 +79,8 @@ def _strategy_id(work_id: str) -> str:
 
 
 def _json(text: str) -> Any:
-    # msgspec refuses NaN and out-of-range numbers, which the store could not write back.
+    # msgspec refuses NaN and (as a ValidationError) numbers out of a float's range; an older
+    # msgspec read 1e999 as infinity. Neither could the store write back: checked_spec refuses both.
     return msgspec.json.decode(text.encode())
 
 
@@ -98,19 +100,33 @@ def parse_params(pairs: list[str], params_json: str | None) -> dict[str, Any]:
     if params_json is not None:
         try:
             params = _json(params_json)
+        except msgspec.ValidationError as e:
+            raise BadInput(f"--params: every number must be finite: {e}") from e
         except msgspec.DecodeError as e:
             raise BadInput(f"--params is not a JSON object: {e}") from e
         if not isinstance(params, dict):
             raise BadInput(f"--params is not a JSON object: got {_JSON_KINDS.get(type(params), 'a value')}")
+        _check_finite(params, "--params: ")
     for pair in pairs:
         key, sep, text = pair.partition("=")
         if not sep or not key:
             raise BadInput(f"--param expects k=v, got {pair!r}")
         try:
             params[key] = _json(text)
+        except msgspec.ValidationError:
+            # A number, but out of a float's range: meant as a number, so not taken as the string.
+            raise BadInput(f"--param {key} must be finite, got {text}") from None
         except msgspec.DecodeError:
             params[key] = text  # a bare word such as BTCUSDT is meant as a string
+        _check_finite({key: params[key]}, "--param ")
     return params
+
+
+def _check_finite(params: dict[str, Any], where: str) -> None:
+    """Every number in ``params`` finite: the store writes NaN and infinity as null, another value."""
+    if (found := non_finite(params)) is not None:
+        path, value = found
+        raise BadInput(f"{where}{path} must be finite, got {shown(value)}")
 
 
 # ---- assign ----
@@ -121,6 +137,7 @@ def _check_options(request: AssignRequest) -> None:
         value = getattr(request, setting.name)
         if value is not None and (problem := setting.problem(value)) is not None:
             raise BadInput(f"{setting.flag} {problem}")
+    _check_finite(request.params, "params.")
 
 
 def _check_worker_pin(store: Store, worker: str) -> None:
@@ -180,7 +197,7 @@ def submit(store: Store, work_id: str, spec: StrategySpec, now: float, *, detail
     """
     try:
         work = store.add_work(wm.submit(work_id, spec, now))
-        store.append_event(Event(ts=now, kind=EventKind.SUBMITTED, strategy=work_id, detail=detail))
+        record_events(store, [Event(ts=now, kind=EventKind.SUBMITTED, strategy=work_id, detail=detail)])
         return work
     except Conflict:
         try:
@@ -188,8 +205,20 @@ def submit(store: Store, work_id: str, spec: StrategySpec, now: float, *, detail
         except wm.Refused as e:
             raise Conflict(str(e)) from None
     assert change.work is not None
-    store.save_state(work_id, change.work.epoch, b"null")
+    _forget_state(store, work_id, change.work.epoch)
     return change.work
+
+
+def _forget_state(store: Store, work_id: str, epoch: int) -> None:
+    """Empty the state as of ``epoch``: the fenced-off child's late writes are refused from now on.
+
+    A newer epoch may hold it already (the old holder let go and the id was placed anew
+    meanwhile): then there is nothing of ours left to forget.
+    """
+    try:
+        store.save_state(work_id, epoch, b"null")
+    except StaleWriter:
+        pass
 
 
 def assign(store: Store, request: AssignRequest, *, clock: Clock = time.time) -> Work:
@@ -211,9 +240,45 @@ def _transition(store: Store, work_id: str, transition: wm.Transition) -> Work |
         raise BadInput(str(e)) from None
 
 
+#: Times a command goes back to the Work machine when the record it found undecodable decodes again.
+CORRUPT_RETRIES = 3
+
+
+def _transition_or_discard(
+    store: Store, work_id: str, make: Callable[[float], wm.Transition], clock: Clock, doing: str
+) -> tuple[Work | None, bool]:
+    """``make(now)`` through the Work machine, or, when the Work does not decode, its removal; True when removed so.
+
+    The machine cannot read such a record, yet the operator must be able to get rid of it: it
+    is removed as it is, and its worker, finding it gone, stops its child.
+    """
+    for _ in range(CORRUPT_RETRIES):
+        try:
+            return _transition(store, work_id, make(clock())), False
+        except CorruptRecord as e:
+            error = e
+            if store.discard_work(_strategy_id(work_id)):
+                store.warn(f"strategy {work_id!r} does not decode ({e}): {doing}; its spec, params and status "
+                           f"are lost, and its saved state is forgotten")
+                record_events(store, [Event(ts=clock(), kind=EventKind.REMOVED, strategy=work_id,
+                                            detail="its record did not decode")])
+                return None, True
+            # False: it decodes again (written anew meanwhile), so it goes through the machine
+    raise error
+
+
 def stop(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
-    """desired=stopped; the worker calls st_exit(reason=manual). Works no worker took stop at once."""
-    work = _transition(store, work_id, wm.request_stop(clock()))
+    """desired=stopped; the worker calls st_exit(reason=manual). Works no worker took stop at once.
+
+    A Work whose record does not decode cannot carry a stop: it is removed (with a warning).
+    """
+    work, removed = _transition_or_discard(
+        store, work_id, wm.request_stop, clock, "a stop cannot be written on it, so it was removed"
+    )
+    if removed:
+        now = clock()
+        return Work(id=work_id, spec=StrategySpec(file=""), desired="removed", created=now,
+                    result=StrategyResult(status="stopped", reason="removed: its record did not decode", updated=now))
     assert work is not None
     return work
 
@@ -233,17 +298,24 @@ def restart(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
 
 
 def remove(store: Store, work_id: str, *, clock: Clock = time.time, detail: str = "") -> None:
-    """Forget the Work and its state; a running child is fenced at once (st_exit with reason ``removed``)."""
-    work = _transition(store, work_id, wm.remove(clock(), detail=detail))
+    """Forget the Work and its state; a running child is fenced at once (st_exit with reason ``removed``).
+
+    A Work whose record does not decode is removed as it is (with a warning).
+    """
+    work, _ = _transition_or_discard(
+        store, work_id, lambda now: wm.remove(now, detail=detail), clock, "removed it as it was"
+    )
     if work is not None:  # its holder deletes it once the child is gone: its state is forgotten now
-        store.save_state(work.id, work.epoch, b"null")
+        _forget_state(store, work.id, work.epoch)
 
 
 def send(store: Store, work_id: str, data: Any, *, clock: Clock = time.time) -> None:
     """Queue ``data`` for the strategy's st_message hook; its worker delivers it."""
+    if (found := non_finite(data)) is not None:
+        raise BadInput(f"message: {found[0] or 'the number'} must be finite, got {shown(found[1])}")
     store.get_work(_strategy_id(work_id))
     store.push_message(work_id, data)
-    store.append_event(Event(ts=clock(), kind=EventKind.MESSAGE_SENT, strategy=work_id))
+    record_events(store, [Event(ts=clock(), kind=EventKind.MESSAGE_SENT, strategy=work_id)])
 
 
 def log_file(store: Store, paths: Paths, work_id: str) -> Path:
@@ -304,12 +376,18 @@ def resume(store: Store, scope: str, target: str, *, clock: Clock = time.time) -
 
 
 def _halt_event(store: Store, kind: EventKind, scope: str, target: str, detail: str, clock: Clock) -> None:
-    store.append_event(Event(ts=clock(), kind=kind, strategy=target if scope == "strategy" else None,
-                             worker=target if scope == "worker" else None, detail=detail))
+    record_events(store, [Event(ts=clock(), kind=kind, strategy=target if scope == "strategy" else None,
+                                worker=target if scope == "worker" else None, detail=detail)])
+
+
+#: `qlab status --check --pending-after`: seconds (NaN would compare false, and no pending strategy would count).
+PENDING_AFTER = Range(at_least=0)
 
 
 def problems(snapshot: dict[str, Any], now: float, pending_after: float) -> list[str]:
     """What `qlab status --check` fails on: failed strategies, and strategies pending too long."""
+    if (problem := PENDING_AFTER.problem(pending_after)) is not None:
+        raise BadInput(f"--pending-after {problem}")
     found = []
     for entry in snapshot["strategies"]:
         if entry["status"] == "failed":
@@ -353,7 +431,7 @@ def stop_worker(store: Store, worker_id: str, *, host: str, clock: Clock = time.
         return remove_stale_worker(store, resource, clock=clock)
     except PermissionError as e:
         raise BadInput(f"cannot signal worker {worker_id} (pid {pid}): permission denied") from e
-    store.append_event(Event(ts=clock(), kind=EventKind.WORKER_STOP_REQUESTED, worker=worker_id))
+    record_events(store, [Event(ts=clock(), kind=EventKind.WORKER_STOP_REQUESTED, worker=worker_id)])
     return f"worker {worker_id} (pid {pid}) is stopping"
 
 
@@ -369,7 +447,8 @@ def remove_stale_worker(store: Store, stale: Resource, *, clock: Clock = time.ti
 
     was = f"worker {stale.id} (pid {stale.spec.pid}) was not running"
     if store.remove_resource(stale.id, only_if=unchanged):
-        store.append_event(Event(ts=clock(), kind=EventKind.WORKER_REMOVED, worker=stale.id, detail="stale record"))
+        record_events(store, [Event(ts=clock(), kind=EventKind.WORKER_REMOVED, worker=stale.id,
+                                    detail="stale record")])
         return f"{was}: removed its stale record"
     if store.find_resource(stale.id) is None:
         return f"{was}: its record was gone already"

@@ -20,7 +20,7 @@ import msgspec
 
 from quantlab import exits
 from quantlab.config import Paths
-from quantlab.logsetup import LogSettings
+from quantlab.director.options import DirectorOptions
 from quantlab.worker.options import WorkerOptions
 
 
@@ -42,10 +42,7 @@ class WorkerStart(msgspec.Struct, frozen=True, tag="worker"):
 
 class DirectorStart(msgspec.Struct, frozen=True, tag="director"):
     home: Home
-    tick: float
-    lease_ttl: float
-    logs: LogSettings
-    metrics_port: int | None
+    options: DirectorOptions
 
 
 Start = WorkerStart | DirectorStart
@@ -73,9 +70,9 @@ def _run(start: Start) -> int:
         return run_worker(start.home.paths(), start.options)
     from quantlab.director.loop import run_director
 
-    return run_director(
-        start.home.paths(), tick=start.tick, lease_ttl=start.lease_ttl, logs=start.logs, metrics_port=start.metrics_port
-    )
+    options = start.options
+    return run_director(start.home.paths(), heartbeat=options.heartbeat, lease_ttl=options.lease_ttl,
+                        logs=options.log_settings, metrics_port=options.metrics_port)
 
 
 def main() -> None:

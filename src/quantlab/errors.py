@@ -38,6 +38,11 @@ class StaleWriter(Conflict):
 class CorruptRecord(QuantlabError):
     """A stored record does not decode; it is kept for the operator, never replaced by a default."""
 
+    def __init__(self, message: str, *, version: int = 0) -> None:
+        super().__init__(message)
+        #: The version that does not decode (0: unknown): a write meant to replace it names it.
+        self.version = version
+
 
 class ApiError(QuantlabError):
     """An exchange call failed; ``ret_code`` is Bybit's retCode (0 if none)."""

@@ -22,6 +22,11 @@ def error(message: str) -> None:
     print("Error: " + " ".join(message.split("\n")), file=sys.stderr, flush=True)
 
 
+def warning(message: str) -> None:
+    """Something went wrong that did not fail the command (what it wrote stands): one line on stderr."""
+    print("warning: " + " ".join(message.split("\n")), file=sys.stderr, flush=True)
+
+
 def reported(step: Callable[[], int]) -> int:
     """``step()``'s exit code; an exception ends it with one line on stderr, never a traceback."""
     try:

@@ -7,6 +7,7 @@ the worker, the logs and ``qlab up`` make their private folders with them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 from pathlib import Path
@@ -25,6 +26,25 @@ def private_dir(path: Path) -> None:
         except FileExistsError:
             continue
         folder.chmod(0o700)  # mkdir's mode is filtered by the umask
+
+
+#: What mkdir and chmod fail with on a home the user cannot write (a read-only mount, a folder not theirs).
+READ_ONLY_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def private_dir_if_writable(path: Path) -> bool:
+    """``private_dir``, or False when the home cannot be written: readers then take it as it is.
+
+    A folder that is not there has nothing in it for a reader; a write into it fails with its
+    own error (``Read-only file system``) when it is made.
+    """
+    try:
+        private_dir(path)
+    except OSError as e:
+        if e.errno in READ_ONLY_ERRORS:
+            return False
+        raise
+    return True
 
 
 def write_all(fd: int, data: bytes) -> None:

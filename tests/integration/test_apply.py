@@ -59,7 +59,7 @@ def test_apply_assigns_updates_restarts_and_stops_to_match(lab: Lab) -> None:
     "text, message",
     [
         ("[strategies.a]\nfile = 'params.py'\nintervl = 1\n", "unknown field `intervl`"),
-        ("[strategies.a]\nfile = 'params.py'\ninterval = -1\n", "strategy 'a': --interval must be positive"),
+        ("[strategies.a]\nfile = 'params.py'\ninterval = -1\n", "strategy 'a': --interval must be at least 0.001"),
         ("[strategies.a]\nfile = 'params.py'\n[strategies.b]\nfile = 'missing.py'\n", "strategy 'b': strategy file not found"),
         ("[strategies.a]\nfile = 'params.py'\n[strategies.b]\n", "strategy 'b': no file"),
         ("[strategies.a\n", "is not TOML"),

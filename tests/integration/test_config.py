@@ -20,7 +20,7 @@ def qlab(lab: Lab, *args: str, env: dict[str, str] | None = None) -> subprocess.
 def test_the_shipped_example_is_a_valid_config(lab: Lab) -> None:
     result = qlab(lab, "--config", str(REPO / "etc" / "quantlab.toml"), "config", "show")
     assert result.returncode == 0, result.stderr
-    assert f"director.tick = 1.0  (file {REPO / 'etc' / 'quantlab.toml'})" in result.stdout
+    assert f"director.heartbeat = 1.0  (file {REPO / 'etc' / 'quantlab.toml'})" in result.stdout
 
 
 def test_one_precedence_rule_for_strategy_settings(lab: Lab) -> None:

@@ -53,7 +53,7 @@ def test_a_paused_workers_queued_orders_never_reach_the_exchange(lab: Lab, fake:
     """Issue 8 item 1: orders queued in the pool went out 1 to 3 s after the lease had run out."""
     lab.director()
     worker = lab.worker("w1", "--accounts", str(accounts_file(lab, fake, rate_limit=1.0)), "--lease-ttl", "2",
-                        "--stop-timeout", "1", env={"QLAB_FENCE_SECRET": SECRET})
+                        "--drain-timeout", "1", env={"QLAB_FENCE_SECRET": SECRET})
     for i in range(4):  # four strategies, one order each in flight: the 1/s limit keeps three queued
         lab.assign(lab.strategy(f"orders{i}", ORDERS), "--interval", "0.05")
     # Each start reads the account first (reconciliation), in turn with the orders under the 1/s limit.

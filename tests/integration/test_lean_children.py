@@ -23,8 +23,10 @@ def st_exit(ctx, reason):
 MODULES_HOOK = '''
 import json, os, sys
 def st_worker_init(wctx):
-    with open(os.path.join(os.path.dirname(__file__), "worker.json"), "w") as f:
+    path = os.path.join(os.path.dirname(__file__), "worker.json")
+    with open(path + ".tmp", "w") as f:
         json.dump({"pid": os.getpid(), "modules": sorted(sys.modules)}, f)
+    os.rename(path + ".tmp", path)  # whole or not there: the test reads it as soon as it exists
 '''
 
 #: Reports in ctx.state whether its logger exists yet; prints at tick 2 and logs at tick 3.

@@ -102,12 +102,12 @@ def test_a_worker_killed_with_an_order_on_the_wire_its_successor_settles_it_and_
     fake.hold_delay = 1.0  # inside the order's window: the exchange takes it after the worker died
     fake.inject("hold", 1, path=CREATE)
     lab.director()
-    w1 = live_worker(lab, fake, "w1", "--lease-ttl", "5", "--stop-timeout", "1")
+    w1 = live_worker(lab, fake, "w1", "--lease-ttl", "5", "--drain-timeout", "1")
     lab.assign(lab.strategy("once", ONCE), "--interval", "0.1", "--cancel-stale-orders")
     wait_for(lambda: order_arrived(fake), what="the order reaching the exchange")
     first = lab.work("once").assignment
     w1.kill()
-    live_worker(lab, fake, "w2", "--lease-ttl", "5", "--stop-timeout", "1")
+    live_worker(lab, fake, "w2", "--lease-ttl", "5", "--drain-timeout", "1")
     moved = wait_for(lambda: (a := lab.work("once").assignment) is not None and a.worker == "w2" and a, timeout=30,
                      what="the strategy on w2")
     assert first is not None and moved.epoch > first.epoch

@@ -64,7 +64,7 @@ def test_director_worker_and_strategy_run_on_postgres(pg_lab: Lab) -> None:
 
 def test_a_killed_worker_fails_over_and_the_state_continues(pg_lab: Lab) -> None:
     pg_lab.director()
-    opts = ("--lease-ttl", "2", "--stop-timeout", "0.5")
+    opts = ("--lease-ttl", "2", "--drain-timeout", "0.5")
     first = pg_lab.worker("w1", *opts)
     file = pg_lab.strategy("rec", RECORDER)
     pg_lab.assign(file, "--interval", "0.05", "--worker", "w1")
@@ -135,7 +135,7 @@ def test_a_worker_cut_off_from_the_database_fences_itself_and_its_strategy_moves
 
 # ---- a worker that loses the database: shared by the tests of each way to lose it ----
 
-MOVING = ("--lease-ttl", "2", "--stop-timeout", "0.3")  #: short leases, so that strategies move quickly
+MOVING = ("--lease-ttl", "2", "--drain-timeout", "0.3")  #: short leases, so that strategies move quickly
 
 
 def rec_on_w1_with_w2_spare(lab: Lab, w1_lab: Lab) -> Work:
@@ -213,7 +213,7 @@ def test_the_database_restarted_under_load_loses_and_doubles_nothing(
     lab = Lab(home, url)
     try:
         lab.director()
-        lab.worker("w1", "--lease-ttl", "6", "--stop-timeout", "1")
+        lab.worker("w1", "--lease-ttl", "6", "--drain-timeout", "1")
         file = lab.strategy("rec", RECORDER)
         ids = [f"rec{i}" for i in range(3)]
         for work_id in ids:

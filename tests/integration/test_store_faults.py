@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
-from quantlab.store.records import Work
-from tests.conftest import Lab, pid_alive, proc_state, wait_for
+from quantlab.errors import CorruptRecord
+from quantlab.store.records import Leader, Resource, Work, WorkerSpec
+from quantlab.store.table import Change
+from tests.conftest import QLAB, Lab, pid_alive, proc_state, wait_for
+
+T = TypeVar("T")
 
 #: Heartbeats and exits are appended to ID.beats beside the file: "beat PID N WALLTIME" / "exit PID TYPE WALLTIME".
 RECORDER = '''
@@ -191,7 +197,7 @@ def pause_workers_at_random_moments(lab: Lab, trials: int, in_writes: Callable[[
     blocked, and once resumed the worker runs nothing stale. How many pauses caught a write."""
     rng = random.Random(7)
     lab.director()
-    opts = ("--lease-ttl", str(LEASE), "--stop-timeout", "0.5")
+    opts = ("--lease-ttl", str(LEASE), "--drain-timeout", "0.5")
     workers = {"w1": lab.worker("w1", *opts), "w2": lab.worker("w2", *opts)}
     file = lab.strategy("rec", RECORDER)
     ids = [f"rec{i}" for i in range(STRATEGIES)]
@@ -267,13 +273,21 @@ def _check_counter(work_id: str, lines: list[Beat]) -> None:
 # ---- a full disk ----
 
 
+def _mount(*args: str) -> None:
+    """mount(8) with ``args``; without it (not root) the test skips, and fails under CI=true, which has it."""
+    mounted = subprocess.run(["mount", *args], capture_output=True)
+    if mounted.returncode != 0:
+        why = f"cannot mount here (mount {' '.join(args)}): {mounted.stderr.decode().strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+
+
 @pytest.fixture
 def small_home(tmp_path: Path):  # type: ignore[no-untyped-def]
     home = tmp_path / "tiny"
     home.mkdir(mode=0o700)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(home)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(home))
     home.chmod(0o700)  # a fresh tmpfs is 1777
     lab = Lab(home)
     try:
@@ -310,3 +324,231 @@ def test_a_full_disk_fails_writes_loudly_and_replaces_nothing(small_home: Lab, t
     wait_for(lambda: lab.state("rec").get("n", 0) > before + 3, timeout=15, what="state writes to resume")
     assert not lab.events("quarantined")
     wait_for(lambda: not list((lab.home / "store").rglob(".tmp-*")), what="no temporary file left behind")
+
+
+PAGE = os.sysconf("SC_PAGESIZE")  #: tmpfs hands out space a page at a time
+
+
+def _leave_the_feed_less_room_than_a_line(lab: Lab) -> None:
+    """Pad the newest feed segment until its last page has room for a few bytes, not a whole line."""
+    segment = sorted((lab.home / "store" / "changes").glob("*.log"))[-1]
+    while not 0 < PAGE - segment.stat().st_size % PAGE < 12:
+        lab.store.feed.append(Change(kind="pad", key="x", version=0))  # a kind no loop acts on
+
+
+def _fill_all_but_one_page(lab: Lab) -> Path:
+    """Fill the disk to the last byte, then free one page: room for one small record, nothing after it."""
+    filler = lab.home / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    os.truncate(filler, filler.stat().st_size - PAGE)
+    return filler
+
+
+@pytest.mark.timeout(120)
+def test_a_full_disk_after_the_commit_is_a_warning_and_the_torn_feed_line_stops_nothing(
+    small_home: Lab, tmp_path: Path
+) -> None:
+    """The Work commits, then the full disk cuts its feed line short: the command must succeed
+    with a warning (not `Error: No space left on device`, exit 1, for a Work that exists), and the
+    torn bytes must stop neither the director nor the worker once space is back (their exit would
+    take the strategy's child down with them)."""
+    lab = small_home
+    director, worker = lab.director(), lab.worker("w1")
+    files = {name: tmp_path / f"{name}.py" for name in ("rec", "rec2", "rec3")}  # off the small disk
+    for path in files.values():
+        path.write_text(RECORDER)
+    lab.assign(files["rec"], "--interval", "0.05")
+    running = lab.wait_heartbeats("rec", 3)
+    daemons = (worker, director)
+    for proc in daemons:
+        os.kill(proc.pid, signal.SIGSTOP)  # nothing but the command writes while the disk is full
+    try:
+        _leave_the_feed_less_room_than_a_line(lab)
+        filler = _fill_all_but_one_page(lab)
+        submitted = lab.run("strategy", "assign", str(files["rec2"]), "--interval", "0.05", check=False)
+        filler.unlink()
+    finally:
+        for proc in daemons:
+            os.kill(proc.pid, signal.SIGCONT)
+    assert submitted.returncode == 0, submitted.stderr
+    assert submitted.stdout.startswith("submitted rec2")
+    said = submitted.stderr.splitlines()
+    assert said and all(line.startswith("warning: ") for line in said), submitted.stderr
+    assert any("change-feed line" in line for line in said), submitted.stderr
+    lab.assign(files["rec3"], "--interval", "0.05")  # the line after the torn one
+    lab.wait_heartbeats("rec2", 3)
+    lab.wait_heartbeats("rec3", 3)
+    lab.wait_heartbeats("rec", running.result.heartbeats + 5)
+    assert director.poll() is None and worker.poll() is None
+    assert lab.work("rec").result.pid == running.result.pid  # its child never went down
+    skipped = lab.wait_event("feed_line_skipped")
+    assert "changes/00000001.log" in skipped[0].detail
+
+
+# ---- records that do not decode ----
+
+
+def _unreadable(lab: Lab, kind: str, key: str) -> int:
+    """Commit a version of ``kind/key`` that does not decode (retrying while its owner writes); its version."""
+    table = lab.store._table(kind)
+    while True:
+        head = table.head(key)
+        if table.commit(key, head, b"{not json"):
+            return head.version + 1
+
+
+def _decoded(read: Callable[[], T]) -> T | None:
+    try:
+        return read()
+    except CorruptRecord:
+        return None
+
+
+def test_remove_and_stop_get_rid_of_works_that_do_not_decode(lab: Lab) -> None:
+    """Not `Error: works/good version N does not decode`: the operator gets rid of the record,
+    and its worker of the child it ran."""
+    lab.director()
+    lab.worker("w1")
+    file = lab.strategy("rec", RECORDER)
+    pids = {}
+    for work_id in ("good", "other"):
+        lab.assign(file, "--id", work_id, "--interval", "0.05")
+        pids[work_id] = lab.wait_heartbeats(work_id, 3).result.pid
+    for work_id in pids:
+        _unreadable(lab, "works", work_id)
+    removed = lab.run("strategy", "remove", "good", check=False)
+    assert removed.returncode == 0 and removed.stdout.strip() == "removed good", removed.stderr
+    said = removed.stderr.splitlines()
+    assert len(said) == 1 and said[0].startswith("warning: strategy 'good' does not decode"), removed.stderr
+    stopped = lab.run("strategy", "stop", "other", check=False)
+    assert stopped.returncode == 0, stopped.stderr
+    said = stopped.stderr.splitlines()
+    assert len(said) == 1 and "a stop cannot be written on it, so it was removed" in said[0], stopped.stderr
+    for work_id, pid in pids.items():
+        wait_for(lambda: not pid_alive(pid or 0), what=f"the child of {work_id} to stop")
+    assert [s["id"] for s in lab.status()["strategies"]] == []
+    lab.assign(file, "--id", "good", "--interval", "0.05")  # the id is free again, above every old epoch
+    lab.wait_heartbeats("good", 3)
+
+
+def test_a_director_leads_over_a_leader_record_that_does_not_decode(lab: Lab) -> None:
+    lab.store.update_leader(lambda current: Leader(director="gone", epoch=1, ttl=1.0))
+    version = _unreadable(lab, "leases", "director")
+    director = lab.director("--lease-ttl", "1")
+    leader = wait_for(lambda: (found := _decoded(lab.store.find_leader)) is not None and found.pid == director.pid
+                      and found, what="the director to lead")
+    assert leader.epoch == version + 1  # above every term handed out before
+    assert any("leases/director" in e.detail for e in lab.events("quarantined"))
+    lab.worker("w1")
+    lab.assign(lab.strategy("rec", RECORDER), "--interval", "0.05")
+    lab.wait_heartbeats("rec", 3)
+    assert director.poll() is None
+
+
+def test_a_worker_takes_over_a_registration_of_its_id_that_does_not_decode(lab: Lab) -> None:
+    """Not an exit at start with `Error: resources/w1 version 2 does not decode`."""
+    spec = WorkerSpec(name="w1", region="JP", host="elsewhere", pid=1, instance="old", lease_ttl=1.0)
+    lab.store.update_resource("w1", lambda current: Resource(id="w1", spec=spec))
+    _unreadable(lab, "resources", "w1")
+    lab.director()
+    worker = lab.start("worker", "start", "--region", "JP", "--id", "w1", "--heartbeat", "0.2", "--lease-ttl", "1",
+                       "--drain-timeout", "0.5")
+    wait_for(lambda: lab._exited(worker) or ((r := _decoded(lambda: lab.store.find_resource("w1"))) is not None
+                                             and r.spec.pid == worker.pid), what="the worker to register")
+    lab.assign(lab.strategy("rec", RECORDER), "--interval", "0.05")
+    lab.wait_heartbeats("rec", 3)
+    assert worker.poll() is None
+
+
+# ---- a home this user cannot write ----
+
+
+class Unwritable:
+    """``lab.home`` as a command sees it once ``seal()`` made it unwritable, and the command's prefix."""
+
+    def __init__(self, how: str, lab: Lab, tmp_path: Path) -> None:
+        self.how, self.lab, self.view = how, lab, tmp_path / "read-only"
+        self.mounted = False
+        self.prefix: list[str] = []
+
+    def seal(self) -> Path:
+        if self.how == "read-only mount":  # stops root too
+            self.view.mkdir()
+            _mount("--bind", str(self.lab.home), str(self.view))
+            self.mounted = True
+            _mount("-o", "remount,bind,ro", str(self.view))
+            return self.view
+        # chmod -R a-w: the commands run without root's permission overrides, as any other user would
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("setpriv (util-linux) is missing", pytrace=False)
+            pytest.skip("setpriv (util-linux) is missing")
+        self.prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
+        for folder, _, names in os.walk(self.lab.home):
+            for path in [folder, *(os.path.join(folder, name) for name in names)]:
+                with contextlib.suppress(FileNotFoundError):  # pruned meanwhile by the running worker
+                    os.chmod(path, os.stat(path).st_mode & ~0o222)
+        return self.lab.home
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.view)], check=False)
+
+
+@pytest.fixture(params=["read-only mount", "chmod -R a-w"])
+def unwritable(request: pytest.FixtureRequest, lab: Lab, tmp_path: Path) -> Iterator[Unwritable]:
+    sealed = Unwritable(request.param, lab, tmp_path)
+    try:
+        yield sealed
+    finally:
+        sealed.close()
+
+
+READS = [
+    ("status",), ("status", "--json"), ("events",), ("events", "--json"), ("strategy", "list"),
+    ("strategy", "list", "--json"), ("strategy", "logs", "rec"), ("config", "show"), ("worker", "list"),
+    ("worker", "list", "--json"),
+]
+
+
+@pytest.mark.timeout(180)
+def test_read_commands_work_on_a_home_that_cannot_be_written_and_writes_fail_in_one_line(
+    lab: Lab, unwritable: Unwritable
+) -> None:
+    """Not `Error: Read-only file system: HOME/store` from every command, `qlab status` too."""
+    lab.director()
+    lab.worker("w1")
+    file = lab.strategy("rec", RECORDER)
+    lab.assign(file, "--interval", "0.05")
+    lab.wait_heartbeats("rec", 3)
+    lab.store.add_work(Work(id="broken", spec=lab.work("rec").spec))
+    _unreadable(lab, "works", "broken")  # a reader that cannot record its quarantine still reads the rest
+    home = unwritable.seal()
+
+    def qlab(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*unwritable.prefix, QLAB, "--home", str(home), *args],
+                              capture_output=True, text=True, timeout=30)
+
+    for args in READS:
+        done = qlab(*args)
+        assert done.returncode == 0 and "Error" not in done.stderr, f"qlab {' '.join(args)}: {done.stderr}"
+    status = qlab("status", "--json")
+    assert "rec" in status.stdout and "w1" in status.stdout
+    writes = [
+        ("strategy", "assign", str(file), "--id", "new"), ("strategy", "stop", "rec"), ("strategy", "remove", "rec"),
+        ("strategy", "send", "rec", "{}"), ("halt", "--all"),
+        ("director", "start"), ("worker", "start", "--region", "JP", "--id", "w9"),
+    ]
+    for args in writes:
+        done = qlab(*args)
+        lines = done.stderr.splitlines()
+        assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("Error: "), \
+            f"qlab {' '.join(args)} ({done.returncode}): {done.stderr}"
+    assert lab.work("rec").desired == "running"  # nothing was written through the home it could not write
+    assert not os.stat(lab.home / "store").st_mode & 0o200 or unwritable.mounted  # no read made it writable

@@ -186,7 +186,7 @@ def test_remove_stops_the_child(running: Lab) -> None:
     assert pid
     running.run("strategy", "remove", "gone")
     wait_for(lambda: not pid_alive(pid), what="the removed strategy's child to exit")
-    assert running.store.find_work("gone") is None
+    wait_for(lambda: running.store.find_work("gone") is None, what="its worker to let go of it")
 
 
 def test_overruns_are_counted_not_queued(running: Lab) -> None:

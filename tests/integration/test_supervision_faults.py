@@ -208,11 +208,11 @@ def st_exit(ctx, reason):
 
 def test_a_draining_worker_keeps_its_lease_until_its_last_child_is_gone(lab: Lab) -> None:
     lab.director()
-    first = lab.worker("w1", "--lease-ttl", "1", "--stop-timeout", "0.7")
+    first = lab.worker("w1", "--lease-ttl", "1", "--drain-timeout", "0.7")
     file = lab.strategy("slow", SLOW_EXIT)
     lab.assign(file, "--interval", "0.1")
     old = lab.wait_heartbeats("slow", 2)
-    lab.worker("w2", "--lease-ttl", "1", "--stop-timeout", "0.7")
+    lab.worker("w2", "--lease-ttl", "1", "--drain-timeout", "0.7")
     first.terminate()  # SIGTERM: the worker drains, its child spends 1.5 s in st_exit
     moved = wait_for(lambda: (w := lab.work("slow")).assignment is not None and w.assignment.worker == "w2"
                      and w.result.pid not in (None, old.result.pid) and w, timeout=15)
@@ -225,8 +225,8 @@ def test_a_draining_worker_keeps_its_lease_until_its_last_child_is_gone(lab: Lab
     assert not lab.events("worker_lost")  # w1's lease never ran out while it drained
 
 
-def test_a_stop_timeout_that_does_not_fit_the_lease_is_refused(lab: Lab) -> None:
-    result = lab.run("worker", "start", "--region", "JP", "--id", "w1", "--lease-ttl", "2", "--stop-timeout", "5", check=False)
+def test_a_drain_timeout_that_does_not_fit_the_lease_is_refused(lab: Lab) -> None:
+    result = lab.run("worker", "start", "--region", "JP", "--id", "w1", "--lease-ttl", "2", "--drain-timeout", "5", check=False)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "stop-timeout (5s) must fit inside its lease" in lines[0], result.stderr
+    assert len(lines) == 1 and "--drain-timeout (5s) must fit inside the worker's lease" in lines[0], result.stderr

@@ -76,7 +76,7 @@ def test_worker_says_ready_status_watchdog_and_stopping(lab: Lab, notify: Notify
 
 
 def test_director_says_ready_status_and_watchdog(lab: Lab, notify: NotifySocket) -> None:
-    director = lab.start("director", "start", "--tick", "0.2", env=notify.env)
+    director = lab.start("director", "start", "--heartbeat", "0.2", env=notify.env)
     wait_for(lambda: notify.lines("READY=1"), what="READY=1")
     wait_for(lambda: any("leading (term" in line for line in notify.lines("STATUS=")), what="a leading STATUS")
     wait_for(lambda: len(notify.lines("WATCHDOG=1")) >= 5, what="watchdog pings")

@@ -41,13 +41,13 @@ def test_worker_sigterm_stops_strategies_with_worker_exit(lab: Lab) -> None:
 
 def test_worker_sigkill_fails_over_with_state(lab: Lab) -> None:
     lab.director()
-    first = lab.worker("w1", "--lease-ttl", "1", "--stop-timeout", "0.5")
+    first = lab.worker("w1", "--lease-ttl", "1", "--drain-timeout", "0.5")
     file = lab.strategy("mover", COUNTER)
     lab.assign(file, "--interval", "0.05", "--worker", "w1")
     work = lab.wait_heartbeats("mover", 5)
     # unpin so the director may place it elsewhere once w1 is gone
     lab.store.update_work("mover", lambda w: setattr(w.spec.placement, "worker", None) or w)
-    lab.worker("w2", "--lease-ttl", "1", "--stop-timeout", "0.5")
+    lab.worker("w2", "--lease-ttl", "1", "--drain-timeout", "0.5")
     pid = work.result.pid
     assert pid
     first.send_signal(signal.SIGKILL)
@@ -233,8 +233,8 @@ def test_change_driven_heartbeats_never_expire_a_renewing_worker(lab: Lab) -> No
     A worker with a 2 s lease renews five times a second all along; a stream of messages keeps
     the director beating between its timer reads for longer than that lease plus its margin.
     """
-    lab.start("director", "start", "--tick", "4")
-    lab.worker("w1", "--lease-ttl", "2", "--stop-timeout", "1")
+    lab.start("director", "start", "--heartbeat", "4")
+    lab.worker("w1", "--lease-ttl", "2", "--drain-timeout", "1")
     lab.assign(lab.strategy("listener", LISTENER), "--interval", "0.2")
     placed = lab.wait_status("listener", "running")
     deadline = time.monotonic() + 9  # two timer ticks and more, each past the lease plus its margin

@@ -133,15 +133,15 @@ def test_assign_takes_every_option(store: FileStore, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"interval": 0}, "--interval must be positive, got 0"),
-        ({"interval": -1.5}, "--interval must be positive, got -1.5"),
-        ({"interval": float("inf")}, "--interval must be positive, got inf"),
-        ({"heartbeat_timeout": 0}, "--heartbeat-timeout must be positive, got 0"),
-        ({"heartbeat_timeout": float("nan")}, "--heartbeat-timeout must be positive, got nan"),
-        ({"error_window": -1}, "--error-window must be positive, got -1"),
+        ({"interval": 0}, "--interval must be at least 0.001, got 0"),
+        ({"interval": -1.5}, "--interval must be at least 0.001, got -1.5"),
+        ({"interval": float("inf")}, "--interval must be at least 0.001, got inf"),
+        ({"heartbeat_timeout": 0}, "--heartbeat-timeout must be at least 0.001, got 0"),
+        ({"heartbeat_timeout": float("nan")}, "--heartbeat-timeout must be at least 0.001, got nan"),
+        ({"error_window": -1}, "--error-window must be at least 0.001, got -1"),
         ({"backoff": -0.1}, "--backoff must be zero or more, got -0.1"),
         ({"max_errors": 0}, "--max-errors must be at least 1, got 0"),
-        ({"stop_timeout": 0}, "--stop-timeout must be positive, got 0"),
+        ({"stop_timeout": 0}, "--stop-timeout must be at least 0.001, got 0"),
         ({"id": "a/b"}, "strategy id 'a/b' is not valid"),
         ({"worker": "ghost"}, "unknown worker 'ghost': known workers: w1, w2"),
     ],
@@ -201,7 +201,7 @@ def test_a_duplicate_id_is_a_conflict_and_keeps_the_first(store: FileStore, tmp_
         (["note=a=b", "empty="], None, {"note": "a=b", "empty": ""}),
         (["qty=2"], '{"qty": 1, "side": "buy"}', {"qty": 2, "side": "buy"}),
         ([], '{"nested": {"x": null}}', {"nested": {"x": None}}),
-        (["big=1e400", "nan=NaN"], None, {"big": "1e400", "nan": "NaN"}),  # not storable as numbers
+        (["nan=NaN", "inf=Infinity"], None, {"nan": "NaN", "inf": "Infinity"}),  # not JSON: bare words
         ([], None, {}),
     ],
 )
@@ -218,6 +218,10 @@ def test_parse_params(pairs: list[str], params_json: str | None, expected: dict[
         ([], "[1, 2]", "--params is not a JSON object: got an array"),
         ([], "null", "--params is not a JSON object: got null"),
         ([], '{"x": NaN}', "--params is not a JSON object: "),
+        # a number out of a float's range is meant as a number, which the store cannot keep: refused
+        (["big=1e400"], None, "--param big must be finite, got 1e400"),
+        (["small=-1e999"], None, "--param small must be finite, got -1e999"),
+        ([], '{"grid": {"step": 1e999}}', "--params: every number must be finite: "),
     ],
 )
 def test_parse_params_refuses(pairs: list[str], params_json: str | None, message: str) -> None:
@@ -440,3 +444,12 @@ def test_a_stale_worker_record_is_removed_only_while_it_is_the_one_looked_at(sto
     assert "removed its stale record" in control.remove_stale_worker(store, current, clock=clock)
     assert store.find_resource("w1") is None and kinds(store) == ["worker_removed"]
     assert "its record was gone already" in control.remove_stale_worker(store, stale, clock=clock)
+
+
+def test_a_removal_whose_state_a_newer_epoch_holds_already_succeeds(store: FileStore, tmp_path: Path) -> None:
+    """The removed holder let go and the id was placed anew before the removal forgot the state."""
+    assign_placed(store, tmp_path)
+    store.save_state("demo", 9, b'{"n": 1}')  # the new generation's runner claimed it meanwhile
+    control.remove(store, "demo", clock=clock)
+    assert store.get_work("demo").desired == "removed"
+    assert store.load_state("demo").epoch == 9  # type: ignore[union-attr]

@@ -236,12 +236,13 @@ def test_a_failed_conditional_removal_keeps_the_worker_and_its_works(lab: Setup)
     assert lab.store.find_resource("w1") is not None and lost_or_moved(lab) == []
 
 
-def test_warns_when_a_tick_outlasts_a_worker_lease(lab: Setup, caplog: pytest.LogCaptureFixture) -> None:
-    lab.director.tick = 4.0
+def test_warns_when_a_heartbeat_outlasts_a_worker_lease(lab: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    lab.director.heartbeat = 4.0
     lab.worker("w1")
     lab.worker("w2", ttl=2.0)
     with caplog.at_level(logging.WARNING, logger="quantlab.director"):
         lab.beat()
     assert [r.getMessage() for r in caplog.records] == [
-        "tick 4s is longer than worker w2's lease (2s): a lost worker is noticed up to two ticks after its lease runs out"
+        "heartbeat 4s is longer than worker w2's lease (2s): a lost worker is noticed up to two heartbeats after its "
+        "lease runs out"
     ]

@@ -6,7 +6,8 @@ The allowed graph, lowest floor first; a module may import its own floor and
 the floors listed for it:
 
     base       the quantlab package itself, errors, config, files, logsetup, heap,
-               signals, exits, lazy, helpcache, logs, ops/*         -> base
+               signals, exits, lazy, helpcache, logs, numbers,
+               daemon_settings, ops/*                               -> base
     store      store/*                                              -> base
     protocol   protocol (the worker <-> child wire format)          -> base, the store interface
     exchange   exchange/*                                           -> base, the store interface, protocol
@@ -34,7 +35,8 @@ SRC = Path(quantlab.__file__).parent
 
 BASE = {
     "quantlab", "quantlab.errors", "quantlab.config", "quantlab.files", "quantlab.logsetup", "quantlab.heap",
-    "quantlab.signals", "quantlab.exits", "quantlab.lazy", "quantlab.helpcache", "quantlab.logs",
+    "quantlab.signals", "quantlab.exits", "quantlab.lazy", "quantlab.helpcache", "quantlab.logs", "quantlab.numbers",
+    "quantlab.daemon_settings",
 }
 STORE_INTERFACE = {"quantlab.store.store", "quantlab.store.records", "quantlab.store.table", "quantlab.store.leases"}
 BACKENDS = {
@@ -60,7 +62,7 @@ EXCEPTIONS = {
         "and, in the fork, calls run_child; it is the one door from the worker into the child",
     ("quantlab.worker.manager", "quantlab.child.jsruntime"):
         "child_command gives the argv of the Node runner for a JavaScript strategy, which the manager "
-        "puts in its Spawn request; jsruntime also serves the CLI's and the loader's checks of a .js file",
+        "puts in its ForkRequest; jsruntime also serves the CLI's and the loader's checks of a .js file",
 }
 
 

@@ -12,14 +12,14 @@ from quantlab.worker.rules import STABLE_AFTER
 
 MANUAL = ExitReason(type="manual", message="stopped by operator")
 MOVED = ExitReason(type="reassigned", message="assigned to w2 now")
-LIMITS = m.Limits(interval=1.0, heartbeat_timeout=5.0, stop_timeout=3.0, backoff=2.0, max_errors=2, error_window=100.0)
+SUPERVISION = m.Supervision(interval=1.0, heartbeat_timeout=5.0, stop_timeout=3.0, backoff=2.0, max_errors=2, error_window=100.0)
 
 Row = tuple[float, m.Event, list[Any], type]
 
 
 def play(rows: list[Row], machine: m.Machine | None = None) -> m.Machine:
     """Feed each event at its time; the actions must match (a type matches any instance of it)."""
-    machine = machine or m.new_machine(LIMITS, 0.0)
+    machine = machine or m.new_machine(SUPERVISION, 0.0)
     for number, (now, event, expected, state) in enumerate(rows):
         machine, actions = m.step(machine, event, now)
         got = [a if not isinstance(e, type) else type(a) for a, e in zip(actions, expected)]
@@ -225,7 +225,7 @@ def test_an_expired_tick_is_counted_out_and_hang_detection_goes_on() -> None:
 
 
 def test_deadlines_come_from_the_state() -> None:
-    assert m.deadline(m.new_machine(LIMITS, 4.0)) == 4.0
+    assert m.deadline(m.new_machine(SUPERVISION, 4.0)) == 4.0
     starting = play(START)
     assert m.deadline(starting) == 5.0  # hang detection from the spawn
     stopping = play([*START, (1.0, m.StopWanted(MANUAL), [m.Publish], m.Stopping)])

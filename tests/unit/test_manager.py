@@ -1,7 +1,7 @@
 """The StrategyManager stepped with fakes: no processes, no sockets, no store files.
 
 The fake transport plays the children (connected or not, exiting when told)
-and the fake pool is a dict of Works with the WorkPool's fenced writes.
+and the fake store is a dict of Works with the FencedStore's fenced writes.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from quantlab.worker.machine import Due
 from quantlab.worker.manager import COUNTS_PER_PASS, LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, PUBLISH_GATHER, StrategyManager
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.statecommit import GATHER
-from quantlab.worker.zygote import Spawn
+from quantlab.worker.zygote import ForkRequest
 
 T0 = 1000.0  # monotonic
 WALL0 = 1_700_000_000.0
@@ -85,7 +85,7 @@ class FakeTransport:
         self.fences: list[Fence] = []
         self.fork_cost: Callable[[], None] = lambda: None  #: the loop time a fork takes (a test advances its clock)
 
-    def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
+    def fork(self, request: ForkRequest, on_exit: Callable[[int], None]) -> int:
         self.fork_cost()
         self.next_pid += 1
         self.on_exit[self.next_pid] = on_exit
@@ -121,8 +121,8 @@ class FakeTransport:
         return [msg for r, msg in self.sent if isinstance(msg, kind) and (rid is None or r == rid)]
 
 
-class FakePool:
-    """The WorkPool's worker-side calls over a dict, with its fencing."""
+class FakeFencedStore:
+    """The FencedStore's worker-side calls over a dict, with its fencing."""
 
     def __init__(self, clocks: Clocks) -> None:
         self.works: dict[str, Work] = {}
@@ -198,9 +198,10 @@ class Env:
     def __init__(self, tmp_path: Path) -> None:
         self.clocks = Clocks()
         self.transport = FakeTransport()
-        self.pool = FakePool(self.clocks)
+        self.fenced_store = FakeFencedStore(self.clocks)
         self.manager = StrategyManager(
-            worker_id="w1", pool=self.pool, transport=self.transport, paths=Paths(tmp_path),  # type: ignore[arg-type]
+            worker_id="w1", fenced_store=self.fenced_store,  # type: ignore[arg-type]
+            transport=self.transport, paths=Paths(tmp_path),
             log=logging.getLogger("test"), clock=lambda: self.clocks.mono, wall=lambda: self.clocks.wall,
             rng=random.Random(1), phase=lambda _: None,  # ticks exactly an interval apart from the start
         )
@@ -209,17 +210,17 @@ class Env:
     def add(self, *work_ids: str, **spec: Any) -> None:
         """Works assigned to this worker in the store, which the manager has not looked at yet."""
         for work_id in work_ids:
-            self.pool.works[work_id] = Work(id=work_id, spec=StrategySpec(file="/s.py", **spec),
+            self.fenced_store.works[work_id] = Work(id=work_id, spec=StrategySpec(file="/s.py", **spec),
                                             assignment=Assignment(worker="w1", epoch=1), epoch=1)
 
     def assign(self, work_id: str = "s", **spec: Any) -> Work:
         self.add(work_id, **spec)
-        self.manager.reconcile(list(self.pool.works.values()))
-        return self.pool.works[work_id]
+        self.manager.reconcile(list(self.fenced_store.works.values()))
+        return self.fenced_store.works[work_id]
 
     def change(self, work_id: str = "s", **fields: Any) -> None:
-        self.pool.works[work_id] = msgspec.structs.replace(self.pool.works[work_id], **fields)
-        self.manager.reconcile(list(self.pool.works.values()))
+        self.fenced_store.works[work_id] = msgspec.structs.replace(self.fenced_store.works[work_id], **fields)
+        self.manager.reconcile(list(self.fenced_store.works.values()))
 
     def slot_rid(self, work_id: str = "s") -> bytes:
         return self.manager.slots[work_id].routing_id
@@ -245,7 +246,7 @@ class Env:
         self.manager.supervise()
 
     def work(self, work_id: str = "s") -> Work:
-        return self.pool.works[work_id]
+        return self.fenced_store.works[work_id]
 
 
 @pytest.fixture
@@ -264,7 +265,7 @@ def test_ticks_go_out_only_after_answers(env: Env) -> None:
     env.step(1.0)
     second = env.transport.of(Tick)[-1]
     assert second.tick.seq == 2 and second.tick.overruns == 2
-    assert env.manager.slots["s"].result.heartbeats == 1 and env.pool.state["s"] == (1, b'{"n": 1}')
+    assert env.manager.slots["s"].result.heartbeats == 1 and env.fenced_store.state["s"] == (1, b'{"n": 1}')
 
 
 @pytest.mark.parametrize("jump", [-3600.0, 3600.0])
@@ -295,7 +296,7 @@ def test_a_stop_before_hello_waits_in_the_outbox_and_st_exit_still_runs(env: Env
     env.manager.on_message(rid, Exited(reason=env.transport.of(Stop)[0].reason, state=b'{"n": 2}'))
     env.transport.exit(env.pid(), exit_code(0))
     work = env.work()
-    assert work.result.status == "stopped" and work.assignment is None and env.pool.state["s"][1] == b'{"n": 2}'
+    assert work.result.status == "stopped" and work.assignment is None and env.fenced_store.state["s"][1] == b'{"n": 2}'
 
 
 def test_stop_then_start_while_st_exit_runs_ends_running(env: Env) -> None:
@@ -316,7 +317,7 @@ def test_a_late_start_after_the_stop_settled_is_not_overwritten(env: Env) -> Non
     env.assign()
     rid = env.start()
     env.change(desired="stopped")
-    env.pool.works["s"].desired = "running"  # the start lands after the worker's last reconcile
+    env.fenced_store.works["s"].desired = "running"  # the start lands after the worker's last reconcile
     env.manager.on_message(rid, Exited(reason=env.transport.of(Stop)[0].reason))
     env.transport.exit(env.pid(), exit_code(0))
     work = env.work()
@@ -352,34 +353,34 @@ def test_a_full_disk_is_reported_and_retried_while_strategies_run(env: Env) -> N
     """Issue 7 item 4: a failed store write took the worker down."""
     env.assign()
     rid = env.start()
-    env.pool.fail_writes = OSError(errno.ENOSPC, "No space left on device")
+    env.fenced_store.fail_writes = OSError(errno.ENOSPC, "No space left on device")
     env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
     env.step(1.0)
     env.manager.on_message(rid, Heartbeat(seq=2, state=b'{"n": 2}'))
-    assert env.pool.kinds().count("store_write_failed") == 1  # once per run of failures
+    assert env.fenced_store.kinds().count("store_write_failed") == 1  # once per run of failures
     assert env.manager.slots["s"].running and env.transport.killed == []
-    env.pool.fail_writes = None
+    env.fenced_store.fail_writes = None
     env.step(1.0)
-    assert env.pool.state["s"] == (1, b'{"n": 2}')
-    assert any("No space left" in e.detail for e in env.pool.events if e.kind == "store_write_failed")
+    assert env.fenced_store.state["s"] == (1, b'{"n": 2}')
+    assert any("No space left" in e.detail for e in env.fenced_store.events if e.kind == "store_write_failed")
 
 
 def test_a_newer_epoch_holding_the_state_stops_the_slot_without_more_writes(env: Env) -> None:
     env.assign()
     rid = env.start()
-    env.pool.state["s"] = (2, b'{"theirs": 1}')
+    env.fenced_store.state["s"] = (2, b'{"theirs": 1}')
     env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
     env.step(GATHER)  # the group commit, GATHER after the heartbeat, finds the state taken
     stop = env.transport.of(Stop)[-1]
     assert stop.reason.type == "reassigned"
     env.manager.on_message(rid, Exited(reason=stop.reason, state=b'{"n": 9}'))
     env.transport.exit(env.pid(), exit_code(0))
-    assert env.pool.state["s"] == (2, b'{"theirs": 1}') and "s" not in env.manager.slots
-    assert "released" in env.pool.kinds()
+    assert env.fenced_store.state["s"] == (2, b'{"theirs": 1}') and "s" not in env.manager.slots
+    assert "released" in env.fenced_store.kinds()
 
 
 def test_an_unreadable_state_fails_the_strategy(env: Env) -> None:
-    env.pool.corrupt.add("s")
+    env.fenced_store.corrupt.add("s")
     env.assign()
     env.hello()
     assert env.transport.of(Init) == [] and env.transport.killed == [env.pid()]
@@ -433,8 +434,8 @@ def test_lease_lapse_stops_every_child_stops_ticking_then_kills(env: Env) -> Non
     env.step(LEASE_KILL_GRACE)
     assert env.transport.killed == [env.pid()]
     env.transport.exit(env.pid(), KILLED)
-    assert "s" not in env.manager.slots and "lease_lost" in [e.kind for e in env.pool.events]
-    env.manager.reconcile(list(env.pool.works.values()))
+    assert "s" not in env.manager.slots and "lease_lost" in [e.kind for e in env.fenced_store.events]
+    env.manager.reconcile(list(env.fenced_store.works.values()))
     assert "s" not in env.manager.slots  # nothing new is taken on a lapsed lease
 
 
@@ -456,7 +457,7 @@ def test_over_its_memory_limit_a_strategy_is_restarted_with_that_reason(env: Env
     env.transport.exit(env.pid(), KILLED)
     error = env.manager.slots["s"].result.last_error
     assert error is not None and error.message == "over its memory limit: 150 MB > 100 MB (max-memory)"
-    assert "memory_limit" in env.pool.kinds()
+    assert "memory_limit" in env.fenced_store.kinds()
     env.step(0.0)
     assert env.manager.slots["s"].alive
 
@@ -482,11 +483,11 @@ def test_hung_killed_counted_restarted_and_failed_after_too_many(env: Env) -> No
 def test_writes_are_fenced_after_reassignment(env: Env) -> None:
     env.assign()
     env.start()
-    env.pool.works["s"].assignment = Assignment(worker="w2", epoch=2)
+    env.fenced_store.works["s"].assignment = Assignment(worker="w2", epoch=2)
     env.manager.slots["s"].result.heartbeats = 999
     env.manager.flush_one(env.manager.slots["s"])
     assert env.work().result.heartbeats != 999
-    env.manager.reconcile(list(env.pool.works.values()))
+    env.manager.reconcile(list(env.fenced_store.works.values()))
     assert env.transport.of(Stop)[-1].reason.type == "reassigned"
 
 
@@ -512,13 +513,13 @@ def test_the_states_of_one_pass_are_one_group_commit_made_before_the_next_ticks(
     a, b = env.start("a"), env.start("b")
     env.manager.on_message(a, Heartbeat(seq=1, state=b'{"n": 1}'))
     env.manager.on_message(b, Heartbeat(seq=1, state=b'{"m": 1}'))
-    assert env.pool.state["a"] == (1, b"{}") and env.manager.states.batches == 0  # waits for the pass
+    assert env.fenced_store.state["a"] == (1, b"{}") and env.manager.states.batches == 0  # waits for the pass
     written_at_tick: list[Any] = []
     send = env.transport.send
 
     def spy(routing_id: bytes, msg: ToChild) -> bool:
         if isinstance(msg, Tick):
-            written_at_tick.append(dict(env.pool.durable))  # synced, not only written
+            written_at_tick.append(dict(env.fenced_store.durable))  # synced, not only written
         return send(routing_id, msg)
 
     env.transport.send = spy  # type: ignore[method-assign]
@@ -533,7 +534,7 @@ def test_a_tick_sent_outside_the_pass_commits_the_waiting_state_first(env: Env) 
     env.manager.on_message(rid, Heartbeat(seq=1, state=b'{"n": 1}'))
     env.clocks.advance(1.0)
     env.manager.feed(env.manager.slots["s"], Due())  # a tick due before the pass's commit
-    assert env.transport.of(Tick)[-1].tick.seq == 2 and env.pool.durable["s"] == (1, b'{"n": 1}')
+    assert env.transport.of(Tick)[-1].tick.seq == 2 and env.fenced_store.durable["s"] == (1, b'{"n": 1}')
 
 
 def test_heartbeat_counts_are_written_a_few_a_pass_not_all_at_once(env: Env) -> None:
@@ -589,7 +590,8 @@ def test_states_coming_in_passes_apart_share_one_group_commit(env: Env) -> None:
     env.step(GATHER / 2)  # a pass of its own, before b's heartbeat: nothing written yet
     env.manager.on_message(b, Heartbeat(seq=1, state=b'{"m": 1}'))
     env.step(GATHER / 2)
-    assert env.manager.states.batches == 1 and env.pool.state["a"][1] == b'{"n": 1}' and env.pool.state["b"][1] == b'{"m": 1}'
+    assert env.manager.states.batches == 1
+    assert env.fenced_store.state["a"][1] == b'{"n": 1}' and env.fenced_store.state["b"][1] == b'{"m": 1}'
 
 
 def test_a_start_shows_its_statuses_in_one_write_with_its_first_heartbeat(env: Env) -> None:
@@ -604,10 +606,10 @@ def test_a_start_shows_its_statuses_in_one_write_with_its_first_heartbeat(env: E
     env.step(0.001)
     env.manager.on_message(rid, Ready())
     env.step(0.001)
-    assert env.pool.reports == 1
+    assert env.fenced_store.reports == 1
     env.manager.on_message(rid, Heartbeat(seq=1))
     env.step(0.001)
-    assert env.pool.reports == 2
+    assert env.fenced_store.reports == 2
     work = env.work()
     assert (work.result.status, work.result.heartbeats, work.result.pid) == ("running", 1, env.pid())
 
@@ -641,7 +643,7 @@ def test_a_mass_start_does_not_hold_back_the_running_strategies_ticks(env: Env) 
         return send(routing_id, msg)
 
     env.transport.send = spy  # type: ignore[method-assign]
-    env.manager.reconcile(list(env.pool.works.values()))  # one look at the store brings them all
+    env.manager.reconcile(list(env.fenced_store.works.values()))  # one look at the store brings them all
     while not sent_at:
         env.step(0.0)
     assert sent_at[0] - due <= 0.003 + 0.003  # late by a fork or two at most
@@ -657,7 +659,7 @@ def test_a_fork_waiting_for_its_turn_is_dropped_when_its_strategy_stops_meanwhil
     env.clocks.advance(0.099)
     env.transport.fork_cost = lambda: env.clocks.advance(0.003)
     env.add("a", "b")
-    env.manager.reconcile(list(env.pool.works.values()))
+    env.manager.reconcile(list(env.fenced_store.works.values()))
     assert env.manager.slots["a"].pid is not None and env.manager.slots["b"].pid is None  # b waits its turn
     env.change("b", assignment=None)  # stopped while it waited
     for _ in range(3):
@@ -668,5 +670,5 @@ def test_a_fork_waiting_for_its_turn_is_dropped_when_its_strategy_stops_meanwhil
 def test_with_nothing_else_due_a_mass_start_forks_in_one_go(env: Env) -> None:
     env.transport.fork_cost = lambda: env.clocks.advance(0.003)
     env.add(*(f"new{i}" for i in range(20)))
-    env.manager.reconcile(list(env.pool.works.values()))
+    env.manager.reconcile(list(env.fenced_store.works.values()))
     assert all(slot.pid is not None for slot in env.manager.slots.values()) and not env.manager.forks_due

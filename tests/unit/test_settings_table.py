@@ -22,7 +22,10 @@ from quantlab import cli, control, manifest
 from quantlab.errors import BadInput
 from quantlab.store.filestore import FileStore
 from quantlab.store.records import StrategySpec
-from quantlab.store.strategy_settings import TABLE_BEGIN, TABLE_END, SpecSetting, markdown_table, spec_settings
+from quantlab.store.strategy_settings import (
+    TABLE_BEGIN, TABLE_END, FieldSetting, field_settings, markdown_table, spec_settings,
+)
+from quantlab.worker.options import WorkerOptions
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = spec_settings()
@@ -55,7 +58,7 @@ def test_the_readme_table_is_the_one_the_declarations_make() -> None:
 def test_the_table_has_a_row_per_setting_with_its_option_default_and_unit() -> None:
     rows = markdown_table().splitlines()[2:]
     assert len(rows) == len(SETTINGS)
-    assert rows[0] == "| `interval` | `--interval` | 1 | s | positive | Seconds between ticks |"
+    assert rows[0] == "| `interval` | `--interval` | 1 | s | at least 0.001 | Seconds between ticks |"
     assert "| `max_memory_mb` | `--max-memory` | no limit | MB | positive |" in "\n".join(rows)
 
 
@@ -108,7 +111,7 @@ def test_the_readmes_synopsis_lists_every_option() -> None:
 
 def test_the_defaults_the_supervision_rules_quote_are_the_settings() -> None:
     rules = _section((REPO / "README.md").read_text(encoding="utf-8"), "## Supervision rules")
-    by_flag = {s.flag: s for s in SETTINGS}
+    by_flag = {s.flag: s for s in (*field_settings(WorkerOptions), *SETTINGS)}  # a strategy's --stop-timeout its own
     quoted = re.findall(r"`(--[a-z-]+)`\s+\[([^\]]+)\]", rules)
     assert len(quoted) >= 5
     for flag, text in quoted:
@@ -131,7 +134,7 @@ def test_the_shipped_config_shows_the_defaults() -> None:
 # ---- the ranges ----
 
 
-def _lowest(setting: SpecSetting) -> float:
+def _lowest(setting: FieldSetting) -> float:
     """The lowest value the setting takes (for an open bound: one a little above it)."""
     if setting.declared.at_least is not None:
         return setting.declared.at_least
@@ -139,7 +142,7 @@ def _lowest(setting: SpecSetting) -> float:
     return setting.declared.more_than + (1 if setting.kind is int else 1e-9)
 
 
-def _bound(setting: SpecSetting) -> float:
+def _bound(setting: FieldSetting) -> float:
     value = setting.declared.more_than if setting.declared.more_than is not None else setting.declared.at_least
     assert value is not None
     return value
@@ -161,7 +164,7 @@ def _assign(store: FileStore, tmp_path: Path, **options: Any) -> None:
 
 
 @pytest.mark.parametrize("setting", RANGED, ids=lambda s: s.name)
-def test_the_lowest_value_in_range_is_taken(store: FileStore, tmp_path: Path, setting: SpecSetting) -> None:
+def test_the_lowest_value_in_range_is_taken(store: FileStore, tmp_path: Path, setting: FieldSetting) -> None:
     value = setting.kind(_lowest(setting))
     _assign(store, tmp_path, **{setting.name: value})
     assert getattr(store.list_works()[0].spec, setting.name) == value
@@ -169,7 +172,7 @@ def test_the_lowest_value_in_range_is_taken(store: FileStore, tmp_path: Path, se
 
 @pytest.mark.parametrize("setting", RANGED, ids=lambda s: s.name)
 def test_a_value_below_the_range_is_one_line_naming_the_option(store: FileStore, tmp_path: Path,
-                                                               setting: SpecSetting) -> None:
+                                                               setting: FieldSetting) -> None:
     bound = _bound(setting)
     below = setting.kind(bound - 1 if setting.declared.at_least is not None else bound)
     with pytest.raises(BadInput) as caught:
@@ -180,14 +183,15 @@ def test_a_value_below_the_range_is_one_line_naming_the_option(store: FileStore,
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("setting", FLOATS, ids=lambda s: s.name)
-def test_nan_and_infinity_are_refused(store: FileStore, tmp_path: Path, setting: SpecSetting, value: float) -> None:
+def test_nan_and_infinity_are_refused(store: FileStore, tmp_path: Path, setting: FieldSetting, value: float) -> None:
     with pytest.raises(BadInput, match=f"^{setting.flag} must be .*, got {value:g}$"):
         _assign(store, tmp_path, **{setting.name: value})
     assert store.list_works() == []
 
 
 def test_the_messages_say_the_range_in_words() -> None:
-    assert BY_NAME["interval"].problem(0.0) == "must be positive, got 0"
+    assert BY_NAME["interval"].problem(0.0) == "must be at least 0.001, got 0"
+    assert BY_NAME["max_memory_mb"].problem(0.0) == "must be positive, got 0"
     assert BY_NAME["backoff"].problem(-0.5) == "must be zero or more, got -0.5"
     assert BY_NAME["max_errors"].problem(0) == "must be at least 1, got 0"
     assert BY_NAME["max_open_orders"].problem(0) is None

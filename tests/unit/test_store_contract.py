@@ -226,6 +226,69 @@ def test_remove_forgets_the_state_and_refuses_every_old_epoch(store: Store) -> N
     assert claimed.empty
 
 
+# ---- records that do not decode: quarantined, and replaced only by a write that names them ----
+
+
+def _corrupt(store: TableStore, kind: str, key: str) -> int:
+    """Commit a version of ``kind/key`` that does not decode; its version."""
+    table = store._table(kind)
+    head = table.head(key)
+    assert table.commit(key, head, b"{not json")
+    return head.version + 1
+
+
+def test_a_work_that_does_not_decode_is_discarded_and_its_epochs_stay_fenced(store: TableStore) -> None:
+    store.add_work(work("good"))
+    store.add_work(work("bad"))
+    held = store.update_work("bad", lambda w: setattr(w, "epoch", w.epoch + 7) or w)
+    store.save_state("bad", held.epoch, b'{"n":1}')
+    _corrupt(store, "works", "bad")
+    with pytest.raises(CorruptRecord):
+        store.remove_work("bad")
+    assert not store.discard_work("good")  # it decodes: the Work machine removes it
+    assert store.get_work("good").id == "good"
+    assert store.discard_work("bad")
+    assert store.find_work("bad") is None and [w.id for w in store.list_works()] == ["good"]
+    with pytest.raises(StaleWriter):
+        store.save_state("bad", held.epoch, b'{"n":2}')  # the old child's late write
+    with pytest.raises(NotFound):
+        store.discard_work("bad")
+    with pytest.raises(NotFound):
+        store.discard_work("never")
+    again = store.add_work(work("bad"))
+    assert again.epoch > held.epoch  # a re-created Work starts above every epoch it could have had
+    assert store.save_state("bad", again.epoch + 1, None).empty
+
+
+def test_a_leader_record_that_does_not_decode_is_replaced_only_over_its_version(store: TableStore) -> None:
+    store.update_leader(lambda current: Leader(director="d1", epoch=1))
+    version = _corrupt(store, "leases", "director")
+    with pytest.raises(CorruptRecord) as caught:
+        store.find_leader()
+    assert caught.value.version == version
+    claim = lambda current: Leader(director="d2", epoch=version + 1) if current is None else None  # noqa: E731
+    with pytest.raises(CorruptRecord):
+        store.update_leader(claim)
+    with pytest.raises(CorruptRecord):
+        store.update_leader(claim, over_corrupt=version + 1)  # not the version that does not decode
+    assert store.update_leader(claim, over_corrupt=version) == Leader(director="d2", epoch=version + 1)
+    assert store.find_leader() == Leader(director="d2", epoch=version + 1)
+    assert [e.kind for e in store.read_events()[0]] == ["quarantined"]
+
+
+def test_a_registration_that_does_not_decode_is_replaced_only_over_its_version(store: TableStore) -> None:
+    store.update_resource("w1", lambda current: resource())
+    version = _corrupt(store, "resources", "w1")
+    assert store.list_resources() == []
+    with pytest.raises(CorruptRecord):
+        store.update_resource("w1", lambda current: resource(instance="i2"))
+    taken = store.update_resource("w1", lambda current: resource(instance="i2") if current is None else None,
+                                  over_corrupt=version)
+    assert taken is not None and taken.spec.instance == "i2"
+    found = store.find_resource("w1")
+    assert found is not None and found.spec.instance == "i2"
+
+
 # ---- the change feed ----
 
 
@@ -387,6 +450,22 @@ def test_a_record_that_does_not_decode_is_reported_never_replaced(shared: str) -
     files._table("state").commit("s", files._table("state").head("s"), b'{"epoch": "x"}')
     with pytest.raises(CorruptRecord):
         files.load_state("s")
+
+
+def test_a_commit_whose_feed_line_cannot_be_written_stands_with_a_warning(
+    files: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable or an error: the record committed, so the call must not fail (the feed is a hint)."""
+    warnings: list[str] = []
+    files.on_warning = warnings.append
+
+    def full(change: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.feed, "append", full)
+    added = files.add_work(work("s"))
+    assert files.get_work("s") == added
+    assert len(warnings) == 1 and "works/s version 1 is written" in warnings[0] and "No space" in warnings[0]
 
 
 def test_old_flat_stores_are_migrated(tmp_path: Path) -> None:

@@ -7,6 +7,12 @@ a margin. A leader acts only while its last renewal is fresher than the lease
 minus that margin (its own monotonic clock), and stamps its term on every Work
 it writes, so a deposed leader's late writes are refused where the new one has
 written.
+
+A Leader record that does not decode names no holder anyone can see. It is
+waited out like a lease that stopped moving (a holder that can read it, a
+newer quantlab say, keeps it moving), then claimed over: the new term goes
+above its version, which bounds every term handed out before it (each claim
+is a version of the record).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import socket
 import time
 from typing import Callable
 
+from quantlab.errors import CorruptRecord
 from quantlab.store.leases import LeaseWatch, holder_deadline
 from quantlab.store.records import Leader
 from quantlab.store.store import Store
@@ -51,7 +58,10 @@ class Leadership:
     def heartbeat(self) -> bool:
         """Renew if we lead, else claim if the lease is free or expired; whether we lead now."""
         started = self.mono()
-        leader = self.store.find_leader()
+        try:
+            leader = self.store.find_leader()
+        except CorruptRecord as e:
+            return self._over_corrupt(e, started)
         if leader is not None and leader.director == self.director_id and leader.epoch == self.term:
             renewed = self.store.update_leader(self._renew)
             return self._settle(renewed, started)
@@ -78,10 +88,21 @@ class Leadership:
         current.renewed = self.clock()
         return current
 
-    def _claim(self, current: Leader | None, seen: Leader | None) -> Leader | None:
+    def _over_corrupt(self, error: CorruptRecord, started: float) -> bool:
+        """The record does not decode: claim over it once it has stood still for a lease plus the margin."""
+        self.term = None
+        self._watch.observe(_KEY, ("undecodable", error.version), started)
+        if not self._watch.expired(_KEY, self.ttl, started):
+            return False
+        claimed = self.store.update_leader(
+            lambda current: self._claim(current, None, floor=error.version), over_corrupt=error.version
+        )
+        return self._settle(claimed, started)
+
+    def _claim(self, current: Leader | None, seen: Leader | None, *, floor: int = 0) -> Leader | None:
         if current != seen:
             return None  # it moved since we judged it expired: not ours to take
-        epoch = (current.epoch if current else 0) + 1
+        epoch = max(current.epoch if current else 0, floor) + 1
         return Leader(
             director=self.director_id, epoch=epoch, host=self.host, pid=os.getpid(),
             ttl=self.ttl, renewed=self.clock(),

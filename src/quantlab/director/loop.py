@@ -1,7 +1,7 @@
 """The director: places Work on live workers, one leader per store.
 
 Its lifecycle mirrors the other layers: `st_director_init`, then
-`st_director_heartbeat` every tick (and whenever the store changes), then
+`st_director_heartbeat` every ``heartbeat`` seconds (and whenever the store changes), then
 `st_director_exit`. A heartbeat first renews (or claims) the leadership lease;
 a leader then runs named steps: refresh its view of the Works from the change
 feed, watch the workers' leases, expire the lost ones, release what lost
@@ -23,22 +23,23 @@ from typing import Callable, Hashable
 
 from quantlab import heap
 from quantlab.config import Paths
-from quantlab.errors import NotFound, QuantlabError, StaleWriter
+from quantlab.errors import NotFound, StaleWriter
 from quantlab.logsetup import LogSettings, process_logger
 from quantlab.ops.metrics import DirectorMetrics
 from quantlab.ops.notify import Notifier
 from quantlab.director.leadership import Leadership
+from quantlab.store.fenced import FencedStore
 from quantlab.store.leases import LeaseWatch
 from quantlab.store.open import open_store
 from quantlab.director.placement import assigned_counts, choose_worker
 from quantlab.store.records import Assignment, Director, EventKind, ExitReason, Resource, StrategyStatus, Work
+from quantlab.store.stepguard import StepGuard
 from quantlab.store.store import Store, TableStore
 from quantlab.store import workmachine as wm
 from quantlab.store.view import WorkView
-from quantlab.store.workpool import WorkPool
 from quantlab.signals import StopRequest
 
-#: Seconds between checks of the change feed while waiting for the next tick.
+#: Seconds between checks of the change feed while waiting for the next heartbeat.
 CHANGE_POLL = 0.02
 
 
@@ -51,7 +52,7 @@ class DirectorLoop:
         self,
         store: Store,
         *,
-        tick: float = 1.0,
+        heartbeat: float = 1.0,
         lease_ttl: float = 10.0,
         log: logging.Logger | None = None,
         clock: Callable[[], float] = time.time,
@@ -60,8 +61,8 @@ class DirectorLoop:
         host: str | None = None,
     ) -> None:
         self.store = store
-        self.pool = WorkPool(store, clock)
-        self.tick = tick
+        self.fenced_store = FencedStore(store, clock)
+        self.heartbeat = heartbeat  #: seconds between heartbeats (renewals, reads of the workers)
         self.lease_ttl = lease_ttl
         self.log = log or logging.getLogger("quantlab.director")
         self.clock = clock
@@ -116,7 +117,7 @@ class DirectorLoop:
         self.store.remove_director(self.record.id)
         if self.leading:
             self.lead.release()
-            self.pool.event(EventKind.DIRECTOR_STOPPED, detail=self.record.id)
+            self.fenced_store.event(EventKind.DIRECTOR_STOPPED, detail=self.record.id)
 
     def report(self, metrics: DirectorMetrics) -> None:
         """The figures a scrape shows: what this director sees, as leader (a standby shows nothing)."""
@@ -160,15 +161,16 @@ class DirectorLoop:
             self.workers.observe(r.id, _lease_token(r), mono)
         self.workers.keep_only(set(resources))
         if joined_or_left:
-            self._warn_if_tick_outlasts_a_lease()
+            self._warn_if_heartbeat_outlasts_a_lease()
         return joined_or_left
 
-    def _warn_if_tick_outlasts_a_lease(self) -> None:
-        """The records are read on the timer: a lease shorter than a tick ends long before its loss is seen."""
+    def _warn_if_heartbeat_outlasts_a_lease(self) -> None:
+        """The records are read on the timer: a lease shorter than a heartbeat ends long before its loss is seen."""
         shortest = min(self.resources.values(), key=lambda r: r.spec.lease_ttl, default=None)
-        if shortest is not None and self.tick > shortest.spec.lease_ttl:
-            self.log.warning("tick %gs is longer than worker %s's lease (%gs): a lost worker is noticed up to "
-                             "two ticks after its lease runs out", self.tick, shortest.id, shortest.spec.lease_ttl)
+        if shortest is not None and self.heartbeat > shortest.spec.lease_ttl:
+            self.log.warning("heartbeat %gs is longer than worker %s's lease (%gs): a lost worker is noticed up to "
+                             "two heartbeats after its lease runs out", self.heartbeat, shortest.id,
+                             shortest.spec.lease_ttl)
 
     def _track_unplaced(self, full: bool) -> None:
         """Keep the set of Works waiting for a worker, so a freed place retries only those."""
@@ -225,7 +227,7 @@ class DirectorLoop:
         self._check_lead()
         if not self.store.remove_resource(worker_id, lambda r: _lease_token(r) == token):
             return False
-        self.pool.event(EventKind.WORKER_LOST, worker=worker_id, detail="lease expired")
+        self.fenced_store.event(EventKind.WORKER_LOST, worker=worker_id, detail="lease expired")
         self.log.warning("worker %s lost: lease expired", worker_id)
         self._forget_worker(worker_id)
         return True
@@ -247,7 +249,7 @@ class DirectorLoop:
             return
         resources = list(self.resources.values())
         counts = assigned_counts(list(self.view.works.values()))
-        with self.pool.durable_together():  # a hundred new strategies: one sync, not three fsyncs each
+        with self.fenced_store.durable_together():  # a hundred new strategies: one sync, not three fsyncs each
             for work in works:
                 choice = choose_worker(work, resources, counts)
                 if choice.worker is None:
@@ -272,7 +274,7 @@ class DirectorLoop:
             if director.id != self.record.id and self.directors.expired(director.id, self.lease_ttl, mono):
                 self.store.remove_director(director.id)
                 self.directors.forget(director.id)
-                self.pool.event(EventKind.DIRECTOR_LOST, detail=director.id)
+                self.fenced_store.event(EventKind.DIRECTOR_LOST, detail=director.id)
         self.directors.keep_only({d.id for d in directors})
 
     # ---- store writes: fenced by our term ----
@@ -327,12 +329,12 @@ class DirectorLoop:
         if self.record.role == was:
             return
         if self.leading:
-            self.pool.event(EventKind.DIRECTOR_LEADING, detail=f"{self.record.id} term {self.lead.term}")
+            self.fenced_store.event(EventKind.DIRECTOR_LEADING, detail=f"{self.record.id} term {self.lead.term}")
             self.log.info("leading (term %s)", self.lead.term)
             self.view.next_full = 0.0  # a new leader starts from a full view
         else:
             self.log.warning("lost the leadership: standing by")
-            self.pool.event(EventKind.DIRECTOR_STANDBY, detail=self.record.id)
+            self.fenced_store.event(EventKind.DIRECTOR_STANDBY, detail=self.record.id)
 
     def _publish(self, now: float) -> None:
         self.record.last_seen = now
@@ -345,15 +347,19 @@ def _lease_token(resource: Resource) -> tuple[str, int]:
 
 
 def run_director(
-    paths: Paths, *, tick: float = 1.0, lease_ttl: float = 10.0, logs: LogSettings = LogSettings(),
+    paths: Paths, *, heartbeat: float = 1.0, lease_ttl: float = 10.0, logs: LogSettings = LogSettings(),
     metrics_port: int | None = None,
 ) -> int:
     """`qlab director start`: run in the foreground until SIGTERM/SIGINT."""
     stop = StopRequest().install()
     store = open_store(paths)
     log = process_logger("quantlab.director", paths.director_log(), logs)
-    loop = DirectorLoop(store, tick=tick, lease_ttl=lease_ttl, log=log, host=paths.host_name)
+    loop = DirectorLoop(store, heartbeat=heartbeat, lease_ttl=lease_ttl, log=log, host=paths.host_name)
     notifier = Notifier()
+    # One record or feed line that trips a heartbeat must not end the director: reported once, it goes on.
+    guard = StepGuard(store, log, who=f"director {loop.record.id}")
+    if isinstance(store, TableStore):
+        store.on_warning = log.warning  # a commit whose feed line or event was not written
     metrics = None
     if metrics_port is not None:
         metrics = DirectorMetrics()
@@ -367,12 +373,9 @@ def run_director(
         mono = time.monotonic()
         due = mono >= next_beat
         if due or loop.wants_heartbeat():
-            try:
-                loop.st_director_heartbeat(time.time(), renew=due)
-            except (OSError, QuantlabError):
-                loop.log.exception("director heartbeat failed; trying again at the next one")
+            guard.run("director heartbeat", lambda: loop.st_director_heartbeat(time.time(), renew=due))
             if due:
-                next_beat = mono + tick
+                next_beat = mono + heartbeat
                 notifier.ready()
                 notifier.status(loop.status_line())
                 if metrics is not None:

@@ -6,6 +6,8 @@
 
 The secret stays in the worker: repr() of an Account hides it, it is never
 written to the store, and only account names go into the worker's Resource.
+Every number is checked against the Range its field declares (quantlab.numbers)
+as the file is read: a bad one is an error naming the file, its line and the key.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from quantlab.errors import ConfigError
+from quantlab.numbers import MIN_SECONDS, Range, problems
 from quantlab.exchange.risk import RiskLimits
 from quantlab.store.store import check_id
 
@@ -32,21 +35,23 @@ class Account(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_key: str = ""
     api_secret: str = ""
     api_secret_env: str = ""  #: name of an environment variable holding the secret
-    rate_limit: float = 10.0  #: calls per second, shared by every strategy on this worker
+    rate_limit: Annotated[float, Range(more_than=0)] = 10.0  #: calls per second, shared by every strategy on this worker
     domain: str = "bybit"  #: pybit's domain, e.g. "bytick" for some regions
     tld: str = "com"  #: pybit's tld, e.g. "com", "nl", "com.hk"
     endpoint: str | None = None  #: full base URL overriding pybit's (a gateway, a test server)
     proxy: str | None = None  #: HTTP(S) proxy for this account; else the worker's
-    timeout: float = 10.0  #: seconds, per HTTP call
-    max_retries: int = 3
-    # risk limits for every strategy's orders together on this account (quantlab/exchange/risk.py)
-    max_order_notional: float | None = None
-    max_orders_per_minute: int | None = None
-    max_open_orders: int | None = None
+    timeout: Annotated[float, Range(at_least=MIN_SECONDS)] = 10.0  #: seconds, per HTTP call
+    max_retries: Annotated[int, Range(at_least=0)] = 3  #: attempts per call (0 and 1: one)
+    # risk limits for every strategy's orders together on this account (quantlab/exchange/risk.py),
+    # in the ranges of StrategySpec's own
+    max_order_notional: Annotated[float | None, Range(more_than=0)] = None
+    max_orders_per_minute: Annotated[int | None, Range(more_than=0)] = None
+    max_open_orders: Annotated[int | None, Range(at_least=0)] = None
     # paper only
-    balances: dict[str, float] = msgspec.field(default_factory=lambda: {"USDT": 10_000.0})
+    balances: Annotated[dict[str, float], Range(at_least=0)] = msgspec.field(
+        default_factory=lambda: {"USDT": 10_000.0})  #: wallet balance per coin
     symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
-    seed: int = 0
+    seed: Annotated[int, Range()] = 0  #: any whole number: the paper market's random walk
 
     def __repr__(self) -> str:
         return f"Account(name={self.name!r}, type={self.type!r}, testnet={self.testnet})"
@@ -141,8 +146,8 @@ def parse_accounts(text: str, source: str) -> list[Account]:
             raise ConfigError(f"{where}: bybit account {account.name!r} has no api_key")
         if account.type == "bybit" and not (account.api_secret or account.api_secret_env):
             raise ConfigError(f"{where}: bybit account {account.name!r} needs api_secret or api_secret_env")
-        if account.rate_limit <= 0:
-            raise ConfigError(f"{where}: rate_limit must be positive")
+        if (found := next(problems(account), None)) is not None:
+            raise ConfigError(f"{where}: {found[0]} {found[1]}")
         accounts[account.name] = account
     return list(accounts.values())
 

@@ -15,7 +15,7 @@ import msgspec
 
 #: Seconds without WATCHDOG=1 before systemd restarts the process (they send it every half of this).
 WATCHDOG_SEC = 30
-#: Seconds systemd waits after SIGTERM: above the worker's stop timeout (10 s) plus its drain margin.
+#: Seconds systemd waits after SIGTERM: above the worker's drain timeout (10 s) plus its drain margin.
 TIMEOUT_STOP_SEC = 30
 
 _COMMON_UNIT = """After=network-online.target

@@ -11,6 +11,10 @@ are O_APPEND logs, one write per line. Messages for a strategy are files with
 unique names, taken by renaming them away. ``filelock`` is used for one thing
 only, outside this module: a live worker holds its id's lock file so that a
 second process with the same id is refused at once (nobody waits on it).
+
+A home this process cannot write (a read-only mount, a folder that is not its
+user's to write) is opened for reading: the commands that only read work, and
+every write fails with the filesystem's error.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Any, Iterator
 
 import msgspec
 
-from quantlab.files import fsync_dir, private_dir, sync_filesystem, write_all, write_durable
+from quantlab.files import READ_ONLY_ERRORS, fsync_dir, private_dir, private_dir_if_writable, sync_filesystem
+from quantlab.files import write_durable
 from quantlab.store.feed import FileFeed
-from quantlab.store.records import Event
+from quantlab.store.records import Event, EventKind
 from quantlab.store.statelog import StateLog
 from quantlab.store.store import TableStore, check_id
 from quantlab.store.table import Change, Head
@@ -40,13 +45,15 @@ _KINDS = ("works", "resources", "directors", "leases", "state")
 
 
 class FileStore(TableStore):
+    feed: FileFeed
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        private_dir(root)
-        os.chmod(root, 0o700)
+        if private_dir_if_writable(root):
+            _keep_private(root)
         self._tables: dict[str, VersionedDir | StateLog] = {}
         self._batch = threading.local()  #: per thread: ``active`` inside durable_together, ``pending`` a sync owed
-        self.feed = FileFeed(root / "changes")
+        self.feed = FileFeed(root / "changes", on_skipped=self._report_skipped)
         self._events = root / "events.jsonl"
         self._reported: set[str] = set()
         for kind in _KINDS:
@@ -74,6 +81,16 @@ class FileStore(TableStore):
         if str(error) not in self._reported:  # once per process and version, not on every pass
             self._reported.add(str(error))
             super()._report_corrupt(kind, key, error)
+
+    def _report_skipped(self, where: str) -> None:
+        """A torn or undecodable feed line: recorded once per process and place (each loop reads it once)."""
+        if where in self._reported:
+            return
+        self._reported.add(where)
+        detail = (f"changes/{where}: a torn or undecodable change-feed line was skipped "
+                  f"({self.feed.skipped} so far in pid {os.getpid()}); the loops made a full pass")
+        with contextlib.suppress(OSError):  # the disk that tore it may still be full
+            self.append_event(Event(ts=time.time(), kind=EventKind.FEED_LINE_SKIPPED, detail=detail))
 
     @contextlib.contextmanager
     def durable_together(self) -> Iterator[None]:
@@ -134,7 +151,11 @@ class FileStore(TableStore):
         private_dir(folder)
         write_durable(folder / f"{time.time_ns()}-{os.urandom(4).hex()}.json", _encode(data))
         fsync_dir(folder)
-        self.feed.append(Change(kind="inbox", key=work_id, version=0))  # wakes its worker now
+        try:
+            self.feed.append(Change(kind="inbox", key=work_id, version=0))  # wakes its worker now
+        except OSError as e:  # the message is written: its worker finds it at its next full pass
+            self.warn(f"the message to {work_id} is written, but not its change-feed line, so its worker "
+                      f"finds it at its next full pass: {e.strerror or e}")
 
     def take_messages(self, work_id: str) -> list[Any]:
         folder = self._inbox(work_id)
@@ -157,11 +178,16 @@ class FileStore(TableStore):
 
     def append_event(self, event: Event) -> None:
         # One write() of one line on an O_APPEND descriptor: concurrent appenders never interleave.
+        # A short one (a full disk) is not continued: the rest would land after other appenders'
+        # lines. The torn line fails to decode, and readers skip it.
+        line = _encode(event) + b"\n"
         fd = os.open(self._events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            write_all(fd, _encode(event) + b"\n")
+            written = os.write(fd, line)
         finally:
             os.close(fd)
+        if written != len(line):
+            raise OSError(f"short write ({written} of {len(line)} bytes) to {self._events}")
 
     def read_events(self, offset: int = 0) -> tuple[list[Event], int]:
         """Events from byte ``offset`` on, and the offset after the last whole line."""
@@ -184,6 +210,20 @@ class FileStore(TableStore):
             states.close()  # the logs it holds open
 
 
+def _keep_private(root: Path) -> None:
+    """Take group and other permissions off a store made under another umask; never add any.
+
+    A home its owner made read-only (chmod -R a-w) stays so: reading it must not make it writable.
+    """
+    mode = root.stat().st_mode
+    if mode & 0o077:
+        try:
+            os.chmod(root, mode & 0o700)
+        except OSError as e:  # a read-only mount, or a store another user owns: read it as it is
+            if e.errno not in READ_ONLY_ERRORS:
+                raise
+
+
 def _folders(parent: Path) -> list[str]:
     """The folders in ``parent``, [] without it.
 
@@ -200,7 +240,11 @@ def _folders(parent: Path) -> list[str]:
 def _migrate_flat_records(folder: Path, *, wrap_state: bool = False) -> None:
     """Stores written before versioned records kept ``KIND/ID.json``: make each version 1 of ID."""
     table = VersionedDir(folder)
-    for name in os.listdir(folder):
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:  # a read-only home without this kind yet
+        return
+    for name in names:
         if name.startswith(".") or not name.endswith(".json"):
             continue
         path = folder / name

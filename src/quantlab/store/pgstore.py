@@ -230,7 +230,8 @@ class PostgresStore(TableStore):
             try:
                 out.append(decode(cls, data))
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                self._report_corrupt(kind, key, CorruptRecord(f"{kind}/{key} version {version} does not decode: {e}"))
+                self._report_corrupt(kind, key, CorruptRecord(f"{kind}/{key} version {version} does not decode: {e}",
+                                                                    version=version))
         return out
 
     def _report_corrupt(self, kind: str, key: str, error: CorruptRecord) -> None:

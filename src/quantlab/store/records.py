@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from quantlab.store.strategy_settings import Setting
+from quantlab.numbers import MIN_SECONDS, Setting
 
 WorkerStatus = Literal["idle", "busy", "stopping"]
 Desired = Literal["running", "stopped", "removed"]  #: removed: fenced, deleted once its holder lets go
@@ -79,17 +79,19 @@ class StrategySpec(msgspec.Struct, kw_only=True):
     placement: Placement = msgspec.field(default_factory=Placement)
     # The settings people give (`qlab strategy assign`, a manifest, quantlab.toml): each one's
     # unit, range and help are its Setting, its default the field's (quantlab/store/strategy_settings.py).
-    interval: Annotated[float, Setting(help="Seconds between ticks", unit="s", more_than=0)] = 1.0
+    interval: Annotated[float, Setting(help="Seconds between ticks", unit="s", at_least=MIN_SECONDS)] = 1.0
     heartbeat_timeout: Annotated[float, Setting(
-        help="Seconds without a completed heartbeat before the child is killed", unit="s", more_than=0)] = 60.0
+        help="Seconds without a completed heartbeat before the child is killed", unit="s",
+        at_least=MIN_SECONDS)] = 60.0
     max_errors: Annotated[int, Setting(
         help="More errors than this within the error window fail it", unit="errors", at_least=1)] = 5
-    error_window: Annotated[float, Setting(help="Seconds over which errors are counted", unit="s", more_than=0)] = 600.0
+    error_window: Annotated[float, Setting(
+        help="Seconds over which errors are counted", unit="s", at_least=MIN_SECONDS)] = 600.0
     backoff: Annotated[float, Setting(
         help="First restart delay in seconds, doubled per consecutive error", unit="s", at_least=0)] = 1.0
     backoff_max: float = 60.0  #: seconds; the cap of the doubled backoff, not offered as a setting
     stop_timeout: Annotated[float, Setting(
-        help="Seconds st_exit may take before the child is killed", unit="s", more_than=0)] = 10.0
+        help="Seconds st_exit may take before the child is killed", unit="s", at_least=MIN_SECONDS)] = 10.0
     restart_seq: int = 0  #: bumped by `qlab strategy restart`; a change restarts the child
     max_memory_mb: Annotated[float | None, Setting(
         help="Restart it when its child and the child's descendants use more resident memory", unit="MB",
@@ -184,6 +186,7 @@ class EventKind(enum.StrEnum):
     WORKER_STOPPED = "worker_stopped"
     LEASE_LOST = "lease_lost"  #: the worker's own lease ran out: it stopped its strategies
     STORE_WRITE_FAILED = "store_write_failed"  #: a write (state, status) failed; retried
+    LOOP_ERROR = "loop_error"  #: a step of a director's or worker's loop raised; the loop went on (once per error)
     # one strategy on its worker
     ACCEPTED = "accepted"
     STARTED = "started"
@@ -206,6 +209,7 @@ class EventKind(enum.StrEnum):
     HALT_CANCELLED = "halt_cancelled"  #: open orders cancelled for a halt --cancel-orders
     # store
     QUARANTINED = "quarantined"
+    FEED_LINE_SKIPPED = "feed_line_skipped"  #: a torn or undecodable change-feed line was skipped
 
 
 class Event(Record, kw_only=True):

@@ -13,7 +13,12 @@ runs one suite against each):
   starts above every epoch its predecessors had), and a strategy's state
   carries the epoch of its writer and refuses older ones.
 - **Durable or an error.** A commit that returns has reached the disk (or the
-  database); one that raises changed nothing.
+  database); one that raises changed nothing. What follows a commit is a hint
+  or a record of it (its feed line, its events): failing to write one is a
+  warning (``warn``), never an error, since the commit stands.
+- **A record that does not decode is quarantined**: reported once as an event
+  and skipped by listings, kept as it is, and replaced only by a write that
+  names its version (``over_corrupt``, ``discard_work``).
 - **Readers pay for what changed.** ``changes`` returns what was committed
   since a cursor, so loops re-read only those records.
 
@@ -27,11 +32,12 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from typing import Any, Callable, ContextManager, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
 
 import msgspec
 
-from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
+from quantlab import exits
+from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter, StoreUnavailable
 from quantlab.store.records import NO_STATE, Director, Event, EventKind, Leader, Resource, StrategyState, Work
 from quantlab.store import statewrites
 from quantlab.store.statewrites import Outcome, StateWrite
@@ -79,13 +85,27 @@ class Store(Protocol):
         """
         ...
 
+    def discard_work(self, work_id: str) -> bool:
+        """Delete a Work whose head does not decode, and forget its state: what `remove` does
+        when the Work machine cannot read the record.
+
+        A late write from any epoch it could have had is refused. False (nothing written) when
+        the head decodes: that one is removed through the Work machine. NotFound when there is none.
+        """
+        ...
+
     # resources (workers)
     def find_resource(self, worker_id: str) -> Resource | None: ...
     def list_resources(self) -> list[Resource]: ...
     def update_resource(
-        self, worker_id: str, update: Callable[[Resource | None], Resource | None], *, announce: bool = True
+        self, worker_id: str, update: Callable[[Resource | None], Resource | None], *, announce: bool = True,
+        over_corrupt: int = 0,
     ) -> Resource | None:
-        """Compare-and-swap one worker record; ``announce`` False for renewals nobody needs to wake for."""
+        """Compare-and-swap one worker record; ``announce`` False for renewals nobody needs to wake for.
+
+        A record that does not decode raises CorruptRecord, unless ``over_corrupt`` names its
+        version: then ``update`` gets None and what it returns replaces it.
+        """
         ...
 
     def remove_resource(self, worker_id: str, only_if: Callable[[Resource], bool] | None = None) -> bool: ...
@@ -95,7 +115,11 @@ class Store(Protocol):
     def list_directors(self) -> list[Director]: ...
     def remove_director(self, director_id: str) -> None: ...
     def find_leader(self) -> Leader | None: ...
-    def update_leader(self, update: Callable[[Leader | None], Leader | None]) -> Leader | None: ...
+    def update_leader(
+        self, update: Callable[[Leader | None], Leader | None], *, over_corrupt: int = 0
+    ) -> Leader | None:
+        """Compare-and-swap the leadership record (``over_corrupt``: as for ``update_resource``)."""
+        ...
 
     # strategy state
     def load_state(self, work_id: str) -> StrategyState | None:
@@ -159,6 +183,10 @@ class Store(Protocol):
         """Changes after ``cursor``, the next cursor, and True when some were lost (make a full pass)."""
         ...
 
+    def warn(self, message: str) -> None:
+        """Say what went wrong without failing the call: a commit whose feed line or event was not written."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -201,6 +229,8 @@ class TableStore:
     feed: Feed
     #: Called with each commit's duration in seconds (a process serving metrics sets it).
     commit_observer: Callable[[float], None] | None = None
+    #: Where ``warn`` goes: a daemon sets its log; otherwise one ``warning:`` line on stderr.
+    on_warning: Callable[[str], None] | None = None
 
     def _table(self, kind: str) -> Table:
         raise NotImplementedError
@@ -212,16 +242,30 @@ class TableStore:
     def append_event(self, event: Event) -> None:
         raise NotImplementedError
 
+    def warn(self, message: str) -> None:
+        (self.on_warning or exits.warning)(message)
+
     # ---- generic records ----
 
     def _read(self, kind: str, key: str, cls: type[T]) -> tuple[T | None, Head]:
-        head = self._table(kind).head(check_id(kind, key))
-        if head.data is None:
-            return None, head
+        record, head, error = self._read_any(kind, key, cls)
+        if error is not None:
+            raise error
+        return record, head
+
+    def _read_any(self, kind: str, key: str, cls: type[T]) -> tuple[T | None, Head, CorruptRecord | None]:
+        """The record (None when absent or when it does not decode), its head, and why it does not decode."""
         try:
-            return decode(cls, head.data), head
+            head = self._table(kind).head(check_id(kind, key))
+        except CorruptRecord as e:  # the version's own file does not parse: its number is all we know
+            return None, Head(e.version, None), e
+        if head.data is None:
+            return None, head, None
+        try:
+            return decode(cls, head.data), head, None
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
-            raise CorruptRecord(f"{kind}/{key} version {head.version} does not decode: {e}") from None
+            error = CorruptRecord(f"{kind}/{key} version {head.version} does not decode: {e}", version=head.version)
+            return None, head, error
 
     def _list(self, kind: str, cls: type[T]) -> list[T]:
         out = []
@@ -237,7 +281,9 @@ class TableStore:
 
     def _report_corrupt(self, kind: str, key: str, error: CorruptRecord) -> None:
         """A record that does not decode is skipped and reported; it stays for the operator."""
-        self.append_event(Event(ts=time.time(), kind=EventKind.QUARANTINED, detail=f"{kind}/{key}: {error}"))
+        # A reader that cannot write (a read-only home, a full disk) still reads everything else.
+        with contextlib.suppress(OSError, StoreUnavailable):
+            self.append_event(Event(ts=time.time(), kind=EventKind.QUARANTINED, detail=f"{kind}/{key}: {error}"))
 
     def _cas(
         self,
@@ -248,15 +294,23 @@ class TableStore:
         *,
         delete: bool = False,
         announce: Callable[[T | None, T | None], str | None] | None = None,
+        over_corrupt: int = 0,
     ) -> tuple[T | None, Head]:
         """Apply ``update`` to the current record until a commit wins; returns the record and its head.
 
         ``update`` returns the new record, or None to write nothing (with ``delete``: None deletes).
         ``announce`` says what to append to the feed for a commit (the worker hint), None for nothing.
+        A record that does not decode raises CorruptRecord, unless it is version ``over_corrupt``:
+        it is reported, ``update`` gets None for it, and the new version goes on top (the bad
+        one stays below it in the history).
         """
         check_id(kind, key)
         for _ in range(CAS_ATTEMPTS):
-            current, head = self._read(kind, key, cls)
+            current, head, error = self._read_any(kind, key, cls)
+            if error is not None:
+                if not over_corrupt or error.version != over_corrupt:
+                    raise error
+                self._report_corrupt(kind, key, error)
             new = update(current, head)
             if new is None and not delete:
                 return current, head
@@ -279,7 +333,11 @@ class TableStore:
         if not self._table(kind).commit(key, base, data):
             return False
         if change is not None:
-            self.feed.append(change)
+            try:
+                self.feed.append(change)
+            except OSError as e:
+                self.warn(f"{kind}/{key} version {base.version + 1} is written, but not its change-feed line, "
+                          f"so the loops see it at their next full pass: {e.strerror or e}")
         return True
 
     # ---- works ----
@@ -347,6 +405,23 @@ class TableStore:
         self._stamp_state(work_id, last_epoch + 1, forget=True)
         return True
 
+    def discard_work(self, work_id: str) -> bool:
+        for _ in range(CAS_ATTEMPTS):
+            _, head, error = self._read_any("works", work_id, Work)
+            if error is None:
+                if head.data is None:
+                    raise NotFound(f"no strategy {work_id!r}")
+                return False
+            # Its epoch is unknown. It started at most at the state's epoch floor (or its version)
+            # and rose by at most one per version of the Work since: above both sums is safe.
+            ceiling = self._epoch_floor(work_id) + head.version + 1
+            change = Change(kind="works", key=work_id, version=head.version + 1)  # its worker rereads it by id
+            if self._commit("works", work_id, head, None, change):
+                self._report_corrupt("works", work_id, error)
+                self._stamp_state(work_id, ceiling, forget=True)
+                return True
+        raise Conflict(f"works/{work_id}: gave up after {CAS_ATTEMPTS} lost races")
+
     # ---- resources ----
 
     def find_resource(self, worker_id: str) -> Resource | None:
@@ -356,13 +431,15 @@ class TableStore:
         return self._list("resources", Resource)
 
     def update_resource(
-        self, worker_id: str, update: Callable[[Resource | None], Resource | None], *, announce: bool = True
+        self, worker_id: str, update: Callable[[Resource | None], Resource | None], *, announce: bool = True,
+        over_corrupt: int = 0,
     ) -> Resource | None:
         def apply(current: Resource | None, head: Head) -> Resource | None:
             return update(None if current is None else msgspec.structs.replace(current))
 
         new, _ = self._cas(
-            "resources", worker_id, Resource, apply, announce=(lambda old, new: "") if announce else None
+            "resources", worker_id, Resource, apply, announce=(lambda old, new: "") if announce else None,
+            over_corrupt=over_corrupt,
         )
         return new
 
@@ -399,8 +476,11 @@ class TableStore:
     def find_leader(self) -> Leader | None:
         return self._read("leases", "director", Leader)[0]
 
-    def update_leader(self, update: Callable[[Leader | None], Leader | None]) -> Leader | None:
-        new, _ = self._cas("leases", "director", Leader, lambda current, head: update(current))
+    def update_leader(
+        self, update: Callable[[Leader | None], Leader | None], *, over_corrupt: int = 0
+    ) -> Leader | None:
+        new, _ = self._cas("leases", "director", Leader, lambda current, head: update(current),
+                           over_corrupt=over_corrupt)
         return new
 
     # ---- strategy state ----
@@ -497,6 +577,21 @@ class TableStore:
 
 
 
+def record_events(store: Store, events: Iterable[Event]) -> None:
+    """Append the events of a commit that has landed; one that cannot be written is a warning.
+
+    The commit stands either way, so the call that made it must not fail: its caller would
+    report an error for a change that was made.
+    """
+    for event in events:
+        try:
+            store.append_event(event)
+        except (OSError, StoreUnavailable) as e:
+            what = f" of {event.strategy}" if event.strategy else ""
+            store.warn(f"the change is written, but not its {event.kind} event{what}: "
+                       f"{getattr(e, 'strerror', None) or e}")
+
+
 class _Unchanged(Exception):
     """Internal: a conditional delete found nothing to delete."""
 
@@ -525,4 +620,4 @@ def _control(work: Work) -> tuple[Any, ...]:
     return (work.desired, work.epoch, work.assignment, work.spec, work.created)
 
 
-__all__ = ["ABSENT", "Change", "Cursor", "Store", "TableStore", "check_id", "decode"]
+__all__ = ["ABSENT", "Change", "Cursor", "Store", "TableStore", "check_id", "decode", "record_events"]

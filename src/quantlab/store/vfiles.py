@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Callable
 import msgspec
 
 from quantlab.errors import CorruptRecord
-from quantlab.files import fsync_dir, private_dir, write_durable
+from quantlab.files import fsync_dir, private_dir, private_dir_if_writable, write_durable
 from quantlab.store.table import ABSENT, Head
 
 if TYPE_CHECKING:  # the pruner's queue is made by the processes that batch commits, not by every reader
@@ -123,13 +123,17 @@ class VersionedDir:
         self.remember = remember
         self.committed: dict[str, Head] = {}
         self._folders: set[str] = set()  #: record folders known to exist (they are never removed)
-        private_dir(root)
+        private_dir_if_writable(root)  # a read-only home: reads find it as it is, a commit fails
 
     def folder(self, key: str) -> Path:
         return self.root / key
 
     def keys(self) -> list[str]:
-        return [n for n in os.listdir(self.root) if not n.startswith(".")]
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:  # never written, in a home this process cannot write
+            return []
+        return [n for n in names if not n.startswith(".")]
 
     def head(self, key: str) -> Head:
         """The highest version of ``key``; CorruptRecord when its file does not parse."""
@@ -188,6 +192,7 @@ class VersionedDir:
     def _ensure(self, folder: Path, durable: bool = True) -> None:
         if str(folder) in self._folders:
             return
+        private_dir(self.root)  # made already, unless the home could not be written when we started
         try:
             folder.mkdir(mode=0o700)
         except FileExistsError:
@@ -255,10 +260,11 @@ def _pruner() -> queue.SimpleQueue[list[str]]:
 
 def _parse(path: Path | str, raw: bytes) -> tuple[_Header, bytes]:
     line, sep, data = raw.partition(b"\n")
+    version = int(os.path.basename(path))
     try:
         header = _decode_header(line)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        raise CorruptRecord(f"{path}: bad header: {e}") from None
-    if not sep or header.v != int(os.path.basename(path)):
-        raise CorruptRecord(f"{path}: header does not match the file")
+        raise CorruptRecord(f"{path}: bad header: {e}", version=version) from None
+    if not sep or header.v != version:
+        raise CorruptRecord(f"{path}: header does not match the file", version=version)
     return header, data

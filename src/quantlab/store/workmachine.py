@@ -50,7 +50,7 @@ from quantlab.store.records import (
     StrategySpec,
     Work,
 )
-from quantlab.store.store import Store
+from quantlab.store.store import Store, record_events
 
 #: The reason a Work shows until the director places it.
 WAITING = "waiting for the director to place it"
@@ -387,8 +387,7 @@ def apply(store: Store, work_id: str, transition: Transition) -> Change:
             if not store.remove_work(work_id, only_if=lambda w: transition(w).work is None):
                 continue  # it changed since: decide again on the new record
         assert landed is not None
-        for event in landed.events:
-            store.append_event(event)
+        record_events(store, landed.events)  # the transition has landed: an event it cannot write is a warning
         return landed
     raise Refused(f"strategy {work_id!r} kept changing under a deletion")
 

@@ -11,7 +11,7 @@ import msgspec
 from quantlab.store.records import Resource, WorkerState
 from quantlab.ops.notify import Notifier
 from quantlab.store.view import WorkView
-from quantlab.store.workpool import WorkPool
+from quantlab.store.fenced import FencedStore
 from quantlab.worker.load import LoadMeter
 from quantlab.worker.manager import StrategyManager
 from quantlab.worker.options import WorkerOptions
@@ -35,7 +35,7 @@ class WorkerContext:
         worker: WorkerIdentity,
         options: WorkerOptions,
         resource: Resource,
-        pool: WorkPool,
+        fenced_store: FencedStore,
         apis: "ApiPool",
         manager: StrategyManager,
         log: logging.Logger,
@@ -47,7 +47,7 @@ class WorkerContext:
         self.options = options
         self.resource = resource
         self.state: WorkerState = resource.state
-        self.pool = pool
+        self.fenced_store = fenced_store  #: the store, with the worker's named and fenced writes
         self.apis = apis
         self.manager = manager
         self.log = log
@@ -60,6 +60,11 @@ class WorkerContext:
         self.next_counts = 0.0  #: monotonic: when heartbeat counts are written next
         self.halt_problem: str | None = None  #: why the halts could not be read (all halted meanwhile)
         self._run_until = run_until
+
+    @property
+    def pool(self) -> FencedStore:
+        """``fenced_store`` under the seed's name (``wctx.pool``), for worker hook files."""
+        return self.fenced_store
 
     @property
     def strategies(self) -> dict[str, Slot]:

@@ -19,7 +19,7 @@ from quantlab.worker.context import WorkerContext
 
 def follow_halts(wctx: WorkerContext) -> None:
     """Read the halts (fail closed), hand them to the manager, cancel orders a new halt asks for."""
-    found, problem = halts.read_or_closed(wctx.pool.store)
+    found, problem = halts.read_or_closed(wctx.fenced_store.store)
     if problem != wctx.halt_problem:
         if problem:
             wctx.log.error("%s", problem)
@@ -54,11 +54,11 @@ def _cancel_orders(wctx: WorkerContext, halt: Halt) -> None:
         whose = f"{strategy}'s open orders" if strategy else "every open order"
         wctx.log.warning("halt (%s): cancelling %s on %s", halt.label, whose, ", ".join(accounts))
         wctx.apis.cancel_orders(accounts, strategy, lambda: wctx.manager.lease_until, _report(wctx, halt, accounts))
-    halts.mark_cancelled(wctx.pool.store, halt, wctx.worker.id)
+    halts.mark_cancelled(wctx.fenced_store.store, halt, wctx.worker.id)
 
 
 def _report(wctx: WorkerContext, halt: Halt, accounts: list[str]) -> Callable[[int, str], None]:
-    def done(cancelled: int, error: str) -> None:  # on a pool thread: the log and the store only
+    def done(cancelled: int, error: str) -> None:  # on an API pool thread: the log and the store only
         where = ", ".join(accounts)
         if error:
             wctx.log.error("halt (%s): cancelling orders on %s failed: %s", halt.label, where, error)
@@ -66,7 +66,7 @@ def _report(wctx: WorkerContext, halt: Halt, accounts: list[str]) -> Callable[[i
         else:
             wctx.log.warning("halt (%s): cancelled %d open order(s) on %s", halt.label, cancelled, where)
             detail = f"{halt.label}: cancelled {cancelled} open order(s) on {where}"
-        wctx.pool.event(EventKind.HALT_CANCELLED, strategy=halt.target if halt.scope == "strategy" else None,
-                        worker=wctx.worker.id, detail=detail)
+        wctx.fenced_store.event(EventKind.HALT_CANCELLED, strategy=halt.target if halt.scope == "strategy" else None,
+                                worker=wctx.worker.id, detail=detail)
 
     return done

@@ -13,6 +13,7 @@ import time
 
 import msgspec
 
+from quantlab.errors import CorruptRecord
 from quantlab.store.leases import fence_margin, holder_deadline
 from quantlab.store.records import EventKind, ExitReason, TickInfo
 from quantlab.worker.context import WorkerContext
@@ -28,10 +29,10 @@ def st_worker_init(wctx: WorkerContext) -> None:
         "worker %s starting: region %s, accounts %s, max %d strategies",
         wctx.worker.id, wctx.worker.region, ", ".join(wctx.apis.names) or "none", wctx.options.max_strategies,
     )
-    detail = claim_record(wctx.pool.store, wctx.resource, say=wctx.log.warning)
-    renew_lease(wctx, wctx.pool.clock())
+    detail = claim_record(wctx.fenced_store.store, wctx.resource, say=wctx.log.warning)
+    renew_lease(wctx, wctx.fenced_store.clock())
     follow_halts(wctx)  # before the first tick: a strategy starting under a halt sees ctx.halted
-    wctx.pool.event(EventKind.WORKER_JOINED, worker=wctx.worker.id, detail=f"region {wctx.worker.region}: {detail}")
+    wctx.fenced_store.event(EventKind.WORKER_JOINED, worker=wctx.worker.id, detail=f"region {wctx.worker.region}: {detail}")
     _user_hook(wctx, "st_worker_init", wctx)
 
 
@@ -45,7 +46,7 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     if metrics is not None:
         metrics.set_statuses(slot.result.status for slot in wctx.manager.slots.values())
         metrics.lease_left.set(max(0.0, wctx.manager.lease_until - time.monotonic()))
-        metrics.set_halts(wctx.manager.halts.by_scope())  # unreadable halts: one of everything, as the pool treats them
+        metrics.set_halts(wctx.manager.halts.by_scope())  # unreadable halts: one of everything, as the API pool treats them
     _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
 
 
@@ -92,15 +93,15 @@ def st_worker_exit(wctx: WorkerContext, reason: ExitReason) -> None:
     wctx.log.info("worker %s exiting: %s %s", wctx.worker.id, reason.type, reason.message)
     wctx.notifier.stopping(f"stopping: {len(wctx.manager.slots)} strategies get st_exit")
     wctx.stopping = True
-    renew_lease(wctx, wctx.pool.clock())
+    renew_lease(wctx, wctx.fenced_store.clock())
     wctx.manager.stop_all(ExitReason(type="worker_exit", message=reason.message))
     # Until its last child is gone the worker still owns its strategies: letting the lease
     # lapse here would let the director start them elsewhere while st_exit still runs.
-    wctx.run_until(lambda: not wctx.manager.slots, wctx.options.stop_timeout + 1.0,
-                   lambda: renew_lease(wctx, wctx.pool.clock()))
+    wctx.run_until(lambda: not wctx.manager.slots, wctx.options.drain_timeout + 1.0,
+                   lambda: renew_lease(wctx, wctx.fenced_store.clock()))
     _user_hook(wctx, "st_worker_exit", wctx, reason)
-    wctx.pool.unregister_resource(wctx.worker.id, wctx.resource.spec.instance)
-    wctx.pool.event(EventKind.WORKER_STOPPED, worker=wctx.worker.id, detail=reason.message)
+    wctx.fenced_store.unregister_resource(wctx.worker.id, wctx.resource.spec.instance)
+    wctx.fenced_store.event(EventKind.WORKER_STOPPED, worker=wctx.worker.id, detail=reason.message)
     wctx.apis.close()
     wctx.meter.close()
 
@@ -127,18 +128,24 @@ def renew_lease(wctx: WorkerContext, now: float) -> None:
     state.status = "stopping" if wctx.stopping else ("busy" if running else "idle")
     state.last_seen = now
     state.lease_expires = now + wctx.options.lease_ttl
-    if wctx.pool.update_resource_state(wctx.resource, state):
+    try:
+        renewed = wctx.fenced_store.update_resource_state(wctx.resource, state)
+    except CorruptRecord:
+        renewed = False  # whose it is nobody can tell: not ours any more, and claim_record replaces it
+    if renewed:
         _hold_until(wctx, started)
         return
     wctx.log.warning("worker %s lost its lease (expired while it was paused?): stopping its strategies", wctx.worker.id)
-    wctx.pool.event(EventKind.LEASE_LOST, worker=wctx.worker.id, detail="the registration was gone or taken at renewal")
+    wctx.fenced_store.event(EventKind.LEASE_LOST, worker=wctx.worker.id,
+                            detail="the registration was gone, taken or undecodable at renewal")
     wctx.manager.set_lease(0.0)
     if wctx.stopping:
         return
     wctx.resource.state = state
-    detail = claim_record(wctx.pool.store, wctx.resource, say=wctx.log.warning)
-    wctx.pool.event(EventKind.WORKER_JOINED, worker=wctx.worker.id, detail=f"registered again after losing its lease: {detail}")
-    if wctx.pool.update_resource_state(wctx.resource, state):
+    detail = claim_record(wctx.fenced_store.store, wctx.resource, say=wctx.log.warning)
+    wctx.fenced_store.event(EventKind.WORKER_JOINED, worker=wctx.worker.id,
+                            detail=f"registered again after losing its lease: {detail}")
+    if wctx.fenced_store.update_resource_state(wctx.resource, state):
         _hold_until(wctx, started)
 
 
@@ -150,7 +157,7 @@ def deliver_messages(wctx: WorkerContext) -> None:
             wctx.mail.discard(strategy_id)  # not ours: its own worker takes them
         elif slot is not None and slot.running:  # not before st_init returned, nor once a stop is under way
             wctx.mail.discard(strategy_id)
-            for data in wctx.pool.store.take_messages(strategy_id):
+            for data in wctx.fenced_store.store.take_messages(strategy_id):
                 wctx.send_to_strategy(strategy_id, data)
 
 

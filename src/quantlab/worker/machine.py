@@ -64,8 +64,11 @@ from quantlab.worker.rules import STABLE_AFTER, backoff_delay, next_tick, second
 MOVED_AWAY = ("reassigned", "lease_lost", "removed", "moved_away")
 
 
-class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """The StrategySpec settings the machine needs (seconds and counts)."""
+class Supervision(msgspec.Struct, frozen=True, kw_only=True):
+    """The StrategySpec's supervision settings the machine needs (seconds and counts).
+
+    Not risk limits (quantlab/exchange/risk.py): those guard a strategy's orders, these its process.
+    """
 
     interval: float = 1.0
     heartbeat_timeout: float = 60.0
@@ -78,7 +81,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     phase: float | None = None
 
     @classmethod
-    def of(cls, spec: StrategySpec, phase: float | None = None) -> "Limits":
+    def of(cls, spec: StrategySpec, phase: float | None = None) -> "Supervision":
         return cls(
             phase=phase,
             interval=spec.interval,
@@ -143,7 +146,7 @@ Live = Starting | Running | Stopping
 
 
 class Machine(msgspec.Struct, frozen=True, kw_only=True):
-    limits: Limits
+    supervision: Supervision
     state: State
     incarnation: int = 0
     errors: tuple[float, ...] = ()  #: times of the errors within the window (monotonic)
@@ -158,8 +161,8 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
 Step = tuple[Machine, list[Action]]
 
 
-def new_machine(limits: Limits, now: float) -> Machine:
-    return Machine(limits=limits, state=Waiting(until=now))
+def new_machine(supervision: Supervision, now: float) -> Machine:
+    return Machine(supervision=supervision, state=Waiting(until=now))
 
 
 # ---- what people see, and when something happens next ----
@@ -186,7 +189,7 @@ def deadline(machine: Machine) -> float | None:
         return state.until
     if isinstance(state, (Starting, Running)):
         child = state.child
-        times = [] if child.killed else [child.last_beat + machine.limits.heartbeat_timeout]
+        times = [] if child.killed else [child.last_beat + machine.supervision.heartbeat_timeout]
         if isinstance(state, Running):
             times.append(child.next_tick)
         return min(times) if times else None
@@ -281,13 +284,13 @@ def _due(machine: Machine, state: Live, now: float) -> Step:
     child = state.child
     if child.killed is not None:
         return machine, []
-    limits = machine.limits
+    settings = machine.supervision
     if isinstance(state, Stopping):
         if now >= state.deadline:
-            return _kill(machine, state, Charge(EventKind.STOPPED, f"st_exit took longer than {limits.stop_timeout:g}s"))
+            return _kill(machine, state, Charge(EventKind.STOPPED, f"st_exit took longer than {settings.stop_timeout:g}s"))
         return machine, []
-    if now - child.last_beat > limits.heartbeat_timeout:
-        return _kill(machine, state, Charge(EventKind.HEARTBEAT_TIMEOUT, f"hung: no heartbeat for {limits.heartbeat_timeout:g}s"))
+    if now - child.last_beat > settings.heartbeat_timeout:
+        return _kill(machine, state, Charge(EventKind.HEARTBEAT_TIMEOUT, f"hung: no heartbeat for {settings.heartbeat_timeout:g}s"))
     if isinstance(state, Running):
         return _tick(machine, state, now)
     return machine, []
@@ -298,7 +301,7 @@ def _tick(machine: Machine, state: Running, now: float) -> Step:
     child = state.child
     if now < child.next_tick:
         return machine, []
-    following = next_tick(child.next_tick, machine.limits.interval, now)
+    following = next_tick(child.next_tick, machine.supervision.interval, now)
     if child.in_flight:
         child = msgspec.structs.replace(child, next_tick=following)
         return _replace(machine, state=Running(child), overruns=machine.overruns + 1), []
@@ -308,10 +311,10 @@ def _tick(machine: Machine, state: Running, now: float) -> Step:
 
 def _on_phase(machine: Machine, first: float) -> Machine:
     """The ticks after a child's first fall on its strategy's phase, when it has one."""
-    phase = machine.limits.phase
+    phase = machine.supervision.phase
     if phase is None or not isinstance(machine.state, Running):
         return machine
-    child = msgspec.structs.replace(machine.state.child, next_tick=second_tick(first, machine.limits.interval, phase))
+    child = msgspec.structs.replace(machine.state.child, next_tick=second_tick(first, machine.supervision.interval, phase))
     return _replace(machine, state=Running(child))
 
 
@@ -343,7 +346,7 @@ def _confirmed(machine: Machine, state: Live, reason: ExitReason, now: float) ->
     if isinstance(state, Stopping):
         return _replace(machine, state=Stopping(child, state.deadline)), []
     # Not asked to stop: the strategy called ctx.stop(); it exits by itself now.
-    stopping = Stopping(child, now + machine.limits.stop_timeout)
+    stopping = Stopping(child, now + machine.supervision.stop_timeout)
     return _replace(machine, state=stopping, stop=reason, by_strategy=True), [Publish()]
 
 
@@ -377,7 +380,7 @@ def _stop_wanted(machine: Machine, reason: ExitReason, now: float) -> Step:
     if isinstance(state, (Waiting, Spawning)):
         return _done(machine, _outcome(reason), reason.message or "stopped")
     assert isinstance(state, (Starting, Running))
-    machine = _replace(machine, state=Stopping(state.child, now + machine.limits.stop_timeout))
+    machine = _replace(machine, state=Stopping(state.child, now + machine.supervision.stop_timeout))
     # Before Hello the child cannot take it yet: it goes out on Hello.
     actions: list[Action] = [SendStop(reason)] if state.child.greeted else []
     return machine, [*actions, Publish()]
@@ -414,16 +417,16 @@ def _start_afresh(machine: Machine, now: float) -> Step:
 
 
 def _count_error(machine: Machine, charge: Charge, now: float, rand: float) -> Step:
-    limits = machine.limits
-    errors = tuple(t for t in machine.errors if t > now - limits.error_window) + (now,)
+    settings = machine.supervision
+    errors = tuple(t for t in machine.errors if t > now - settings.error_window) + (now,)
     machine = _replace(machine, errors=errors)
     actions: list[Action] = [Note(charge.kind, charge.message), Counted(len(errors), charge)]
-    if len(errors) > limits.max_errors:
-        reason = f"{len(errors)} errors within {limits.error_window:g}s (max {limits.max_errors}): {charge.message}"
+    if len(errors) > settings.max_errors:
+        reason = f"{len(errors)} errors within {settings.error_window:g}s (max {settings.max_errors}): {charge.message}"
         machine, done = _done(machine, "failed", reason)
         return machine, [*actions, Mark(f"failed: {reason}"), *done]
     consecutive = machine.consecutive + 1
-    delay = backoff_delay(limits.backoff, limits.backoff_max, consecutive, rand)
+    delay = backoff_delay(settings.backoff, settings.backoff_max, consecutive, rand)
     waiting = Waiting(until=now + delay, why=f"{charge.message}; restarting in {delay:.1f}s")
     machine = _replace(machine, state=waiting, consecutive=consecutive)
     return machine, [*actions, Mark(f"restart in {delay:.2f}s after: {charge.message}"), Publish()]

@@ -27,13 +27,14 @@ import zmq
 
 from quantlab import heap
 from quantlab.config import Paths
-from quantlab.errors import ConfigError, QuantlabError
+from quantlab.errors import ConfigError
 from quantlab.logsetup import process_logger
+from quantlab.store.fenced import FencedStore
 from quantlab.store.open import open_store
 from quantlab.store.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
+from quantlab.store.stepguard import StepGuard
 from quantlab.store.store import Store, TableStore
 from quantlab.store.view import WorkView
-from quantlab.store.workpool import WorkPool
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import ChildExits, StopRequest
 from quantlab.worker import procs
@@ -51,7 +52,7 @@ from quantlab.worker.manager import StrategyManager
 from quantlab.ops.metrics import WorkerMetrics
 from quantlab.worker.options import WorkerOptions
 from quantlab.worker.registration import WorkerIdLock, new_instance, process_started
-from quantlab.worker.zygote import Spawn, Zygote
+from quantlab.worker.zygote import ForkRequest, Zygote
 
 #: Seconds between checks of the store's change token (how fast a new assignment is seen).
 CHANGE_POLL = 0.02
@@ -65,6 +66,7 @@ class WorkerRuntime:
         self.options = options
         self.log = log
         self.stop = stop
+        self.steps = StepGuard(store, log, who=f"worker {options.id}", worker=options.id)
         self.child_exits = ChildExits().install()  # before the zygote: no exit goes unseen
         accounts = load_accounts(_accounts_path(options, paths))
         take_secrets(accounts)  # out of the environment before anything is started
@@ -81,7 +83,9 @@ class WorkerRuntime:
         self.api_done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run on the loop's thread
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name))
-        self.manager = StrategyManager(worker_id=options.id, pool=WorkPool(store), transport=self, paths=paths, log=log)
+        self.manager = StrategyManager(
+            worker_id=options.id, fenced_store=FencedStore(store), transport=self, paths=paths, log=log
+        )
         self.children = Children(self.watch, self.unwatch, log)
         self.manager.guard = FenceGuard(self.children.kill_all, log)
         self.poller.register(self.channel.socket, zmq.POLLIN)
@@ -92,11 +96,11 @@ class WorkerRuntime:
 
     # ---- Transport ----
 
-    def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
+    def fork(self, request: ForkRequest, on_exit: Callable[[int], None]) -> int:
         if not self.zygote.alive:
             self.log.error("zygote died: starting a new one")
             self.zygote = Zygote(self.zygote.env)
-        pid = self.zygote.spawn(request)
+        pid = self.zygote.fork(request)
 
         def reaped(status: int) -> None:
             self._forget(pid)
@@ -129,7 +133,7 @@ class WorkerRuntime:
         self.fds.unregister(fd)
 
     def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, caller: Caller) -> None:
-        def done(result: ApiResult) -> None:  # runs on a pool thread
+        def done(result: ApiResult) -> None:  # runs on an API pool thread
             self._on_loop(lambda: self.manager.deliver_api_result(routing_id, result))
             if self.manager.metrics is not None:
                 self.manager.metrics.api_call(call.account, result.ok, result.kind)
@@ -140,7 +144,7 @@ class WorkerRuntime:
         self.apis.reconcile(request, fence, lambda result: self._on_loop(lambda: done(result)))
 
     def _on_loop(self, step: Callable[[], None]) -> None:
-        """From a pool thread: run ``step`` on the loop's thread, at its next pass."""
+        """From an API pool thread: run ``step`` on the loop's thread, at its next pass."""
         self.api_done.put(step)
         os.eventfd_write(self.api_wakeup, 1)
 
@@ -153,7 +157,7 @@ class WorkerRuntime:
         # strategies start at once) are made durable together: one sync, not three fsyncs each.
         # A claim reaches the disk a moment after its Init left; the file store lives on this
         # host, so whatever loses that moment (a power cut) also ends the child it was for.
-        with self.manager.pool.durable_together():
+        with self.manager.fenced_store.durable_together():
             for routing_id, msg in self.channel.receive():
                 self.manager.on_message(routing_id, msg)
 
@@ -238,12 +242,10 @@ class WorkerRuntime:
             self.manager.metrics.worker_heartbeat.observe(time.perf_counter() - started)
 
     def _store_step(self, what: str, step: Callable[[], None]) -> None:
-        try:
-            step()
-        except (OSError, QuantlabError):
-            # A full disk or a store hiccup must not take the children down with the worker;
-            # if it lasts, the lease runs out and the director moves the strategies.
-            self.log.exception("%s failed; trying again at the next one", what)
+        # Nothing one record or feed line does (nor a full disk, nor a store hiccup) may take the
+        # children down with the worker; if it lasts, the lease runs out and the director moves
+        # the strategies.
+        self.steps.run(what, step)
 
     def close(self) -> None:
         if self.manager.guard is not None:
@@ -302,6 +304,8 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     id_lock = WorkerIdLock(paths.store, options.id)
     id_lock.take(store)  # before anything else: a second process with our id stops here
     log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id), options.log_settings)
+    if isinstance(store, TableStore):
+        store.on_warning = log.warning  # a commit whose feed line or event was not written
     hooks = _load_hooks(options.hooks)
     runtime = WorkerRuntime(store, options, paths, log, stop)
     identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=paths.host_name)
@@ -337,7 +341,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
         worker=identity,
         options=options,
         resource=resource,
-        pool=runtime.manager.pool,
+        fenced_store=runtime.manager.fenced_store,
         apis=runtime.apis,
         manager=runtime.manager,
         log=log,

@@ -5,7 +5,7 @@ should run here), `on_message` (a child spoke), a child's exit (the
 transport's ``on_exit`` callback) and `supervise` (one pass of the loop: the
 lease, outboxes, timers, memory, retried writes). Decisions are made in
 quantlab/worker/machine.py; this file does I/O only through the Transport
-(processes and sockets) and the WorkPool (the store).
+(processes and sockets) and the FencedStore (the store).
 
 Timers run on ``clock`` (monotonic: a wall-clock step must not silence ticks,
 hang detection or backoff); ``wall`` stamps only what people read.
@@ -32,7 +32,7 @@ from quantlab.exchange.risk import RiskLimits
 from quantlab.exchange.signing import Fence
 from quantlab.store.records import ErrorInfo, EventKind, ExitReason, TickInfo, Work
 from quantlab.store import workmachine as wm
-from quantlab.store.workpool import WorkPool
+from quantlab.store.fenced import FencedStore
 from quantlab.protocol import (
     ApiCall,
     ApiResult,
@@ -59,7 +59,7 @@ from quantlab.worker.slot import Slot
 from quantlab.worker.statecommit import StateCommits
 from quantlab.worker.timers import Timers
 from quantlab.worker.transport import Transport
-from quantlab.worker.zygote import Spawn
+from quantlab.worker.zygote import ForkRequest
 from quantlab.child.jsruntime import child_command
 from quantlab.logsetup import LogSettings
 from quantlab.ops.metrics import WorkerMetrics
@@ -100,7 +100,7 @@ class StrategyManager:
         self,
         *,
         worker_id: str,
-        pool: WorkPool,
+        fenced_store: FencedStore,
         transport: Transport,
         paths: Paths,
         log: logging.Logger,
@@ -112,7 +112,7 @@ class StrategyManager:
         self.worker_id = worker_id
         #: Where in its interval a strategy ticks (rules.tick_phase); None: from its start, exactly.
         self.phase = phase
-        self.pool = pool
+        self.fenced_store = fenced_store
         self.transport = transport
         self.paths = paths
         self.log = log
@@ -125,10 +125,10 @@ class StrategyManager:
         self.lease_grace = LEASE_KILL_GRACE  #: seconds after lease_until when what is left is killed
         self.lease_lapsed = False
         self.store_retry_at = 0.0
-        #: The halts in force, read every worker heartbeat (the pool reads them again as it sends).
+        #: The halts in force, read every worker heartbeat (the API pool reads them again as it sends).
         self.halts = Halts()
-        self.reporter = Reporter(worker_id, pool, log, wall)
-        self.states = StateCommits(pool, self.reporter, self._state_taken, clock)
+        self.reporter = Reporter(worker_id, fenced_store, log, wall)
+        self.states = StateCommits(fenced_store, self.reporter, self._state_taken, clock)
         #: Status changes of this pass, written together at its end (one sync for a hundred starting).
         self.to_publish: dict[str, Slot] = {}
         self.publish_at = math.inf  #: when the status changes in ``to_publish`` are written (monotonic)
@@ -199,7 +199,7 @@ class StrategyManager:
         fresh = [w for w in works if w.id not in self.slots and wm.holds(w, self.worker_id)]
         if not fresh:
             return
-        with self.pool.durable_together():  # a hundred adopted at once: one sync
+        with self.fenced_store.durable_together():  # a hundred adopted at once: one sync
             for work in fresh:
                 if wm.placed_on(work, self.worker_id):
                     self._adopt(work)
@@ -228,7 +228,7 @@ class StrategyManager:
         """Take a Work placed here (a write: until it lands, the director may still take it back), then start it."""
         assert work.assignment is not None
         try:
-            adopted = self.pool.apply(work.id, wm.adopt(self.worker_id, work.assignment.epoch, self.wall())).work
+            adopted = self.fenced_store.apply(work.id, wm.adopt(self.worker_id, work.assignment.epoch, self.wall())).work
         except (wm.Refused, NotFound):
             return  # taken back or changed meanwhile: the next reconcile sees what it is now
         except (OSError, QuantlabError) as e:
@@ -237,7 +237,7 @@ class StrategyManager:
         assert adopted is not None
         log_path = self.paths.strategy_log(work.id)
         private_dir(log_path.parent)
-        slot = Slot(adopted, log_path, m.new_machine(self._limits(adopted), self.clock()))
+        slot = Slot(adopted, log_path, m.new_machine(self._supervision(adopted), self.clock()))
         self.slots[work.id] = slot
         self.reporter.note(EventKind.ACCEPTED, slot, f"epoch {slot.assignment.epoch}")
         self.feed(slot, m.Due())
@@ -250,14 +250,14 @@ class StrategyManager:
         result = msgspec.structs.replace(work.result, reason=why)
         transition = wm.release(self.worker_id, work.assignment.epoch, "stopped", result, self.wall())
         try:
-            self.pool.apply(work.id, transition)
+            self.fenced_store.apply(work.id, transition)
         except (wm.Refused, NotFound):
             pass
         except (OSError, QuantlabError) as e:
             self.reporter.store_failed(None, f"letting go of {work.id} ({why})", e)
 
-    def _limits(self, work: Work) -> m.Limits:
-        return m.Limits.of(work.spec, self.phase(work.id))
+    def _supervision(self, work: Work) -> m.Supervision:
+        return m.Supervision.of(work.spec, self.phase(work.id))
 
     # ---- the machine ----
 
@@ -275,7 +275,7 @@ class StrategyManager:
     def _perform(self, slot: Slot, action: m.Action) -> None:
         if isinstance(action, m.Spawn):
             # Every start runs under the settings of the Work as it is now (`qlab apply` changes them).
-            slot.machine = msgspec.structs.replace(slot.machine, limits=self._limits(slot.work))
+            slot.machine = msgspec.structs.replace(slot.machine, supervision=self._supervision(slot.work))
             self._spawn(slot, action.incarnation)
         elif isinstance(action, m.SendInit):
             self.states.before_send(slot)
@@ -350,9 +350,10 @@ class StrategyManager:
         slot.init_pending = False
         routing_id = slot.routing_id
         try:
-            argv = child_command(slot.work.spec.file, self.transport.endpoint, routing_id)  # issue 11: Node for .js
-            request = Spawn(endpoint=self.transport.endpoint, routing_id=routing_id, log_path=str(slot.log_path), argv=argv)
-            pid = self.transport.spawn(request, lambda status: self.on_exit(routing_id, status))
+            argv = child_command(slot.work.spec.file, self.transport.endpoint, routing_id)  # Node for a .js file
+            request = ForkRequest(endpoint=self.transport.endpoint, routing_id=routing_id, log_path=str(slot.log_path),
+                                  argv=argv)
+            pid = self.transport.fork(request, lambda status: self.on_exit(routing_id, status))
         except (OSError, JsRuntimeError) as e:
             self.log.error("cannot spawn %s: %s", slot.id, e)
             slot.marker(self.wall(), f"spawn failed: {e}")
@@ -465,7 +466,7 @@ class StrategyManager:
 
     def _send_init(self, slot: Slot) -> None:
         try:
-            state = self.pool.claim_state(slot.id, slot.assignment.epoch)
+            state = self.fenced_store.claim_state(slot.id, slot.assignment.epoch)
         except StaleWriter as e:
             self.feed(slot, m.StopWanted(ExitReason(type="reassigned", message=f"its state belongs to a newer epoch: {e}")))
             return
@@ -488,7 +489,7 @@ class StrategyManager:
     def _on_api_call(self, slot: Slot, call: ApiCall) -> None:
         # Fencing: no exchange call once this worker's lease or the slot's epoch is in doubt
         # (st_exit of a manual or worker_exit stop may still cancel its orders). Checked here,
-        # and again by the pool as the request is signed: a call may wait in the account's queue.
+        # and again by the API pool as the request is signed: a call may wait in the account's queue.
         if not self.lease_ok() or slot.moved_away or slot.fenced_off:
             refused = ApiPermissionError("worker lease not valid for this strategy; call refused")
             self.send_to(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
@@ -500,7 +501,7 @@ class StrategyManager:
         """The fence of ``slot``'s calls, read on an API pool thread when a request is signed.
 
         It reads two references the loop thread replaces whole (the lease deadline, the slot's
-        machine), so it needs no lock: the pool sees the newest value or the one before.
+        machine), so it needs no lock: the API pool sees the newest value or the one before.
         """
 
         def act_until() -> float:
@@ -515,7 +516,7 @@ class StrategyManager:
     def _current_in_store(self, slot: Slot) -> bool:
         """The store still names this worker and the slot's epoch: read as the call leaves, not as it came."""
         try:
-            work = self.pool.get_work(slot.id)
+            work = self.fenced_store.get_work(slot.id)
         except (OSError, QuantlabError):
             return False  # unknown is not current: an order waits for the store, never guesses
         return work is not None and wm.current(work, self.worker_id, slot.assignment.epoch)
@@ -601,7 +602,7 @@ class StrategyManager:
             return
         slots = list(self.to_publish.values())
         self.to_publish.clear()
-        with self.pool.durable_later():
+        with self.fenced_store.durable_later():
             for slot in slots:
                 self.reporter.flush_one(slot)
         self.states.syncer.ask()
@@ -697,7 +698,7 @@ class StrategyManager:
         """
         if not self.counts_due:
             return
-        with self.pool.durable_later():
+        with self.fenced_store.durable_later():
             for _ in range(min(COUNTS_PER_PASS, len(self.counts_due))):
                 slot = self.counts_due.pop(next(iter(self.counts_due)))
                 if slot.dirty and self.slots.get(slot.id) is slot:

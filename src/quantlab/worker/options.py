@@ -1,34 +1,49 @@
-"""A worker's settings: command-line options over a profile (workers/NAME.toml)."""
+"""A worker's settings: command-line options over a profile (workers/NAME.toml).
+
+The numeric ones are Settings (quantlab.store.strategy_settings): their options,
+their keys in quantlab.toml and in a profile, and their checks are made from
+the declarations here.
+"""
 
 from __future__ import annotations
 
 import tomllib
-from typing import Literal
+from typing import Annotated, Literal
 from pathlib import Path
 
 import msgspec
 
+from quantlab import numbers
+from quantlab.daemon_settings import LOG_KEEP, LOG_MAX_MB, METRICS_PORT
 from quantlab.errors import ConfigError
-from quantlab.logsetup import LogSettings
+from quantlab.logsetup import KEEP, MAX_MB, LogSettings
 from quantlab.exchange.accounts import PROXY_ENV, has_credentials
 from quantlab.store.leases import fence_margin
+from quantlab.numbers import Setting
+from quantlab.store.strategy_settings import current_keys, field_settings, first_problem
 
 
 class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: str = ""  #: defaults to "<host>-<region>"
     name: str = ""  #: display name; defaults to the id
     region: str = "JP"
-    max_strategies: int = 20
-    heartbeat: float = 1.0  #: seconds between worker heartbeats
-    lease_ttl: float = 15.0  #: seconds the worker's lease lasts without a renewal
-    stop_timeout: float = 10.0  #: seconds strategies get for st_exit when the worker stops
+    max_strategies: Annotated[int, Setting(help="Most strategies this worker runs at once", unit="strategies",
+                                           at_least=1, metavar="N")] = 20
+    heartbeat: Annotated[float, Setting(help="Seconds between worker heartbeats", unit="s", at_least=numbers.MIN_SECONDS,
+                                        metavar="S")] = 1.0
+    lease_ttl: Annotated[float, Setting(help="Seconds the worker's lease lasts without renewal", unit="s",
+                                        at_least=numbers.MIN_SECONDS, metavar="S")] = 15.0
+    #: Its drain budget, not a strategy's own stop_timeout (which bounds one st_exit wherever it runs).
+    drain_timeout: Annotated[float, Setting(
+        help="Seconds its strategies get for st_exit when the worker stops", unit="s", at_least=numbers.MIN_SECONDS,
+        metavar="S", alias="--stop-timeout")] = 10.0
     accounts_file: str | None = None  #: env.jsonl; default: etc/env.jsonl under the home, then the repo
     proxy: str | None = None  #: HTTP(S) proxy for the exchange, for the region
     hooks: str | None = None  #: a Python file with optional user hooks st_worker_init/heartbeat/exit
     log_format: Literal["text", "json"] = "text"  #: the worker's own log: text, or one JSON object a line
-    log_max_mb: float = 10.0  #: the worker's and its strategies' logs rotate past this size
-    log_keep: int = 5  #: rotated log files kept
-    metrics_port: int | None = None  #: serve Prometheus metrics on this port (127.0.0.1 and beyond: all interfaces)
+    log_max_mb: Annotated[float, LOG_MAX_MB] = MAX_MB
+    log_keep: Annotated[int, LOG_KEEP] = KEEP
+    metrics_port: Annotated[int | None, METRICS_PORT] = None  #: 127.0.0.1 and beyond: all interfaces
 
     @property
     def log_settings(self) -> LogSettings:
@@ -37,23 +52,21 @@ class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def resolved(self, host: str) -> "WorkerOptions":
         """Fill derived defaults (the id from ``host``, this process's host name) and check ranges."""
         worker_id = self.id or f"{host}-{self.region}"
-        for name in ("heartbeat", "lease_ttl", "stop_timeout"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"worker {name.replace('_', '-')} must be positive")
-        if self.max_strategies < 1:
-            raise ConfigError("worker max-strategies must be at least 1")
+        if (problem := first_problem(self)) is not None:
+            raise ConfigError(problem)
         if self.lease_ttl <= self.heartbeat:
-            raise ConfigError("worker lease-ttl must be longer than its heartbeat")
+            raise ConfigError(f"--lease-ttl ({self.lease_ttl:g}s) must be longer than the worker's --heartbeat "
+                              f"({self.heartbeat:g}s)")
         if self.proxy and has_credentials(self.proxy):
             raise ConfigError(
                 "worker proxy must not carry credentials: the command line is readable by every user; "
                 f"put the proxy with its credentials in {PROXY_ENV} or in the accounts file's \"proxy\""
             )
         usable = self.lease_ttl - fence_margin(self.lease_ttl)
-        if self.stop_timeout >= usable:
+        if self.drain_timeout >= usable:
             # A worker that loses its lease stops its strategies within what is left of it.
             raise ConfigError(
-                f"worker stop-timeout ({self.stop_timeout:g}s) must fit inside its lease: under lease-ttl "
+                f"--drain-timeout ({self.drain_timeout:g}s) must fit inside the worker's lease: under --lease-ttl "
                 f"({self.lease_ttl:g}s) minus the fence margin ({fence_margin(self.lease_ttl):g}s)"
             )
         return msgspec.structs.replace(self, id=worker_id, name=self.name or worker_id)
@@ -62,17 +75,31 @@ class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def profile_keys(path: Path) -> set[str]:
     """The settings a profile names (it wins over the settings file, not over the command line)."""
     try:
-        return set(tomllib.loads(path.read_text(encoding="utf-8")))
-    except (OSError, tomllib.TOMLDecodeError):
+        return set(current_keys(tomllib.loads(path.read_text(encoding="utf-8")), field_settings(WorkerOptions), ""))
+    except (OSError, tomllib.TOMLDecodeError, ConfigError):
         return set()  # load_profile reports what is wrong with it
 
 
 def load_profile(path: Path) -> WorkerOptions:
-    """Options from a worker profile TOML; unknown keys are an error, not a silent typo."""
+    """Options from a worker profile TOML; unknown keys are an error, not a silent typo.
+
+    A number outside its range is reported with the file and the line (TOML reads
+    ``nan`` and ``inf`` as numbers), before anything starts.
+    """
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return msgspec.convert(data, WorkerOptions)
+        text = path.read_text(encoding="utf-8")
+        data = current_keys(tomllib.loads(text), field_settings(WorkerOptions), str(path))
+        options = msgspec.convert(data, WorkerOptions)
     except FileNotFoundError:
         raise ConfigError(f"worker profile not found: {path}") from None
     except (tomllib.TOMLDecodeError, msgspec.ValidationError) as e:
         raise ConfigError(f"worker profile {path}: {e}") from None
+    if (found := next(numbers.problems(options, only=data), None)) is not None:
+        key, problem = found
+        line = numbers.toml_line(text, "", key) or numbers.toml_line(text, "", _former_key(key))
+        raise ConfigError(f"{numbers.located(path, line)}: {key} {problem}")
+    return options
+
+
+def _former_key(name: str) -> str:
+    return next((s.alias_key for s in field_settings(WorkerOptions) if s.name == name and s.alias_key), name)

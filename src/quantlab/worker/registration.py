@@ -10,7 +10,9 @@ Two things make an id exclusive, each doing what it is good at:
   made once per process (``instance``). Holding the lock proves that a
   predecessor on this host is dead, so a restarted worker takes its record
   over at once; a holder on another host is waited out (its lease must stop
-  moving for a lease plus the margin).
+  moving for a lease plus the margin). So is a record that does not decode,
+  whose holder nobody can tell (with our own lease length): then our
+  registration replaces it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Callable
 
 import filelock
 
-from quantlab.errors import ConfigError
+from quantlab.errors import ConfigError, CorruptRecord
 from quantlab.store.leases import LeaseWatch
 from quantlab.store.records import Resource
 from quantlab.store.store import Store, check_id
@@ -64,7 +66,10 @@ class WorkerIdLock:
 
 
 def _holder(store: Store, worker_id: str) -> str:
-    resource = store.find_resource(worker_id)
+    try:
+        resource = store.find_resource(worker_id)
+    except CorruptRecord:
+        return "another process holds its lock; its registration does not decode"
     if resource is None:
         return "another process holds its lock and has not registered yet"
     started = datetime.datetime.fromtimestamp(resource.spec.started).strftime("%Y-%m-%d %H:%M:%S")
@@ -85,20 +90,37 @@ def claim_record(
     """
     watch = LeaseWatch()
     waiting = False
+
+    def held(token: object, ttl: float, holder: str) -> bool:
+        """Whether a lease standing at ``token`` may still be held (then wait): it moved within ttl plus the margin."""
+        nonlocal waiting
+        now = mono()
+        watch.observe(resource.id, token, now)
+        if watch.expired(resource.id, ttl, now):
+            return False
+        if not waiting:
+            say(f"worker {resource.id} is held by {holder}: waiting for its lease to run out")
+            waiting = True
+        sleep(WAIT_POLL)
+        return True
+
     while True:
-        current = store.find_resource(resource.id)
-        if current is None:
+        try:
+            current, undecodable = store.find_resource(resource.id), 0
+        except CorruptRecord as e:
+            current, undecodable = None, e.version
+        if undecodable:
+            holder = f"a record that does not decode (version {undecodable})"
+            if held(("undecodable", undecodable), resource.spec.lease_ttl, holder):
+                continue
+            detail = f"took over a registration that did not decode (version {undecodable})"
+        elif current is None:
             detail = "registered"
         elif current.spec.host == resource.spec.host:
             detail = f"took over from pid {current.spec.pid}, which is gone"  # we hold the lock: it is dead
         else:
-            now = mono()
-            watch.observe(resource.id, (current.spec.instance, current.state.renewals), now)
-            if not watch.expired(resource.id, current.spec.lease_ttl, now):
-                if not waiting:
-                    say(f"worker {resource.id} is held by pid {current.spec.pid} on {current.spec.host}: waiting for its lease to run out")
-                    waiting = True
-                sleep(WAIT_POLL)
+            if held((current.spec.instance, current.state.renewals), current.spec.lease_ttl,
+                    f"pid {current.spec.pid} on {current.spec.host}"):
                 continue
             detail = f"took over from {current.spec.host} (pid {current.spec.pid}) after its lease ran out"
         seen = current
@@ -108,5 +130,5 @@ def claim_record(
                 return None  # it moved while we judged it: judge again
             return resource
 
-        if store.update_resource(resource.id, take) == resource:
+        if store.update_resource(resource.id, take, over_corrupt=undecodable) == resource:
             return detail

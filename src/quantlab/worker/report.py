@@ -22,14 +22,14 @@ import msgspec
 from quantlab.errors import NotFound, QuantlabError
 from quantlab.store import workmachine as wm
 from quantlab.store.records import EventKind
-from quantlab.store.workpool import WorkPool
+from quantlab.store.fenced import FencedStore
 from quantlab.worker import machine as m
 from quantlab.worker.slot import Slot
 
 class Reporter:
-    def __init__(self, worker_id: str, pool: WorkPool, log: logging.Logger, wall: Callable[[], float]) -> None:
+    def __init__(self, worker_id: str, fenced_store: FencedStore, log: logging.Logger, wall: Callable[[], float]) -> None:
         self.worker_id = worker_id
-        self.pool = pool
+        self.fenced_store = fenced_store
         self.log = log
         self.wall = wall
         self.unsettled: list[tuple[Slot, m.Settle]] = []
@@ -37,7 +37,7 @@ class Reporter:
     def note(self, kind: EventKind, slot: Slot | None, detail: str = "") -> None:
         """An event for `qlab events`; one that cannot be written is logged, never raised."""
         try:
-            self.pool.event(kind, strategy=slot.id if slot else None, worker=self.worker_id, detail=detail)
+            self.fenced_store.event(kind, strategy=slot.id if slot else None, worker=self.worker_id, detail=detail)
         except (OSError, QuantlabError) as e:
             self.log.error("cannot record event %s: %s", kind, e)
 
@@ -60,7 +60,7 @@ class Reporter:
         """Write the slot's status, while its epoch is the Work's (a fenced-off write is dropped)."""
         transition = wm.report(self.worker_id, slot.assignment.epoch, slot.result, self.wall())
         try:
-            self.pool.apply(slot.id, transition)
+            self.fenced_store.apply(slot.id, transition)
         except (wm.Refused, NotFound):
             pass  # the Work moved on: what this worker knows of it is nobody's business now
         except (OSError, QuantlabError) as e:
@@ -89,7 +89,7 @@ class Reporter:
         transition = wm.release(self.worker_id, slot.assignment.epoch, settle.outcome, result, self.wall(),
                                 by_strategy=settle.by_strategy, restart_seq=slot.work.spec.restart_seq)
         try:
-            self.pool.apply(slot.id, transition)
+            self.fenced_store.apply(slot.id, transition)
         except (wm.Refused, NotFound) as e:  # fenced off or removed: the store has moved on without us
             self.log.info("not recording %s for %s: %s", settle.outcome, slot.id, e)
             if settle.outcome == "released":

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from quantlab.errors import QuantlabError, StaleWriter
 from quantlab.store.statewrites import StateWrite
-from quantlab.store.workpool import WorkPool
+from quantlab.store.fenced import FencedStore
 from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
 from quantlab.worker.syncer import Syncer
@@ -33,16 +33,20 @@ GATHER = 0.005
 
 class StateCommits:
     def __init__(
-        self, pool: WorkPool, reporter: Reporter, on_stale: Callable[[Slot, StaleWriter], None], clock: Callable[[], float],
+        self,
+        fenced_store: FencedStore,
+        reporter: Reporter,
+        on_stale: Callable[[Slot, StaleWriter], None],
+        clock: Callable[[], float],
     ) -> None:
-        self.pool = pool
+        self.fenced_store = fenced_store
         self.reporter = reporter
         self.on_stale = on_stale  #: a newer epoch holds the slot's state: the manager stops it
         self.clock = clock
         self.waiting: dict[str, Slot] = {}  #: slots whose newest state is not written yet
         self.since = 0.0  #: when the first of the waiting states came (monotonic)
         self.batches = 0  #: group commits made (figures and tests)
-        self.syncer = Syncer(pool.sync, reporter.log)
+        self.syncer = Syncer(fenced_store.sync, reporter.log)
         #: Per strategy, the sync generation its last written state needs (Syncer.ask).
         self.generation: dict[str, int] = {}
 
@@ -101,8 +105,8 @@ class StateCommits:
         writes = [StateWrite(s.id, s.assignment.epoch, s.unsaved) for s in slots if s.unsaved is not None]
         self.batches += 1
         try:
-            with self.pool.durable_later():
-                outcomes = self.pool.save_states(writes)
+            with self.fenced_store.durable_later():
+                outcomes = self.fenced_store.save_states(writes)
         except (OSError, QuantlabError) as e:
             for slot in slots:
                 self.reporter.store_failed(slot, "saving its state", e)

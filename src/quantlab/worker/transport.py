@@ -13,7 +13,7 @@ from quantlab.exchange.apipool import Caller
 from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.protocol import ApiCall, ToChild
-from quantlab.worker.zygote import Spawn
+from quantlab.worker.zygote import ForkRequest
 
 
 class Transport(Protocol):
@@ -21,7 +21,7 @@ class Transport(Protocol):
 
     endpoint: str
 
-    def spawn(self, request: Spawn, on_exit: Callable[[int], None]) -> int:
+    def fork(self, request: ForkRequest, on_exit: Callable[[int], None]) -> int:
         """Fork a child, its pid; ``on_exit(wait status)`` runs once it is reaped (its group killed first)."""
         ...
 

@@ -18,8 +18,8 @@ re-parented to init: so the zygote, which outlives the worker by a moment
 (it has no parent-death signal; its socket's EOF tells it), kills the group of
 every child the worker had not reaped yet, then exits.
 
-Wire: a SOCK_SEQPACKET socketpair; requests are msgpack Spawn (answered with
-one Spawned) or Forget (no answer: the worker reaped that child and killed
+Wire: a SOCK_SEQPACKET socketpair; requests are msgpack ForkRequest (answered
+with one Forked) or Forget (no answer: the worker reaped that child and killed
 its group, so the zygote must never kill that group id again).
 """
 
@@ -38,11 +38,13 @@ import msgspec
 from quantlab.worker import procs
 
 
-class Spawn(msgspec.Struct, tag="spawn"):
+class ForkRequest(msgspec.Struct, tag="fork"):
+    """What one strategy child needs from its fork: the worker's socket, its routing id, its log."""
+
     endpoint: str
     routing_id: bytes
     log_path: str
-    #: Issue 11: a program the child execs once it is set up (a JavaScript strategy's Node runner);
+    #: A program the child execs once it is set up (a JavaScript strategy's Node runner);
     #: empty: it runs the Python runner.
     argv: list[str] = []
 
@@ -51,16 +53,16 @@ class Forget(msgspec.Struct, tag="forget"):
     pid: int
 
 
-class Spawned(msgspec.Struct):
+class Forked(msgspec.Struct):
     pid: int = 0
     error: str = ""
 
 
 _encode = msgspec.msgpack.encode
-_decode_request = msgspec.msgpack.Decoder(Spawn | Forget).decode
-_decode_spawned = msgspec.msgpack.Decoder(Spawned).decode
+_decode_request = msgspec.msgpack.Decoder(ForkRequest | Forget).decode
+_decode_forked = msgspec.msgpack.Decoder(Forked).decode
 
-#: Blocked around a fork; plain ints, made once: iterating the Signals enum at every spawn
+#: Blocked around a fork; plain ints, made once: iterating the Signals enum at every fork
 #: touches pages each child would then hold a copy of.
 _ALL_SIGNALS = frozenset(int(sig) for sig in signal.valid_signals())
 
@@ -84,13 +86,13 @@ class Zygote:
         )
         theirs.close()
 
-    def spawn(self, request: Spawn) -> int:
+    def fork(self, request: ForkRequest) -> int:
         """Fork a strategy child; its pid (already a child of this process)."""
         self.sock.sendall(_encode(request))
         data = self.sock.recv(4096)
         if not data:
             raise OSError("zygote exited")
-        reply = _decode_spawned(data)
+        reply = _decode_forked(data)
         if reply.error:
             raise OSError(f"zygote could not fork: {reply.error}")
         return reply.pid
@@ -131,14 +133,14 @@ def _serve(sock: socket.socket, worker_pid: int) -> None:
             unreaped.discard(request.pid)
             continue
         try:
-            reply = Spawned(pid=_double_fork(request, sock, worker_pid))
+            reply = Forked(pid=_double_fork(request, sock, worker_pid))
             unreaped.add(reply.pid)
         except OSError as e:
-            reply = Spawned(error=str(e))
+            reply = Forked(error=str(e))
         sock.sendall(_encode(reply))
 
 
-def _double_fork(request: Spawn, sock: socket.socket, worker_pid: int) -> int:
+def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int) -> int:
     read_fd, write_fd = os.pipe()
     # Every object so far into the permanent generation: the child's collections never walk
     # (and so never write to) the pages it shares with us and its siblings (issue 12).
@@ -168,7 +170,8 @@ def _read_all(fd: int) -> bytes:
     """What the intermediate wrote, up to its exit; closes ``fd``.
 
     Plain reads, not a file object: every page the zygote writes after a fork is one the child
-    forked before must then hold a copy of (a spawn wrote 0.5 MB of them, now 0.2 MB).
+    forked before must then hold a copy of (read through a file object, one fork wrote 0.5 MB of
+    them; read this way, 0.2 MB).
     """
     chunks = []
     while chunk := os.read(fd, 64):
@@ -177,7 +180,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask: set[int | signal.Signals]) -> None:
+def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int, mask: set[int | signal.Signals]) -> None:
     code = 1
     try:
         gc.enable()  # the zygote runs without collections (see main); the strategy's own objects need them
@@ -189,7 +192,7 @@ def _become_strategy(request: Spawn, sock: socket.socket, worker_pid: int, mask:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        if request.argv:  # issue 11: the same child (group, parent, log, environment), running Node
+        if request.argv:  # the same child (group, parent, log, environment), running Node
             try:
                 os.execv(request.argv[0], request.argv)
             except OSError as e:

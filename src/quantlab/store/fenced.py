@@ -1,4 +1,7 @@
-"""The seed's workerpool API over a Store: what workers and the director call.
+"""FencedStore, the seed's workerpool API over a Store: what workers and the director call.
+
+Named for what sets it apart from the Store under it, not a pool: the exchange
+clients per account are the one pool (ApiPool, quantlab/exchange/apipool.py).
 
 Writes about a running strategy are transitions of the Work machine
 (quantlab/store/workmachine.py) that carry the (worker, epoch) they act under:
@@ -21,7 +24,7 @@ from quantlab.store import workmachine as wm
 from quantlab.store.store import Store
 
 
-class WorkPool:
+class FencedStore:
     def __init__(self, store: Store, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.clock = clock
