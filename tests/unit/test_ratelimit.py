@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantlab.exchange.ratelimit import RateLimiter
+from quantlab.exchange.ratelimit import DEFAULT_PAUSE, MAX_PAUSE, AccountLimits, RateLimiter
 
 
 class FakeClock:
@@ -149,3 +149,29 @@ def test_no_window_ever_sees_more_than_burst_plus_rate_times_its_length(
     for i, first in enumerate(granted):
         for j in range(i, len(granted)):
             assert j - i + 1 <= burst + (granted[j] - first) * rate + 1e-6
+
+
+# ---- AccountLimits: one bucket per account, paused by the exchange's word ----
+
+
+def test_a_10006_pauses_only_its_account_and_the_wait_is_reported() -> None:
+    clock = FakeClock()
+    limits = AccountLimits({"busy": 1000.0, "idle": 1000.0}, clock, clock.sleep)
+    waited: list[tuple[str, float]] = []
+    limits.wait_observer = lambda account, seconds: waited.append((account, seconds))
+    limits.note("busy", None, rate_limited=True)  # no reset time named: the default pause
+    assert limits.acquire("idle", timeout=0)
+    assert not limits.acquire("busy", timeout=DEFAULT_PAUSE / 2)
+    assert limits.acquire("busy", timeout=DEFAULT_PAUSE)
+    assert waited == [("busy", pytest.approx(DEFAULT_PAUSE))]
+
+
+def test_a_spent_budget_header_pauses_at_most_max_pause() -> None:
+    clock = FakeClock()
+    limits = AccountLimits({"main": 1000.0}, clock, clock.sleep)
+    limits.note("main", {"X-Bapi-Limit-Status": "1"}, rate_limited=False)  # budget left: no pause
+    assert limits.acquire("main", timeout=0)
+    far = {"X-Bapi-Limit-Status": "0", "X-Bapi-Limit-Reset-Timestamp": "99999999999999"}
+    limits.note("main", far, rate_limited=False)
+    assert not limits.acquire("main", timeout=MAX_PAUSE - 1)
+    assert limits.acquire("main", timeout=MAX_PAUSE)

@@ -11,6 +11,8 @@ every finer grid (hours, minutes, seconds) is a Brownian bridge between the
 points of the grid above, drawn from a random.Random seeded by the unit's
 name. Any second's price therefore costs a few cached draws, whenever and
 however often it is observed.
+
+Kept whole past 400 lines: walk and ledger are one pure model; a fill reads from price to wallet in one file.
 """
 
 from __future__ import annotations

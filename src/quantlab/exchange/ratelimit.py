@@ -6,13 +6,27 @@ reserves the next free slot under the lock and then sleeps outside it, so
 callers are served in the order they asked (first come, first served) and a
 caller whose slot lies beyond its timeout reserves nothing and is refused at
 once instead of sleeping in vain.
+
+``AccountLimits`` keeps one bucket per account for the API pool, shared by
+every strategy and thread on the worker, and pauses an account's bucket when
+the exchange says its budget is spent (a 10006 reply, or
+``X-Bapi-Limit-Status: 0``). pybit reads neither: left to it, only the thread
+that hit the limit would back off, while the account's other threads kept
+spending a budget that is already gone.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from typing import Callable
+from typing import Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+RATE_LIMITED = 10006  # Bybit's retCode for "too many visits"
+DEFAULT_PAUSE = 1.0  #: seconds to pause an account after a 10006 that names no reset time
+MAX_PAUSE = 60.0  #: seconds; a longer reset time from the exchange is taken as this
 
 
 class RateLimiter:
@@ -74,3 +88,45 @@ class RateLimiter:
         """A pause that began after ``slot`` was reserved and covers it."""
         with self._lock:
             return self._paused_until > slot
+
+
+class AccountLimits:
+    """One RateLimiter per account, paused when the exchange says the account's budget is spent."""
+
+    def __init__(
+        self, rates: Mapping[str, float], clock: Callable[[], float], sleep: Callable[[float], object]
+    ) -> None:
+        """``rates``: calls per second by account name; ``sleep`` waits for a turn (and may end early)."""
+        #: Called on a pool thread with (account, seconds) after each rate-limit wait (set by a worker serving metrics).
+        self.wait_observer: Callable[[str, float], None] | None = None
+        self._clock = clock
+        self._limiters = {name: RateLimiter(rate, clock=clock, sleep=self._timed(name, sleep))
+                          for name, rate in rates.items()}
+
+    def acquire(self, account: str, timeout: float) -> bool:
+        """Wait for a turn on ``account``, at most ``timeout`` seconds; False if none came."""
+        return self._limiters[account].acquire(timeout)
+
+    def note(self, account: str, headers: Mapping[str, str] | None, *, rate_limited: bool) -> None:
+        """Pause the account when the exchange says its budget is spent (pybit ignores these headers)."""
+        headers = headers or {}
+        if not rate_limited and headers.get("X-Bapi-Limit-Status") != "0":
+            return
+        try:
+            delay = int(headers["X-Bapi-Limit-Reset-Timestamp"]) / 1000 - time.time()
+        except (KeyError, ValueError):
+            delay = DEFAULT_PAUSE
+        delay = min(max(delay, 0.0), MAX_PAUSE)
+        log.warning("rate limit reached on %s: pausing its calls for %.2f s", account, delay)
+        self._limiters[account].pause_until(self._clock() + delay)
+
+    def _timed(self, account: str, sleep: Callable[[float], object]) -> Callable[[float], None]:
+        """``sleep`` that reports how long it waited: the limiter calls it only when a call must wait."""
+
+        def timed_sleep(seconds: float) -> None:
+            started = self._clock()
+            sleep(seconds)
+            if self.wait_observer is not None:
+                self.wait_observer(account, self._clock() - started)
+
+        return timed_sleep

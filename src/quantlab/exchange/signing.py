@@ -24,6 +24,9 @@ Fence = Callable[[], float]
 SEND_MARGIN = 0.25  #: seconds of lease a fenced call must still have when it is signed
 MIN_RECV_WINDOW_MS = 50  #: a shorter window than this is refused here: the request could not arrive in time
 OFFSET_EVERY = 60.0  #: seconds between measurements of an account's clock offset to the exchange
+#: seconds added to the end of a request's window (recv_window plus the clock offset) before
+#: the request counts as unable to reach the exchange any more, and a lost order is looked for
+WINDOW_SLACK = 1.0
 
 
 class Fenced(Exception):
