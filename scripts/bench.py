@@ -1,4 +1,4 @@
-"""quantlab benchmarks: prints the figures the README quotes, as one table.
+"""quantlab benchmarks: prints the figures docs/benchmarks.md quotes, as one table.
 
     python scripts/bench.py            # all figures
     python scripts/bench.py --quick    # fewer samples
@@ -325,7 +325,7 @@ def main() -> None:
                         help="PostgreSQL admin URL: the store figures on a scratch database there (files otherwise)")
     parser.add_argument("--store-only", action="store_true", help="only the figures that involve the store")
     parser.add_argument("--compare", action="store_true",
-                        help="quantlab and supervisord side by side, and the fleet targets of issue 12 (scripts/bench_compare.py)")
+                        help="quantlab and supervisord side by side, and the fleet targets (scripts/bench_compare.py)")
     parser.add_argument("--load-seconds", type=float, default=20.0, help="with --compare: the 200 x 10 Hz window [20]")
     parser.add_argument("--json", metavar="FILE", help="with --compare: also write the figures as JSON")
     args = parser.parse_args()

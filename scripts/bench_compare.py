@@ -1,4 +1,4 @@
-"""quantlab and supervisord side by side, on the same machine in one run (issue 12).
+"""quantlab and supervisord side by side, on the same machine in one run.
 
 supervisord (the `supervisor` package) is installed by this script into its
 own virtualenv under ~/.cache/qlab-bench (made once, then reused). Its

@@ -1,4 +1,4 @@
-"""The fleet figures of issue 12, on a real director and worker: what a desk running 100-200 strategies sees.
+"""The fleet figures, on a real director and worker: what a desk running 100-200 strategies sees.
 
 Each function yields rows for scripts/bench.py's table. A ``Fleet`` is a
 `qlab` director and worker on a temporary home, the worker serving Prometheus
@@ -112,7 +112,8 @@ class Fleet:
 
     def zygote(self) -> psutil.Process | None:
         for child in psutil.Process(self.worker.pid).children():
-            if "quantlab.worker.zygote" in " ".join(child.cmdline()):
+            # Its process title ("qlab zygote ID"), or without setproctitle its command line.
+            if any(name in " ".join(child.cmdline()) for name in ("qlab zygote", "quantlab.worker.zygote")):
                 return child
         return None
 

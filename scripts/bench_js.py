@@ -1,4 +1,4 @@
-"""Start-time figures of JavaScript strategies (issue 11), beside the Python ones of bench.py.
+"""Start-time figures of JavaScript strategies, beside the Python ones of bench.py.
 
     python scripts/bench_js.py            # needs Node 20+ and `qlab js install`
     python scripts/bench_js.py --quick

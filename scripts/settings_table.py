@@ -1,6 +1,6 @@
-"""Rewrite README.md's table of strategy settings from StrategySpec's declarations.
+"""Rewrite docs/cli.md's table of strategy settings from StrategySpec's declarations.
 
-    python scripts/settings_table.py [README.md]
+    python scripts/settings_table.py [docs/cli.md]
 
 Replaces what lies between the table's two marker lines
 (quantlab.store.strategy_settings.TABLE_BEGIN and TABLE_END) and nothing else;
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from quantlab.store.strategy_settings import TABLE_BEGIN, TABLE_END, markdown_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def rewritten(text: str) -> str:
@@ -28,7 +28,7 @@ def rewritten(text: str) -> str:
 
 
 def main() -> None:
-    path = Path(sys.argv[1]) if len(sys.argv) > 1 else README
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else PAGE
     text = path.read_text(encoding="utf-8")
     new = rewritten(text)
     if new != text:

@@ -46,6 +46,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def js_missing() -> str:
+    """Why JavaScript strategies cannot run here ("" when they can): no Node, or `qlab js install` not run."""
+    from quantlab.child import jsruntime
+    from quantlab.errors import JsRuntimeError
+
+    try:
+        jsruntime.check_node(jsruntime.node())
+        jsruntime.runtime_dir()
+    except JsRuntimeError as e:
+        return str(e)
+    return ""
+
+
+#: Skips a test that needs Node, except in CI, where a missing runtime must fail, not hide.
+needs_js = pytest.mark.skipif(bool(js_missing()) and os.environ.get("CI") != "true", reason=f"JavaScript: {js_missing()}")
+
+
 def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -63,7 +80,7 @@ class Lab:
 
     def __init__(self, home: Path, store_url: str = "") -> None:
         self.home = home
-        self.store_url = store_url  #: "" for the file store; postgresql://... (issue 9)
+        self.store_url = store_url  #: "" for the file store; postgresql://... for PostgreSQL
         self.store = open_store(Paths(home, store_url=store_url))
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -221,7 +238,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A scratch PostgreSQL database for this test (issue 9); skips without a server, fails under CI=true."""
+    """A scratch PostgreSQL database for this test; skips without a server, fails under CI=true."""
     from tests.pgutil import scratch_database
 
     with scratch_database() as url:

@@ -1,6 +1,7 @@
 """Running docs/operations.md: its shell blocks, in order, as an operator would on a host.
 
-A block is a fenced ```sh block; a word after ``sh`` says how it runs:
+A block is a fenced ```sh block; its title (```sh title="root"```, which the site shows
+above the block) says how it runs:
 
 - (none): each command through bash (``set -euo pipefail``): all must exit 0. Exported
   variables and the working directory carry over to the next block, as in one terminal.
@@ -30,7 +31,7 @@ from pathlib import Path
 from tests.conftest import wait_for
 
 TAGS = ("", "root", "systemd", "follow", "postgres")
-_FENCE = re.compile(r"^```sh(?P<tag>[^\n]*)\n(?P<body>.*?)^```$", re.M | re.S)
+_FENCE = re.compile(r'^```sh(?: title="(?P<tag>[^"\n]*)")?(?P<rest>[^\n]*)\n(?P<body>.*?)^```$', re.M | re.S)
 #: Variables of the shell itself, not the operator's: not carried from one block to the next.
 _SHELL_OWN = {"PWD", "OLDPWD", "SHLVL", "_"}
 #: What systemd gives a service besides its unit's Environment= and EnvironmentFile=.
@@ -50,10 +51,10 @@ class Block:
 def blocks(text: str) -> list[Block]:
     found = []
     for match in _FENCE.finditer(text):
-        tag = match["tag"].strip()
+        tag = match["tag"] or ""
         line = text.count("\n", 0, match.start()) + 1
-        if tag not in TAGS:
-            raise AssertionError(f"docs/operations.md:{line}: unknown block tag {tag!r} (known: {TAGS})")
+        if tag not in TAGS or match["rest"].strip():
+            raise AssertionError(f"docs/operations.md:{line}: unknown block title {tag!r}{match['rest']} (known: {TAGS})")
         found.append(Block(tag, match["body"], line))
     return found
 

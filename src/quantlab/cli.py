@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from quantlab import ENV_PREFIX, exits, helpcache
+from quantlab import ENV_PREFIX, cli_fleet, exits, helpcache
 from quantlab.errors import BadInput
 from quantlab.exits import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
 from quantlab.lazy import lazy_module
 
-# Each command imports only what it uses (`qlab --help` in tens of milliseconds, issue 12):
+# Each command imports only what it uses (so `qlab --help` takes tens of milliseconds):
 # these modules load on first use. pathlib too: it comes with the home (quantlab.config), and
 # the commands that take a path make their Path themselves, so that listing them needs none.
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from quantlab import control, settings, views
     from quantlab.config import Paths
+    from quantlab.store.records import Event
     from quantlab.store.store import Store
 else:
     control = lazy_module("quantlab.control")
@@ -50,6 +51,8 @@ class Env:
         self._store: Store | None = None
         self.config_path: Path | None = None  #: the settings file in force, if any
         self.config: dict[str, dict[str, Any]] = {}
+        #: Where --home, --store and --config came from ("command line --home", "environment ...", "default").
+        self.given_by: dict[str, str] = {}
 
     @property
     def store(self) -> Store:
@@ -77,6 +80,7 @@ class TopGroup(click.Group):
 
 
 @click.group(cls=TopGroup, context_settings={"help_option_names": list(helpcache.HELP_OPTIONS)})
+@click.version_option(package_name="quantlab", prog_name="qlab", message="%(prog)s %(version)s")
 @click.option("--home", envvar="QLAB_HOME", metavar="DIR", help="Home [$QLAB_HOME, else ~/.local/state/quantlab].")
 @click.option(
     "--store", "store_url", envvar="QLAB_STORE", metavar="URL",
@@ -95,6 +99,7 @@ def qlab(ctx: click.Context, home: str | None, store_url: str | None, config_fil
     _warn_if_open(env.paths.home)
     env.config_path = settings.find(config_file, env.paths.home)
     env.config = settings.load(env.config_path, qlab)
+    env.given_by = {name: settings.given_by(ctx, name) for name in ("home", "store_url", "config_file")}
     ctx.default_map = settings.default_map(env.config)
     ctx.obj = env
     ctx.call_on_close(env.close)
@@ -183,8 +188,27 @@ def _worker_options() -> list[click.Parameter]:
     return settings.setting_options(field_settings(WorkerOptions))
 
 
+class Required(click.Option):
+    """An option a command cannot run without and that has no default; ``unless``: what may give it instead.
+
+    Not click's ``required``, which would refuse the command before ``unless`` (a profile) is
+    read: the command checks it. `config show` reads ``needed`` and shows the option as
+    required, never with the default its record happens to have.
+    """
+
+    def __init__(self, *args: Any, unless: str = "", **kwargs: Any) -> None:
+        self.unless = unless
+        super().__init__(*args, **kwargs)
+
+    @property
+    def needed(self) -> str:
+        """How to give it: "give --region, or a --profile that sets it"."""
+        return f"give {self.opts[0]}" + (f", or {self.unless}" if self.unless else "")
+
+
 @worker.command("start", cls=_LateOptionsCommand, late=_worker_options)
-@click.option("--region", help="Region this worker serves (required unless --profile sets it).")
+@click.option("--region", cls=Required, unless="a --profile that sets it",
+              help="Region this worker serves (required unless --profile sets it).")
 @click.option("--id", "id", help="Worker id [<host>-<region>].")
 @click.option("--accounts", "accounts_file", metavar="FILE", help="Accounts file (env.jsonl).")
 @click.option("--proxy", metavar="URL", help="HTTP(S) proxy for the exchange.")
@@ -232,7 +256,7 @@ def worker_stop(env: Env, worker_id: str) -> None:
     click.echo(control.stop_worker(env.store, worker_id, host=env.paths.host_name))
 
 
-# ---- the store (issue 9) ----
+# ---- the store ----
 
 
 @qlab.group("store")
@@ -249,7 +273,7 @@ def store_migrate(env: Env) -> None:
     click.echo(migrate_store(env.paths))
 
 
-# ---- JavaScript strategies (issue 11) ----
+# ---- JavaScript strategies ----
 
 
 @qlab.group("js")
@@ -334,42 +358,12 @@ def apply_manifest(env: Env, file: str, prune: bool, dry_run: bool) -> None:
 def strategy_list(env: Env, as_json: bool) -> None:
     """Every strategy with its status, heartbeats and errors."""
     now = time.time()
-    strategies = [control.strategy_view(w) for w in env.store.list_works()]
+    strategies = [control.strategy_view(w, now) for w in env.store.list_works()]
     _show(strategies, as_json, lambda: views.strategies_table(strategies, now))
 
 
-@strategy.command("stop")
-@click.argument("work_id", metavar="ID")
-@pass_env
-def strategy_stop(env: Env, work_id: str) -> None:
-    """Stop a strategy: its st_exit runs with reason manual."""
-    work = control.stop(env.store, work_id)
-    click.echo(f"stopped {work.id}" if work.result.status == "stopped" else f"stop requested for {work.id}")
-
-
-@strategy.command("start")
-@click.argument("work_id", metavar="ID")
-@pass_env
-def strategy_start(env: Env, work_id: str) -> None:
-    """Run a stopped or failed strategy again, with a fresh error count."""
-    click.echo(f"start requested for {control.start(env.store, work_id).id}")
-
-
-@strategy.command("restart")
-@click.argument("work_id", metavar="ID")
-@pass_env
-def strategy_restart(env: Env, work_id: str) -> None:
-    """Restart a strategy's child process (or start it if it is stopped)."""
-    click.echo(f"restart requested for {control.restart(env.store, work_id).id}")
-
-
-@strategy.command("remove")
-@click.argument("work_id", metavar="ID")
-@pass_env
-def strategy_remove(env: Env, work_id: str) -> None:
-    """Stop a strategy and forget it, with its saved state."""
-    control.remove(env.store, work_id)
-    click.echo(f"removed {work_id}")
+for _fleet_command in cli_fleet.STRATEGY_COMMANDS:  # stop, start, restart, remove (several ids or --all), show
+    strategy.add_command(_fleet_command)
 
 
 @strategy.command("send")
@@ -405,21 +399,34 @@ def strategy_logs(env: Env, work_id: str, follow: bool, lines: int) -> None:
 # ---- the whole picture ----
 
 
+for _fleet_command in cli_fleet.TOP_COMMANDS:  # logs
+    qlab.add_command(_fleet_command)
+
+
 @qlab.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: directors, workers, strategies.")
 @click.option("--watch", is_flag=True, help="Redraw every second until Ctrl-C.")
-@click.option("--check", is_flag=True, help="For scripts: exit 1 when a strategy failed or waits too long for a worker.")
+@click.option("--check", is_flag=True,
+              help="For scripts: exit 1, one line per problem, when a strategy failed or is stuck, no director "
+                   "leads, a halt is in force or a worker's lease is short.")
 @click.option("--pending-after", type=float, default=60.0, show_default=True, metavar="S",
               help="With --check: seconds a strategy may be pending before it counts.")
+@click.option("--stuck-after", type=float, default=60.0, show_default=True, metavar="S",
+              help="With --check: seconds a strategy may stay assigned, starting or stopping before it counts.")
+@click.option("--allow-halted", is_flag=True, help="With --check: a halt in force is meant, not a problem.")
 @pass_env
-def status(env: Env, as_json: bool, watch: bool, check: bool, pending_after: float) -> None:
+def status(env: Env, as_json: bool, watch: bool, check: bool, pending_after: float, stuck_after: float,
+           allow_halted: bool) -> None:
     """Directors, workers and strategies."""
     if as_json and watch:
         raise click.UsageError("--json and --watch do not go together.")
     if check:
+        from quantlab import health
+
+        bounds = health.Bounds(pending_after=pending_after, stuck_after=stuck_after, allow_halted=allow_halted)
         now = time.time()
         snapshot = control.snapshot(env.store, now)
-        found = control.problems(snapshot, now, pending_after)
+        found = health.problems(snapshot, now, bounds)
         for line in found:
             click.echo(line)
         click.echo(("FAIL: " if found else "ok: ") + views.summary(snapshot))
@@ -438,21 +445,32 @@ def status(env: Env, as_json: bool, watch: bool, check: bool, pending_after: flo
 
 @qlab.command()
 @click.option("--strategy", "work_id", metavar="ID", help="Only events about this strategy.")
-@click.option("--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("-n", "--lines", "count", type=click.IntRange(min=0), metavar="N",
+              help="Only the last N events (then, with --follow, every new one).")
+@click.option("--since", metavar="WHEN",
+              help="Only events since WHEN: a time back from now (30s, 10m, 2h, 1d) or an ISO time (2024-05-01T09:30).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @pass_env
-def events(env: Env, work_id: str | None, follow: bool, as_json: bool) -> None:
+def events(env: Env, work_id: str | None, count: int | None, since: str | None, follow: bool, as_json: bool) -> None:
     """The append-only audit log of every transition."""
-    offset = 0
+    from quantlab import durations
+
+    start = durations.since(since, time.time()) if since is not None else None
+
+    def wanted(event: Event) -> bool:
+        return (work_id is None or event.strategy == work_id) and (start is None or event.ts >= start)
+
     try:
-        while True:
-            batch, offset = env.store.read_events(offset)
-            for event in batch:
-                if work_id is None or event.strategy == work_id:
-                    click.echo(views.event_line(event, as_json))
-            if not follow:
-                return
+        batch, offset = env.store.read_events(0)
+        shown = [e for e in batch if wanted(e)]
+        for event in shown[max(0, len(shown) - count):] if count is not None else shown:
+            click.echo(views.event_line(event, as_json))
+        while follow:
             time.sleep(POLL)
+            batch, offset = env.store.read_events(offset)
+            for event in filter(wanted, batch):
+                click.echo(views.event_line(event, as_json))
     except KeyboardInterrupt:
         return  # Ctrl-C is how one ends --follow
 
@@ -484,7 +502,7 @@ def _status_view(store: Store) -> RenderableType:
     return views.status_view(control.snapshot(store, now), now)
 
 
-# ---- the kill switch (issue 8) ----
+# ---- the kill switch ----
 
 
 def _halt_scope(all_: bool, account: str | None, worker: str | None, strategy: str | None) -> tuple[str, str]:
@@ -540,8 +558,14 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of {name, value, source}.")
 @pass_env
 def config_show(env: Env, as_json: bool) -> None:
-    """Every setting, its value, and where it came from (environment, file or default)."""
-    found = settings.effective(env.config, env.config_path, qlab)
+    """The home, the store and the settings file in use, then every setting, its value and where it came from."""
+    from quantlab.store.open import shown as shown_store
+
+    paths = env.paths
+    found = [*settings.places(home=(paths.home, env.given_by["home"]),
+                              store=(shown_store(paths), env.given_by["store_url"]),
+                              config=(env.config_path, env.given_by["config_file"])),
+             *settings.effective(env.config, env.config_path, qlab)]
     if as_json:
         click.echo(views.to_json([msgspec.to_builtins(s) for s in found]))
         return

@@ -33,7 +33,7 @@ class Paths(msgspec.Struct, frozen=True):
     @property
     def host_name(self) -> str:
         # The kernel's host name, as socket.gethostname() returns it, without importing socket:
-        # every command loads this module, few need the name (issue 12).
+        # every command loads this module, few need the name, and socket costs each an import.
         return self.host or os.uname().nodename
 
     @property

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Callable, cast
 import msgspec
 
 from quantlab.config import Paths
-from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter
+from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter, StrategyFileError
 from quantlab.exchange import halts
-from quantlab.numbers import Range, non_finite, shown
+from quantlab.numbers import non_finite, shown
 from quantlab.store.records import (
     EventKind,
     Event,
@@ -290,11 +290,44 @@ def start(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     return work
 
 
-def restart(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
-    """Like start, and a running child is restarted: its worker sees restart_seq change."""
+def restart(store: Store, work_id: str, *, clock: Clock = time.time, file_checked: bool = False) -> Work:
+    """Like start, and a running child is restarted: its worker sees restart_seq change.
+
+    Its file is checked first, as `assign` checks it (``file_checked``: the caller did, with
+    ``check_files``): a file saved with an error would put a running strategy into a crash
+    loop, while refused here its child runs on as it was.
+    """
+    if not file_checked:
+        check_files(store, [work_id])
     work = _transition(store, work_id, wm.request_start(clock(), restart=True))
     assert work is not None
     return work
+
+
+def check_files(store: Store, work_ids: list[str]) -> None:
+    """Every strategy's file loads (loader.check_file), or StrategyFileError naming the strategy."""
+    from quantlab.child import loader  # with ast and subprocess (Node): only commands that restart need it
+
+    for work_id in work_ids:
+        work = store.get_work(_strategy_id(work_id))
+        try:
+            loader.check_file(work.spec.file)
+        except StrategyFileError as e:
+            raise StrategyFileError(f"{work_id} not restarted, it is left as it was: {e}") from e
+
+
+def select(store: Store, work_ids: list[str], every: bool) -> list[str]:
+    """The strategies a command acts on: every one, or ``work_ids``, each known, checked before any is touched."""
+    if every:
+        return [w.id for w in store.list_works()]
+    for work_id in work_ids:
+        try:
+            known = store.find_work(_strategy_id(work_id)) is not None
+        except CorruptRecord:
+            known = True  # the commands deal with it: stop and remove discard it, the others report it
+        if not known:
+            raise NotFound(f"no strategy {work_id!r}")
+    return list(dict.fromkeys(work_ids))  # a repeated id once
 
 
 def remove(store: Store, work_id: str, *, clock: Clock = time.time, detail: str = "") -> None:
@@ -319,21 +352,60 @@ def send(store: Store, work_id: str, data: Any, *, clock: Clock = time.time) -> 
 
 
 def log_file(store: Store, paths: Paths, work_id: str) -> Path:
-    """The strategy's own log; NotFound when there is neither a log nor a strategy of that id."""
+    """The strategy's own log on this host.
+
+    NotFound when there is neither a log nor a strategy of that id; BadInput, naming the
+    host, when there is no log here because the strategy runs on another host.
+    """
     path = paths.strategy_log(_strategy_id(work_id))
-    if not path.exists() and store.find_work(work_id) is None:
+    if path.exists():
+        return path
+    work = store.find_work(work_id)
+    if work is None:
         raise NotFound(f"no strategy {work_id!r}")
+    if (where := runs_elsewhere(store, paths, work)) is not None:
+        raise BadInput(f"{work_id} runs on {where}: its log is on that host; read it there with "
+                       f"`qlab strategy logs {work_id}`")
     return path
+
+
+def runs_elsewhere(store: Store, paths: Paths, work: Work) -> str | None:
+    """Where the Work runs ("worker W on host H") when its worker is on another host; None: here, or nowhere."""
+    if work.assignment is None:
+        return None
+    resource = store.find_resource(work.assignment.worker)
+    if resource is None or resource.spec.host == paths.host_name:
+        return None
+    return f"worker {resource.id} on host {resource.spec.host}"
+
+
+def local_logs(store: Store, paths: Paths, work_ids: list[str]) -> dict[str, Path]:
+    """The logs `qlab logs` tails: of ``work_ids`` (each must have one here), or of every strategy here.
+
+    Every strategy here: each whose log is on this host, or whose worker runs on it (its log
+    comes with its first line).
+    """
+    if work_ids:
+        return {work_id: log_file(store, paths, work_id) for work_id in dict.fromkeys(work_ids)}
+    return {
+        work.id: path
+        for work in store.list_works()
+        if (path := paths.strategy_log(work.id)).exists() or (
+            work.assignment is not None and runs_elsewhere(store, paths, work) is None)
+    }
 
 
 # ---- the view ----
 
 
-def strategy_view(work: Work) -> dict[str, Any]:
-    """One Work as flat fields, plus where it runs (``worker``) and where it may (``region``)."""
+def strategy_view(work: Work, now: float) -> dict[str, Any]:
+    """One Work as flat fields, plus where it runs (``worker``), where it may (``region``) and
+    for how long its child has been running (``uptime``, seconds; None unless it runs)."""
     entry = flat(work)
     entry["worker"] = work.assignment.worker if work.assignment else None
     entry["region"] = work.spec.placement.region
+    since = work.result.since
+    entry["uptime"] = max(0.0, now - since) if since and work.result.status == "running" else None
     return entry
 
 
@@ -343,18 +415,38 @@ def worker_view(resource: Resource, now: float) -> dict[str, Any]:
     return entry
 
 
+def leader_view(store: Store, now: float) -> dict[str, Any] | None:
+    """The director leadership lease, with ``live``: renewed within its TTL on this host's clock; None: never taken.
+
+    A director killed while leading keeps its Director record (role leader) until another
+    director drops it, so only the lease tells whether anyone leads now. A one-shot command
+    sees one reading of it: it compares the renewal time with its own clock, as the worker
+    list does with each worker's lease.
+    """
+    try:
+        leader = store.find_leader()
+    except CorruptRecord as e:
+        return {"director": "", "epoch": 0, "renewed": 0.0, "ttl": 0.0, "live": False, "problem": str(e)}
+    if leader is None:
+        return None
+    live = bool(leader.director) and leader.renewed + leader.ttl > now
+    return {"director": leader.director, "epoch": leader.epoch, "renewed": leader.renewed, "ttl": leader.ttl,
+            "live": live, "problem": None}
+
+
 def snapshot(store: Store, now: float) -> dict[str, Any]:
-    """Directors, workers, strategies and halts as `qlab status --json` prints them."""
+    """Directors, the leadership, workers, strategies and halts as `qlab status --json` prints them."""
     found, problem = halts.read_or_closed(store)
     return {
         "directors": [msgspec.to_builtins(d) for d in store.list_directors()],
+        "leader": leader_view(store, now),
         "workers": [worker_view(r, now) for r in store.list_resources()],
-        "strategies": [strategy_view(w) for w in store.list_works()],
+        "strategies": [strategy_view(w, now) for w in store.list_works()],
         "halts": [{**msgspec.to_builtins(h), "problem": problem} for h in found.halts],
     }
 
 
-# ---- the kill switch (issue 8) ----
+# ---- the kill switch ----
 
 
 def halt(store: Store, scope: str, target: str, *, cancel_orders: bool = False, clock: Clock = time.time) -> str:
@@ -378,23 +470,6 @@ def resume(store: Store, scope: str, target: str, *, clock: Clock = time.time) -
 def _halt_event(store: Store, kind: EventKind, scope: str, target: str, detail: str, clock: Clock) -> None:
     record_events(store, [Event(ts=clock(), kind=kind, strategy=target if scope == "strategy" else None,
                                 worker=target if scope == "worker" else None, detail=detail)])
-
-
-#: `qlab status --check --pending-after`: seconds (NaN would compare false, and no pending strategy would count).
-PENDING_AFTER = Range(at_least=0)
-
-
-def problems(snapshot: dict[str, Any], now: float, pending_after: float) -> list[str]:
-    """What `qlab status --check` fails on: failed strategies, and strategies pending too long."""
-    if (problem := PENDING_AFTER.problem(pending_after)) is not None:
-        raise BadInput(f"--pending-after {problem}")
-    found = []
-    for entry in snapshot["strategies"]:
-        if entry["status"] == "failed":
-            found.append(f"{entry['id']} failed: {entry['reason']}")
-        elif entry["status"] == "pending" and now - (entry["updated"] or entry["created"]) > pending_after:
-            found.append(f"{entry['id']} pending for {now - (entry['updated'] or entry['created']):.0f}s: {entry['reason']}")
-    return found
 
 
 # ---- workers ----

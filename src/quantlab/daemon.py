@@ -5,7 +5,7 @@
 ``python -m quantlab.daemon FD`` and hand it the options through a pipe: the
 long-running process never imports click and the CLI's modules, which it would
 hold for its whole life (1.3 MB of PSS in the director and in the worker, with
-100 strategies, issue 12). A pipe, not the command line, which every user on
+100 strategies). A pipe, not the command line, which every user on
 the host can read. Its pid, standard streams, environment and umask stay.
 """
 
@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import msgspec
 
-from quantlab import exits
+from quantlab import exits, proctitle
 from quantlab.config import Paths
 from quantlab.director.options import DirectorOptions
 from quantlab.worker.options import WorkerOptions
@@ -67,8 +67,11 @@ def _run(start: Start) -> int:
     if isinstance(start, WorkerStart):
         from quantlab.worker.main import run_worker
 
+        proctitle.set_title(f"qlab worker {start.options.id}")
         return run_worker(start.home.paths(), start.options)
     from quantlab.director.loop import run_director
+
+    proctitle.set_title("qlab director")
 
     options = start.options
     return run_director(start.home.paths(), heartbeat=options.heartbeat, lease_ttl=options.lease_ttl,

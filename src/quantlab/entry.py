@@ -2,7 +2,7 @@
 
 Nothing here or in quantlab.helpcache imports click or the commands, so a
 ``qlab --help`` the cache answers runs little more than the interpreter's own
-start (issue 12).
+start.
 """
 
 from __future__ import annotations

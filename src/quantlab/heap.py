@@ -1,4 +1,4 @@
-"""Giving the memory a daemon freed during start-up back to the system (issue 12).
+"""Giving the memory a daemon freed during start-up back to the system.
 
 Starting a director or a worker allocates a lot that is freed at once, most of
 it compiling the modules when they have no bytecode cache (a read-only install,

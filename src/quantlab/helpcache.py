@@ -1,4 +1,4 @@
-"""`qlab --help` without click (issue 12): the top-level help click last rendered, while it cannot be stale.
+"""`qlab --help` without click: the top-level help click last rendered, while it cannot be stale.
 
 Importing click is most of what `qlab --help` cost. Whenever click renders the
 top-level help (quantlab.cli), the text is kept under the user's cache

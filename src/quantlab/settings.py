@@ -117,6 +117,31 @@ def default_map(tables: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def given_by(ctx: click.Context, name: str) -> str:
+    """Where the group option ``name`` (--home, --store, --config) came from, in `config show`'s words."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    source = ctx.get_parameter_source(name)
+    if source == ParameterSource.COMMANDLINE:
+        return f"command line {param.opts[0]}"
+    if source == ParameterSource.ENVIRONMENT and isinstance(param, click.Option) and isinstance(param.envvar, str):
+        return f"environment {param.envvar}"
+    return "default"
+
+
+def places(home: tuple[Path, str], store: tuple[str, str], config: tuple[Path | None, str]) -> list[Setting]:
+    """What `config show` starts with: the home, the store (shown without a password) and the settings file.
+
+    Each is (value, where it came from, as ``given_by`` says it).
+    """
+    path, config_source = config
+    if path is None:
+        config_setting = Setting("config", None, f"none: no --config, no $QLAB_CONFIG, no {FILE_NAME} in the home")
+    else:
+        config_setting = Setting("config", str(path), f"the home's {FILE_NAME}" if config_source == "default"
+                                 else config_source)
+    return [Setting("home", str(home[0]), home[1]), Setting("store", store[0], store[1]), config_setting]
+
+
 def effective(tables: dict[str, dict[str, Any]], path: Path | None, root: click.Group) -> list[Setting]:
     """Every setting of every configurable command, with its value and where that came from."""
     out = []
@@ -130,6 +155,8 @@ def effective(tables: dict[str, dict[str, Any]], path: Path | None, root: click.
                 out.append(Setting(f"{section}.{name}", os.environ[env], f"environment {env}"))
             elif name in tables.get(section, {}):
                 out.append(Setting(f"{section}.{name}", tables[section][name], f"file {path}"))
+            elif isinstance(needed := getattr(param, "needed", None), str):  # cli.Required: no default to show
+                out.append(Setting(f"{section}.{name}", None, f"required: {needed}"))
             else:
                 out.append(Setting(f"{section}.{name}", _builtin_default(section, name, param), "default"))
     return out

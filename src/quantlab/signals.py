@@ -50,8 +50,8 @@ class StopRequest:
 class ChildExits:
     """SIGCHLD as a readable fd, so the loop reaps when a child exited, not on every pass.
 
-    Each pass used to ask the kernel for exited children (waitid over all of them: a few
-    percent of the worker's time with 200 strategies, issue 12). Python's wakeup fd is
+    Asking the kernel for exited children on each pass (waitid over all of them) would be
+    a few percent of the worker's time with 200 strategies. Python's wakeup fd is
     written by the C-level handler on whichever thread the signal lands, so the loop's poll
     wakes even when the signal went to another thread. Other signals write to it too: a
     spare wakeup, and one more look for exited children.

@@ -85,11 +85,14 @@ def strategies_table(entries: list[Entry], now: float) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    columns = ("id", "status", "worker", "pid", "beats", "last beat", "restarts", "errors", "reason")
+    columns = ("id", "status", "worker", "pid", "uptime", "cpu", "memory", "beats", "last beat", "restarts", "errors",
+               "reason")
     table = Table(*columns, title="strategies", title_justify="left", box=box.SIMPLE_HEAD)
     for e in entries:
-        cells = (e["id"], _status(e), e["worker"], e["pid"], e["heartbeats"], age(e["last_heartbeat"], now),
-                 e["restarts"], e["error_count"], _why(e))
+        cpu, memory = e.get("cpu"), e.get("memory")
+        cells = (e["id"], _status(e), e["worker"], e["pid"], uptime(e.get("uptime")),
+                 None if cpu is None else f"{cpu:.0f}%", None if memory is None else f"{memory:.1f} MiB",
+                 e["heartbeats"], age(e["last_heartbeat"], now), e["restarts"], e["error_count"], _why(e))
         # Text, not str: a reason like "[x]" must not be read as rich markup.
         table.add_row(*(Text("-" if c is None else str(c)) for c in cells), style=_ROW_STYLE.get(str(e["status"])))
     return table
@@ -120,19 +123,24 @@ def directors_table(entries: list[Entry], now: float) -> Table:
     return _table("directors", ("id", "host", "pid", "role", "last seen"), rows)
 
 
-def summary(snapshot: dict[str, list[Entry]]) -> str:
+def summary(snapshot: dict[str, Any]) -> str:
     """One line: directors, workers live/total, strategies by status."""
     directors = snapshot["directors"]
-    leading = sum(1 for d in directors if d["role"] == "leader")
+    leader = snapshot.get("leader")
+    # A director's record keeps role "leader" after it was killed: only a live lease leads.
+    leading = sum(1 for d in directors if d["role"] == "leader" and leader is not None and leader["live"]
+                  and leader["director"] == d["id"])
+    lost = sum(1 for d in directors if d["role"] == "leader") - leading
     workers = snapshot["workers"]
     live = sum(1 for w in workers if w["alive"])
     counts = collections.Counter(str(e["status"]) for e in snapshot["strategies"])
     by_status = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "none"
-    return (f"directors: {leading} leading, {len(directors) - leading} standby | "
+    lost_text = f" ({lost} lost its lease)" if lost == 1 else f" ({lost} lost their lease)" if lost else ""
+    return (f"directors: {leading} leading{lost_text}, {len(directors) - leading - lost} standby | "
             f"workers: {live}/{len(workers)} live | strategies: {by_status}")
 
 
-def status_view(snapshot: dict[str, list[Entry]], now: float) -> Group:
+def status_view(snapshot: dict[str, Any], now: float) -> Group:
     """The summary line, then only the tables that have rows; failed and pending stand out."""
     from rich.console import Group
     from rich.text import Text
@@ -161,3 +169,70 @@ def event_line(event: Event, as_json: bool) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.ts)) + f".{millis:03d}"
     about = " ".join(f"{k}={v}" for k, v in (("strategy", event.strategy), ("worker", event.worker)) if v)
     return "  ".join(part for part in (stamp, event.kind, about, event.detail) if part)
+
+
+def uptime(seconds: float | None) -> str:
+    """Seconds as "3d 4h", "2h 5m", "4m 10s" or "12s"; "-" for None (it does not run)."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def _stamp(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _usage(entry: Entry) -> str:
+    """Its child's CPU and memory as its worker measured them, "-" before the first measurement."""
+    cpu, memory = entry["cpu"], entry["memory"]
+    if cpu is None and memory is None:
+        return "-"
+    return (f"{'-' if cpu is None else f'{cpu:.0f}%'} of a core, "
+            f"{'-' if memory is None else f'{memory:.1f} MiB'} (proportional set size)")
+
+
+def _pairs(values: Entry) -> str:
+    return "  ".join(f"{k}={'-' if v is None else v}" for k, v in values.items()) or "-"
+
+
+def strategy_details(entry: Entry, now: float) -> list[str]:
+    """quantlab.details.describe's dict for a person: one field a line, then the last error and the recent events."""
+    stopping = " (stop requested)" if entry["desired"] == "stopped" and entry["status"] not in ("stopped", "failed") else ""
+    where = "-"
+    if entry["worker"]:
+        where = f"{entry['worker']} on host {entry['host'] or '(unknown: its worker is gone)'}"
+    log = entry["log"] + ("" if entry["log_here"] else "  (not on this host)")
+    since = f"{entry['status']} since {_stamp(entry['since'])}" if entry["since"] else "-"
+    out = [
+        f"{entry['id']}: {entry['status']}{stopping}" + (f": {entry['reason']}" if entry["reason"] else ""),
+        f"  file         {entry['file']}",
+        f"  worker       {where}",
+        f"  pid          {entry['pid'] or '-'}",
+        f"  uptime       {uptime(entry['uptime'])}  ({since})",
+        f"  usage        {_usage(entry)}",
+        f"  log          {log}",
+        f"  heartbeats   {entry['heartbeats']} (last {age(entry['last_heartbeat'], now)}), "
+        f"restarts {entry['restarts']}, errors {entry['error_count']}",
+        f"  params       {entry['params'] or '-'}",
+        f"  accounts     {', '.join(entry['accounts']) or '-'}",
+        f"  placement    {_pairs({k: v for k, v in entry['placement'].items() if v is not None}) or 'anywhere'}",
+        f"  settings     {_pairs(entry['settings'])}",
+        f"  risk limits  {_pairs(entry['risk_limits'])}",
+    ]
+    error = entry["last_error"]
+    if error:
+        out.append(f"  last error   {_stamp(error['ts'])}  {error['message']}")
+        out.extend(f"               {line}" for line in error["traceback"].splitlines())
+    else:
+        out.append("  last error   -")
+    out.append("recent events:" if entry["events"] else "recent events: none")
+    out.extend("  " + event_line(msgspec.convert(e, Event), False) for e in entry["events"])
+    return out

@@ -1,4 +1,4 @@
-"""Issue 12: `qlab apply FILE` makes the store match a fleet manifest, with real qlab processes."""
+"""`qlab apply FILE` makes the store match a fleet manifest, with real qlab processes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12: `scripts/bench.py --quick` runs to the end, every figure a number (a smoke test: no timing asserts)."""
+"""`scripts/bench.py --quick` runs to the end, every figure a number (a smoke test: no timing asserts)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A command loads only what it uses (issue 12): what `qlab --help` and `qlab status --json` import.
+"""A command loads only what it uses: what `qlab --help` and `qlab status --json` import.
 
 Each case runs `qlab`'s entry point in a fresh interpreter started without ``site`` (the
 package and its dependencies on PYTHONPATH instead), so what a ``.pth`` file

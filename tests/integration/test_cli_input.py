@@ -6,6 +6,7 @@ Every test runs the installed console script in a subprocess with a private
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from quantlab.store.records import Resource, WorkerSpec, WorkerState
+from quantlab.store.records import Assignment, Event, Resource, WorkerSpec, WorkerState
 from tests.conftest import QLAB, Lab, wait_for
 
 GOOD = """
@@ -166,7 +168,7 @@ def test_assign_writes_a_pending_work_and_returns_at_once(lab: Lab, good: Path) 
     assert entry["file"] == str(good.resolve())
 
     view = lab.status()
-    assert set(view) == {"directors", "workers", "strategies", "halts"}
+    assert set(view) == {"directors", "leader", "workers", "strategies", "halts"}
     (strategy,) = view["strategies"]
     assert STRATEGY_FIELDS <= set(strategy), STRATEGY_FIELDS - set(strategy)
     assert strategy["reason"] == "waiting for the director to place it"
@@ -371,3 +373,184 @@ def test_the_former_keys_of_the_config_file_are_still_read(lab: Lab) -> None:
     assert f"director.heartbeat = 0.3  (file {config})" in shown
     assert f"worker.drain_timeout = 4.0  (file {config})" in shown
     assert "director.tick" not in shown and "worker.stop_timeout" not in shown
+
+
+# ---- the commands an operator reaches for ----
+
+
+def test_version(lab: Lab) -> None:
+    from importlib.metadata import version
+
+    result = lab.run("--version")
+    assert result.stdout == f"qlab {version('quantlab')}\n"
+
+
+def test_stop_start_restart_remove_take_several_ids(lab: Lab, good: Path) -> None:
+    for name in ("a", "b", "c"):
+        lab.assign(good, "--id", name)
+    assert lab.run("strategy", "stop", "a", "b").stdout == "stopped a\nstopped b\n"
+    assert [lab.work(i).result.status for i in "abc"] == ["stopped", "stopped", "pending"]
+    assert lab.run("strategy", "start", "a", "b").stdout == "start requested for a\nstart requested for b\n"
+    assert lab.run("strategy", "restart", "b", "c").stdout == "restart requested for b\nrestart requested for c\n"
+    assert [lab.work(i).spec.restart_seq for i in "abc"] == [0, 1, 1]
+    assert_refused(lab, "strategy", "stop", "a", "ghost", says="no strategy 'ghost'")  # checked before any stops
+    assert lab.run("strategy", "remove", "a", "c").stdout == "removed a\nremoved c\n"
+    assert [w.id for w in lab.store.list_works()] == ["b"]
+
+
+def test_all_needs_yes_without_a_terminal(lab: Lab, good: Path) -> None:
+    for name in ("a", "b"):
+        lab.assign(good, "--id", name)
+    before = store_files(lab)
+    result = subprocess.run([QLAB, "--home", str(lab.home), "strategy", "stop", "--all"], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stderr) == (
+        1, "Error: --all would stop 2 strategies: add --yes to do it without a terminal to confirm on\n")
+    assert store_files(lab) == before
+    assert lab.run("strategy", "restart", "--all", "--yes").stdout == "restart requested for a\nrestart requested for b\n"
+    usage = lab.run("strategy", "stop", "a", "--all", check=False)
+    assert usage.returncode == 2 and "Give strategy IDs or --all, not both." in usage.stderr
+    assert lab.run("strategy", "remove", "--all", "-y").stdout == "removed a\nremoved b\n"
+    assert lab.run("strategy", "stop", "--all").stdout == "no strategies\n"
+
+
+def test_all_asks_on_a_terminal(lab: Lab, good: Path) -> None:
+    import pty
+
+    for name in ("a", "b"):
+        lab.assign(good, "--id", name)
+
+    def answer(reply: bytes) -> str:
+        main, secondary = pty.openpty()
+        proc = subprocess.Popen([QLAB, "--home", str(lab.home), "strategy", "stop", "--all"],
+                                stdin=secondary, stdout=secondary, stderr=secondary)
+        os.close(secondary)
+        said = b""
+        try:
+            while b"[y/N]" not in said:
+                try:
+                    said += os.read(main, 1024)
+                except OSError:  # it exited without asking
+                    raise AssertionError(f"no question asked: {said.decode()!r}") from None
+            os.write(main, reply)
+            proc.wait(timeout=30)
+            while True:
+                try:
+                    chunk = os.read(main, 1024)
+                except OSError:  # the terminal's other side is closed: all was read
+                    break
+                if not chunk:
+                    break
+                said += chunk
+        finally:
+            proc.kill()
+            os.close(main)
+        return said.decode().replace("\r\n", "\n")
+
+    said = answer(b"n\n")
+    assert "Stop 2 strategies (a, b)? [y/N]: " in said and "Error: nothing done: did not stop 2 strategies" in said
+    assert [lab.work(i).result.status for i in "ab"] == ["pending", "pending"]
+    said = answer(b"y\n")
+    assert "stopped a\nstopped b\n" in said
+    assert [lab.work(i).result.status for i in "ab"] == ["stopped", "stopped"]
+
+
+def test_restart_refuses_a_file_that_no_longer_loads_and_the_child_runs_on(lab: Lab) -> None:
+    lab.director()
+    lab.worker("w1")
+    file = lab.strategy("good", GOOD)
+    lab.assign(file, "--interval", "0.05")
+    pid = lab.wait_status("good", "running").result.pid
+    file.write_text("def st_init(ctx:\n")  # saved with a syntax error
+    for args in (["good"], ["--all", "--yes"]):
+        result = lab.run("strategy", "restart", *args, check=False)
+        assert (result.returncode, result.stdout, result.stderr) == (
+            1, "", f"Error: good not restarted, it is left as it was: {file}:1: syntax error: '(' was never closed\n")
+    beats = lab.work("good").result.heartbeats
+    lab.wait_heartbeats("good", beats + 10)
+    work = lab.work("good")
+    assert (work.result.status, work.result.pid, work.spec.restart_seq) == ("running", pid, 0)
+    assert not lab.events("restart_requested")
+
+
+def test_logs_of_a_strategy_on_another_host_name_that_host(lab: Lab, good: Path) -> None:
+    spec = WorkerSpec(name="w2", region="JP", host="far-away", pid=1)
+    lab.store.update_resource("w2", lambda current: Resource(id="w2", spec=spec,
+                                                             state=WorkerState(lease_expires=time.time() + 60)))
+    lab.assign(good)
+    lab.store.update_work("good", lambda w: msgspec.structs.replace(
+        w, epoch=1, assignment=Assignment(worker="w2", epoch=1, adopted=True)))
+    for args in (["strategy", "logs", "good"], ["strategy", "logs", "good", "-f"], ["logs", "good"]):
+        assert_refused(lab, *args, says="good runs on worker w2 on host far-away: its log is on that host; "
+                                         "read it there with `qlab strategy logs good`")
+    assert lab.run("logs").stderr == "no strategy logs on this host\n"
+
+
+def test_strategy_show(lab: Lab) -> None:
+    lab.director()
+    lab.worker("w1")
+    file = lab.strategy("good", GOOD)
+    lab.assign(file, "--interval", "0.1", "--max-order-notional", "100", "--param", "symbol=BTCUSDT")
+    pid = lab.wait_status("good", "running").result.pid
+    lines = lab.run("strategy", "show", "good").stdout.splitlines()
+    assert lines[0] == "good: running"
+    fields = {line[:15].strip(): line[15:] for line in lines[1:] if line.startswith("  ") and line[2] != " "}
+    assert fields["file"] == str(file)
+    assert fields["worker"] == f"w1 on host {socket.gethostname()}"
+    assert fields["pid"] == str(pid)
+    assert fields["uptime"].endswith("s  (running since " + fields["uptime"].split("since ")[1])
+    assert fields["log"] == str(lab.home / "logs" / "strategies" / "good.log")
+    assert "interval=0.1" in fields["settings"] and "max_errors=5" in fields["settings"]
+    assert fields["risk limits"] == "max_order_notional=100.0  max_orders_per_minute=-  max_open_orders=-"
+    assert fields["params"] == "{'symbol': 'BTCUSDT'}" and fields["last error"] == "-"
+    events = lines[lines.index("recent events:") + 1:]
+    assert [line.split("  ")[2] for line in events][:4] == ["submitted", "assigned", "accepted", "started"]
+    shown = json.loads(lab.run("strategy", "show", "good", "--json", "-n", "1").stdout)
+    assert (shown["host"], shown["pid"], shown["risk_limits"]["max_order_notional"]) == (socket.gethostname(), pid, 100.0)
+    assert shown["uptime"] > 0 and len(shown["events"]) == 1
+    missing = lab.run("strategy", "show", "ghost", check=False)
+    assert (missing.returncode, missing.stderr) == (1, "Error: no strategy 'ghost'\n")
+
+
+def test_events_last_n_and_since(lab: Lab, good: Path) -> None:
+    old = time.time() - 3 * 3600
+    lab.store.append_event(Event(ts=old, kind="submitted", strategy="ancient"))
+    for name in ("a", "b", "c"):
+        lab.assign(good, "--id", name)
+
+    def strategies(*args: str) -> list[str]:
+        return [json.loads(line)["strategy"] for line in lab.run("events", "--json", *args).stdout.splitlines()]
+
+    assert strategies() == ["ancient", "a", "b", "c"]
+    assert strategies("-n", "2") == ["b", "c"]
+    assert strategies("-n", "9") == ["ancient", "a", "b", "c"]
+    assert strategies("--since", "1h") == ["a", "b", "c"]
+    assert strategies("--since", "4h") == ["ancient", "a", "b", "c"]
+    assert strategies("--since", "2h", "-n", "1", "--strategy", "a") == ["a"]
+    iso = datetime.datetime.fromtimestamp(old + 60).isoformat(timespec="seconds")
+    assert strategies("--since", iso) == ["a", "b", "c"]
+    assert_refused(lab, "events", "--since", "yesterday", says="--since 'yesterday': give a duration such as 30s")
+
+
+def test_logs_tails_every_strategy_with_its_id(lab: Lab, good: Path) -> None:
+    logs = lab.home / "logs" / "strategies"
+    logs.mkdir(parents=True)
+    for name in ("a", "bb"):
+        lab.assign(good, "--id", name)
+        (logs / f"{name}.log").write_text(f"{name} one\n{name} two\n")
+    assert lab.run("logs", "-n", "1").stdout == "a  | a two\nbb | bb two\n"
+    assert lab.run("logs", "bb").stdout == "bb | bb one\nbb | bb two\n"
+    proc, out, err = start_qlab(lab, "logs", "-f", "-n", "1")
+    try:
+        wait_for(lambda: out.read_text() == "a  | a two\nbb | bb two\n", what="the last lines")
+        with open(logs / "bb.log", "a") as f:
+            f.write("bb three\n")
+        wait_for(lambda: out.read_text().endswith("\nbb | bb three\n"), what="the new line")
+        lab.assign(good, "--id", "ccc")  # joins at the next look for strategies
+        (logs / "ccc.log").write_text("ccc first\n")
+        wait_for(lambda: "ccc | ccc first\n" in out.read_text(), what="the new strategy's line")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+    assert err.read_text() == ""

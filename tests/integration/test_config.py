@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -57,3 +58,32 @@ def test_a_typo_in_the_config_is_one_error_line(lab: Lab) -> None:
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"Error: config file {lab.home / 'quantlab.toml'}: unknown setting worker.heartbet (known: ")
     assert "heartbeat, " in line
+
+
+def test_config_show_starts_with_the_home_the_store_and_the_file_in_use(lab: Lab) -> None:
+    lines = qlab(lab, "config", "show").stdout.splitlines()
+    assert lines[:3] == [
+        f"home = '{lab.home}'  (command line --home)",
+        f"store = '{lab.home / 'store'} (files)'  (default)",
+        "config = -  (none: no --config, no $QLAB_CONFIG, no quantlab.toml in the home)",
+    ]
+    (lab.home / "quantlab.toml").write_text("[director]\nheartbeat = 0.5\n")
+    env = {"QLAB_STORE": "postgresql://qlab:s3cret@db.internal:5432/qlab?password=s3cret"}
+    result = subprocess.run([QLAB, "config", "show", "--json"], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "QLAB_HOME": str(lab.home), **env})
+    assert "s3cret" not in result.stdout + result.stderr  # shown, never opened: config show reads no store
+    first = json.loads(result.stdout)[:3]
+    assert first == [
+        {"name": "home", "value": str(lab.home), "source": "environment QLAB_HOME"},
+        {"name": "store", "value": "postgresql://qlab:***@db.internal:5432/qlab?password=***",
+         "source": "environment QLAB_STORE"},
+        {"name": "config", "value": str(lab.home / "quantlab.toml"), "source": "the home's quantlab.toml"},
+    ]
+
+
+def test_config_show_shows_a_required_option_as_required(lab: Lab) -> None:
+    shown = qlab(lab, "config", "show").stdout
+    assert "worker.region = -  (required: give --region, or a --profile that sets it)" in shown
+    assert "worker.region = 'JP'" not in shown
+    (lab.home / "quantlab.toml").write_text('[worker]\nregion = "EU"\n')
+    assert f"worker.region = 'EU'  (file {lab.home / 'quantlab.toml'})" in qlab(lab, "config", "show").stdout

@@ -50,7 +50,7 @@ def accounts_file(lab: Lab, fake: FakeBybit, rate_limit: float) -> Path:
 
 
 def test_a_paused_workers_queued_orders_never_reach_the_exchange(lab: Lab, fake: FakeBybit) -> None:
-    """Issue 8 item 1: orders queued in the pool went out 1 to 3 s after the lease had run out."""
+    """An order queued in the pool is fenced when it is signed, not when it arrived: none leaves after the lease."""
     lab.director()
     worker = lab.worker("w1", "--accounts", str(accounts_file(lab, fake, rate_limit=1.0)), "--lease-ttl", "2",
                         "--drain-timeout", "1", env={"QLAB_FENCE_SECRET": SECRET})
@@ -147,7 +147,7 @@ def without_capabilities() -> None:
 
 
 def test_a_strategy_reading_the_workers_environment_and_memory_gets_nothing(lab: Lab, fake: FakeBybit) -> None:
-    """Issue 8 item 3: a same-user strategy read the secret from /proc/<worker pid>/environ."""
+    """A strategy running as the worker's user finds no secret in /proc/<worker pid>/environ, mem or cmdline."""
     lab.director()
     proxy_password = "Pr0xyPassw0rd-zz9"
     env = {"QLAB_FENCE_SECRET": SECRET, "HTTPS_PROXY": f"http://user:{proxy_password}@127.0.0.1:9"}

@@ -1,4 +1,4 @@
-"""Issue 12: states are group-committed, and still durable before the next tick goes out.
+"""States are group-committed, and still durable before the next tick goes out.
 
 The worker is killed with SIGKILL while five strategies tick fast; every tick a
 child received proves the state of the heartbeat before it was committed, so

@@ -55,7 +55,7 @@ def accounts_file(lab: Lab, fake: FakeBybit) -> Path:
 
 
 def test_halt_during_a_burst_of_orders(lab: Lab, fake: FakeBybit) -> None:
-    """Issue 8: a kill switch; nothing that opens exposure leaves once `qlab halt` returned."""
+    """The kill switch: nothing that opens exposure leaves once `qlab halt` returned."""
     lab.director()
     lab.worker("w1", "--accounts", str(accounts_file(lab, fake)), env={"QLAB_HALT_SECRET": SECRET})
     for i in range(2):
@@ -104,7 +104,7 @@ def st_exit(ctx, reason):
 
 
 def test_halt_of_one_strategy_cancels_its_own_orders_only(lab: Lab, fake: FakeBybit) -> None:
-    """Issue 8: --cancel-orders with --strategy: its orders are known by their orderLinkIds."""
+    """--cancel-orders with --strategy: its orders are known by their orderLinkIds."""
     lab.director()
     lab.worker("w1", "--accounts", str(accounts_file(lab, fake)), env={"QLAB_HALT_SECRET": SECRET})
     for name in ("one", "two"):

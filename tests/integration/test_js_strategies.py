@@ -1,4 +1,4 @@
-"""Strategies in JavaScript (issue 11): the supervision rules and ctx.api, each with a Node child.
+"""Strategies in JavaScript: the supervision rules and ctx.api, each with a Node child.
 
 Real director, worker, zygote and Node runner. Without Node 20+ or the installed
 runtime (`qlab js install`) these skip with one line; under CI=true they run and fail.
@@ -16,26 +16,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from quantlab.errors import JsRuntimeError
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.paper import PaperExchange
-from quantlab.child import jsruntime
-from tests.conftest import QLAB, Lab, pid_alive, wait_for
+from tests.conftest import QLAB, Lab, needs_js, pid_alive, wait_for
 from tests.fakes.bybit import FakeBybit
 from tests.integration.test_exchange import SECRET, assert_no_secret_in, fake, live  # noqa: F401  (fixtures)
 
 
-def _js_missing() -> str:
-    try:
-        jsruntime.check_node(jsruntime.node())
-        jsruntime.runtime_dir()
-    except JsRuntimeError as e:
-        return str(e)
-    return ""
-
-
-MISSING = _js_missing()
-pytestmark = pytest.mark.skipif(bool(MISSING) and os.environ.get("CI") != "true", reason=f"JavaScript: {MISSING}")
+pytestmark = needs_js
 
 #: ``once(name)``: true the first time only (a marker file beside the strategy);
 #: ``note(ctx, text)``: a line in exit-ID.txt beside it. As tests/conftest.py's ONCE, in JavaScript.

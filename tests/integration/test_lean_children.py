@@ -1,4 +1,4 @@
-"""Issue 12: strategy children and the worker hold only what they use (real director, worker and zygote)."""
+"""Strategy children and the worker hold only what they use (real director, worker and zygote)."""
 
 from __future__ import annotations
 
@@ -84,3 +84,23 @@ def test_the_worker_process_holds_no_command_line_modules_and_keeps_its_pid(lab:
     # and the CLI (1.1 MB it would hold for its whole life), and without psutil (0.7 MB).
     assert report["pid"] == worker.pid == lab.store.find_resource("w1").spec.pid
     assert not {"click", "quantlab.cli", "psutil"} & set(report["modules"])
+
+
+def test_every_process_says_what_it_is_in_ps(lab: Lab) -> None:
+    def title(pid: int) -> str:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+
+    director = lab.director()
+    worker = lab.worker("jp-1")
+    lab.assign(lab.strategy("grid-btc", INTROSPECT), "--interval", "0.05")
+    pid = lab.wait_status("grid-btc", "running").result.pid
+    assert pid
+    assert title(director.pid) == "qlab director"
+    assert title(worker.pid) == "qlab worker jp-1"
+    assert title(pid) == "qlab strategy grid-btc [jp-1]"
+    children = [int(p) for p in Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()]
+    assert sorted(title(p) for p in children) == ["qlab strategy grid-btc [jp-1]", "qlab zygote jp-1"]
+    os.kill(pid, 9)  # its restart is forked from the same zygote: the title comes with every fork
+    restarted = wait_for(lambda: (w := lab.work("grid-btc")).result.status == "running" and w.result.pid != pid
+                         and w.result.pid, what="the restarted child")
+    assert title(restarted) == "qlab strategy grid-btc [jp-1]"

@@ -101,3 +101,23 @@ def test_rate_limit_waits_and_halts_show(lab: Lab) -> None:
              timeout=15, what="an order refused by the halt")
     lab.run("resume", "--account", "paper")
     wait_for(lambda: scrape(port).get("quantlab_halts{scope=account}") == 0, what="the halt lifted in the gauge")
+
+
+def test_a_metrics_port_in_use_is_one_line_naming_the_port_and_the_option(lab: Lab) -> None:
+    import socket
+    import subprocess
+
+    from tests.conftest import QLAB
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args in (["director", "start"], ["worker", "start", "--region", "JP", "--id", "w1"]):
+            result = subprocess.run([QLAB, "--home", str(lab.home), *args, "--metrics-port", str(port)],
+                                    capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+            assert result.returncode == 1, result
+            assert result.stderr == (f"Error: --metrics-port {port}: Address already in use: another process serves "
+                                     "there; give this one another port (--metrics-port, or metrics_port in its "
+                                     "settings)\n")
+    assert lab.store.list_resources() == []  # the worker stopped before it registered

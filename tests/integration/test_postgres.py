@@ -1,4 +1,4 @@
-"""Real processes on the PostgreSQL store (issue 9): placement, failover, a worker cut off, a restart.
+"""Real processes on the PostgreSQL store: placement, failover, a worker cut off, a restart.
 
 Each test gets a scratch database (tests/pgutil.py); without a server they skip
 with one line, under CI=true they fail.

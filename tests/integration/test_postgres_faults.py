@@ -1,4 +1,4 @@
-"""Faults on the PostgreSQL store with real processes (issue 9): a network that goes silent,
+"""Faults on the PostgreSQL store with real processes: a network that goes silent,
 directors racing for leadership, a paused director, a paused worker.
 """
 

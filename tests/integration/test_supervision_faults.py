@@ -1,4 +1,4 @@
-"""Issue 7's corners, with the real worker: a strategy's fault stays its own, stops are never lost,
+"""Supervision's corners, with the real worker: a strategy's fault stays its own, stops are never lost,
 nothing leaks, memory limits hold."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def st_exit(ctx, reason):
 
 
 def test_bad_state_is_the_strategys_error_with_the_key_path_and_the_worker_lives_on(running: Lab) -> None:
-    """Issue 7 item 4: a tuple key in ctx.state made the worker's JSON encoder raise and the worker die."""
+    """A tuple key in ctx.state fails that hook in the child, naming the key; the worker's encoder never sees it."""
     bad = ONCE + '''
 def st_init(ctx):
     ctx.state.setdefault("n", 0)
@@ -96,7 +96,7 @@ def st_exit(ctx, reason): pass
 
 
 def test_a_stop_during_st_init_runs_st_exit_and_keeps_its_deadline(running: Lab) -> None:
-    """Issue 7 item 2: Ready reverted a stop asked during st_init."""
+    """A stop asked while st_init runs survives its Ready: st_exit runs, within the stop's own deadline."""
     source = ONCE + '''
 def st_init(ctx):
     time.sleep(1.0)
@@ -114,7 +114,7 @@ def st_exit(ctx, reason):
 
 
 def test_stop_then_start_while_st_exit_runs_ends_running(running: Lab) -> None:
-    """Issue 7 item 3: the worker wrote desired=stopped when the stop completed."""
+    """Completing a stop writes no desired=stopped: a start asked meanwhile wins."""
     source = ONCE + '''
 def st_init(ctx): pass
 def st_heartbeat(ctx, tick): pass
@@ -136,7 +136,7 @@ def st_exit(ctx, reason):
 
 
 def test_many_restarts_leave_no_zombie_and_no_helper(running: Lab) -> None:
-    """Issue 7 item 6: 28 restarts left 27 zombies and 29 helpers."""
+    """Every restart kills the child's process group and reaps it: no zombie, no helper left running."""
     restarts = int(os.environ.get("QLAB_RESTARTS", "150"))
     marker = f"{86000 + uuid.uuid4().int % 1000}.{uuid.uuid4().int % 10**6}"
     source = _helper_strategy(marker, crash=True)

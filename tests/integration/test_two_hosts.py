@@ -1,4 +1,4 @@
-"""The README's "Two hosts, one database" demo, run line by line on a scratch database (issue 9)."""
+"""docs/store.md's "Two hosts, one database" demo, run line by line on a scratch database."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from quantlab.store.open import open_store
 from quantlab.store.store import Store
 from tests.conftest import QLAB, wait_for
 
-MARKER = "<!-- two-hosts-demo -->"
+MARKER = "<!-- run by tests/integration/test_two_hosts.py -->"
 REPO = Path(__file__).resolve().parents[2]
+PAGE = REPO / "docs" / "store.md"
 
 
 def demo_lines() -> list[str]:
     """The demo block's commands, comments dropped."""
-    text = (REPO / "README.md").read_text()
+    text = PAGE.read_text()
     block = text.split(MARKER, 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
 
@@ -85,7 +86,7 @@ def _status(demo: Demo) -> dict[str, Any]:
 
 
 @pytest.mark.timeout(120)
-def test_two_hosts_share_one_database_as_the_readme_shows(demo: Demo) -> None:
+def test_two_hosts_share_one_database_as_the_store_page_shows(demo: Demo) -> None:
     lines = demo_lines()
     stop_lines = [line for line in lines if "worker stop" in line]
     for line in lines:

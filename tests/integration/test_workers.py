@@ -90,10 +90,11 @@ def test_status_json_fields(lab: Lab) -> None:
     lab.assign(file, "--interval", "0.05")
     lab.wait_heartbeats("s", 2)
     status = lab.status()
-    assert set(status) == {"directors", "workers", "strategies", "halts"}
+    assert set(status) == {"directors", "leader", "workers", "strategies", "halts"}
+    assert status["leader"]["live"] and status["leader"]["director"] == status["directors"][0]["id"]
     strategy = status["strategies"][0]
     for field in ("id", "file", "worker", "region", "desired", "status", "pid", "heartbeats", "last_heartbeat",
-                  "restarts", "error_count", "last_error", "reason"):
+                  "restarts", "error_count", "last_error", "reason", "since"):
         assert field in strategy, field
     worker = status["workers"][0]
     for field in ("id", "region", "host", "pid", "status", "last_seen", "max_strategies", "load"):
@@ -205,8 +206,8 @@ def test_bad_profile_is_a_one_line_error(lab: Lab) -> None:
 def test_the_workers_own_status_writes_do_not_renew_its_lease_each_time(lab: Lab) -> None:
     """A change in the store wakes the worker to follow it (assignments, stops), not to renew its lease.
 
-    Each restart writes statuses, and each is a change: renewing on each one put a lease write
-    (two fsyncs) between a restarted child's Hello and its Init (issue 12).
+    Each restart writes statuses, and each is a change: renewing on each one would put a lease
+    write (two fsyncs) between a restarted child's Hello and its Init.
     """
     lab.director()
     lab.worker("w1", "--heartbeat", "1")

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from quantlab import control
 from quantlab.config import Paths
 from quantlab.errors import BadInput, Conflict, NotFound, StrategyFileError
-from quantlab.logs import last_lines
+from quantlab.logs import Tails, last_lines
 from quantlab.store import workmachine as wm
 from quantlab.store.filestore import FileStore
 from quantlab.store.records import (
@@ -370,8 +370,8 @@ def test_snapshot_flattens_records_by_their_field_names(store: FileStore, tmp_pa
 
     view = control.snapshot(store, NOW)
 
-    assert set(view) == {"directors", "workers", "strategies", "halts"}
-    assert view["halts"] == []
+    assert set(view) == {"directors", "leader", "workers", "strategies", "halts"}
+    assert view["halts"] == [] and view["leader"] is None  # no director ever took the lease
     assert view["directors"][0]["role"] == "leader"
     w1, w2 = view["workers"]
     assert (w1["id"], w1["region"], w1["host"], w1["status"]) == ("w1", "JP", "h1", "busy")
@@ -453,3 +453,31 @@ def test_a_removal_whose_state_a_newer_epoch_holds_already_succeeds(store: FileS
     control.remove(store, "demo", clock=clock)
     assert store.get_work("demo").desired == "removed"
     assert store.load_state("demo").epoch == 9  # type: ignore[union-attr]
+
+
+# ---- `qlab logs` ----
+
+
+def test_tails_prefix_each_line_with_its_id_and_follow_rotation_and_newcomers(tmp_path: Path) -> None:
+    a, b, c = (tmp_path / f"{name}.log" for name in ("a", "long-id", "c"))
+    a.write_text("a1\na2\na3\n")
+    b.write_text("b1\n")
+    out: list[str] = []
+    tails = Tails(2, out.append)
+    tails.join({"a": a, "long-id": b})
+    assert out == ["a       | a2", "a       | a3", "long-id | b1"]
+    out.clear()
+    with open(a, "a") as f:
+        f.write("a4\nhalf")
+    a_rotated = tmp_path / "a.log.1"
+    b.rename(tmp_path / "long-id.log.1")
+    b.write_text("b2\n")  # the writer's new file after a rotation
+    assert tails.step() and out == ["a       | a4", "long-id | b2"]
+    out.clear()
+    a.rename(a_rotated)
+    a.write_text("a5\n")  # the half line went with the old file; the new one starts clean
+    c.write_text("c1\nc2\nc3\n")
+    tails.join({"a": a, "c": c})  # long-id left, c joined with its last lines
+    tails.step()
+    assert out == ["c       | c2", "c       | c3", "a       | a5"]
+    assert not tails.step()

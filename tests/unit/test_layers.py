@@ -7,7 +7,7 @@ the floors listed for it:
 
     base       the quantlab package itself, errors, config, files, logsetup, heap,
                signals, exits, lazy, helpcache, logs, numbers,
-               daemon_settings, ops/*                               -> base
+               daemon_settings, proctitle, ops/*                    -> base
     store      store/*                                              -> base
     protocol   protocol (the worker <-> child wire format)          -> base, the store interface
     exchange   exchange/*                                           -> base, the store interface, protocol
@@ -36,7 +36,7 @@ SRC = Path(quantlab.__file__).parent
 BASE = {
     "quantlab", "quantlab.errors", "quantlab.config", "quantlab.files", "quantlab.logsetup", "quantlab.heap",
     "quantlab.signals", "quantlab.exits", "quantlab.lazy", "quantlab.helpcache", "quantlab.logs", "quantlab.numbers",
-    "quantlab.daemon_settings",
+    "quantlab.daemon_settings", "quantlab.proctitle",
 }
 STORE_INTERFACE = {"quantlab.store.store", "quantlab.store.records", "quantlab.store.table", "quantlab.store.leases"}
 BACKENDS = {

@@ -112,7 +112,7 @@ def test_error_window_forgets_old_errors_and_stable_run_resets_backoff() -> None
 
 
 def test_a_stop_before_the_child_connects_is_sent_on_hello_and_again_on_ready() -> None:
-    """Issue 7 item 1: the stop was dropped by ZeroMQ and Ready flipped the slot back to running."""
+    """A stop before the child connects is sent on its Hello and again on Ready, which never undoes it."""
     machine = play([
         *START,
         (0.1, m.StopWanted(MANUAL), [m.Publish()], m.Stopping),  # nothing to send to yet
@@ -126,7 +126,7 @@ def test_a_stop_before_the_child_connects_is_sent_on_hello_and_again_on_ready() 
 
 
 def test_a_stop_during_st_init_keeps_its_deadline() -> None:
-    """Issue 7 item 2: Ready reverted the phase and the stop timeout was no longer enforced."""
+    """A stop during st_init keeps its deadline through Ready."""
     play([
         *START,
         (0.1, m.HelloCame(), [m.SendInit()], m.Starting),
@@ -139,7 +139,7 @@ def test_a_stop_during_st_init_keeps_its_deadline() -> None:
 
 
 def test_stop_then_start_while_st_exit_runs_ends_running() -> None:
-    """Issue 7 item 3: the worker wrote desired=stopped whenever a stop completed."""
+    """A completed stop leaves desired as the operator last set it: a start asked meanwhile wins."""
     machine = play([
         *RUNNING,
         (1.0, m.StopWanted(MANUAL), [m.SendStop(MANUAL), m.Publish()], m.Stopping),

@@ -45,6 +45,7 @@ from quantlab.worker.machine import Due
 from quantlab.worker.manager import COUNTS_PER_PASS, LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, PUBLISH_GATHER, StrategyManager
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.statecommit import GATHER
+from quantlab.worker.load import Usage
 from quantlab.worker.zygote import ForkRequest
 
 T0 = 1000.0  # monotonic
@@ -270,7 +271,7 @@ def test_ticks_go_out_only_after_answers(env: Env) -> None:
 
 @pytest.mark.parametrize("jump", [-3600.0, 3600.0])
 def test_a_wall_clock_step_does_not_move_ticks_or_hang_detection(env: Env, jump: float) -> None:
-    """Issue 7 item 7: a backward step silenced every strategy and its hang detection for that long."""
+    """Timers run on the monotonic clock: a wall-clock step either way neither silences ticks nor hang detection."""
     env.assign(interval=1.0, heartbeat_timeout=5.0)
     rid = env.start()
     env.clocks.wall += jump
@@ -284,7 +285,7 @@ def test_a_wall_clock_step_does_not_move_ticks_or_hang_detection(env: Env, jump:
 
 
 def test_a_stop_before_hello_waits_in_the_outbox_and_st_exit_still_runs(env: Env) -> None:
-    """Issue 7 item 1: the Stop to a child not connected yet was dropped; Ready made it run on."""
+    """A Stop for a child not connected yet waits in its outbox, and its Ready does not make it run on."""
     env.assign()
     env.change(desired="stopped")
     assert env.transport.sent == []  # not connected: nothing could go out, nothing was dropped
@@ -300,7 +301,7 @@ def test_a_stop_before_hello_waits_in_the_outbox_and_st_exit_still_runs(env: Env
 
 
 def test_stop_then_start_while_st_exit_runs_ends_running(env: Env) -> None:
-    """Issue 7 item 3: a completed stop always wrote desired=stopped."""
+    """A completed stop writes no desired=stopped: a start asked while st_exit ran wins."""
     env.assign()
     rid = env.start()
     first = env.pid()
@@ -335,7 +336,7 @@ def test_ctx_stop_keeps_it_stopped_unless_restarted_meanwhile(env: Env) -> None:
 
 
 def test_a_bad_message_is_the_strategys_fault_not_the_workers(env: Env) -> None:
-    """Issue 7 item 4: an exception while handling one child's message ended the worker loop."""
+    """An exception while handling one child's message is that strategy's error; the worker loop goes on."""
     env.assign("bad")
     env.assign("good")
     bad, good = env.start("bad"), env.start("good")
@@ -350,7 +351,7 @@ def test_a_bad_message_is_the_strategys_fault_not_the_workers(env: Env) -> None:
 
 
 def test_a_full_disk_is_reported_and_retried_while_strategies_run(env: Env) -> None:
-    """Issue 7 item 4: a failed store write took the worker down."""
+    """A failed store write is reported once and retried; the worker and its strategies go on."""
     env.assign()
     rid = env.start()
     env.fenced_store.fail_writes = OSError(errno.ENOSPC, "No space left on device")
@@ -390,7 +391,7 @@ def test_an_unreadable_state_fails_the_strategy(env: Env) -> None:
 
 
 def test_an_api_result_that_cannot_go_out_now_is_sent_on_a_later_pass(env: Env) -> None:
-    """Issue 7 item 8: a result that met the high-water mark was lost and the child blocked."""
+    """An API result that meets ZeroMQ's high-water mark waits in the outbox: never lost, the child never blocked."""
     env.assign()
     rid = env.start()
     env.manager.on_message(rid, ApiCall(call_id=1, account="paper", method="get_tickers", kwargs={}))
@@ -415,7 +416,7 @@ def test_a_child_that_never_reads_is_killed_as_hung(env: Env) -> None:
 
 
 def test_lease_lapse_stops_every_child_stops_ticking_then_kills(env: Env) -> None:
-    """Issue 7 item 9 (child side): a worker past its lease kept ticking its children."""
+    """A worker past its lease sends no tick: every child gets Stop(lease_lost), then the kill."""
     env.assign(interval=1.0)
     rid = env.start()
     assert env.transport.of(Tick)[0].lease_until == T0 + 10_000
@@ -492,7 +493,7 @@ def test_writes_are_fenced_after_reassignment(env: Env) -> None:
 
 
 def test_a_calls_fence_holds_with_the_lease_and_never_again_once_it_lapsed(env: Env) -> None:
-    """Issue 8: a call waiting in the API pool must see the lease as it is when the call is signed."""
+    """A call waiting in the API pool sees the lease as it is when the call is signed."""
     env.assign(interval=1.0)
     rid = env.start()
     env.manager.set_lease(T0 + 2.0)
@@ -507,7 +508,7 @@ def test_a_calls_fence_holds_with_the_lease_and_never_again_once_it_lapsed(env: 
 
 
 def test_the_states_of_one_pass_are_one_group_commit_made_before_the_next_ticks(env: Env) -> None:
-    """Issue 12: one write for every strategy whose state changed in a pass, durable before any tick."""
+    """One write for every strategy whose state changed in a pass, durable before any tick."""
     env.assign("a", interval=1.0)
     env.assign("b", interval=1.0)
     a, b = env.start("a"), env.start("b")
@@ -538,7 +539,7 @@ def test_a_tick_sent_outside_the_pass_commits_the_waiting_state_first(env: Env) 
 
 
 def test_heartbeat_counts_are_written_a_few_a_pass_not_all_at_once(env: Env) -> None:
-    """Issue 12: 200 count writes in one pass held the loop ~60 ms; the ticks due then went out late."""
+    """A pass writes a few heartbeat counts, not all: 200 at once would hold the loop ~60 ms and ticks due."""
     ids = [f"s{i}" for i in range(10)]
     rids = {}
     for work_id in ids:
@@ -559,7 +560,7 @@ def test_heartbeat_counts_are_written_a_few_a_pass_not_all_at_once(env: Env) -> 
 
 
 def test_strategies_started_together_tick_spread_over_their_interval(env: Env) -> None:
-    """Issue 12: 100 started by one apply ticked in bursts; each burst's heartbeats queued on the loop."""
+    """Strategies started together tick at phases spread over their interval, not in one burst."""
     env.manager.phase = tick_phase
     ids = [f"s{i}" for i in range(40)]
     for work_id in ids:
@@ -582,7 +583,7 @@ def test_strategies_started_together_tick_spread_over_their_interval(env: Env) -
 
 
 def test_states_coming_in_passes_apart_share_one_group_commit(env: Env) -> None:
-    """Issue 12: with ticks spread, each pass brings one heartbeat; a group gathers GATHER seconds of them."""
+    """With ticks spread, each pass brings one heartbeat; a group commit gathers GATHER seconds of them."""
     env.assign("a", interval=1.0)
     env.assign("b", interval=1.0)
     a, b = env.start("a"), env.start("b")
@@ -625,8 +626,8 @@ def test_a_status_change_alone_is_written_within_the_gather(env: Env) -> None:
 
 
 def test_a_mass_start_does_not_hold_back_the_running_strategies_ticks(env: Env) -> None:
-    """Issue 12: a fork is a round trip to the zygote (3-7 ms of the loop); 100 new strategies
-    forked in one go held every running strategy's next tick about 300 ms."""
+    """A fork is a round trip to the zygote (3-7 ms of the loop): a mass start forks within a budget
+    per pass, so the running strategies' ticks go out on time meanwhile."""
     env.assign("old", interval=0.1)
     rid = env.start("old")
     env.manager.on_message(rid, Heartbeat(seq=1, state=None))
@@ -672,3 +673,29 @@ def test_with_nothing_else_due_a_mass_start_forks_in_one_go(env: Env) -> None:
     env.add(*(f"new{i}" for i in range(20)))
     env.manager.reconcile(list(env.fenced_store.works.values()))
     assert all(slot.pid is not None for slot in env.manager.slots.values()) and not env.manager.forks_due
+
+
+def test_each_childs_usage_goes_with_its_result_and_titles_name_the_strategy(env: Env) -> None:
+    forked: list[ForkRequest] = []
+    fork = env.transport.fork
+
+    def recorded(request: ForkRequest, on_exit: Callable[[int], None]) -> int:
+        forked.append(request)
+        return fork(request, on_exit)
+
+    env.transport.fork = recorded  # type: ignore[method-assign]
+    env.assign(interval=1.0)
+    env.start()
+    slot = env.manager.slots["s"]
+    assert forked[0].title == "qlab strategy s [w1]"
+    slot.dirty = False
+    env.manager.note_usage({env.pid(): Usage(cpu=None, memory=2.34), 1: Usage(cpu=50.0, memory=9.0)})
+    assert (slot.result.cpu, slot.result.memory, slot.dirty) == (None, 2.3, True)  # a new child: no CPU yet
+    slot.dirty = False
+    env.manager.note_usage({env.pid(): Usage(cpu=12.345, memory=2.34)})
+    assert (slot.result.cpu, slot.result.memory, slot.dirty) == (12.3, 2.3, True)
+    slot.dirty = False
+    env.manager.note_usage({env.pid(): Usage(cpu=12.31, memory=2.3)})
+    assert not slot.dirty  # the same figures: nothing to write
+    env.manager.note_usage({})  # its child is gone from the samples
+    assert (slot.result.cpu, slot.result.memory) == (None, None)

@@ -145,9 +145,8 @@ def test_the_shipped_config_and_profile_use_the_settings_names_and_show_their_de
     assert msgspec.convert(profile, WorkerOptions).drain_timeout == 10.0
 
 
-def test_the_readmes_synopsis_lists_the_daemons_options_under_their_names() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    readme = readme[readme.index("## The command line"):]
+def test_the_synopsis_lists_the_daemons_options_under_their_names() -> None:
+    readme = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     for command, record, end in (("director", DirectorOptions, "qlab worker start"),
                                  ("worker", WorkerOptions, "qlab worker list")):
         synopsis = readme[readme.index(f"qlab {command} start"):readme.index(end)]

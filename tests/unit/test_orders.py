@@ -264,3 +264,45 @@ def test_reconciliation_waits_for_an_order_another_process_may_still_be_sending(
     settled = reconciled(pool, "s2", 1)
     assert settled.ok and settled.settled == {"s2-1-1": "absent"}
     assert intents.read(store, "s2").open == []
+
+
+# ---- a duplicate orderLinkId ----
+
+
+def test_a_strategys_reused_order_link_id_is_110072_on_live_as_on_paper(
+        live: ApiPool, fake: FakeBybit, make_pool: Callable[..., ApiPool]) -> None:
+    assert live.call("main", "place_order", limit_order(orderLinkId="mine-1"), ["main"], forever, S1).ok
+    again = live.call("main", "place_order", limit_order(orderLinkId="mine-1", qty="0.02"), ["main"], forever, S1)
+    assert (again.ok, again.kind, again.ret_code) == (False, "api", 110072), again
+    paper = make_pool([default_paper_account()], instance="paper")
+    paper_order = {**limit_order(orderLinkId="mine-1"), "qty": "0.001", "price": "1000"}
+    assert paper.call("paper", "place_order", paper_order, ["paper"], forever, Caller("s2", 1)).ok
+    on_paper = paper.call("paper", "place_order", paper_order, ["paper"], forever, Caller("s2", 1))
+    assert (on_paper.ok, on_paper.kind, on_paper.ret_code) == (False, "api", 110072), on_paper
+    assert len(fake.orders()) == 1
+
+
+def test_an_order_link_id_the_exchange_already_has_is_refused_not_found(live: ApiPool, fake: FakeBybit,
+                                                                         store: Store) -> None:
+    """An id the intents do not know (an order placed by hand) is refused by the exchange: that answer stands."""
+    assert live.call("main", "place_order", limit_order(orderLinkId="by-hand"), ["main"], forever).ok
+    again = live.call("main", "place_order", limit_order(orderLinkId="by-hand"), ["main"], forever, S1)
+    assert (again.ok, again.kind, again.ret_code) == (False, "api", 110072), again
+    assert [(i.link_id, i.status) for i in intents.read(store, "s1").settled] == [("by-hand", "rejected")]
+
+
+def test_a_lost_reply_is_settled_by_a_found_order_only_when_it_is_the_same_order() -> None:
+    from quantlab.exchange.orders import find
+
+    intent = intents.Intent(link_id="x-1", account="main", category="linear", symbol="BTCUSDT", order=limit_order(),
+                            epoch=1, instance="me", written=0.0, expires=0.0)
+    row = {"orderId": "o1", "orderLinkId": "x-1", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Limit",
+           "qty": "0.01", "price": "40000"}
+
+    def read(rows: list[dict[str, Any]]) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+        return lambda method, query: {"result": {"list": rows}}
+
+    assert find(read([row]), intent).status == "placed"
+    assert find(read([{**row, "qty": "0.02"}]), intent).status == "rejected"
+    assert find(read([{**row, "side": "Sell"}]), intent).status == "rejected"
+    assert find(read([]), intent).status == "absent"

@@ -469,7 +469,7 @@ def test_equity_is_conserved_up_to_price_moves_and_fees(trades: list[tuple[int, 
 def test_every_order_link_id_is_remembered_however_many_came_after(
     store: FileStore, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 8 item 4: only the last 20,000 orderLinkIds were remembered; an older one was accepted again.
+    """Every orderLinkId the account ever took is refused again, not only the newest 20,000.
 
     The document keeps LINK_IDS_KEEP ids (20,000); older ones move to an archive that is
     never trimmed. The bound is made small here so the test places hundreds, not 20,001, orders.

@@ -130,7 +130,7 @@ def test_a_stop_before_init_is_answered_at_once(worker: FakeWorker) -> None:
 
 
 def test_an_expired_tick_does_not_run(worker: FakeWorker, tmp_path: Path) -> None:
-    """Issue 7 item 9: a child resumed after its worker lost the lease ran the tick it already held."""
+    """A child that gets a tick after its lease_until does not run it, and answers TickExpired."""
     worker.recv()
     worker.send(_init(worker, tmp_path))
     assert isinstance(worker.recv(), Ready)

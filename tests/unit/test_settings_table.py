@@ -2,8 +2,9 @@
 
 What is made from them (the options of `qlab strategy assign`, control.AssignOptions
 and its checks, a manifest's keys) is compared with them here, and so is what is
-written by hand beside them: README.md's table, the manifest module's list of keys
-and the defaults shown in etc/quantlab.toml.
+written by hand beside them: the settings table and the synopsis in docs/cli.md, the
+defaults the supervision rules quote (docs/supervision.md), the manifest module's list
+of keys and the defaults shown in etc/quantlab.toml.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from quantlab.store.strategy_settings import (
 from quantlab.worker.options import WorkerOptions
 
 REPO = Path(__file__).resolve().parents[2]
+CLI_PAGE = REPO / "docs" / "cli.md"  #: where the settings table and the synopsis are
+RULES_PAGE = REPO / "docs" / "supervision.md"
 SETTINGS = spec_settings()
 BY_NAME = {s.name: s for s in SETTINGS}
 #: StrategySpec fields that are not settings: what to run, where, and what the system itself keeps.
@@ -47,12 +50,12 @@ def test_a_settings_default_is_its_fields() -> None:
     assert all(s.declared.none for s in SETTINGS if s.optional)
 
 
-def test_the_readme_table_is_the_one_the_declarations_make() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    _, _, rest = readme.partition(TABLE_BEGIN + "\n")
+def test_the_docs_table_is_the_one_the_declarations_make() -> None:
+    page = CLI_PAGE.read_text(encoding="utf-8")
+    _, _, rest = page.partition(TABLE_BEGIN + "\n")
     table, end, _ = rest.partition("\n" + TABLE_END)
-    assert end, f"README.md lacks the settings table's markers: {TABLE_BEGIN} ... {TABLE_END}"
-    assert table == markdown_table(), "README.md's settings table is stale: run python scripts/settings_table.py"
+    assert end, f"docs/cli.md lacks the settings table's markers: {TABLE_BEGIN} ... {TABLE_END}"
+    assert table == markdown_table(), "docs/cli.md's settings table is stale: run python scripts/settings_table.py"
 
 
 def test_the_table_has_a_row_per_setting_with_its_option_default_and_unit() -> None:
@@ -103,19 +106,19 @@ def _section(text: str, heading: str) -> str:
     return text[start:end if end >= 0 else len(text)]
 
 
-def test_the_readmes_synopsis_lists_every_option() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    synopsis = readme[readme.index("qlab strategy assign FILE"):readme.index("qlab strategy list")]
+def test_the_synopsis_lists_every_option() -> None:
+    page = CLI_PAGE.read_text(encoding="utf-8")
+    synopsis = page[page.index("qlab strategy assign FILE"):page.index("qlab strategy list")]
     assert [s.flag for s in SETTINGS if s.flag not in synopsis] == []
 
 
 def test_the_defaults_the_supervision_rules_quote_are_the_settings() -> None:
-    rules = _section((REPO / "README.md").read_text(encoding="utf-8"), "## Supervision rules")
+    rules = _section(RULES_PAGE.read_text(encoding="utf-8"), "# Supervision rules")
     by_flag = {s.flag: s for s in (*field_settings(WorkerOptions), *SETTINGS)}  # a strategy's --stop-timeout its own
     quoted = re.findall(r"`(--[a-z-]+)`\s+\[([^\]]+)\]", rules)
     assert len(quoted) >= 5
     for flag, text in quoted:
-        assert text.split()[0] == by_flag[flag].default_text, f"README's Supervision rules: `{flag}` [{text}]"
+        assert text.split()[0] == by_flag[flag].default_text, f"docs/supervision.md: `{flag}` [{text}]"
 
 
 def test_the_manifest_docstring_lists_every_key() -> None:

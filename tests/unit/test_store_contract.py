@@ -167,7 +167,7 @@ def test_state_is_fenced_by_epoch(store: Store) -> None:
 
 
 def test_a_group_of_state_writes_is_fenced_one_by_one(store: Store) -> None:
-    """Issue 12: one durable step for many states; a newer epoch refuses only its own write."""
+    """One durable step for many states; a newer epoch refuses only its own write."""
     store.save_state("held", 3, b'{"theirs":1}')
     store.save_state("old", 1, b'{"n":0}')
     writes = [StateWrite("new", 1, b'{"n":1}'), StateWrite("held", 2, b'{"n":2}'), StateWrite("old", 1, b'{"n":3}')]

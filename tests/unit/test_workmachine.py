@@ -140,6 +140,25 @@ def test_a_deletion_that_lost_a_race_decides_again_on_the_new_record() -> None:
     assert store.find_work("s") is None
 
 
+def test_since_moves_with_the_status_only_whoever_writes_the_result() -> None:
+    store = MemoryStore()
+    store.add_work(wm.submit("s", SPEC, 10.0))
+    assert store.get_work("s").result.since == 10.0
+    wm.apply(store, "s", wm.place("w1", 20.0))
+    epoch = store.get_work("s").epoch
+    wm.apply(store, "s", wm.adopt("w1", epoch, 30.0))
+    assert (store.get_work("s").result.status, store.get_work("s").result.since) == ("starting", 30.0)
+    # The worker's reports carry its own copy of the result, whose since it never sets.
+    wm.apply(store, "s", wm.report("w1", epoch, StrategyResult(status="starting", heartbeats=0), 35.0))
+    assert store.get_work("s").result.since == 30.0
+    wm.apply(store, "s", wm.report("w1", epoch, StrategyResult(status="running", heartbeats=1), 40.0))
+    wm.apply(store, "s", wm.report("w1", epoch, StrategyResult(status="running", heartbeats=9), 50.0))
+    result = store.get_work("s").result
+    assert (result.status, result.since, result.updated) == ("running", 40.0, 50.0)
+    wm.apply(store, "s", wm.request_stop(60.0))  # asked, not yet done: still running since 40
+    assert store.get_work("s").result.since == 40.0
+
+
 # ---- every writer at once ----
 
 WORKERS = ("w1", "w2")

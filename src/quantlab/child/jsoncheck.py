@@ -2,8 +2,8 @@
 
 A value the store cannot hold as it is (a tuple, None or bool key, a set, a
 NaN, an object) must be the strategy's own error, raised where it runs and
-naming the key path, never an exception in the worker: that once took a
-worker down with every strategy on it (issue 7).
+naming the key path, never an exception in the worker, where it could take
+the worker down with every strategy on it.
 """
 
 from __future__ import annotations

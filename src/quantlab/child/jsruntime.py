@@ -1,4 +1,4 @@
-"""Strategies in JavaScript (issue 11): Node, the installed runtime, checking a file, the child's command.
+"""Strategies in JavaScript: Node, the installed runtime, checking a file, the child's command.
 
 A ``.js`` or ``.mjs`` strategy runs in a Node child: ``quantlab/child/js/runner.mjs``
 speaks the channel protocol of the Python runner. The zygote forks the child as

@@ -72,7 +72,7 @@ def load_module(path: str) -> ModuleType:
     """Import the strategy file as module ``strategy`` (runs its top level), in the strategy child.
 
     Compiled and run here rather than through importlib's loaders: their Python code, run for the
-    first time in each child, cost it 0.3 MB of private memory (issue 12). No bytecode cache is
+    first time in each child, would cost it 0.3 MB of private memory. No bytecode cache is
     read or written; the module is in ``sys.modules`` while its top level runs, as with import.
     """
     try:

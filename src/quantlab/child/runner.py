@@ -91,8 +91,8 @@ class Connection:
 
     def __init__(self, endpoint: str, routing_id: bytes) -> None:
         # pyzmq's backend classes, without its Python layer over them (socket tracking, option
-        # attributes, enums): run for the first time in each child, that layer cost it 0.17 MB of
-        # private memory (issue 12), for nothing this socket uses.
+        # attributes, enums): run for the first time in each child, that layer would cost it 0.17 MB
+        # of private memory, for nothing this socket uses.
         self.context = zmq.backend.Context()
         self.socket = zmq.backend.Socket(self.context, zmq.DEALER)
         self.socket.set(zmq.ROUTING_ID, routing_id)
@@ -131,7 +131,7 @@ class StrategyLog:
     """ctx.log, and print(), into the strategy's own log, which rotates by size.
 
     The handler and the logger are made on first use: building them costs a child ~0.4 MB of
-    private memory (issue 12), which a strategy that never logs need not pay.
+    private memory, which a strategy that never logs need not pay.
     """
 
     def __init__(self, init: Init) -> None:

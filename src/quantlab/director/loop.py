@@ -23,7 +23,7 @@ from typing import Callable, Hashable
 
 from quantlab import heap
 from quantlab.config import Paths
-from quantlab.errors import NotFound, StaleWriter
+from quantlab.errors import StaleWriter
 from quantlab.logsetup import LogSettings, process_logger
 from quantlab.ops.metrics import DirectorMetrics
 from quantlab.ops.notify import Notifier
@@ -32,7 +32,7 @@ from quantlab.store.fenced import FencedStore
 from quantlab.store.leases import LeaseWatch
 from quantlab.store.open import open_store
 from quantlab.director.placement import assigned_counts, choose_worker
-from quantlab.store.records import Assignment, Director, EventKind, ExitReason, Resource, StrategyStatus, Work
+from quantlab.store.records import Assignment, Director, EventKind, ExitReason, Resource, Work
 from quantlab.store.stepguard import StepGuard
 from quantlab.store.store import Store, TableStore
 from quantlab.store import workmachine as wm

@@ -33,6 +33,7 @@ from quantlab.exchange.dispatch import Dispatcher
 from quantlab.exchange.job import WORKER, Caller, Failure
 from quantlab.exchange.placing import InFlight, OrderPlacer
 from quantlab.exchange.ratelimit import AccountLimits
+from quantlab.exchange.reservations import Current
 from quantlab.exchange.sending import Sender
 from quantlab.exchange.signing import Fence
 from quantlab.protocol import ApiCall, ApiResult
@@ -58,7 +59,10 @@ class ApiPool:
         threads: int = THREADS_PER_ACCOUNT,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
+        current: Current = lambda strategy, worker, epoch: True,
     ) -> None:
+        """``current(strategy, worker, epoch)``: may that holder of an account hold still act? (the
+        worker reads the Work; a hold of one that may not is reclaimed by the next order)"""
         self._accounts = {account.name: account for account in accounts}
         self._store = store
         self.instance = instance  #: this worker process, written into the intents it sends
@@ -70,7 +74,7 @@ class ApiPool:
                               call_deadline=CALL_DEADLINE)
         self._flying = InFlight()
         placer = OrderPlacer(accounts, store, self._sender, self._clients, self._flying, self._closing,
-                             instance=instance, clock=clock)
+                             instance=instance, worker=worker, current=current, clock=clock)
         self._dispatcher = Dispatcher(accounts, store, self._sender, placer, worker=worker, threads=threads,
                                       clock=clock, call_deadline=CALL_DEADLINE)
 
@@ -149,6 +153,11 @@ class ApiPool:
         """Cancel every open order in ``scope`` for the worker itself (fenced); raises ApiError."""
         body: dict[str, Any] = _checked(self.call(account, "cancel_all_orders", dict(scope), [account], fence))
         return body
+
+    def seal(self, account: str, strategy: str, epoch: int) -> None:
+        """Make ``account`` take no more writes of ``strategy`` from below ``epoch`` (paper accounts)."""
+        if account in self._accounts:
+            self._sender.seal(account, strategy, epoch)
 
     def in_flight(self, strategy: str) -> set[str]:
         """orderLinkIds of the strategy this process is sending now (their outcome is coming)."""

@@ -90,6 +90,7 @@ class BybitClients:
     ) -> Any:
         """One request with this thread's client: the exchange's body, or a Failure."""
         self._local.window_end = None
+        self._local.signed = 0  # attempts pybit signed for this send (its own retries sign again)
         try:
             client = self._client(account)
             if fence is not None and self._offsets[account.name].stale(self._clock()):
@@ -107,9 +108,12 @@ class BybitClients:
             self._limits.note(account.name, e.resp_headers, rate_limited=e.status_code == RATE_LIMITED)
             if e.status_code == STALE_TIMESTAMP:
                 self._offsets[account.name].invalidate()  # our idea of the exchange's clock may be wrong
-            # A duplicate orderLinkId may mean an earlier copy of this very order was taken.
+            # A duplicate orderLinkId is the exchange refusing an id it already has: the strategy's
+            # mistake, answered as such, unless pybit sent this very request more than once, when the
+            # id may be an earlier copy's: then the order is looked for, and taken only if it matches.
+            own_copy = e.status_code == DUPLICATE_LINK_ID and getattr(self._local, "signed", 0) > 1
             raise Failure(f"{method}: {e.message} (retCode {e.status_code})", e.status_code, "api",
-                          sure=e.status_code != DUPLICATE_LINK_ID) from None
+                          sure=not own_copy) from None
         except pybit_errors.FailedRequestError as e:
             # pybit gives the HTTP status for a non-200 reply (it has resp_headers then) and
             # made-up codes (400 "retries exceeded", 409 bad JSON) for its own failures.
@@ -176,6 +180,7 @@ class BybitClients:
             # The last moment (our clock) the exchange could still take this request: a lost
             # order is looked for only after it.
             self._local.window_end = time.time() + recv_window / 1000 + offset.slack() + WINDOW_SLACK
+            self._local.signed = getattr(self._local, "signed", 0) + 1
             return original(payload, recv_window, *args, **kwargs)
 
         client._prepare_headers = prepare_headers

@@ -112,7 +112,7 @@ class Dispatcher:
             if call.method in calls.ORDER_METHODS and job.caller.strategy:
                 result = self._placer.place(account, job, fence, gate)
             else:
-                result = self._sender.attempts(account, call, fence, job.deadline, gate)
+                result = self._sender.attempts(account, call, fence, job.deadline, gate, caller=job.caller)
             return ApiResult(call_id=call.call_id, ok=True, result=result)
         except Failure as failure:
             return failed(call.call_id, self._sender.scrubbed(failure, call.account))

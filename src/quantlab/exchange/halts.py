@@ -115,6 +115,11 @@ def halt(store: Store, scope: Scope, target: str = "", *, cancel_orders: bool = 
         return Halts(halts=[*others, new])
 
     _change(store, add)
+    # Paper accounts check the halts inside the write that records an order: touching each one
+    # makes a write that read the halts before this one commit only after reading them again.
+    from quantlab.exchange import paper  # the simulator loads only where halts are written
+
+    paper.note_halt(store)
     return new
 
 

@@ -47,6 +47,7 @@ class Intent(msgspec.Struct, frozen=True, kw_only=True):
     order_id: str = ""
     detail: str = ""  #: the exchange's error, or how the outcome was found
     settled: float = 0.0
+    hold: str = ""  #: the account's reservation it was sent under (quantlab/exchange/reservations.py), if any
 
 
 class IntentLog(msgspec.Struct, kw_only=True):
@@ -84,9 +85,13 @@ def _change(store: Store, strategy: str, edit: Callable[[IntentLog], IntentLog |
     store.update_blob(BLOB_KIND, strategy, update)
 
 
+class DuplicateLinkId(Exception):
+    """An order names an orderLinkId the strategy already used for an order that is pending or placed."""
+
+
 def begin(
     store: Store, strategy: str, epoch: int, instance: str, account: str, orders: list[dict[str, Any]],
-    expires: float, clock: Callable[[], float] = time.time,
+    expires: float, clock: Callable[[], float] = time.time, hold: str = "",
 ) -> list[Intent]:
     """Write an intent for each order (in one write); orders without an orderLinkId get one made."""
     made: list[Intent] = []
@@ -96,12 +101,16 @@ def begin(
         seq = log.next_seq
         for order in orders:
             link_id = str(order.get("orderLinkId") or "")
+            # A second intent with the id would be settled with the first's outcome.
+            if link_id and any(i.link_id == link_id for i in [*log.open, *made, *log.settled]
+                               if i.status in ("pending", "placed")):
+                raise DuplicateLinkId(f"{link_id} was used for an earlier order")
             if not link_id:
                 link_id, seq = orderids.make(strategy, epoch, seq), seq + 1
             made.append(Intent(
                 link_id=link_id, account=account, category=str(order.get("category", "")),
                 symbol=str(order.get("symbol", "")), order=order, epoch=epoch, instance=instance,
-                written=clock(), expires=expires,
+                written=clock(), expires=expires, hold=hold,
             ))
         return IntentLog(next_seq=seq, open=[*log.open, *made], settled=log.settled)
 

@@ -47,9 +47,29 @@ def find(read: Read, intent: Intent) -> Outcome:
     for method in ("get_open_orders", "get_order_history"):  # open first: history may lag behind
         rows = (read(method, query).get("result") or {}).get("list") or []
         found = next((r for r in rows if r.get("orderLinkId") == intent.link_id), None)
+        if found is not None and not matches(found, intent.order):
+            # The exchange takes an orderLinkId once: this order was refused as a duplicate.
+            return Outcome("rejected", detail=f"OrderLinkedID is duplicate: the exchange's order "
+                           f"{found.get('orderId', '')} with this orderLinkId is a different order")
         if found is not None:
             return Outcome("placed", str(found.get("orderId", "")), "found by orderLinkId after the reply was lost")
     return Outcome("absent", detail="the reply was lost and the exchange has no such order")
+
+
+def matches(row: dict[str, Any], order: dict[str, Any]) -> bool:
+    """The exchange's order ``row`` is ``order`` as sent: same symbol, side, type, quantity and limit price."""
+    for key in ("symbol", "side", "orderType"):
+        if order.get(key) not in (None, "") and str(row.get(key, "")).lower() != str(order[key]).lower():
+            return False
+    keys = ("qty", "price") if str(order.get("orderType", "")).lower() == "limit" else ("qty",)
+    return all(_same_number(row.get(key), order.get(key)) for key in keys if order.get(key) not in (None, ""))
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return abs(float(a) - float(b)) <= 1e-9 * max(1.0, abs(float(b)))
+    except (TypeError, ValueError):
+        return False
 
 
 def lost_reply_body(method: str, intents: list[Intent], outcomes: dict[str, Outcome]) -> dict[str, Any]:

@@ -13,6 +13,17 @@ processes sharing an account lose no order and a new PaperExchange continues
 where the last stopped. Reads write only when that matching filled an order.
 What each method does is quantlab/exchange/paper_methods.py's; this module
 loads and stores the account around it, and keeps its orderLinkIds.
+
+The simulator is the exchange, so it checks the fence where the order takes
+effect: a write carries a ``Guard`` (the strategy, its epoch, and the pool's
+check of its lease, its Work's epoch in the store and the halts), run inside
+the compare-and-swap that records the write, on every attempt of it. A check
+alone is not enough, since a writer may pause between the check and its
+commit; so whoever takes a strategy over or halts trading also writes to the
+account document first (``seal``, ``note_halt``): a paused writer's commit then
+loses its race, runs again, and meets the raised epoch token or the halt.
+Hence an intent that reconciliation settled as absent can never land later,
+and nothing that opens exposure lands after ``qlab halt`` has returned.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import math
 import threading
 import time
 import zlib
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import msgspec
 
@@ -31,6 +42,7 @@ from quantlab.errors import ApiError, BadInput
 from quantlab.store.store import Store
 from quantlab.exchange import paper_state
 from quantlab.exchange.accounts import Account
+from quantlab.exchange.job import Failure
 from quantlab.exchange.paper_methods import READS, WRITES, Call, Handler
 from quantlab.exchange.paper_state import Market, PaperState, advance, match_resting
 
@@ -47,6 +59,23 @@ ARCHIVE_BATCH = 1_000  #: ids moved to the archive at a time, once the document 
 _decode_state = msgspec.json.Decoder(PaperState).decode
 
 
+class Guard(NamedTuple):
+    """Who makes a call, for the checks it meets where it takes effect."""
+
+    strategy: str  #: "" for the worker's own calls (cancels of a halt, of a reconciliation): no epoch token
+    epoch: int
+    check: Callable[[], None]  #: raises a Failure when the caller may not act now (fence, halt, pool closed)
+
+
+def _check(guard: Guard, state: PaperState) -> None:
+    """Refuse a write the account's epoch token, the caller's fence or a halt forbids; raises Failure."""
+    lowest = state.fences.get(guard.strategy, 0) if guard.strategy else 0
+    if guard.epoch < lowest:
+        raise Failure(f"strategy {guard.strategy}'s epoch {guard.epoch} is fenced off: epoch {lowest} "
+                      "has taken it over; call refused", 0, "permission")
+    guard.check()
+
+
 class PaperExchange:
     """One paper account; safe to call from several threads and several processes at once."""
 
@@ -57,11 +86,13 @@ class PaperExchange:
         # filelock polls every 50 ms when contended: this process's writers queue here instead.
         self._lock = threading.Lock()
 
-    def call(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Run one pybit method; always a Bybit v5 envelope."""
+    def call(self, method: str, kwargs: dict[str, Any], guard: Guard | None = None) -> dict[str, Any]:
+        """Run one pybit method; a Bybit v5 envelope, or the Failure ``guard`` raised (nothing written then)."""
         ms = self._ms()
         try:
-            result = self._dispatch(method, kwargs)
+            result = self._dispatch(method, kwargs, guard)
+        except Failure:
+            raise
         except ApiError as e:
             return _envelope(ms, {}, e.ret_code, e.message)
         except Exception as e:  # a bug or an unreadable store reaches the strategy as Bybit's 10016
@@ -84,12 +115,29 @@ class PaperExchange:
     def _ms(self) -> int:
         return int(self._clock() * 1000)
 
-    def _dispatch(self, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def seal(self, strategy: str, epoch: int) -> None:
+        """From now on take no write of ``strategy`` from an epoch below ``epoch``.
+
+        One compare-and-swap on the account: a write of an older epoch that checked its fence
+        before it and commits after it loses its race, and is checked again against the token.
+        """
+
+        def raise_token(call: Call, kwargs: dict[str, Any]) -> dict[str, Any]:
+            call.state.fences[strategy] = max(epoch, call.state.fences.get(strategy, 0))
+            return {}
+
+        raw = self._store.get_blob(BLOB_KIND, self.account.name)
+        if raw is None or _decode_state(raw).fences.get(strategy, 0) < epoch:  # restarts at one epoch write nothing
+            self._write(raise_token, {})
+
+    def _dispatch(self, method: str, kwargs: dict[str, Any], guard: Guard | None) -> dict[str, Any]:
         if not isinstance(kwargs, dict):
             raise ApiError("parameters must be keyword arguments", 10001)
         if method in WRITES:
-            return self._write(WRITES[method], kwargs)
+            return self._write(WRITES[method], kwargs, guard)
         if method in READS:
+            if guard is not None:
+                guard.check()  # a read changes nothing: checking it before is enough
             return self._read(READS[method], kwargs)
         raise ApiError(f"paper account does not support {method}", 10001)
 
@@ -107,8 +155,11 @@ class PaperExchange:
             self._write(None, {})
         return handler(Call(self.account, state, market, ms, self._archived), kwargs)
 
-    def _write(self, handler: Handler | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Run ``handler`` on the stored state as one compare-and-swap; store the result unless refused."""
+    def _write(self, handler: Handler | None, kwargs: dict[str, Any], guard: Guard | None = None) -> dict[str, Any]:
+        """Run ``handler`` on the stored state as one compare-and-swap; store the result unless refused.
+
+        ``guard`` is checked inside the same compare-and-swap, on every attempt of it.
+        """
         outcome: dict[str, Any] = {}
 
         def update(raw: bytes | None) -> bytes | None:
@@ -118,6 +169,12 @@ class PaperExchange:
             market = Market(self.account.seed, state.pins)
             filled = advance(state, market, ms)
             try:
+                if guard is not None:
+                    _check(guard, state)
+            except Failure as refused:
+                outcome["refused"] = refused
+                return msgspec.json.encode(state) if filled else None
+            try:
                 outcome["result"] = handler(Call(self.account, state, market, ms, self._archived), kwargs) if handler else {}
             except ApiError as e:
                 outcome["error"] = e
@@ -125,11 +182,30 @@ class PaperExchange:
             return msgspec.json.encode(state) if handler or filled else None
 
         with self._lock:
+            if guard is not None:
+                self._create()
             raw = self._store.update_blob(BLOB_KIND, self.account.name, update)
             self._archive_overflow(raw)
+        if "refused" in outcome:
+            raise outcome["refused"]
         if "error" in outcome:
             raise outcome["error"]
         return outcome["result"]
+
+    def _create(self) -> None:
+        """Store the account before its first guarded write, as a write of its own.
+
+        A halt touches the paper accounts that exist when it is written; a first write that
+        created the document in its own commit could check the halts before the halt and create
+        the document after the halt's touch, unseen by it.
+        """
+        if self._store.get_blob(BLOB_KIND, self.account.name) is not None:
+            return
+
+        def create(raw: bytes | None) -> bytes | None:
+            return None if raw is not None else msgspec.json.encode(self._load(None, self._ms()))
+
+        self._store.update_blob(BLOB_KIND, self.account.name, create)
 
     # ---- the orderLinkId archive ----
     #
@@ -175,6 +251,24 @@ class PaperExchange:
             return msgspec.json.encode(state)
 
         self._store.update_blob(BLOB_KIND, self.account.name, trim)
+
+
+def note_halt(store: Store) -> None:
+    """Write to every paper account after a halt is written, so a write that read the halts
+    before the halt and commits after it loses its race and reads them again."""
+    for name in store.blob_keys(BLOB_KIND):
+        try:
+            store.update_blob(BLOB_KIND, name, _bump_halts_seen)
+        except msgspec.DecodeError:
+            log.warning("paper account %s does not decode: it takes no order anyway", name)
+
+
+def _bump_halts_seen(raw: bytes | None) -> bytes | None:
+    if raw is None:
+        return None
+    state = _decode_state(raw)
+    state.halts_seen += 1
+    return msgspec.json.encode(state)
 
 
 def _union(old: bytes | None, *, added: list[str]) -> bytes:

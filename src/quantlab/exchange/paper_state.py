@@ -234,6 +234,10 @@ class PaperState(msgspec.Struct, kw_only=True):
     archived: int = 0  #: how many older orderLinkIds were moved to the archive (never forgotten)
     pins: dict[str, float] = {}
     checked_at: int  #: the walk anchor: resting orders were matched up to this second
+    #: strategy -> the lowest epoch whose writes the account still takes: the fencing token a
+    #: reconciliation raises before it settles the strategy's intents (quantlab/exchange/paper.py)
+    fences: dict[str, int] = {}
+    halts_seen: int = 0  #: bumped by each halt written, so a write that checked the halts before it must check again
 
 
 class Margins(msgspec.Struct, frozen=True):

@@ -11,9 +11,14 @@ HTTP error, a duplicate orderLinkId), the order is not sent again: its outcome
 is found by querying its orderLinkId once no copy of the request can still
 reach the exchange (quantlab/exchange/orders.py).
 
-While open orders are counted against a limit, the account's lock is held
-until the order is answered, so two orders cannot both take the last free
-place. Reconciliation settles open intents by query before a strategy starts,
+An account's limits on open orders and on orders per minute hold for all its
+strategies on every worker: the order takes a hold on the account's
+reservation document in the store, by compare-and-swap, before its intent is
+written, and the hold ends with the order's outcome
+(quantlab/exchange/reservations.py). A strategy's own open orders are counted
+under a per-account lock of this process, held until the order is answered
+(a strategy runs on one worker at a time), so two of its orders cannot both
+take its last free place. Reconciliation settles open intents by query before a strategy starts,
 and a query for an order still on its way would answer "absent" too early:
 ``InFlight`` tells it which orderLinkIds this process is sending, and lets it
 wait for them to land.
@@ -29,12 +34,13 @@ import threading
 import time
 from typing import Any, Callable, ContextManager
 
-from quantlab.exchange import calls, intents, orders
+from quantlab.exchange import calls, intents, orders, reservations
 from quantlab.exchange.accounts import Account
-from quantlab.exchange.bybit import BybitClients
+from quantlab.exchange.bybit import DUPLICATE_LINK_ID, BybitClients
 from quantlab.exchange.intents import Intent, Outcome
 from quantlab.exchange.job import Caller, Failure, Job
-from quantlab.exchange.risk import NO_LIMITS, RISK_REFUSED, Level, Refused, RiskBook, notional
+from quantlab.exchange.reservations import Current
+from quantlab.exchange.risk import NO_LIMITS, RISK_REFUSED, Level, Refused, RiskBook, RiskLimits, notional
 from quantlab.exchange.sending import Sender
 from quantlab.exchange.signing import WINDOW_SLACK, Fence
 from quantlab.store.store import Store
@@ -78,7 +84,7 @@ class OrderPlacer:
 
     def __init__(
         self, accounts: list[Account], store: Store, sender: Sender, clients: BybitClients, flying: InFlight,
-        closing: threading.Event, *, instance: str, clock: Callable[[], float],
+        closing: threading.Event, *, instance: str, worker: str, current: Current, clock: Callable[[], float],
     ) -> None:
         self._store = store
         self._sender = sender
@@ -86,6 +92,8 @@ class OrderPlacer:
         self._flying = flying
         self._closing = closing  #: ends the wait for a lost order's window at close()
         self._instance = instance  #: this worker process, written into the intents it sends
+        self._worker = worker  #: named in the account holds it takes
+        self._current = current  #: whether a hold's holder may still act (else its hold is reclaimed)
         self._clock = clock
         self._risk = RiskBook(clock)
         self._order_locks = {a.name: threading.Lock() for a in accounts}  # while open orders are counted
@@ -95,23 +103,33 @@ class OrderPlacer:
         """Send a strategy's order: limits checked, intent written before it leaves, outcome after."""
         call, caller = job.call, job.caller
         placed = calls.orders_of(call.method, call.kwargs)
-        if not placed:
-            return self._sender.attempts(account, call, fence, job.deadline, gate)  # malformed: the exchange says why
+        if not placed:  # malformed: the exchange says why
+            return self._sender.attempts(account, call, fence, job.deadline, gate, caller=caller)
+        # The account's counts are shared with every worker: kept in the store, not in this RiskBook.
+        per_order = RiskLimits(max_order_notional=account.limits.max_order_notional)
         levels = [Level(f"strategy {caller.strategy}", caller.limits, caller.strategy),
-                  Level(f"account {account.name}", account.limits)]
+                  Level(f"account {account.name}", per_order)]
         levels = [level for level in levels if level.limits != NO_LIMITS]
         counting = any(level.limits.counts_open_orders for level in levels)
+        shared = account.limits.max_open_orders is not None or account.limits.max_orders_per_minute is not None
         written: list[Intent] = []
+        hold: list[str] = []  # the account hold taken for these orders, once taken
 
         def prepare(fence: Fence | None) -> tuple[dict[str, Any], Fence | None]:
             self._check_risk(account, call.method, placed, levels)
+            if shared:
+                hold.append(self._reserve(account, call.method, caller, placed))
             # Frozen at the lease left now (at most MAX_ORDER_WINDOW): no copy of the order may be
             # signed with a window that ends after ``expires``.
             now = self._clock()
             until = min(fence() if fence is not None else math.inf, now + MAX_ORDER_WINDOW)
             expires = time.time() + max(0.0, until - now) + self._clients.slack(account.name) + WINDOW_SLACK
-            written[:] = intents.begin(self._store, caller.strategy, caller.epoch, self._instance, account.name,
-                                       placed, expires)
+            try:
+                written[:] = intents.begin(self._store, caller.strategy, caller.epoch, self._instance, account.name,
+                                           placed, expires, hold=hold[0] if hold else "")
+            except intents.DuplicateLinkId as e:  # the exchange's answer, without asking it
+                raise Failure(f"{call.method}: OrderLinkedID is duplicate: {e} (retCode {DUPLICATE_LINK_ID})",
+                              DUPLICATE_LINK_ID, "api") from None
             self._flying.mark(caller.strategy, written, True)
             linked = [{**o, "orderLinkId": i.link_id} for o, i in zip(placed, written)]
             return calls.with_orders(call.method, call.kwargs, linked), _capped(fence, until)
@@ -119,18 +137,45 @@ class OrderPlacer:
         lock: ContextManager[Any] = self._order_locks[account.name] if counting else contextlib.nullcontext()
         try:
             with lock:
-                body = self._sender.attempts(account, call, fence, job.deadline, gate, prepare)
+                body = self._sender.attempts(account, call, fence, job.deadline, gate, prepare, caller)
         except Failure as failure:
             if not written:
+                self._end_hold(account, hold, {})
                 raise
             if failure.sure:
-                self._settle(caller, {i.link_id: Outcome("rejected", detail=failure.error) for i in written})
+                self._settle(caller, {i.link_id: Outcome("rejected", detail=failure.error) for i in written}, account, hold)
                 raise
-            return self._find_lost(account, call.method, caller, written, failure)
+            return self._find_lost(account, call.method, caller, written, failure, hold)
+        except BaseException:
+            if not written:
+                self._end_hold(account, hold, {})
+            raise  # an order written down and not answered keeps its hold until it is settled
         finally:
             self._flying.mark(caller.strategy, written, False)
-        self._settle(caller, orders.from_answer(call.method, body, written))
+        self._settle(caller, orders.from_answer(call.method, body, written), account, hold)
         return body
+
+    def _reserve(self, account: Account, method: str, caller: Caller, placed: list[dict[str, Any]]) -> str:
+        """Take the account's hold for ``placed``, or refuse them by its limits."""
+        scope = intents.scope_of(str(placed[0].get("category", "")), str(placed[0].get("symbol", "")))
+        read = self._sender.reader(account)
+        listing = None if account.limits.max_open_orders is None else functools.partial(orders.open_orders, read, scope)
+        try:
+            return reservations.take(self._store, account.name, account.limits, len(placed),
+                                     (caller.strategy, self._worker, caller.epoch, self._instance), listing,
+                                     self._current)
+        except Refused as e:
+            raise Failure(f"{method}: refused by a risk limit: {e}", RISK_REFUSED, "risk") from None
+
+    def _end_hold(self, account: Account, hold: list[str], outcomes: dict[str, Outcome]) -> None:
+        """The orders under ``hold`` are answered: it keeps the places of those placed, and ends otherwise."""
+        if not hold:
+            return
+        placed = [link_id for link_id, outcome in outcomes.items() if outcome.status == "placed"]
+        try:
+            reservations.land(self._store, account.name, hold[0], placed)
+        except Exception:  # counted a while too long: reclaimed when this process or its epoch is gone
+            log.exception("could not record the outcome of the hold %s on %s", hold[0], account.name)
 
     def _check_risk(self, account: Account, method: str, placed: list[dict[str, Any]], levels: list[Level]) -> None:
         if not levels:
@@ -172,7 +217,8 @@ class OrderPlacer:
         self._prices[key] = (price, self._clock())
         return price
 
-    def _find_lost(self, account: Account, method: str, caller: Caller, written: list[Intent], failure: Failure) -> Any:
+    def _find_lost(self, account: Account, method: str, caller: Caller, written: list[Intent], failure: Failure,
+                   hold: list[str]) -> Any:
         """The reply to an order was lost: once no copy can arrive any more, ask the exchange for it."""
         until = self._clients.window_end() or max(i.expires for i in written)
         delay = until - time.time()
@@ -184,7 +230,10 @@ class OrderPlacer:
             found = {i.link_id: orders.find(read, i) for i in written}
         except Failure as e:
             raise Failure(f"{unknown} ({e.error})", failure.ret_code, failure.kind, sure=False) from None
-        self._settle(caller, found)
+        self._settle(caller, found, account, hold)
+        if any(o.status == "rejected" for o in found.values()):
+            details = "; ".join(o.detail for o in found.values() if o.status == "rejected")
+            raise Failure(f"{method}: not placed: {details} (retCode {DUPLICATE_LINK_ID})", DUPLICATE_LINK_ID, "api")
         if all(o.status == "absent" for o in found.values()):
             names = ", ".join(found)
             raise Failure(f"{failure.error}; not placed: the exchange has no order {names}", failure.ret_code,
@@ -192,7 +241,8 @@ class OrderPlacer:
         log.warning("API call %s on %s: reply lost, order found by orderLinkId", method, account.name)
         return orders.lost_reply_body(method, written, found)
 
-    def _settle(self, caller: Caller, outcomes: dict[str, Outcome]) -> None:
+    def _settle(self, caller: Caller, outcomes: dict[str, Outcome], account: Account, hold: list[str]) -> None:
+        self._end_hold(account, hold, outcomes)
         try:
             intents.settle(self._store, caller.strategy, outcomes)
         except Exception:  # the order stands; the open intent is settled by query before the next start

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol
 import msgspec
 
 from quantlab.errors import ApiError
-from quantlab.exchange import intents, orders
+from quantlab.exchange import intents, orders, reservations
 from quantlab.exchange.intents import IntentLog, Outcome
 from quantlab.exchange.signing import Fence
 from quantlab.store.store import Store
@@ -74,6 +74,10 @@ class Desk(Protocol):
         """Cancel every open order in ``scope``; the exchange's answer; raises ApiError."""
         ...
 
+    def seal(self, account: str, strategy: str, epoch: int) -> None:
+        """Make ``account`` take no more writes of ``strategy`` from below ``epoch``, where it can."""
+        ...
+
     def in_flight(self, strategy: str) -> set[str]: ...
 
     def wait_landed(self, strategy: str, link_ids: set[str], timeout: float) -> bool: ...
@@ -108,6 +112,11 @@ def reconcile(desk: Desk, store: Store, request: Request, fence: Fence,
 
 def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[], float]) -> dict[str, str]:
     """Settle every open intent by query, or raise NotYet when one may still be on its way."""
+    # Before the intents are read: an older epoch's write that has not landed by now never will
+    # on a paper account, so "absent" below stays true (quantlab/exchange/paper.py).
+    pending = {intent.account for intent in intents.read(store, request.strategy).open}
+    for account in sorted({*request.accounts, *pending}):
+        desk.seal(account, request.strategy, request.epoch)
     log = intents.read(store, request.strategy)
     flying = desk.in_flight(request.strategy) & {intent.link_id for intent in log.open}
     # Its answer is moments away (the call runs on a thread of this process): waiting for it here
@@ -125,7 +134,21 @@ def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[],
         found[intent.link_id] = orders.find(functools.partial(desk.read, intent.account), intent)
     if found:
         intents.settle(store, request.strategy, found)
+    _reclaim_holds(store, request, desk.instance, [*pending, *request.accounts])
     return {link_id: outcome.status for link_id, outcome in found.items()}
+
+
+def _reclaim_holds(store: Store, request: Request, instance: str, accounts: list[str]) -> None:
+    """End the account holds other processes took for the strategy, by what its intents say now."""
+    log = intents.read(store, request.strategy)
+
+    def placed(hold: str) -> list[str] | None:
+        if any(i.hold == hold for i in log.open):
+            return None
+        return [i.link_id for i in log.settled if i.hold == hold and i.status == "placed"]
+
+    for account in sorted(set(accounts)):
+        reservations.reclaim(store, account, request.strategy, instance, placed)
 
 
 def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str,

@@ -8,8 +8,9 @@ holds, and sends again after a 10006, which the exchange refused before acting
 on it, up to the account's ``max_retries`` and before the call's deadline.
 Bybit accounts go to their pybit clients (quantlab/exchange/bybit.py); paper
 accounts to one ``PaperExchange`` per account (thread safe). The simulator
-answers at once, so for it the moment of sending is the moment of signing: the
-fence and the halt gate are checked then.
+is where a paper order takes effect, so the fence and the halt gate are
+checked there, inside the compare-and-swap that records a write
+(quantlab/exchange/paper.py ``Guard``), with the caller's strategy and epoch.
 
 An error text may quote a URL or a request, so every failure that leaves the
 pool is scrubbed here of the account's secret and any proxy password.
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 from quantlab.exchange import orders
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.bybit import BybitClients
-from quantlab.exchange.job import Failure
+from quantlab.exchange.job import WORKER, Caller, Failure
 from quantlab.exchange.ratelimit import RATE_LIMITED, AccountLimits
 from quantlab.exchange.signing import Fence, Fenced, time_left
 from quantlab.protocol import ApiCall
@@ -59,7 +60,7 @@ class Sender:
 
     def attempts(
         self, account: Account, call: ApiCall, fence: Fence | None, deadline: float, gate: Callable[[], None] | None,
-        prepare: Prepare | None = None,
+        prepare: Prepare | None = None, caller: Caller = WORKER,
     ) -> Any:
         """Send the call, again after a rate-limit pause, up to the account's max_retries, before its deadline.
 
@@ -81,7 +82,7 @@ class Sender:
             if prepare is not None:
                 (kwargs, fence), prepare = prepare(fence), None
             try:
-                return self._send(account, call.method, kwargs, fence, gate)
+                return self._send(account, call.method, kwargs, fence, gate, caller)
             except Failure as failure:
                 # A 10006 was refused before the exchange acted on it, so sending again is safe.
                 if failure.ret_code != RATE_LIMITED or attempt >= attempts:
@@ -92,7 +93,7 @@ class Sender:
         """A read on the account for the pool's own needs, in its turn under the account's rate limit."""
         if not self._limits.acquire(account.name, self._call_deadline):
             raise Failure(f"rate limit: no turn on {account.name!r} for {method}", RATE_LIMITED, "api")
-        body: dict[str, Any] = self._send(account, method, kwargs, None, None)
+        body: dict[str, Any] = self._send(account, method, kwargs, None, None, WORKER)
         return body
 
     def reader(self, account: Account) -> orders.Read:
@@ -121,14 +122,25 @@ class Sender:
                 error = error.replace(secret, "***")
         return Failure(error, failure.ret_code, failure.kind)
 
+    def seal(self, account: str, strategy: str, epoch: int) -> None:
+        """Make a paper account take no more writes of ``strategy`` below ``epoch`` (an exchange
+        checks no such token: there, the request's recv_window bounds a late copy instead)."""
+        paper = self._papers.get(account)
+        if paper is not None:
+            paper.seal(strategy, epoch)
+
     def _send(
-        self, account: Account, method: str, kwargs: dict[str, Any], fence: Fence | None, gate: Callable[[], None] | None
+        self, account: Account, method: str, kwargs: dict[str, Any], fence: Fence | None,
+        gate: Callable[[], None] | None, caller: Caller,
     ) -> Any:
         if account.type == "paper":
-            self.check_open(fence)  # the simulator answers at once: this is the moment it is "signed"
-            if gate is not None:
-                gate()
-            return _paper_body(method, self._papers[account.name].call(method, kwargs))
+            def check() -> None:
+                self.check_open(fence)
+                if gate is not None:
+                    gate()
+
+            guard = _paper_guard(caller.strategy, caller.epoch, check)
+            return _paper_body(method, self._papers[account.name].call(method, kwargs, guard))
         return self._clients.send(account, method, kwargs, fence, gate)
 
 
@@ -136,6 +148,12 @@ def _paper_exchange(account: Account, store: Store) -> PaperExchange:
     from quantlab.exchange.paper import PaperExchange  # the simulator loads only where a paper account is served
 
     return PaperExchange(account, store)
+
+
+def _paper_guard(strategy: str, epoch: int, check: Callable[[], None]) -> Any:
+    from quantlab.exchange.paper import Guard
+
+    return Guard(strategy, epoch, check)
 
 
 def _paper_body(method: str, envelope: dict[str, Any]) -> dict[str, Any]:

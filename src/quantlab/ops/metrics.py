@@ -30,6 +30,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterable, Mapping
 
+from quantlab.errors import ConfigError
+
 #: Restart reasons, by the event kind that announced the fault (a bounded label set).
 RESTART_REASONS = {"crashed": "crashed", "heartbeat_timeout": "hung", "error": "error", "memory_limit": "memory", "lease_lost": "lease_lost"}
 #: Fine below 3 ms: a tick's round trip is a few hundred microseconds, and its quantiles are read from these.
@@ -60,9 +62,16 @@ class _Process:
         return self.store_write.observe
 
     def serve(self, port: int) -> None:
+        """Serve /metrics on ``port``; a port that cannot be had is a ConfigError naming it and the option."""
         from prometheus_client import start_http_server
 
-        start_http_server(port, registry=self.registry)
+        try:
+            start_http_server(port, registry=self.registry)
+        except OSError as e:
+            # A standby director reading the same settings file as the leader on one host asks for
+            # the leader's port: the bare "Address already in use" named neither it nor the option.
+            raise ConfigError(f"--metrics-port {port}: {e.strerror or e}: another process serves there; "
+                              f"give this one another port (--metrics-port, or metrics_port in its settings)") from e
 
     def set_statuses(self, statuses: Iterable[str]) -> None:
         counts: dict[str, int] = {}

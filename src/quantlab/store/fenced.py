@@ -1,4 +1,4 @@
-"""FencedStore, the seed's workerpool API over a Store: what workers and the director call.
+"""FencedStore, the workerpool API over a Store: what workers and the director call.
 
 Named for what sets it apart from the Store under it, not a pool: the exchange
 clients per account are the one pool (ApiPool, quantlab/exchange/apipool.py).
@@ -17,8 +17,8 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import msgspec
 
-from quantlab.errors import CorruptRecord, NotFound, StaleWriter
-from quantlab.store.records import Assignment, Event, EventKind, Resource, StrategyResult, Work, WorkerState
+from quantlab.errors import CorruptRecord
+from quantlab.store.records import Event, EventKind, Resource, Work, WorkerState
 from quantlab.store.statewrites import Outcome, StateWrite
 from quantlab.store import workmachine as wm
 from quantlab.store.store import Store
@@ -29,7 +29,7 @@ class FencedStore:
         self.store = store
         self.clock = clock
 
-    # ---- the seed's names ----
+    # ---- the workerpool API: registration, lease, assigned Works ----
 
     def register_resource(self, resource: Resource) -> None:
         """Write our registration (the caller has checked that the id is ours to hold)."""

@@ -228,7 +228,7 @@ def _folders(parent: Path) -> list[str]:
     """The folders in ``parent``, [] without it.
 
     Every process that opens the store looks for old layouts: plain listings, not pathlib's
-    glob, whose pattern matching cost a command more than the look itself (issue 12).
+    glob, whose pattern matching costs a command more than the look itself.
     """
     try:
         with os.scandir(parent) as entries:

@@ -19,6 +19,23 @@ def is_postgres(url: str) -> bool:
     return url.startswith(_POSTGRES)
 
 
+def shown(paths: Paths) -> str:
+    """The store as a person may see it: a database URL without its password, or the file store's folder."""
+    url = paths.store_url
+    if not url:
+        return f"{paths.store} (files)"
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit  # only `config show` shows a URL
+
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)],
+                      safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
 def open_store(paths: Paths) -> Store:
     url = paths.store_url
     if not url:

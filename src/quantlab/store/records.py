@@ -132,6 +132,13 @@ class StrategyResult(msgspec.Struct, kw_only=True):
     last_error: ErrorInfo | None = None
     reason: str = ""  #: why pending, failed or stopped, in words a person can act on
     updated: float = 0.0
+    #: When ``status`` became what it is (Unix time; 0 in records written before it was kept).
+    #: ``updated`` moves with every report, so only this tells how long a Work has been starting.
+    since: float = 0.0
+    #: Its child's % of one core and MiB of proportional set size, as its worker last measured
+    #: them (quantlab/worker/load.py); None while no child runs or before the first measurement.
+    cpu: float | None = None
+    memory: float | None = None
 
 
 class Work(Record, kw_only=True):

@@ -3,7 +3,7 @@
 A worker commits a strategy's state on nearly every tick. As a plain versioned
 record (vfiles.py) each commit creates a file, links it, unlinks the temporary
 and prunes an old version: four directory changes, which under 200 strategies
-at 10 Hz were most of the worker's time (issue 12). Here the process that
+at 10 Hz would be most of the worker's time. Here the process that
 committed version v of a state (its owner) writes the next states as frames
 appended to ``VERSION.log`` beside it; the record's value is the last whole
 frame of that log, or version v's own data while the log has none. A frame is

@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Iterable, Protocol, Sequence, TypeVar
 
 import msgspec
 

@@ -9,7 +9,7 @@ declarations: the options of `qlab strategy assign`, `qlab worker start` and
 the keys of quantlab.toml, which are those options' names, and their checks;
 the optional fields of control.AssignOptions and their range checks, and
 through them a manifest's keys (quantlab.manifest); the keys of a worker
-profile (quantlab.worker.options); and the settings table in README.md, which
+profile (quantlab.worker.options); and the settings table in docs/cli.md, which
 ``python scripts/settings_table.py`` rewrites and tests/unit/test_settings_table.py
 compares with :func:`markdown_table`.
 """
@@ -113,7 +113,7 @@ TABLE_END = "<!-- end of strategy settings -->"
 
 
 def markdown_table() -> str:
-    """The settings as README.md shows them, between its TABLE_BEGIN and TABLE_END lines."""
+    """The settings as docs/cli.md shows them, between its TABLE_BEGIN and TABLE_END lines."""
     rows = ["| Setting | Option | Default | Unit | Allowed | Meaning |",
             "|---|---|---|---|---|---|"]
     for s in spec_settings():

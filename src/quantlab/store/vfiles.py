@@ -77,7 +77,7 @@ _encode = msgspec.json.encode
 
 def read_file(path: Path | str) -> bytes:
     # Plain descriptor reads: open() adds five syscalls (two fstat, an ioctl, two lseek) and two
-    # objects to every record read, and a full pass reads every record (issue 12).
+    # objects to every record read, and a full pass reads every record.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
@@ -243,7 +243,7 @@ def _pruner() -> queue.SimpleQueue[list[str]]:
     """Old versions of batched commits are unlinked by a thread of their own.
 
     An unlink waits for the filesystem's journal, which the batch's sync has just made busy:
-    on the worker's loop thread that wait was most of a group commit's time (issue 12). A
+    on the worker's loop thread that wait would be most of a group commit's time. A
     version left behind by an exit is harmless, and a later PRUNE_SCAN removes it.
     """
     import queue

@@ -133,7 +133,7 @@ def exit_reason(work: Work | None, worker: str, epoch: int) -> ExitReason | None
 def submit(work_id: str, spec: StrategySpec, now: float) -> Work:
     """A new Work: desired=running, waiting for the director (the store sets its first epoch)."""
     return Work(id=work_id, spec=spec, desired="running", created=now,
-                result=StrategyResult(status="pending", reason=WAITING, updated=now))
+                result=StrategyResult(status="pending", reason=WAITING, updated=now, since=now))
 
 
 def resubmit(spec: StrategySpec, now: float) -> Transition:
@@ -227,7 +227,7 @@ def place(worker: str, now: float) -> Transition:
         if not wants_a_worker(work):
             raise Refused(f"strategy {work.id!r} does not want a worker now")
         epoch = work.epoch + 1
-        result = _replace(work.result, status="assigned", reason="", pid=None, updated=now)
+        result = _replace(_no_child(work.result), status="assigned", reason="", updated=now)
         work = _replace(work, epoch=epoch, assignment=Assignment(worker=worker, epoch=epoch), result=result)
         return Change(work=work, events=[_event(now, EventKind.ASSIGNED, work, f"epoch {epoch}", worker=worker)])
 
@@ -333,7 +333,7 @@ def release(worker: str, epoch: int, outcome: Outcome, result: StrategyResult, n
         event = _event(now, _released_kind(outcome), work, result.reason, worker=worker)
         if by_strategy and work.desired == "running" and work.spec.restart_seq == restart_seq:
             work = _replace(work, desired="stopped")  # ctx.stop(): it stays stopped, unless a start came since
-        work = _replace(work, result=_replace(result, pid=None, updated=now))
+        work = _replace(work, result=_replace(_no_child(result), updated=now))
         return Change(work=_after(work, worker, outcome, result.reason, now), events=[event])
 
     return released
@@ -379,6 +379,7 @@ def apply(store: Store, work_id: str, transition: Transition) -> Change:
             landed = transition(work)
             if landed.work is None:
                 raise _Deletes
+            landed.work = with_since(work, landed.work)
             return landed.work
 
         try:
@@ -390,6 +391,19 @@ def apply(store: Store, work_id: str, transition: Transition) -> Change:
         record_events(store, landed.events)  # the transition has landed: an event it cannot write is a warning
         return landed
     raise Refused(f"strategy {work_id!r} kept changing under a deletion")
+
+
+def with_since(old: Work, new: Work) -> Work:
+    """``new`` with ``result.since`` moved when, and only when, its status differs from ``old``'s.
+
+    Done here for every transition, whoever wrote the result: a worker's report carries the
+    result it keeps, whose ``since`` is its own copy's; the status change is the store's fact.
+    A transition that changes the status stamps ``updated`` with its time, which ``since`` takes.
+    """
+    since = old.result.since if new.result.status == old.result.status else new.result.updated
+    if new.result.since == since:
+        return new
+    return _replace(new, result=_replace(new.result, since=since))
 
 
 def try_apply(store: Store, work_id: str, transition: Transition) -> Change | None:
@@ -421,7 +435,12 @@ def _fence(work: Work) -> Work:
 
 
 def _unassign(work: Work) -> Work:
-    return _replace(work, assignment=None, result=_replace(work.result, pid=None))
+    return _replace(work, assignment=None, result=_no_child(work.result))
+
+
+def _no_child(result: StrategyResult) -> StrategyResult:
+    """What a result shows once no child runs: no pid, and none of the child's measurements."""
+    return _replace(result, pid=None, cpu=None, memory=None)
 
 
 def _settle_unheld(work: Work, why: str, now: float) -> Work | None:

@@ -1,4 +1,10 @@
-"""WorkerContext (the seed's ``wctx``): everything the worker lifecycle works on."""
+"""WorkerContext, ``wctx``: everything the worker lifecycle works on.
+
+A worker profile's hook file (``hooks = "FILE"``) gets the same object. What a
+hook may use is PUBLIC, documented in docs/worker-hooks.md; the rest is the
+worker's own machinery, which a hook must not touch (tests/integration/
+test_worker_hooks.py runs workers/hooks_example.py, which uses every public name).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +25,10 @@ from quantlab.worker.slot import Slot
 
 if TYPE_CHECKING:
     from quantlab.exchange.apipool import ApiPool
+
+
+#: What a worker hook file may use: attributes read, methods called (docs/worker-hooks.md).
+PUBLIC = ("worker", "options", "state", "strategies", "apis", "pool", "log", "send_to_strategy", "broadcast_to_all")
 
 
 class WorkerIdentity(msgspec.Struct, frozen=True):
@@ -46,7 +56,6 @@ class WorkerContext:
         self.worker = worker
         self.options = options
         self.resource = resource
-        self.state: WorkerState = resource.state
         self.fenced_store = fenced_store  #: the store, with the worker's named and fenced writes
         self.apis = apis
         self.manager = manager
@@ -62,8 +71,17 @@ class WorkerContext:
         self._run_until = run_until
 
     @property
+    def state(self) -> WorkerState:
+        """The worker's registration state as last written: status, load, lease expiry.
+
+        Read through the resource on every access: each renewal replaces the resource's
+        state with a new record, so a reference taken once would stop moving.
+        """
+        return self.resource.state
+
+    @property
     def pool(self) -> FencedStore:
-        """``fenced_store`` under the seed's name (``wctx.pool``), for worker hook files."""
+        """``fenced_store`` under its workerpool name (``wctx.pool``), for worker hook files."""
         return self.fenced_store
 
     @property
@@ -76,6 +94,7 @@ class WorkerContext:
         return self.manager.send_message(strategy_id, msg)
 
     def broadcast_to_all(self, msg: Any) -> int:
+        """Deliver ``msg`` to every strategy running here; how many took it."""
         return sum(self.send_to_strategy(sid, msg) for sid in list(self.manager.slots))
 
     def run_until(self, done: Callable[[], bool], timeout: float, every: Callable[[], None] | None = None) -> None:

@@ -39,6 +39,7 @@ def st_worker_init(wctx: WorkerContext) -> None:
 def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     now = tick.ts
     renew_lease(wctx, now)
+    wctx.manager.note_usage(wctx.meter.usage)
     follow_changes(wctx, counts=_counts_due(wctx))
     wctx.notifier.ready()  # registered, and what was assigned here is reconciled
     wctx.notifier.status(status_line(wctx))
@@ -55,8 +56,8 @@ def follow_changes(wctx: WorkerContext, *, counts: bool = False) -> None:
 
     Run by every heartbeat, and between heartbeats whenever the store changed. The lease is
     renewed on the heartbeat's own schedule only: most changes are this worker's own status
-    writes, and a renewal on each put two fsyncs between a restarted child's Hello and its
-    Init (issue 12).
+    writes, and a renewal on each would put two fsyncs between a restarted child's Hello and
+    its Init.
     """
     follow_halts(wctx)
     if not wctx.stopping:

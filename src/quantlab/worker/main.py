@@ -11,6 +11,7 @@ monotonic clock; the wall clock only stamps what people read.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -27,12 +28,13 @@ import zmq
 
 from quantlab import heap
 from quantlab.config import Paths
-from quantlab.errors import ConfigError
+from quantlab.errors import ConfigError, NotFound
 from quantlab.logsetup import process_logger
 from quantlab.store.fenced import FencedStore
 from quantlab.store.open import open_store
 from quantlab.store.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
 from quantlab.store.stepguard import StepGuard
+from quantlab.store import workmachine
 from quantlab.store.store import Store, TableStore
 from quantlab.store.view import WorkView
 from quantlab.protocol import ApiCall, ApiResult, ToChild
@@ -71,7 +73,7 @@ class WorkerRuntime:
         accounts = load_accounts(_accounts_path(options, paths))
         take_secrets(accounts)  # out of the environment before anything is started
         proxy = take_proxy(options.proxy)
-        self.zygote = Zygote(env=strategy_environment(accounts))
+        self.zygote = Zygote(env=strategy_environment(accounts), worker_id=options.id)
         self.context = zmq.Context()
         self.channel = Channel(self.context, log)
         self.endpoint = self.channel.endpoint
@@ -82,7 +84,8 @@ class WorkerRuntime:
         self.handlers: dict[int, Callable[[], None]] = {}
         self.api_done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run on the loop's thread
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name))
+        self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name),
+                            current=functools.partial(_holder_current, store))
         self.manager = StrategyManager(
             worker_id=options.id, fenced_store=FencedStore(store), transport=self, paths=paths, log=log
         )
@@ -99,7 +102,7 @@ class WorkerRuntime:
     def fork(self, request: ForkRequest, on_exit: Callable[[int], None]) -> int:
         if not self.zygote.alive:
             self.log.error("zygote died: starting a new one")
-            self.zygote = Zygote(self.zygote.env)
+            self.zygote = Zygote(self.zygote.env, self.zygote.worker_id)
         pid = self.zygote.fork(request)
 
         def reaped(status: int) -> None:
@@ -307,6 +310,10 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     if isinstance(store, TableStore):
         store.on_warning = log.warning  # a commit whose feed line or event was not written
     hooks = _load_hooks(options.hooks)
+    metrics = None
+    if options.metrics_port is not None:
+        metrics = WorkerMetrics()
+        metrics.serve(options.metrics_port)  # before the zygote and the API pool: a port in use leaves nothing to undo
     runtime = WorkerRuntime(store, options, paths, log, stop)
     identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=paths.host_name)
     resource = Resource(
@@ -326,12 +333,11 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     )
     manager = runtime.manager
     manager.log_settings = options.log_settings
-    if options.metrics_port is not None:
-        manager.metrics = WorkerMetrics()
+    if metrics is not None:
+        manager.metrics = metrics
         if isinstance(store, TableStore):  # the stores whose commits can be timed
-            store.commit_observer = manager.metrics.time_store(store.round_trips)
-        runtime.apis.wait_observer = manager.metrics.rate_limit_waited
-        manager.metrics.serve(options.metrics_port)
+            store.commit_observer = metrics.time_store(store.round_trips)
+        runtime.apis.wait_observer = metrics.rate_limit_waited
     view = WorkView(
         store,
         wants=lambda change: change.worker == options.id or change.key in manager.slots,
@@ -359,3 +365,13 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
         store.close()
         id_lock.release()
     return 0
+
+
+def _holder_current(store: Store, strategy: str, worker: str, epoch: int) -> bool:
+    """May ``worker`` still act for ``strategy`` at ``epoch``? An account hold of one that may not is reclaimed."""
+    try:
+        return workmachine.current(store.get_work(strategy), worker, epoch)
+    except NotFound:
+        return False  # the strategy was removed: nothing of its can still be sent
+    except Exception:  # the store away: its hold keeps counting, so the limit errs on the safe side
+        return True

@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import msgspec
 
@@ -53,6 +53,7 @@ from quantlab.protocol import (
 from quantlab.worker import machine as m
 from quantlab.worker import procs
 from quantlab.worker.fenceguard import FenceGuard
+from quantlab.worker.load import Usage
 from quantlab.worker.report import Reporter
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.slot import Slot
@@ -82,12 +83,12 @@ STORE_RETRY = 1.0
 COUNTS_PER_PASS = 4
 #: Seconds a status change waits for the strategy's next ones before it is written. A start is
 #: spawned, starting, running and first beating within milliseconds: one write for them all, not
-#: one each (those writes were a fifth of what starting 100 strategies cost the worker, issue 12).
+#: one each (one each would be a fifth of what starting 100 strategies costs the worker).
 #: A first heartbeat is written at once, with whatever waits.
 PUBLISH_GATHER = 0.05
 #: Seconds of a pass the loop may spend forking before it looks at the other strategies' deadlines.
-#: A fork is a round trip to the zygote (3-7 ms): a hundred new strategies forked in one go held
-#: every running strategy's next tick ~300 ms (issue 12). Past this budget a pass forks on only
+#: A fork is a round trip to the zygote (3-7 ms): a hundred new strategies forked in one go would hold
+#: every running strategy's next tick ~300 ms. Past this budget a pass forks on only
 #: while no deadline comes due meanwhile, so a lone restart, or a mass start on an idle worker,
 #: still forks at once.
 FORK_BUDGET = 0.002
@@ -352,7 +353,7 @@ class StrategyManager:
         try:
             argv = child_command(slot.work.spec.file, self.transport.endpoint, routing_id)  # Node for a .js file
             request = ForkRequest(endpoint=self.transport.endpoint, routing_id=routing_id, log_path=str(slot.log_path),
-                                  argv=argv)
+                                  argv=argv, title=f"qlab strategy {slot.id} [{self.worker_id}]")
             pid = self.transport.fork(request, lambda status: self.on_exit(routing_id, status))
         except (OSError, JsRuntimeError) as e:
             self.log.error("cannot spawn %s: %s", slot.id, e)
@@ -594,8 +595,8 @@ class StrategyManager:
         """Write the waiting status changes now, made durable by the sync thread's next sync.
 
         Nobody waits for a status to be durable (a stop's last word is written apart, by
-        ``Reporter.settle``, durably), and a sync here stood between a restarted child's
-        Hello and its Init (issue 12).
+        ``Reporter.settle``, durably), and a sync here would stand between a restarted child's
+        Hello and its Init.
         """
         self.publish_at = math.inf
         if not self.to_publish:
@@ -677,6 +678,15 @@ class StrategyManager:
     def flush_one(self, slot: Slot) -> None:
         self.reporter.flush_one(slot)
 
+    def note_usage(self, usage: Mapping[int, Usage]) -> None:
+        """Each strategy's child's CPU and memory (``usage`` by pid), written with its next heartbeat counts."""
+        for slot in self.slots.values():
+            figures = usage.get(slot.result.pid) if slot.result.pid else None
+            cpu, memory = (None, None) if figures is None else (_rounded(figures.cpu), _rounded(figures.memory))
+            if (slot.result.cpu, slot.result.memory) != (cpu, memory):
+                slot.result.cpu, slot.result.memory = cpu, memory
+                slot.dirty = True
+
     def flush(self, *, counts: bool = True) -> None:
         """Queue what changed since the last flush, and settle what the store refused before.
 
@@ -693,8 +703,8 @@ class StrategyManager:
     def write_counts(self) -> None:
         """Write up to COUNTS_PER_PASS of the queued counts, synced later by the sync thread.
 
-        All at once, 200 of them held the loop for ~60 ms every few seconds: the ticks
-        due meanwhile went out late (issue 12). Nobody waits for a count to be durable.
+        All at once, 200 of them would hold the loop for ~60 ms every few seconds: the ticks
+        due meanwhile would go out late. Nobody waits for a count to be durable.
         """
         if not self.counts_due:
             return
@@ -704,6 +714,10 @@ class StrategyManager:
                 if slot.dirty and self.slots.get(slot.id) is slot:
                     self.reporter.flush_one(slot)
         self.states.syncer.ask()
+
+
+def _rounded(figure: float | None) -> float | None:
+    return None if figure is None else round(figure, 1)
 
 
 def _meter(metrics: WorkerMetrics, strategy: str, actions: list[m.Action]) -> None:

@@ -2,7 +2,7 @@
 
 psutil did this before. The worker needs five numbers from three files, and
 psutil's modules cost every process that imports them about 0.7 MB (the
-worker, and its zygote through `procs`): issue 12 counts the daemons' memory.
+worker, and its zygote through `procs`), for five numbers.
 
 Every function raises OSError (FileNotFoundError, ProcessLookupError) when
 the process is gone.

@@ -1,6 +1,6 @@
 """Linux process plumbing: subreaper, parent-death signal, killing a group, reaping.
 
-Hygiene (issue 7): every way a strategy child ends goes through `Children.reap`,
+Hygiene: every way a strategy child ends goes through `Children.reap`,
 which kills the child's whole process group before it reaps the child (the
 unreaped leader keeps the group id from being reused, so the kill cannot hit
 a stranger), and the worker, a child subreaper, also reaps every orphan it
@@ -23,7 +23,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_DUMPABLE = 4
 _libc = ctypes.CDLL(None, use_errno=True)
 #: Looked up once, at import: in the zygote, before its forks. Looked up by each child (its
-#: parent-death signal), ctypes' lookup cost the child 0.05 MB of private memory (issue 12).
+#: parent-death signal), ctypes' lookup would cost each child 0.05 MB of private memory.
 _libc_prctl = _libc.prctl
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import msgspec
 
 from quantlab.exchange.reconcile import Reconciled
-from quantlab.store.records import Assignment, StrategyResult, StrategyStatus, Work
+from quantlab.store.records import Assignment, StrategyStatus, Work
 from quantlab.protocol import ToChild
 from quantlab.worker import machine as m
 
 
 class Slot:
-    """What the worker knows about one strategy it runs (the seed's wctx.strategies entry)."""
+    """What the worker knows about one strategy it runs; a worker hook sees it in ``wctx.strategies``."""
 
     def __init__(self, work: Work, log_path: Path, machine: m.Machine) -> None:
         assert work.assignment is not None
@@ -40,7 +40,7 @@ class Slot:
         self.fenced_off = False
         self.dirty = True
 
-    # ---- the seed's view ----
+    # ---- what a worker hook reads (docs/worker-hooks.md) ----
 
     @property
     def status(self) -> StrategyStatus:

@@ -1,8 +1,8 @@
 """The worker's syncs of its store, on a thread of their own.
 
-A group commit of states used to end with a sync of the filesystem on the
-loop thread: a few milliseconds in which no heartbeat was read and no tick
-sent, on every pass (issue 12). The loop now writes a pass's states without
+A sync of the filesystem on the loop thread, at the end of each group commit
+of states, would be a few milliseconds in which no heartbeat is read and no
+tick sent, on every pass. The loop writes a pass's states without
 syncing and asks for a sync; this thread makes it, in generations: a sync
 asked for while another runs is done once the running one ends, together
 with every other asked for meanwhile. A tick waits only when its strategy's

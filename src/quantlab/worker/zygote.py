@@ -35,6 +35,7 @@ import time
 
 import msgspec
 
+from quantlab import proctitle
 from quantlab.worker import procs
 
 
@@ -47,6 +48,8 @@ class ForkRequest(msgspec.Struct, tag="fork"):
     #: A program the child execs once it is set up (a JavaScript strategy's Node runner);
     #: empty: it runs the Python runner.
     argv: list[str] = []
+    #: The child's process title ("qlab strategy ID [WORKER]"); empty: the zygote's stays.
+    title: str = ""
 
 
 class Forget(msgspec.Struct, tag="forget"):
@@ -73,13 +76,15 @@ REPARENT_TIMEOUT = 5.0
 class Zygote:
     """The worker's handle on its zygote process."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        """``env``: the environment children inherit (the worker strips its secrets from it)."""
+    def __init__(self, env: dict[str, str] | None = None, worker_id: str = "") -> None:
+        """``env``: the environment children inherit (the worker strips its secrets from it);
+        ``worker_id``: the worker's, for the zygote's process title."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self.env = env
+        self.worker_id = worker_id
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid())],
+            [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid()), worker_id],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,
@@ -143,7 +148,7 @@ def _serve(sock: socket.socket, worker_pid: int) -> None:
 def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int) -> int:
     read_fd, write_fd = os.pipe()
     # Every object so far into the permanent generation: the child's collections never walk
-    # (and so never write to) the pages it shares with us and its siblings (issue 12).
+    # (and so never write to) the pages it shares with us and its siblings.
     gc.freeze()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
     try:
@@ -186,6 +191,8 @@ def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int,
         gc.enable()  # the zygote runs without collections (see main); the strategy's own objects need them
         sock.close()
         os.setsid()  # its own process group: the worker kills it with killpg
+        if request.title:
+            proctitle.set_title(request.title)
         _wait_for_reparent(worker_pid)
         procs.die_with_parent(worker_pid)
         _redirect_output(request.log_path)
@@ -232,6 +239,9 @@ def main() -> None:
     # holes a child's allocations then fill, copying those pages (the recipe of gc.freeze's docs).
     gc.disable()
     fd, worker_pid = int(sys.argv[1]), int(sys.argv[2])
+    # Before any fork: setproctitle's module, and the copy of the environment its first call
+    # makes, are then pages the children share; a child's own title writes only its argv page.
+    proctitle.set_title(f"qlab zygote {sys.argv[3]}".rstrip() if len(sys.argv) > 3 else "qlab zygote")
     # No parent-death signal here: when the worker dies, the EOF on our socket makes us kill
     # the groups of its children before we exit (see _serve).
     if os.getppid() != worker_pid:
