@@ -112,8 +112,12 @@ class Fleet:
 
     def zygote(self) -> psutil.Process | None:
         for child in psutil.Process(self.worker.pid).children():
+            try:
+                cmdline = " ".join(child.cmdline())
+            except psutil.Error:
+                continue  # a strategy child that has just ended (a zombie until the worker reaps it)
             # Its process title ("qlab zygote ID"), or without setproctitle its command line.
-            if any(name in " ".join(child.cmdline()) for name in ("qlab zygote", "quantlab.worker.zygote")):
+            if any(name in cmdline for name in ("qlab zygote", "quantlab.worker.zygote")):
                 return child
         return None
 

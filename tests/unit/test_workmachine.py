@@ -306,3 +306,17 @@ class Writers(RuleBasedStateMachine):
 
 Writers.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 test_every_writer_at_once = Writers.TestCase
+
+
+def test_an_adoption_wakes_nobody_but_a_placement_and_a_stop_do() -> None:
+    """Only the adopting worker cares; a director that decides on a view without it decides again on the record."""
+    store = MemoryStore()
+    store.add_work(wm.submit("s", SPEC, NOW))
+    cursor = store.changes_end()
+    wm.apply(store, "s", wm.place("w1", NOW))
+    placed, cursor, _ = store.changes(cursor)
+    wm.apply(store, "s", wm.adopt("w1", 1, NOW))
+    adopted, cursor, _ = store.changes(cursor)
+    wm.apply(store, "s", wm.request_stop(NOW))
+    stopped, _, _ = store.changes(cursor)
+    assert ([c.worker for c in placed], adopted, [c.worker for c in stopped]) == (["w1"], [], ["w1"])
