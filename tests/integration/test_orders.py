@@ -1,7 +1,7 @@
 """Order intents and reconciliation end to end: real workers and children, real pybit, the fake Bybit.
 
-Issue 8: a crash between send and acknowledgement, a lost reply, a worker
-killed with an order on the wire: no order is duplicated, every intent
+A crash between send and acknowledgement, a lost reply, a worker killed with
+an order on the wire: no order is duplicated, every intent
 settles, and the next start sees the open orders (or has the stale ones
 cancelled) before its first tick.
 """

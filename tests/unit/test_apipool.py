@@ -417,7 +417,7 @@ print(sorted({(r.kind, r.error.split(":")[0]) for r in results}))
 
 
 def test_first_clients_made_on_many_threads_at_once_all_work() -> None:
-    """Issue 12's lazy import of pybit gave concurrent first calls half-loaded modules: 'internal error'."""
+    """pybit is imported lazily: without care, concurrent first calls saw half-loaded modules ('internal error')."""
     done = subprocess.run([sys.executable, "-c", FIRST_CLIENTS, closed_url()], capture_output=True, text=True,
                           timeout=30, cwd=Path(__file__).resolve().parents[2] / "src")
     assert done.stdout.strip() == "[('network', 'get_server_time')]", done.stdout + done.stderr[-2000:]

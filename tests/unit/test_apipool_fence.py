@@ -50,7 +50,7 @@ def idle_latency(pool: ApiPool, samples: int = 5) -> list[float]:
 
 
 def test_a_busy_account_at_its_limit_never_delays_an_idle_one(fake: FakeBybit, make_pool: MakePool) -> None:
-    """Issue 8 item 2: rate-limit waits slept in threads every account shared (an idle call took 12 s)."""
+    """A rate-limit wait holds back only its own account: waits slept in threads every account shared (an idle call took 12 s)."""
     fake.add_key(KEY, SECRET)
     pool = make_pool([account(fake, "busy", rate_limit=2.0), account(fake, "idle", rate_limit=1000.0)], threads=4)
     busy = [Done() for _ in range(12)]  # 2 at once, then one every 0.5 s: 5 s of queue
@@ -64,7 +64,7 @@ def test_a_busy_account_at_its_limit_never_delays_an_idle_one(fake: FakeBybit, m
 
 
 def test_a_fenced_call_queued_past_its_lease_never_leaves(fake: FakeBybit, make_pool: MakePool) -> None:
-    """Issue 8 item 1: the lease was checked once, on arrival; queued orders went out after it ran out."""
+    """The lease is checked as a queued order leaves, not only on arrival: checked once, queued orders went out after it ran out."""
     fake.add_key(KEY, SECRET)
     pool = make_pool([account(fake, rate_limit=2.0)])
     fence = lease(1.0)
@@ -79,7 +79,7 @@ def test_a_fenced_call_queued_past_its_lease_never_leaves(fake: FakeBybit, make_
 
 
 def test_a_request_held_past_the_lease_is_refused_by_the_exchange(fake: FakeBybit, make_pool: MakePool) -> None:
-    """Issue 8: a request signed in time but delayed past the lease must not be carried out."""
+    """A request signed in time but delayed past the lease must not be carried out."""
     fake.add_key(KEY, SECRET)
     pool = make_pool([account(fake, timeout=5.0)])
     assert pool.call("main", "place_order", order("warm"), ALL, FOREVER).ok  # the clock offset is measured
