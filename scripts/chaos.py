@@ -18,7 +18,8 @@ pauses and choices (the targets depend on where things run by then).
 The pieces: chaos_strategy.py (what runs), chaos_checks.py (its records and
 the invariants over them), chaos_faults.py (faults and recovery times),
 chaos_races.py (the operator races: remove-assign, stop-start-restart,
-apply), chaos_cluster.py (processes, /proc, `qlab status`). Kept in a
+apply), chaos_corrupt.py (what a corrupt-record fault damages),
+chaos_cluster.py (processes, /proc, `qlab status`). Kept in a
 failing run's home: procs/*.log, logs/, store/events.jsonl,
 records/*.jsonl, manifests/ and chaos-report.json.
 
@@ -139,6 +140,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     args = parser.parse_args(argv)
     # remove_assign is taken for remove-assign: a misspelt kind would otherwise end a long soak before it began
     kinds = FAULT_KINDS if args.faults == "all" else tuple(k.strip().replace("_", "-") for k in args.faults.split(",") if k.strip())
+    if args.store and args.faults == "all":  # PostgreSQL has no record files to damage
+        kinds = tuple(k for k in kinds if k != "corrupt-record")
     unknown = sorted(set(kinds) - set(FAULT_KINDS))
     if unknown or not kinds:
         parser.error(f"unknown fault kind(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(FAULT_KINDS)}")

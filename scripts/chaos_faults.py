@@ -30,6 +30,7 @@ from queue import SimpleQueue
 from typing import Callable, Sequence
 
 from chaos_checks import Beat, Runner, StrategyLog
+from chaos_corrupt import damage
 from chaos_cluster import CLI_TIMEOUT, Cluster, Managed, ProcessWatch, StatusPoller, leader_of, send
 
 FAULT_KINDS = (
@@ -45,6 +46,7 @@ FAULT_KINDS = (
     "remove-assign",  # `qlab strategy remove`, then at once `assign` of the same id (perhaps pinned elsewhere)
     "stop-start-restart",  # stop/start/restart from two threads at once, then a final stop or start
     "apply",  # `qlab apply` changing one strategy's interval, placement or accounts, or pruning and re-adding it
+    "corrupt-record",  # garbage over a record nothing running reads, or a torn feed line (file store only)
 )
 
 Report = Callable[[str, "str | None", str], None]
@@ -282,6 +284,7 @@ class Injector:
             "stop-start": self.stop_start,
             "restart": self.restart,
             "bad-state": self.bad_state,
+            "corrupt-record": self.corrupt_record,
         }
 
     def inject(self, kind: str, now: float) -> Fault | None:
@@ -367,6 +370,13 @@ class Injector:
         self.recovery.poison_pending[sid] = watch
         (self.cluster.home / "poison" / sid).touch()
         return fault
+
+    def corrupt_record(self, now: float) -> Fault | None:
+        """Every running strategy must beat again after it: the damage is to nothing they run from."""
+        if self.cluster.env.get("QLAB_STORE") or not (running := self.healthy()):
+            return None  # PostgreSQL has no files to damage
+        what = damage(self.cluster.home / "store", self.rng)
+        return self.fault("corrupt-record", now, what, [(sid, set()) for sid in running])
 
     # ---- workers ----
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from quantlab.errors import CorruptRecord
 from quantlab.exchange import halts
 from quantlab.exchange.accounts import default_paper_account
 from quantlab.exchange.apipool import ApiPool, Caller
@@ -80,6 +81,17 @@ def test_halts_are_one_entry_per_scope_and_survive_a_new_reader(store: FileStore
     found = halts.read(FileStore(store.root))  # another process's view
     assert [(h.scope, h.target, h.cancel_orders) for h in found.halts] == [("account", "a", False), ("all", "", False)]
     assert not halts.resume(store, "worker", "w9")
+
+
+def test_a_halts_document_that_does_not_decode_is_a_corrupt_record(pool: ApiPool, store: FileStore) -> None:
+    """`qlab halt`/`resume`/`status` then say so in one line; an order is still refused (fail closed)."""
+    halts.halt(store, "strategy", "s9")
+    store.update_blob(halts.BLOB_KIND, halts.BLOB_KEY, lambda raw: b'{"halts":[{"scope":"all","ts":NaN}]}')
+    for action in (lambda: halts.read(store), lambda: halts.resume(store, "strategy", "s9"),
+                   lambda: halts.halt(store, "all")):
+        with pytest.raises(CorruptRecord, match="halts document .* does not decode"):
+            action()
+    assert place(pool, market()).kind == "halted"
 
 
 @pytest.mark.parametrize(

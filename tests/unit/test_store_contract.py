@@ -17,7 +17,7 @@ from quantlab.errors import Conflict, CorruptRecord, NotFound, StaleWriter
 from quantlab.store import vfiles
 from quantlab.store.filestore import FileStore
 from quantlab.store.memstore import MemoryStore
-from quantlab.store.records import Assignment, Leader, Resource, StrategySpec, Work, WorkerSpec
+from quantlab.store.records import Assignment, Director, Leader, Resource, StrategySpec, Work, WorkerSpec
 from quantlab.store.statewrites import StateWrite
 from quantlab.store.store import Store, TableStore
 from tests.conftest import proc_state, wait_for
@@ -287,6 +287,14 @@ def test_a_registration_that_does_not_decode_is_replaced_only_over_its_version(s
     assert taken is not None and taken.spec.instance == "i2"
     found = store.find_resource("w1")
     assert found is not None and found.spec.instance == "i2"
+
+
+def test_a_director_record_that_does_not_decode_is_written_over_by_its_director(store: TableStore) -> None:
+    store.put_director(Director(id="d1", host="h", pid=1))
+    _corrupt(store, "directors", "d1")
+    assert store.list_directors() == []
+    store.put_director(Director(id="d1", host="h", pid=2, last_seen=5.0))  # its one writer, writing it whole
+    assert [(d.id, d.pid) for d in store.list_directors()] == [("d1", 2)]
 
 
 # ---- the change feed ----

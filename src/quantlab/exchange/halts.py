@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Literal, get_args
 
 import msgspec
 
-from quantlab.errors import BadInput
+from quantlab.errors import BadInput, CorruptRecord
 from quantlab.store.store import Store, check_id
 
 BLOB_KIND = "halts"
@@ -70,7 +70,14 @@ class Halts(msgspec.Struct, kw_only=True):
 #: What a reader that cannot read the document must assume: everything is halted.
 UNREADABLE = Halts(halts=[Halt(scope="all", ts=0.0)])
 
-_decode = msgspec.json.Decoder(Halts).decode
+_decoder = msgspec.json.Decoder(Halts)
+
+
+def _decode(raw: bytes) -> Halts:
+    try:
+        return _decoder.decode(raw)
+    except msgspec.DecodeError as e:  # ValidationError is one: a user sees one line, never a traceback
+        raise CorruptRecord(f"the halts document (blob {BLOB_KIND}/{BLOB_KEY}) does not decode: {e}") from e
 
 
 def read(store: Store) -> Halts:
