@@ -240,6 +240,13 @@ def _transition(store: Store, work_id: str, transition: wm.Transition) -> Work |
         raise BadInput(str(e)) from None
 
 
+def _kept(store: Store, work_id: str, transition: wm.Transition) -> Work:
+    """``_transition`` of one that never deletes the Work: the Work as it landed."""
+    work = _transition(store, work_id, transition)
+    assert work is not None
+    return work
+
+
 #: Times a command goes back to the Work machine when the record it found undecodable decodes again.
 CORRUPT_RETRIES = 3
 
@@ -285,9 +292,7 @@ def stop(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
 
 def start(store: Store, work_id: str, *, clock: Clock = time.time) -> Work:
     """Run a stopped or failed strategy again (no-op for one that runs)."""
-    work = _transition(store, work_id, wm.request_start(clock()))
-    assert work is not None
-    return work
+    return _kept(store, work_id, wm.request_start(clock()))
 
 
 def restart(store: Store, work_id: str, *, clock: Clock = time.time, file_checked: bool = False) -> Work:
@@ -299,9 +304,7 @@ def restart(store: Store, work_id: str, *, clock: Clock = time.time, file_checke
     """
     if not file_checked:
         check_files(store, [work_id])
-    work = _transition(store, work_id, wm.request_start(clock(), restart=True))
-    assert work is not None
-    return work
+    return _kept(store, work_id, wm.request_start(clock(), restart=True))
 
 
 def check_files(store: Store, work_ids: list[str]) -> None:

@@ -330,8 +330,8 @@ def release(worker: str, epoch: int, outcome: Outcome, result: StrategyResult, n
     def released(work: Work) -> Change:
         if not holds(work, worker, epoch):
             raise Refused(f"strategy {work.id!r} is no longer held by {worker} at epoch {epoch}")
-        work = _unassign(work)
-        if draining_epoch(work, epoch):
+        was_draining, work = draining(work), _unassign(work)
+        if was_draining:
             return Change(work=_settle_unheld(work, WAITING, now))
         event = _event(now, _released_kind(outcome), work, result.reason, worker=worker)
         if by_strategy and work.desired == "running" and work.spec.restart_seq == restart_seq:
@@ -357,11 +357,6 @@ def _after(work: Work, worker: str, outcome: Outcome, reason: str, now: float) -
     if work.desired == "running":
         return _waiting(work, STARTED_AGAIN, now)
     return _stopped(work, reason, now)
-
-
-def draining_epoch(work: Work, epoch: int) -> bool:
-    """``epoch`` is older than the Work's: its holder was fenced off by a newer change."""
-    return epoch < work.epoch
 
 
 # ---- applying a transition ----
