@@ -135,7 +135,7 @@ def test_a_cut_connection_is_reopened_and_a_commit_is_never_applied_twice(pg_url
     real = store.link.write
 
     def write_then_cut(sql: str, params: object = ()) -> list[tuple[object, ...]]:
-        rows = real(sql, params)  # type: ignore[arg-type]
+        real(sql, params)  # type: ignore[arg-type]
         store.link.drop()
         raise StoreUnavailable("connection lost before the reply")  # the commit landed; the reply did not
 

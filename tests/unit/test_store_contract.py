@@ -19,7 +19,8 @@ from quantlab.store.filestore import FileStore
 from quantlab.store.memstore import MemoryStore
 from quantlab.store.records import Assignment, Director, Leader, Resource, StrategySpec, Work, WorkerSpec
 from quantlab.store.statewrites import StateWrite
-from quantlab.store.store import Store, TableStore
+from quantlab.store.store import Store
+from quantlab.store.tablestore import TableStore
 from tests.conftest import proc_state, wait_for
 
 STORES = ["file", "memory", "postgres"]

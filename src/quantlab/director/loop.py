@@ -34,7 +34,8 @@ from quantlab.store.open import open_store
 from quantlab.director.placement import assigned_counts, choose_worker
 from quantlab.store.records import Assignment, Director, EventKind, ExitReason, Resource, Work
 from quantlab.store.stepguard import StepGuard
-from quantlab.store.store import Store, TableStore
+from quantlab.store.store import Store
+from quantlab.store.tablestore import TableStore
 from quantlab.store import workmachine as wm
 from quantlab.store.view import WorkView
 from quantlab.signals import StopRequest

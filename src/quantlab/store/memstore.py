@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from quantlab.store.records import Event
-from quantlab.store.store import TableStore
+from quantlab.store.tablestore import TableStore
 from quantlab.store.table import ABSENT, Change, Cursor, Head
 
 

@@ -31,7 +31,9 @@ from quantlab.store.pgfeed import Listener, PgFeed, channel_for
 from quantlab.store.pglink import PgLink, connect
 from quantlab.store.pgschema import migrate
 from quantlab.store.records import Event
-from quantlab.store.store import T, TableStore, check_id, decode
+from quantlab.store.store import check_id
+from quantlab.store.records import T, decode
+from quantlab.store.tablestore import TableStore
 from quantlab.store.table import ABSENT, Change, Head
 
 #: Feed lines and events kept; older ones are pruned now and then (a reader behind them makes a full pass).

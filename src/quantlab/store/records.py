@@ -8,7 +8,7 @@ Stored as msgspec JSON, one file (or row) per record. Times are Unix seconds.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -206,6 +206,7 @@ class EventKind(enum.StrEnum):
     STOPPED = "stopped"
     RELEASED = "released"
     STRATEGY_MESSAGE = "strategy_message"
+    OVER_BUDGET = "over_budget"  #: a burst of its messages to the worker was over its budget and dropped
     # orders
     ORDERS_SETTLED = "orders_settled"  #: open order intents settled by query before a start
     STALE_ORDERS = "stale_orders"  #: open orders from an older epoch found before a start
@@ -275,3 +276,20 @@ def flat(record: msgspec.Struct) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+#: Decoders of the stored records, built at import on the importing thread: msgspec works out a
+#: Struct's field types on first use, and a first decode racing that on another thread (API and
+#: reconciliation threads read the store too) crashed a worker in msgspec (SIGSEGV).
+_decoders: dict[type, msgspec.json.Decoder[Any]] = {
+    cls: msgspec.json.Decoder(cls) for cls in (Work, Resource, Director, Leader, StrategyState, Event)
+}
+
+
+def decode(cls: type[T], data: bytes) -> T:
+    decoder = _decoders.get(cls)
+    if decoder is None:
+        decoder = _decoders[cls] = msgspec.json.Decoder(cls)
+    return decoder.decode(data)
