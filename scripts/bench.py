@@ -17,6 +17,8 @@ import itertools
 import json
 import os
 import platform
+import select
+import secrets
 import signal
 import subprocess
 import sys
@@ -199,9 +201,27 @@ class ChildHarness:
         self.tmp = tmp
 
     def fork(self, n: int) -> tuple[bytes, int]:
-        routing_id = f"bench#{n}".encode()
-        request = ForkRequest(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log"))
-        return routing_id, self.zygote.fork(request)
+        """A child forked with a fresh token: the token and its pid."""
+        token = secrets.token_bytes(16)
+        request = ForkRequest(endpoint=self.endpoint, token=token, log_path=str(self.tmp / "child.log"))
+        return token, self.forked(request)
+
+    def forked(self, request: ForkRequest) -> int:
+        """Ask the zygote for a child and wait for its pid (the worker's loop never waits: it polls)."""
+        self.zygote.send(request)
+        select.select([self.zygote.fileno()], [], [], 10)
+        answers = self.zygote.answers()
+        if not answers or answers[0].error:
+            raise OSError(f"zygote could not fork: {answers[0].error if answers else 'no answer'}")
+        return answers[0].pid
+
+    def hello(self, token: bytes) -> bytes:
+        """The routing id of the child whose Hello has ``token`` (others' Hellos are skipped)."""
+        while True:
+            sender, data = self.socket.recv_multipart()
+            msg = decode_to_worker(data)
+            if isinstance(msg, Hello) and msg.token == token:
+                return sender
 
     def recv(self, routing_id: bytes) -> object:
         """The next message from ``routing_id`` (children killed by the fork bench may have said Hello)."""
@@ -231,8 +251,8 @@ def bench_fork(harness: ChildHarness, n: int) -> Row:
 
 
 def bench_tick_round_trip(harness: ChildHarness, file: Path, n: int) -> Row:
-    routing_id, pid = harness.fork(10_000)
-    assert isinstance(harness.recv(routing_id), Hello)
+    token, pid = harness.fork(10_000)
+    routing_id = harness.hello(token)
     harness.send(routing_id, Init(id="rt", file=str(file), params={}, state={}, accounts=[], log_path=str(harness.tmp / "rt.log")))
     assert isinstance(harness.recv(routing_id), Ready)
     samples = []

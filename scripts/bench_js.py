@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import secrets
 import signal
 import sys
 import tempfile
@@ -22,7 +23,6 @@ from typing import Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (its harness, cluster and rows)
 
-from quantlab.protocol import Hello  # noqa: E402
 from quantlab.child.jsruntime import child_command  # noqa: E402
 from quantlab.worker.zygote import ForkRequest  # noqa: E402
 
@@ -37,18 +37,18 @@ class NodeHarness(bench.ChildHarness):
     """bench's ROUTER and real zygote, forking Node children."""
 
     def fork(self, n: int) -> tuple[bytes, int]:
-        routing_id = f"bench#{n}".encode()
-        argv = child_command("quiet.mjs", self.endpoint, routing_id)
-        request = ForkRequest(endpoint=self.endpoint, routing_id=routing_id, log_path=str(self.tmp / "child.log"), argv=argv)
-        return routing_id, self.zygote.fork(request)
+        token = secrets.token_bytes(16)
+        argv = child_command("quiet.mjs", self.endpoint)
+        request = ForkRequest(endpoint=self.endpoint, token=token, log_path=str(self.tmp / "child.log"), argv=argv)
+        return token, self.forked(request)
 
 
 def bench_spawn_to_hello(harness: NodeHarness, n: int) -> bench.Row:
     samples = []
     for i in range(n):
         start = time.perf_counter()
-        routing_id, pid = harness.fork(i)
-        assert isinstance(harness.recv(routing_id), Hello)
+        token, pid = harness.fork(i)
+        harness.hello(token)
         samples.append(time.perf_counter() - start)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)

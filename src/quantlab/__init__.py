@@ -6,6 +6,7 @@ from quantlab.errors import (
     ApiNetworkError,
     ApiPermissionError,
     ApiRiskError,
+    OverBudget,
     QuantlabError,
 )
 
@@ -13,4 +14,4 @@ from quantlab.errors import (
 ENV_PREFIX = "QLAB"
 
 __all__ = ["ENV_PREFIX", "ApiError", "ApiHaltedError", "ApiNetworkError", "ApiPermissionError", "ApiRiskError",
-           "QuantlabError"]
+           "OverBudget", "QuantlabError"]

@@ -54,6 +54,10 @@ class Paths(msgspec.Struct, frozen=True):
     def worker_log(self, worker_id: str) -> Path:
         return self.logs / f"worker-{worker_id}.log"
 
+    def worker_children(self, worker_id: str) -> Path:
+        """The worker's list of its strategy children (quantlab/worker/family.py)."""
+        return self.home / "run" / f"worker-{worker_id}.children"
+
     def director_log(self) -> Path:
         return self.logs / "director.log"
 

@@ -69,5 +69,9 @@ class ApiRiskError(ApiError):
     """An order was refused by a risk limit (retCode 170998): notional, orders per minute or open orders."""
 
 
+class OverBudget(QuantlabError):
+    """A strategy's message to its worker (ctx.send) is over its size or rate budget: it was not sent."""
+
+
 class StoreUnavailable(QuantlabError):
     """The store (a database server) cannot be reached, or a write's outcome is unknown."""

@@ -17,7 +17,7 @@ from tests.unit.test_runner import node_runtime
 
 
 def test_python_files_run_the_python_runner() -> None:
-    assert jsruntime.child_command("/s/grid.py", "ipc:///x", b"grid#1") == []
+    assert jsruntime.child_command("/s/grid.py", "ipc:///x") == []
 
 
 def test_without_an_installed_runtime_the_error_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

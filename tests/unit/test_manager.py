@@ -26,7 +26,7 @@ from quantlab.exchange.apipool import Caller
 from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.store import workmachine as wm
-from quantlab.store.records import Assignment, Event, StrategyResult, StrategySpec, Work
+from quantlab.store.records import Assignment, Event, StrategySpec, Work
 from quantlab.store.statewrites import StateWrite
 from quantlab.protocol import (
     ApiCall,
@@ -46,7 +46,7 @@ from quantlab.worker.manager import COUNTS_PER_PASS, LEASE_KILL_GRACE, MEMORY_EV
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.statecommit import GATHER
 from quantlab.worker.load import Usage
-from quantlab.worker.zygote import ForkRequest
+from quantlab.worker.zygote import Forked, ForkRequest
 
 T0 = 1000.0  # monotonic
 WALL0 = 1_700_000_000.0
@@ -75,7 +75,7 @@ class FakeTransport:
     def __init__(self) -> None:
         self.next_pid = 100
         self.on_exit: dict[int, Callable[[int], None]] = {}
-        self.routing: dict[int, bytes] = {}
+        self.tokens: dict[int, bytes] = {}  #: each child's token, from its ForkRequest
         self.connected: set[bytes] = set()
         self.full: set[bytes] = set()  #: routing ids whose pipe is at the high-water mark
         self.sent: list[tuple[bytes, ToChild]] = []
@@ -85,13 +85,25 @@ class FakeTransport:
         self.reconciles: list[tuple[Request, Callable[[Reconciled], None]]] = []
         self.fences: list[Fence] = []
         self.fork_cost: Callable[[], None] = lambda: None  #: the loop time a fork takes (a test advances its clock)
+        #: Fork answers not given yet (None: each fork is answered as it is asked).
+        self.held: list[tuple[Callable[[Forked], None], int]] | None = None
 
-    def fork(self, request: ForkRequest, on_exit: Callable[[int], None]) -> int:
+    def fork(self, request: ForkRequest, answer: Callable[[Forked], None], on_exit: Callable[[int], None]) -> None:
+        """Answered at once, unless ``held``: then by ``answer_held``, as a zygote answers on a later pass."""
         self.fork_cost()
         self.next_pid += 1
         self.on_exit[self.next_pid] = on_exit
-        self.routing[self.next_pid] = request.routing_id
-        return self.next_pid
+        self.tokens[self.next_pid] = request.token
+        if self.held is None:
+            answer(Forked(pid=self.next_pid))
+        else:
+            self.held.append((answer, self.next_pid))
+
+    def answer_held(self, error: str = "") -> None:
+        assert self.held is not None
+        held, self.held = self.held, []
+        for answer, pid in held:
+            answer(Forked(error=error) if error else Forked(pid=pid))
 
     def kill(self, pid: int) -> None:
         self.killed.append(pid)
@@ -224,7 +236,8 @@ class Env:
         self.manager.reconcile(list(self.fenced_store.works.values()))
 
     def slot_rid(self, work_id: str = "s") -> bytes:
-        return self.manager.slots[work_id].routing_id
+        """The routing id the child of ``work_id`` connects under: its own, made up here."""
+        return f"peer-{work_id}-{self.pid(work_id)}".encode()
 
     def pid(self, work_id: str = "s") -> int:
         pid = self.manager.slots[work_id].pid
@@ -234,7 +247,8 @@ class Env:
     def hello(self, work_id: str = "s") -> bytes:
         rid = self.slot_rid(work_id)
         self.transport.connected.add(rid)
-        self.manager.on_message(rid, Hello(pid=self.pid(work_id)))
+        pid = self.pid(work_id)
+        self.manager.on_message(rid, Hello(pid=pid, token=self.transport.tokens[pid]))
         return rid
 
     def start(self, work_id: str = "s") -> bytes:
@@ -396,7 +410,7 @@ def test_an_api_result_that_cannot_go_out_now_is_sent_on_a_later_pass(env: Env) 
     rid = env.start()
     env.manager.on_message(rid, ApiCall(call_id=1, account="paper", method="get_tickers", kwargs={}))
     env.transport.full.add(rid)
-    env.manager.deliver_api_result(rid, ApiResult(call_id=1, ok=True, result={"retCode": 0}))
+    env.manager.deliver_api_result(env.manager.slots["s"].key, ApiResult(call_id=1, ok=True, result={"retCode": 0}))
     assert env.transport.of(ApiResult) == []
     env.transport.full.clear()
     env.step(0.01)
@@ -679,9 +693,9 @@ def test_each_childs_usage_goes_with_its_result_and_titles_name_the_strategy(env
     forked: list[ForkRequest] = []
     fork = env.transport.fork
 
-    def recorded(request: ForkRequest, on_exit: Callable[[int], None]) -> int:
+    def recorded(request: ForkRequest, answer: Callable[[Forked], None], on_exit: Callable[[int], None]) -> None:
         forked.append(request)
-        return fork(request, on_exit)
+        fork(request, answer, on_exit)
 
     env.transport.fork = recorded  # type: ignore[method-assign]
     env.assign(interval=1.0)
@@ -699,3 +713,29 @@ def test_each_childs_usage_goes_with_its_result_and_titles_name_the_strategy(env
     assert not slot.dirty  # the same figures: nothing to write
     env.manager.note_usage({})  # its child is gone from the samples
     assert (slot.result.cpu, slot.result.memory) == (None, None)
+
+
+def test_while_the_zygote_owes_an_answer_the_others_tick_on_and_a_failed_fork_is_retried(env: Env) -> None:
+    env.assign("old", interval=0.1)
+    rid = env.start("old")
+    env.transport.held = []  # the zygote answers nothing for now
+    env.assign("new", backoff=1.0)
+    assert env.manager.slots["new"].pid is None and env.manager.unanswered == 1
+    for seq in range(1, 6):
+        env.manager.on_message(rid, Heartbeat(seq=seq))
+        env.step(0.1)
+    assert [t.tick.seq for t in env.transport.of(Tick, rid)] == [1, 2, 3, 4, 5, 6]
+    env.transport.answer_held(error="the zygote did not answer within 5s; it was replaced")
+    last_error = env.manager.slots["new"].result.last_error
+    assert env.manager.unanswered == 0 and last_error is not None and "did not answer" in last_error.message
+    env.transport.held = None
+    env.step(1.2)  # its backoff: forked again, and answered
+    assert env.manager.slots["new"].pid is not None
+
+
+def test_a_fork_answered_after_its_strategy_stopped_is_killed(env: Env) -> None:
+    env.transport.held = []
+    env.assign("s")
+    env.change("s", assignment=None)  # stopped while the zygote worked
+    env.transport.answer_held()
+    assert env.transport.killed == [env.transport.next_pid] and "s" not in env.manager.slots

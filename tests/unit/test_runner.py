@@ -30,8 +30,9 @@ from quantlab.protocol import (
 )
 from quantlab.child import jsruntime
 from quantlab.child.runner import run_child
+from tests.conftest import lacking
 
-RID = b"s#1"
+TOKEN = b"0123456789abcdef"
 #: The same strategy for each runner: Python, and JavaScript in the Node child.
 STRATEGIES = {
     "python": ("s.py", '''
@@ -63,7 +64,7 @@ def node_runtime() -> Path:
         jsruntime.node()
         return jsruntime.runtime_dir()
     except JsRuntimeError as e:
-        pytest.skip(f"JavaScript: {e}")
+        lacking(f"a JavaScript runtime: {e}")
 
 
 class FakeWorker:
@@ -75,24 +76,26 @@ class FakeWorker:
         self.endpoint = f"ipc://{tmp_path}/ch"
         self.socket.bind(self.endpoint)
         self.kind = kind
+        self.peer = b""  #: the routing id the child connected under, from its first message
         self.code: int | None = None
         self.thread = threading.Thread(target=self._child, daemon=True)
         self.thread.start()
 
     def _child(self) -> None:
         if self.kind == "python":
-            self.code = run_child(self.endpoint, RID)
+            self.code = run_child(self.endpoint, TOKEN)
             return
-        command = jsruntime.child_command(STRATEGIES["node"][0], self.endpoint, RID)
-        self.code = subprocess.run(command, timeout=30, stdin=subprocess.DEVNULL).returncode
+        command = jsruntime.child_command(STRATEGIES["node"][0], self.endpoint)
+        self.code = subprocess.run(command, timeout=30, input=TOKEN).returncode  # the token on stdin, as the zygote gives it
 
     def send(self, msg: ToChild) -> None:
-        self.socket.send_multipart([RID, encode(msg)])
+        self.socket.send_multipart([self.peer, encode(msg)])
 
     def recv(self) -> ToWorker:
         assert self.socket.poll(5000), "the child said nothing"
         rid, data = self.socket.recv_multipart()
-        assert rid == RID
+        assert rid == (self.peer or rid)
+        self.peer = rid
         return decode_to_worker(data)
 
     def close(self) -> None:
@@ -122,7 +125,9 @@ def _tick(seq: int, lease_until: float) -> Tick:
 
 
 def test_a_stop_before_init_is_answered_at_once(worker: FakeWorker) -> None:
-    assert isinstance(worker.recv(), Hello)
+    hello = worker.recv()
+    assert isinstance(hello, Hello) and hello.token == TOKEN  # from memory (Python), from stdin (Node)
+    assert len(worker.peer) > 16  # a routing id of its own, of 128 random bits: nobody can take it first
     worker.send(Stop(reason=ExitReason(type="reassigned", message="moved")))
     assert worker.recv() == Exited(reason=ExitReason(type="reassigned", message="moved"))  # and no state
     worker.thread.join(10)

@@ -83,11 +83,15 @@ def check_node(path: str) -> str:
     return version
 
 
-def child_command(file: str, endpoint: str, routing_id: bytes) -> list[str]:
-    """What the strategy child execs: the Node runner for a JavaScript file, nothing ([]) for Python."""
+def child_command(file: str, endpoint: str) -> list[str]:
+    """What the strategy child execs: the Node runner for a JavaScript file, nothing ([]) for Python.
+
+    Its token is not here (another process may read a command line): the zygote hands it
+    over on the child's stdin (quantlab/worker/zygote.py).
+    """
     if not is_js(file):
         return []
-    return [node(), str(RUNNER), "child", endpoint, routing_id.decode(), str(runtime_dir())]
+    return [node(), str(RUNNER), "child", endpoint, str(runtime_dir())]
 
 
 def check_file(path: Path) -> list[str]:

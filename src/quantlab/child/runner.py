@@ -1,7 +1,7 @@
 """The strategy child: one incarnation of one strategy, driven by its worker.
 
     child                              worker
-    Hello(pid)                  ->
+    Hello(pid, token)           ->     (binds this connection to the strategy: quantlab/protocol.py)
                                 <-     Init(file, params, state, accounts)
     load file, st_init(ctx)
     Ready                       ->
@@ -28,13 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import inspect
-import io
-import logging
-import logging.handlers
 import os
-import sys
+import secrets
 import time
 import traceback
 from types import ModuleType
@@ -43,7 +39,7 @@ from typing import Any
 import msgspec
 import zmq
 
-from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError, ApiRiskError
+from quantlab.errors import ApiError, ApiHaltedError, ApiNetworkError, ApiPermissionError, ApiRiskError, OverBudget
 from quantlab.store.records import ExitReason
 from quantlab.protocol import (
     ApiCall,
@@ -53,6 +49,7 @@ from quantlab.protocol import (
     Heartbeat,
     Hello,
     Init,
+    Limits,
     Log,
     Message,
     Ready,
@@ -60,12 +57,14 @@ from quantlab.protocol import (
     Tick,
     TickExpired,
     ToChild,
+    TokenBucket,
     decode_to_child,
     encode,
 )
 from quantlab.child.context import Api, StrategyContext
 from quantlab.child.jsoncheck import NotJson, to_json
 from quantlab.child.loader import load_module
+from quantlab.child.logfile import StrategyLog
 from quantlab.exchange.methods import PUBLIC_METHODS
 
 #: Lines of traceback kept in last_error.
@@ -89,17 +88,20 @@ class HookFailed(Exception):
 class Connection:
     """The child's DEALER socket; API calls wait here for their answer."""
 
-    def __init__(self, endpoint: str, routing_id: bytes) -> None:
+    def __init__(self, endpoint: str) -> None:
         # pyzmq's backend classes, without its Python layer over them (socket tracking, option
         # attributes, enums): run for the first time in each child, that layer would cost it 0.17 MB
         # of private memory, for nothing this socket uses.
         self.context = zmq.backend.Context()
         self.socket = zmq.backend.Socket(self.context, zmq.DEALER)
-        self.socket.set(zmq.ROUTING_ID, routing_id)
+        # 128 random bits: no other peer can take this routing id before us. The leading byte
+        # keeps it off the ids starting with a zero byte, which ZeroMQ keeps for those it assigns.
+        self.socket.set(zmq.ROUTING_ID, b"c" + secrets.token_bytes(16))
         self.socket.set(zmq.LINGER, LINGER_MS)
         self.socket.connect(endpoint)
         self.backlog: collections.deque[ToChild] = collections.deque()
         self.next_call = 0
+        self.limits = Limits()  #: the worker's, from Init
 
     def send(self, msg: msgspec.Struct) -> None:
         self.socket.send(encode(msg))
@@ -112,7 +114,11 @@ class Connection:
     def call_api(self, account: str, method: str, kwargs: dict[str, Any]) -> Any:
         self.next_call += 1
         call_id = self.next_call
-        self.send(ApiCall(call_id=call_id, account=account, method=method, kwargs=kwargs))
+        frame = encode(ApiCall(call_id=call_id, account=account, method=method, kwargs=kwargs))
+        if len(frame) > self.limits.call_bytes:
+            raise ApiError(f"{method}: its arguments take {len(frame):,} bytes, over the limit of "
+                           f"{self.limits.call_bytes:,} for one call", 0)
+        self.socket.send(frame)
         while True:
             msg = decode_to_child(self.socket.recv())
             if isinstance(msg, ApiResult) and msg.call_id == call_id:
@@ -125,61 +131,6 @@ class Connection:
     def close(self) -> None:
         self.socket.close()
         self.context.term()
-
-
-class StrategyLog:
-    """ctx.log, and print(), into the strategy's own log, which rotates by size.
-
-    The handler and the logger are made on first use: building them costs a child ~0.4 MB of
-    private memory, which a strategy that never logs need not pay.
-    """
-
-    def __init__(self, init: Init) -> None:
-        self.init = init
-
-    @functools.cached_property
-    def handler(self) -> logging.handlers.RotatingFileHandler:
-        init = self.init
-        handler = logging.handlers.RotatingFileHandler(init.log_path, maxBytes=init.log_max_bytes, backupCount=init.log_keep)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        return handler
-
-    @functools.cached_property
-    def logger(self) -> logging.Logger:
-        log = logging.getLogger(f"strategy.{self.init.id}")
-        log.addHandler(self.handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-        return log
-
-    def capture_print(self) -> None:
-        """print() goes through the same handler, so it rotates with it; output written straight to
-        fd 1 or 2 (a C extension, a subprocess) still lands in the file the zygote opened."""
-        sys.stdout = sys.stderr = _Printed(self)
-
-
-class _Printed(io.TextIOBase):
-    """sys.stdout for a strategy: text written to its rotating log handler's current file."""
-
-    def __init__(self, log: StrategyLog) -> None:
-        self.log = log
-
-    def write(self, text: str) -> int:
-        handler = self.log.handler
-        handler.acquire()
-        try:
-            if handler.stream is None:
-                handler.stream = handler._open()
-            if handler.maxBytes and handler.stream.tell() + len(text) >= handler.maxBytes:
-                handler.doRollover()
-            handler.stream.write(text)
-            handler.stream.flush()
-        finally:
-            handler.release()
-        return len(text)
-
-    def writable(self) -> bool:
-        return True
 
 
 class Runner:
@@ -195,7 +146,7 @@ class Runner:
             state=init.state,
             log=lambda: log.logger,
             api=Api(init.accounts, conn.call_api, PUBLIC_METHODS),
-            send=lambda data: conn.send(Log(data=data)),
+            send=Sender(conn, init.limits).send,
             open_orders=init.open_orders,
             positions=init.positions,
         )
@@ -240,7 +191,7 @@ class Runner:
 
     def _changed_state(self, after: str) -> bytes | None:
         """ctx.state as JSON when it changed since the last one sent; HookFailed when it is not JSON."""
-        state = self._guard(f"ctx.state after {after}", _state_json, self.ctx.state)
+        state = self._guard(f"ctx.state after {after}", _state_json, self.ctx.state, self.init.limits.state_bytes)
         if state == self.sent_state:
             return None
         self.sent_state = state
@@ -269,7 +220,8 @@ class Runner:
         tail = "".join(traceback.format_exception(e)).splitlines()[-TRACEBACK_LINES:]
         message = f"{hook}: {e}" if isinstance(e, NotJson) else f"{hook}: {type(e).__name__}: {e}"
         self.ctx.log.error("%s\n%s", message, "\n".join(tail))
-        self.conn.send(Error(hook=hook, message=message, traceback="\n".join(tail)))
+        chars = self.init.limits.error_chars  # the worker takes no more: the log above has it all
+        self.conn.send(Error(hook=hook, message=message[:chars], traceback="\n".join(tail)[-chars:]))
         if hook not in ("st_exit", "load", "ctx.state after st_exit"):
             self._last_words(message)
 
@@ -283,22 +235,47 @@ class Runner:
             self.ctx.log.exception("st_exit failed after an error")
 
 
-def _state_json(state: Any) -> bytes:
+class Sender:
+    """ctx.send's way to the worker: a Log frame, within the size and rate the worker takes (Init.limits)."""
+
+    def __init__(self, conn: Connection, limits: Limits) -> None:
+        self.conn = conn
+        self.limits = limits
+        self.bucket = TokenBucket(limits.send, time.monotonic())
+
+    def send(self, data: Any) -> None:
+        frame = encode(Log(data=data))
+        if len(frame) > self.limits.send_bytes:
+            raise OverBudget(f"ctx.send: the message takes {len(frame):,} bytes, over the limit of "
+                             f"{self.limits.send_bytes:,}; it was not sent")
+        if not self.bucket.take(time.monotonic()):
+            budget = self.limits.send
+            raise OverBudget(f"ctx.send: over the budget of {budget.rate:g} messages a second (bursts of "
+                             f"{budget.burst}); this one was not sent")
+        self.conn.socket.send(frame)
+
+
+def _state_json(state: Any, limit: int) -> bytes:
     if not isinstance(state, dict):
         raise NotJson(f"state: must be a dict, not {type(state).__name__}")
-    return to_json(state, "state")
+    data = to_json(state, "state")
+    if len(data) > limit:
+        raise NotJson(f"state: {len(data):,} bytes of JSON, over the limit of {limit:,}")
+    return data
 
 
-def run_child(endpoint: str, routing_id: bytes) -> int:
-    conn = Connection(endpoint, routing_id)
+def run_child(endpoint: str, token: bytes) -> int:
+    """One incarnation: ``token`` is its secret from the worker, said in Hello (quantlab/protocol.py)."""
+    conn = Connection(endpoint)
     try:
-        conn.send(Hello(pid=os.getpid()))
+        conn.send(Hello(pid=os.getpid(), token=token))
         first = conn.recv()
         if isinstance(first, Stop):
             conn.send(Exited(reason=first.reason))
             return 0
         if not isinstance(first, Init):
             return 2
+        conn.limits = first.limits
         return Runner(conn, first).run()
     finally:
         conn.close()

@@ -19,7 +19,9 @@ alone, as the child measured it), `quantlab_overruns_total`,
 seconds), `quantlab_halts{scope}`, `quantlab_lease_seconds_left`,
 `quantlab_store_write_seconds`, `quantlab_store_round_trips` (statements sent to
 PostgreSQL so far), `quantlab_worker_heartbeat_seconds` (one worker heartbeat:
-lease, view, reconcile, report).
+lease, view, reconcile, report), `quantlab_channel_dropped_total{reason}` (messages on
+the strategy channel dropped: `stranger`, from a connection no good Hello bound;
+`over_budget`, over its strategy's budget).
 Director: `quantlab_strategies{status}`, `quantlab_workers{state}`,
 `quantlab_leading`, `quantlab_lease_seconds_left`, `quantlab_store_write_seconds`,
 `quantlab_store_round_trips`.
@@ -103,6 +105,8 @@ class WorkerMetrics(_Process):
                                           buckets=_WAIT_BUCKETS, registry=self.registry)
         self.halts = Gauge("quantlab_halts", "Halts in force (as this worker reads them), by scope.", ["scope"],
                            registry=self.registry)
+        self.channel_dropped = Counter("quantlab_channel_dropped", "Strategy channel messages dropped, by reason.",
+                                       ["reason"], registry=self.registry)
         self._sent: dict[str, tuple[float, int]] = {}  #: strategy -> (monotonic tick sent, overruns then)
 
     # The next three run for a strategy's machine steps (twice a tick): a dict lookup or two each.

@@ -106,5 +106,11 @@ class LoadMeter:
     def _pss_of(pid: int) -> int | None:
         try:
             return procfs.pss_bytes(pid)
+        except PermissionError:
+            pass  # a strategy child is not dumpable: without CAP_SYS_PTRACE only its RSS is readable
         except OSError:
             return None  # exited meanwhile
+        try:
+            return procfs.rss_bytes(pid)
+        except OSError:
+            return None

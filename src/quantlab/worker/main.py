@@ -4,8 +4,10 @@ One thread runs the loop; a zmq Poller watches the ROUTER socket, every
 child's pidfd (a death is seen at once, not at the next heartbeat), the
 signal wake-up pipe and the API pool's completion eventfd. API calls run on
 the pool's threads so one slow exchange call never stalls another strategy's
-ticks; their results come back through a queue and the eventfd. Every pass
-also reaps the orphans the worker inherits as a subreaper. Timers use the
+ticks; their results come back through a queue and the eventfd. The zygote's
+socket is in the poller too: a fork is asked for and its answer read later,
+never waited for. The worker reaps the orphans it inherits as a subreaper, and
+kills those that are no child of its (a strategy's helpers). Timers use the
 monotonic clock; the wall clock only stamps what people read.
 """
 
@@ -35,15 +37,15 @@ from quantlab.store.open import open_store
 from quantlab.store.records import ExitReason, Resource, TickInfo, WorkerSpec, WorkerState
 from quantlab.store.stepguard import StepGuard
 from quantlab.store import workmachine
-from quantlab.store.store import Store, TableStore
+from quantlab.store.store import Store
+from quantlab.store.tablestore import TableStore
 from quantlab.store.view import WorkView
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import ChildExits, StopRequest
 from quantlab.worker import procs
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children
-from quantlab.exchange.accounts import PROXY_ENV, PROXY_VARIABLES, Account, load_accounts, take_proxy, take_secrets
-from quantlab.exchange.accounts import without_credentials
+from quantlab.exchange.accounts import load_accounts, take_proxy, take_secrets
 from quantlab.exchange.apipool import ApiPool, Caller
 from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
@@ -54,10 +56,16 @@ from quantlab.worker.manager import StrategyManager
 from quantlab.ops.metrics import WorkerMetrics
 from quantlab.worker.options import WorkerOptions
 from quantlab.worker.registration import WorkerIdLock, new_instance, process_started
-from quantlab.worker.zygote import ForkRequest, Zygote
+from quantlab.worker.childenv import strategy_environment
+from quantlab.worker.family import Family
+from quantlab.worker.spawner import Spawner
+from quantlab.worker.zygote import Forked, ForkRequest, Zygote
 
 #: Seconds between checks of the store's change token (how fast a new assignment is seen).
 CHANGE_POLL = 0.02
+#: Seconds between looks for processes re-parented to the worker that are not its children
+#: (also after every reaped child): one read of its /proc children list.
+STRAYS_EVERY = 0.25
 
 
 class WorkerRuntime:
@@ -73,7 +81,9 @@ class WorkerRuntime:
         accounts = load_accounts(_accounts_path(options, paths))
         take_secrets(accounts)  # out of the environment before anything is started
         proxy = take_proxy(options.proxy)
-        self.zygote = Zygote(env=strategy_environment(accounts), worker_id=options.id)
+        #: Every child (each leads its own group and session), where the zygote and our next run find them.
+        self.family = Family(paths.worker_children(options.id), log)
+        self.family.end_previous()  # before anything is forked; the id lock makes the list ours alone
         self.context = zmq.Context()
         self.channel = Channel(self.context, log)
         self.endpoint = self.channel.endpoint
@@ -84,6 +94,9 @@ class WorkerRuntime:
         self.handlers: dict[int, Callable[[], None]] = {}
         self.api_done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run on the loop's thread
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        env = strategy_environment(accounts)
+        self.spawner = Spawner(lambda: Zygote(env, options.id, str(self.family.path)), self.watch, self.unwatch, log)
+        self.strays_at = 0.0  #: when the next look for strays is due (monotonic)
         self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name),
                             current=functools.partial(_holder_current, store))
         self.manager = StrategyManager(
@@ -99,26 +112,22 @@ class WorkerRuntime:
 
     # ---- Transport ----
 
-    def fork(self, request: ForkRequest, on_exit: Callable[[int], None]) -> int:
-        if not self.zygote.alive:
-            self.log.error("zygote died: starting a new one")
-            self.zygote = Zygote(self.zygote.env, self.zygote.worker_id)
-        pid = self.zygote.fork(request)
+    def fork(self, request: ForkRequest, answer: Callable[[Forked], None], on_exit: Callable[[int], None]) -> None:
+        def forked(reply: Forked) -> None:
+            if reply.pid:  # ours from now on, whatever the manager makes of it
+                self.family.add(reply.pid)
+                self.children.track(reply.pid, functools.partial(self._reaped, reply.pid, on_exit))
+            answer(reply)
 
-        def reaped(status: int) -> None:
-            self._forget(pid)
-            on_exit(status)
+        self.spawner.fork(request, forked)
 
-        self.children.track(pid, reaped)
-        return pid
-
-    def _forget(self, pid: int) -> None:
-        try:
-            self.zygote.forget(pid)
-        except OSError:
-            pass  # the zygote died: a new one never knew this child
+    def _reaped(self, pid: int, on_exit: Callable[[int], None], status: int) -> None:
+        self.family.remove(pid)
+        self.spawner.forget(pid)
+        on_exit(status)
 
     def kill(self, pid: int) -> None:
+        # Its helpers in a session of its own are re-parented to us as it dies: strays, ended at its reaping.
         procs.kill_group(pid)
 
     def send(self, routing_id: bytes, msg: ToChild) -> bool:
@@ -135,9 +144,9 @@ class WorkerRuntime:
         self.handlers.pop(fd, None)
         self.fds.unregister(fd)
 
-    def submit_api(self, routing_id: bytes, call: ApiCall, allowed: list[str], fence: Fence, caller: Caller) -> None:
+    def submit_api(self, key: bytes, call: ApiCall, allowed: list[str], fence: Fence, caller: Caller) -> None:
         def done(result: ApiResult) -> None:  # runs on an API pool thread
-            self._on_loop(lambda: self.manager.deliver_api_result(routing_id, result))
+            self._on_loop(lambda: self.manager.deliver_api_result(key, result))
             if self.manager.metrics is not None:
                 self.manager.metrics.api_call(call.account, result.ok, result.kind)
 
@@ -156,6 +165,8 @@ class WorkerRuntime:
             self._receive()
 
     def _receive(self) -> None:
+        # The zygote's answers first: a child's first message comes only after the answer naming it.
+        self.spawner.receive()
         # The writes of one batch of messages (the state claims before each Init, when many
         # strategies start at once) are made durable together: one sync, not three fsyncs each.
         # A claim reaches the disk a moment after its Init left; the file store lives on this
@@ -167,10 +178,22 @@ class WorkerRuntime:
     def _reap_exited(self) -> None:
         self.child_exits.drain()  # first: an exit from now on wakes the loop again
         self.children.reap_orphans(self._reap_zygote)
+        self._end_strays()  # a dead child's helpers were re-parented to us just now
 
     def _reap_zygote(self, pid: int) -> bool:
-        """The zygote is Popen's to reap (its returncode tells `alive`)."""
-        return pid == self.zygote.proc.pid and self.zygote.proc.poll() is not None
+        """A zygote, the present one or one replaced, is Popen's to reap."""
+        return self.spawner.reap(pid)
+
+    def _end_strays(self) -> None:
+        """Kill every process re-parented to us that is no child we know of: a strategy's helper
+        that outlived its parent, or that left it by a double fork."""
+        self.strays_at = time.monotonic() + STRAYS_EVERY
+        if self.spawner.owed:
+            return  # a child whose answer has not come yet would look like one
+        strays = procs.strays(set(self.children.tracked))  # a zygote is in our session: never a stray
+        if strays:
+            self.log.warning("killing what a strategy left behind: pids %s", " ".join(map(str, strays)))
+            procs.kill_trees(strays)
 
     def _deliver_api_results(self) -> None:
         try:
@@ -193,7 +216,11 @@ class WorkerRuntime:
                 handler = self.handlers.get(fd)
                 if handler is not None:
                     self._guarded(handler)
+        self._guarded(self.spawner.check)
+        if time.monotonic() >= self.strays_at:
+            self._guarded(self._end_strays)
         self.manager.supervise()
+        self.family.save()
 
     def _guarded(self, step: Callable[[], object]) -> None:
         # A bug in one step must not end the loop: the children would lose their supervisor.
@@ -254,27 +281,17 @@ class WorkerRuntime:
         if self.manager.guard is not None:
             self.manager.guard.close()
         self.children.kill_all()  # nothing outlives the worker, whatever path brought us here
+        self.spawner.owed.clear()
+        self._end_strays()
+        self.family.members.clear()
+        self.family.save(force=True)
         self.manager.states.close()  # the last states' sync, before the store closes
+        self.spawner.close()
         self.fds.close()
         self.channel.close()
         self.context.term()
-        self.zygote.close()
         os.close(self.api_wakeup)
         self.child_exits.close()
-
-
-def strategy_environment(accounts: list[Account]) -> dict[str, str]:
-    """The worker's environment without any secret: what strategy children inherit.
-
-    Proxy variables keep their host and lose their credentials.
-    """
-    names = {a.api_secret_env for a in accounts if a.api_secret_env} | {PROXY_ENV}
-    secrets = {a.secret() for a in accounts if a.type == "bybit"} - {""}
-    env = {k: v for k, v in os.environ.items() if k not in names and v not in secrets}
-    for name in PROXY_VARIABLES:
-        if name in env:
-            env[name] = without_credentials(env[name])
-    return env
 
 
 def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:

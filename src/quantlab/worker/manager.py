@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import time
 from typing import Callable, Mapping
 
@@ -52,15 +53,18 @@ from quantlab.protocol import (
 )
 from quantlab.worker import machine as m
 from quantlab.worker import procs
+from quantlab.worker.channel import Garbled
 from quantlab.worker.fenceguard import FenceGuard
+from quantlab.worker.intake import FAULT_AFTER, Burst
 from quantlab.worker.load import Usage
+from quantlab.worker.peers import Peers
 from quantlab.worker.report import Reporter
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.slot import Slot
 from quantlab.worker.statecommit import StateCommits
 from quantlab.worker.timers import Timers
 from quantlab.worker.transport import Transport
-from quantlab.worker.zygote import ForkRequest
+from quantlab.worker.zygote import Forked, ForkRequest
 from quantlab.child.jsruntime import child_command
 from quantlab.logsetup import LogSettings
 from quantlab.ops.metrics import WorkerMetrics
@@ -86,12 +90,15 @@ COUNTS_PER_PASS = 4
 #: one each (one each would be a fifth of what starting 100 strategies costs the worker).
 #: A first heartbeat is written at once, with whatever waits.
 PUBLISH_GATHER = 0.05
-#: Seconds of a pass the loop may spend forking before it looks at the other strategies' deadlines.
-#: A fork is a round trip to the zygote (3-7 ms): a hundred new strategies forked in one go would hold
-#: every running strategy's next tick ~300 ms. Past this budget a pass forks on only
-#: while no deadline comes due meanwhile, so a lone restart, or a mass start on an idle worker,
-#: still forks at once.
+#: Seconds of a pass the loop may spend asking for forks before it looks at the other strategies'
+#: deadlines. The fork runs in the zygote while the loop goes on, but each request and the handling
+#: of its answer still cost the loop: a hundred asked for in one go would hold every running
+#: strategy's next tick. Past this budget a pass asks on only while no deadline comes due
+#: meanwhile, so a lone restart, or a mass start on an idle worker, still forks at once.
 FORK_BUDGET = 0.002
+#: Fork requests the zygote may owe answers to at once; the rest wait their turn in ``forks_due``
+#: (its socket's buffer, not the loop, would otherwise hold them).
+MAX_UNANSWERED = 16
 
 _json = msgspec.json.encode
 
@@ -121,7 +128,8 @@ class StrategyManager:
         self.wall = wall
         self.rng = rng or random.Random()
         self.slots: dict[str, Slot] = {}
-        self.by_routing_id: dict[bytes, Slot] = {}
+        self.by_key: dict[bytes, Slot] = {}  #: forked incarnations by Slot.key, until their exit
+        self.peers = Peers(log, clock)  #: which channel connection speaks for which incarnation
         self.lease_until = -math.inf  #: monotonic; nothing but Stop and API answers goes to a child after it
         self.lease_grace = LEASE_KILL_GRACE  #: seconds after lease_until when what is left is killed
         self.lease_lapsed = False
@@ -140,7 +148,8 @@ class StrategyManager:
         #: Spawns waiting for a pass with fork budget left: slot id -> (slot, incarnation), oldest first.
         self.forks_due: dict[str, tuple[Slot, int]] = {}
         self.forked = 0.0  #: seconds this pass spent forking
-        self.fork_took = 0.005  #: seconds the last fork took
+        self.fork_took = 0.005  #: seconds the last fork request took the loop
+        self.unanswered = 0  #: fork requests the zygote has not answered yet
         self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
         self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
         #: Told each new lease deadline (plus grace), to kill the children even while the loop is stuck.
@@ -333,7 +342,10 @@ class StrategyManager:
                 self._fork(slot, incarnation)
 
     def _may_fork(self) -> bool:
-        """Within this pass's budget, or no other strategy's deadline comes before a fork would end."""
+        """The zygote owes few enough answers, and within this pass's budget, or no other strategy's
+        deadline comes before a fork would end."""
+        if self.unanswered >= MAX_UNANSWERED:
+            return False  # an answer wakes the loop, and this pass's _fork_due goes on
         if self.forked < FORK_BUDGET:
             return True
         due = self.timers.next()
@@ -344,31 +356,57 @@ class StrategyManager:
         return self.slots.get(slot.id) is slot and slot.machine.incarnation == incarnation \
             and isinstance(slot.machine.state, m.Spawning)
 
+    def _spawn_failed(self, slot: Slot, error: str) -> None:
+        self.log.error("cannot spawn %s: %s", slot.id, error)
+        slot.marker(self.wall(), f"spawn failed: {error}")
+        self.feed(slot, m.SpawnFailed(error, self.rng.random()))
+
     def _fork(self, slot: Slot, incarnation: int) -> None:
-        """Ask the zygote for the child (the loop waits for its pid), and step the machine with the outcome."""
+        """Ask the zygote for the child; its answer comes on a later pass (`_forked`): the loop never waits for it."""
         started = self.clock()
         slot.outbox.clear()
         slot.init_pending = False
-        routing_id = slot.routing_id
+        key = slot.key
+        token = secrets.token_bytes(16)  # its Hello's proof that it is this incarnation (quantlab/protocol.py)
         try:
-            argv = child_command(slot.work.spec.file, self.transport.endpoint, routing_id)  # Node for a .js file
-            request = ForkRequest(endpoint=self.transport.endpoint, routing_id=routing_id, log_path=str(slot.log_path),
+            argv = child_command(slot.work.spec.file, self.transport.endpoint)  # Node for a .js file
+            request = ForkRequest(endpoint=self.transport.endpoint, token=token, log_path=str(slot.log_path),
                                   argv=argv, title=f"qlab strategy {slot.id} [{self.worker_id}]")
-            pid = self.transport.fork(request, lambda status: self.on_exit(routing_id, status))
-        except (OSError, JsRuntimeError) as e:
-            self.log.error("cannot spawn %s: %s", slot.id, e)
-            slot.marker(self.wall(), f"spawn failed: {e}")
-            self.feed(slot, m.SpawnFailed(str(e), self.rng.random()))
+        except JsRuntimeError as e:
+            self._spawn_failed(slot, str(e))
             return
+        self.unanswered += 1
+        # Its Hello may come before the zygote's answer: it binds its connection now, and is
+        # handled once the answer made it a child (_forked).
+        self.peers.expect(key, token)
+        try:
+            self.transport.fork(request, lambda answer: self._forked(slot, incarnation, key, answer),
+                                lambda status: self.on_exit(key, status))
         finally:
             self.fork_took = self.clock() - started
             self.forked += self.fork_took
-        self.by_routing_id[routing_id] = slot
+
+    def _forked(self, slot: Slot, incarnation: int, key: bytes, answer: Forked) -> None:
+        """The zygote's answer to a fork, on a later pass: step the machine with it."""
+        self.unanswered -= 1
+        if not self._still_spawning(slot, incarnation):
+            self.peers.forget(key)
+            if answer.pid:
+                self.transport.kill(answer.pid)  # stopped or restarted meanwhile: this child serves nobody
+            return
+        if answer.error:
+            self.peers.forget(key)
+            self._spawn_failed(slot, answer.error)
+            return
+        pid = answer.pid
+        self.by_key[key] = slot
         if incarnation > 1:
             slot.result.restarts += 1
             self.reporter.note(EventKind.RESTARTED, slot, f"pid {pid}")
         slot.marker(self.wall(), f"spawn pid={pid} incarnation={incarnation} epoch={slot.assignment.epoch}")
         self.feed(slot, m.Spawned(pid))
+        if self.peers.peer(key) is not None:
+            self.feed(slot, m.HelloCame())  # it said Hello before we heard from the zygote
 
     # ---- reconciliation: before each start, what the strategy left at the exchange ----
 
@@ -404,9 +442,9 @@ class StrategyManager:
         slot.reconciled = result
         self._spawn(slot, incarnation)
 
-    def on_exit(self, routing_id: bytes, status: int) -> None:
-        """The child was reaped: judge its exit (after its last words, if it left by itself)."""
-        slot = self.by_routing_id.get(routing_id)
+    def on_exit(self, key: bytes, status: int) -> None:
+        """The child of incarnation ``key`` was reaped: judge its exit (after its last words, if it left by itself)."""
+        slot = self.by_key.get(key)
         if slot is None:
             return
         child = m.alive(slot.machine)
@@ -415,7 +453,8 @@ class StrategyManager:
             # those last words through the socket, so give them a moment to arrive.
             self.transport.drain(LAST_WORDS_WAIT)
         how = procs.describe_status(status)
-        self.by_routing_id.pop(routing_id, None)
+        self.by_key.pop(key, None)
+        self.peers.forget(key)
         slot.outbox.clear()
         slot.marker(self.wall(), f"exit pid={child.pid if child else '?'} {how}")
         self.feed(slot, m.Gone(how, self.rng.random()))
@@ -426,22 +465,66 @@ class StrategyManager:
             self.timers.set(slot.id, None)
             self.backlogged.pop(slot.id, None)
             self.forks_due.pop(slot.id, None)
-        self.by_routing_id.pop(slot.routing_id, None)
+        self.by_key.pop(slot.key, None)
+        self.peers.forget(slot.key)
+        self._note_burst(slot, slot.intake.ended(self.clock(), anyway=True))
 
     # ---- messages from children ----
 
-    def on_message(self, routing_id: bytes, msg: ToWorker) -> None:
-        slot = self.by_routing_id.get(routing_id)
+    def on_message(self, peer: bytes, msg: ToWorker | Garbled) -> None:
+        """A frame from channel connection ``peer``: handled for the strategy it speaks for, charged to it if bad."""
+        slot = self._speaker(peer, msg)
         if slot is None:
-            return  # an older incarnation, already written off
+            return
+        if isinstance(msg, Garbled):
+            self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"it sent {msg.why}")))
+            return
+        if not self._within_budget(slot, msg):
+            return
         try:
             self._dispatch(slot, msg)
             self._flush_outbox(slot)
         except Exception as e:
             # Whatever it was, it came from this strategy: charge it there, never to the loop.
-            self.log.exception("handling %s from %s failed", type(msg).__name__, slot.id)
+            if (child := m.alive(slot.machine)) is not None and child.killed is None:  # once: a hostile child repeats
+                self.log.exception("handling %s from %s failed", type(msg).__name__, slot.id)
             charge = m.Charge(EventKind.ERROR, f"worker could not handle its {type(msg).__name__}: {type(e).__name__}: {e}")
             self.feed(slot, m.Fault(charge))
+
+    def _speaker(self, peer: bytes, msg: ToWorker | Garbled) -> Slot | None:
+        """The strategy whose child speaks on ``peer``: bound by its Hello's token (quantlab/worker/peers.py).
+
+        Anyone else's message is dropped and counted.
+        """
+        key = self.peers.key(peer)
+        if key is None and isinstance(msg, Hello):
+            key = self.peers.bind(peer, msg.token)
+        elif key is None:
+            self.peers.drop("a frame that is no message" if isinstance(msg, Garbled) else "a message before a good Hello")
+        if key is None and self.metrics is not None:
+            self.metrics.channel_dropped.labels(reason="stranger").inc()
+        return self.by_key.get(key) if key is not None else None
+
+    def _within_budget(self, slot: Slot, msg: ToWorker) -> bool:
+        """True when ``msg`` is within the strategy's budget (quantlab/worker/intake.py); else it is dropped."""
+        if slot.intake.admit(msg, self.clock()):
+            return True
+        if self.metrics is not None:
+            self.metrics.channel_dropped.labels(reason="over_budget").inc()
+        if isinstance(msg, ApiCall):  # answered, so the strategy's call returns
+            self.send_to(slot, ApiResult(call_id=msg.call_id, ok=False, kind="permission",
+                                         error="over its budget of API calls a second: refused"))
+        burst = slot.intake.overdue()
+        if burst is not None:
+            self.log.warning("%s is over its message budget: %s", slot.id, burst.describe())
+            self._note_burst(slot, burst)
+            self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"over its message budget for {FAULT_AFTER:g}s")))
+        return False
+
+    def _note_burst(self, slot: Slot, burst: Burst | None) -> None:
+        """One event for a burst of messages over budget, once it ended."""
+        if burst is not None:
+            self.reporter.note(EventKind.OVER_BUDGET, slot, burst.describe())
 
     def _dispatch(self, slot: Slot, msg: ToWorker) -> None:
         if isinstance(msg, Heartbeat):
@@ -496,7 +579,7 @@ class StrategyManager:
             self.send_to(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
             return
         caller = Caller(slot.id, slot.assignment.epoch, RiskLimits.of(slot.work.spec))
-        self.transport.submit_api(slot.routing_id, call, slot.work.spec.accounts, self.fence(slot), caller)
+        self.transport.submit_api(slot.key, call, slot.work.spec.accounts, self.fence(slot), caller)
 
     def fence(self, slot: Slot) -> Fence:
         """The fence of ``slot``'s calls, read on an API pool thread when a request is signed.
@@ -522,8 +605,9 @@ class StrategyManager:
             return False  # unknown is not current: an order waits for the store, never guesses
         return work is not None and wm.current(work, self.worker_id, slot.assignment.epoch)
 
-    def deliver_api_result(self, routing_id: bytes, result: ApiResult) -> None:
-        slot = self.by_routing_id.get(routing_id)
+    def deliver_api_result(self, key: bytes, result: ApiResult) -> None:
+        """The answer to an API call of incarnation ``key`` (dropped when that child is gone)."""
+        slot = self.by_key.get(key)
         if slot is None:
             return
         if result.kind == "risk":
@@ -552,7 +636,8 @@ class StrategyManager:
         self._flush_outbox(slot)
 
     def _flush_outbox(self, slot: Slot) -> None:
-        while slot.outbox and self.transport.send(slot.routing_id, slot.outbox[0]):
+        peer = self.peers.peer(slot.key)  # None until its Hello: everything waits here
+        while slot.outbox and peer is not None and self.transport.send(peer, slot.outbox[0]):
             slot.outbox.popleft()
         if slot.outbox:
             self.backlogged[slot.id] = slot
@@ -624,6 +709,8 @@ class StrategyManager:
     def _supervise_one(self, slot: Slot, now: float, retry_store: bool) -> None:
         if slot.outbox:
             self._flush_outbox(slot)
+        if retry_store:
+            self._note_burst(slot, slot.intake.ended(now))
         if slot.due is not None and slot.due <= now:  # time changes nothing before a deadline
             self.feed(slot, m.Due())
         if retry_store and slot.init_pending:
@@ -643,7 +730,7 @@ class StrategyManager:
 
     def next_deadline(self) -> float:
         """The next moment (monotonic) a pass has something to do; at most a second away."""
-        if self.forks_due:
+        if self.forks_due and self.unanswered < MAX_UNANSWERED:
             return 0.0  # overdue: a deadline a moment ahead would still be a millisecond's poll
         now = self.clock()
         deadlines = [now + 1.0]

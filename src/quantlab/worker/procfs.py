@@ -25,6 +25,11 @@ def _stat(pid: int) -> list[str]:
 
 def descendants(pid: int) -> list[int]:
     """Every live descendant of ``pid``: its children, theirs, and so on (one scan of /proc)."""
+    return descendants_of([pid])
+
+
+def descendants_of(pids: list[int]) -> list[int]:
+    """Every live descendant of any of ``pids`` (one scan of /proc)."""
     by_parent: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -35,11 +40,40 @@ def descendants(pid: int) -> list[int]:
             continue  # exited meanwhile
         by_parent.setdefault(parent, []).append(int(name))
     found: list[int] = []
-    todo = [pid]
+    todo = list(pids)
     while todo:
         children = by_parent.get(todo.pop(), [])
         found.extend(children)
         todo.extend(children)
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The children of ``pid``'s main thread (where orphans re-parented to a subreaper go)."""
+    with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+        return [int(field) for field in f.read().split()]
+
+
+def session(pid: int) -> int:
+    return int(_stat(pid)[3])
+
+
+def exited(pid: int) -> bool:
+    """A zombie: it exited and waits to be reaped."""
+    return _stat(pid)[0] == "Z"
+
+
+def in_sessions(sessions: set[int]) -> list[int]:
+    """Every live process in one of ``sessions`` (one scan of /proc)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if int(_stat(int(name))[3]) in sessions:
+                found.append(int(name))
+        except OSError:
+            continue  # exited meanwhile
     return found
 
 

@@ -1,11 +1,12 @@
-"""Linux process plumbing: subreaper, parent-death signal, killing a group, reaping.
+"""Linux process plumbing: subreaper, parent-death signal, a child's lock-down, killing, reaping.
 
 Hygiene: every way a strategy child ends goes through `Children.reap`,
 which kills the child's whole process group before it reaps the child (the
 unreaped leader keeps the group id from being reused, so the kill cannot hit
-a stranger), and the worker, a child subreaper, also reaps every orphan it
-inherits (the helpers of a dead strategy), so nothing is left as a zombie or
-running on.
+a stranger), and the worker, a child subreaper, kills every process
+re-parented to it that is not its child (`strays`: a helper in a session of
+its own, or left by a double fork) and reaps every orphan it inherits, so
+nothing is left as a zombie or running on.
 """
 
 from __future__ import annotations
@@ -21,10 +22,19 @@ from quantlab.worker import procfs
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_DUMPABLE = 4
+_PR_CAPBSET_DROP = 24
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAPABILITY_VERSION_3 = 0x20080522
 _libc = ctypes.CDLL(None, use_errno=True)
 #: Looked up once, at import: in the zygote, before its forks. Looked up by each child (its
-#: parent-death signal), ctypes' lookup would cost each child 0.05 MB of private memory.
+#: parent-death signal, its lock-down), ctypes' lookup would cost each child 0.05 MB of private memory.
 _libc_prctl = _libc.prctl
+_libc_capset = _libc.capset
+#: capset's header and its two data words (all zero: no capability at all), made once for the same reason.
+_CAP_HEADER = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+_CAP_NONE = (ctypes.c_uint32 * 6)()
 
 
 def _prctl(option: int, value: int) -> None:
@@ -47,6 +57,36 @@ def become_undumpable() -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
 
 
+def lock_down() -> None:
+    """Make this process (a strategy child, before it runs any strategy code) unable to reach past itself.
+
+    No capability, none to gain again (an empty bounding set, ``no_new_privs``: an exec of a
+    set-user-ID program or of any file by root gives nothing), and not dumpable: a process of
+    the same user can then neither attach to it nor read its /proc memory and environment,
+    and, having no CAP_SYS_PTRACE itself, nor those of the worker and the zygote, which are
+    not dumpable either. An exec (Node) makes the process dumpable again; the rest stays.
+    """
+    for cap in range(_LAST_CAP + 1):  # first: dropping one takes CAP_SETPCAP, gone after capset
+        _libc_prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # refused without CAP_SETPCAP: then there was none to gain
+    _libc_prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if _libc_capset(_CAP_HEADER, _CAP_NONE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(_PR_SET_DUMPABLE, 0)
+
+
+def _last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
+            return int(f.read())
+    except OSError:
+        return 63  # dropping a capability the kernel does not know is refused, and harmless
+
+
+_LAST_CAP = _last_cap()
+
+
 def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL) -> None:
     """Get ``sig`` when the parent dies; exit now if it already has."""
     _prctl(_PR_SET_PDEATHSIG, sig)
@@ -60,6 +100,51 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def kill_trees(roots: list[int]) -> None:
+    """SIGKILL ``roots`` and every descendant of theirs, whatever session or group it moved to.
+
+    Stopped first, a scan at a time until a scan finds no new one (a stopped process
+    cannot fork), then killed: killed from the top, a descendant would be re-parented
+    away before it is found.
+    """
+    stopped: set[int] = set()
+    todo = set(roots)
+    while todo:
+        for pid in todo:
+            _signal(pid, signal.SIGSTOP)
+        stopped |= todo
+        todo = set(procfs.descendants_of(sorted(stopped))) - stopped
+    for pid in stopped:
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def strays(known: set[int]) -> list[int]:
+    """This process's children that it neither started nor knows: orphans re-parented to it, a subreaper.
+
+    A process this one starts itself stays in its session; a strategy's process never is in
+    it (each child starts its own), so a child from another session that is not ``known``
+    (the strategy children) came from a strategy.
+    """
+    me, session = os.getpid(), os.getsid(0)
+    out = []
+    for pid in procfs.children(me):
+        if pid in known:
+            continue
+        try:
+            if procfs.session(pid) != session and not procfs.exited(pid):
+                out.append(pid)
+        except OSError:
+            continue  # gone meanwhile
+    return out
 
 
 def describe_status(status: int) -> str:
@@ -121,7 +206,10 @@ class Children:
                 orphans += 1
 
     def kill_all(self) -> None:
-        for pid in list(self.tracked):
+        """Every child, its group and every descendant (a helper in a session of its own too)."""
+        pids = list(self.tracked)
+        kill_trees(pids)
+        for pid in pids:
             kill_group(pid)
 
 

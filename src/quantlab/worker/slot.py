@@ -12,6 +12,7 @@ from quantlab.exchange.reconcile import Reconciled
 from quantlab.store.records import Assignment, StrategyStatus, Work
 from quantlab.protocol import ToChild
 from quantlab.worker import machine as m
+from quantlab.worker.intake import Intake
 
 
 class Slot:
@@ -38,6 +39,9 @@ class Slot:
         self.memory_checked = 0.0  #: when the memory limit was last checked (monotonic)
         #: It ran while this worker's lease ran out: none of its exchange calls may leave any more.
         self.fenced_off = False
+        #: Its budget of messages to the worker, the same across restarts (a token bucket starts full
+        #: whatever the time it was made at).
+        self.intake = Intake(0.0)
         self.dirty = True
 
     # ---- what a worker hook reads (docs/worker-hooks.md) ----
@@ -69,7 +73,8 @@ class Slot:
         return isinstance(self.machine.state, m.Running)
 
     @property
-    def routing_id(self) -> bytes:
+    def key(self) -> bytes:
+        """Its incarnation's name inside the worker (its exit, its API answers); never on the wire."""
         return f"{self.id}#{self.machine.incarnation}".encode()
 
     @property

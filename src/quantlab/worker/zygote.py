@@ -9,18 +9,20 @@ each child in milliseconds, sharing those pages copy-on-write.
 To keep the worker the real parent of every child (exit codes by waitpid, a
 pidfd in its poller), the worker is a child subreaper and the zygote
 double-forks: the intermediate exits at once, the grandchild is re-parented to
-the worker, then arms its parent-death signal so it never outlives the worker.
+the worker, then arms its parent-death signal (SIGSTOP) and locks itself down
+(quantlab/worker/procs.py `lock_down`) before any strategy code runs.
 
-A child's own helpers (processes it starts) are in its process group; the
-worker kills that group whenever it reaps the child. When the worker itself
-dies (SIGKILL) the children die with it, but their helpers would be
-re-parented to init: so the zygote, which outlives the worker by a moment
-(it has no parent-death signal; its socket's EOF tells it), kills the group of
-every child the worker had not reaped yet, then exits.
+The worker never waits for its zygote (quantlab/worker/spawner.py): it sends a
+request and reads the answer when the socket is readable; a zygote that owes
+an answer too long is killed and replaced. The worker, not the zygote, keeps
+the list of every child (quantlab/worker/family.py), so whichever zygote runs
+when the worker dies (SIGKILL) ends them all: on its socket's EOF it reads that
+list, adds what it forked itself, stops each child and every descendant, then
+kills them (a child's helpers may be in another session), and exits.
 
 Wire: a SOCK_SEQPACKET socketpair; requests are msgpack ForkRequest (answered
-with one Forked) or Forget (no answer: the worker reaped that child and killed
-its group, so the zygote must never kill that group id again).
+with one Forked, in order) or Forget (no answer: the worker reaped that child
+and ended its group, so the zygote must never act on that pid again).
 """
 
 from __future__ import annotations
@@ -32,18 +34,21 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import msgspec
 
 from quantlab import proctitle
-from quantlab.worker import procs
+from quantlab.worker import family, procs
 
 
 class ForkRequest(msgspec.Struct, tag="fork"):
-    """What one strategy child needs from its fork: the worker's socket, its routing id, its log."""
+    """What one strategy child needs from its fork: the worker's socket, its token, its log."""
 
     endpoint: str
-    routing_id: bytes
+    #: The incarnation's secret, said in its Hello (quantlab/protocol.py): a Python child keeps it in
+    #: memory, a Node child reads it from its stdin, a pipe written and closed before the exec.
+    token: bytes
     log_path: str
     #: A program the child execs once it is set up (a JavaScript strategy's Node runner);
     #: empty: it runs the Python runner.
@@ -74,78 +79,112 @@ REPARENT_TIMEOUT = 5.0
 
 
 class Zygote:
-    """The worker's handle on its zygote process."""
+    """The worker's handle on one zygote process: requests go out without waiting, answers are read when they come."""
 
-    def __init__(self, env: dict[str, str] | None = None, worker_id: str = "") -> None:
-        """``env``: the environment children inherit (the worker strips its secrets from it);
-        ``worker_id``: the worker's, for the zygote's process title."""
+    def __init__(self, env: dict[str, str] | None = None, worker_id: str = "", family_path: str = "") -> None:
+        """``env``: the environment children inherit (the worker's allowlist of it); ``worker_id``: the
+        worker's, for the zygote's process title; ``family_path``: the worker's list of its children
+        (quantlab/worker/family.py), which the zygote ends when the worker dies."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)  # the worker's loop never waits on its zygote
         self.sock = ours
         self.env = env
         self.worker_id = worker_id
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid()), worker_id],
+            [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid()), worker_id,
+             family_path],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,
         )
         theirs.close()
 
-    def fork(self, request: ForkRequest) -> int:
-        """Fork a strategy child; its pid (already a child of this process)."""
-        self.sock.sendall(_encode(request))
-        data = self.sock.recv(4096)
-        if not data:
-            raise OSError("zygote exited")
-        reply = _decode_forked(data)
-        if reply.error:
-            raise OSError(f"zygote could not fork: {reply.error}")
-        return reply.pid
+    def send(self, request: ForkRequest | Forget) -> None:
+        """Queue a request; OSError when the zygote is gone or owes too many answers already."""
+        self.sock.send(_encode(request))
 
-    def forget(self, pid: int) -> None:
-        """The worker reaped ``pid`` and killed its group: the zygote must not kill that group on its way out."""
-        self.sock.sendall(_encode(Forget(pid=pid)))
+    def answers(self) -> list[Forked] | None:
+        """The answers that came so far, in the order of the requests; None once the zygote is gone."""
+        out: list[Forked] = []
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except BlockingIOError:
+                return out
+            except OSError:
+                return None
+            if not data:
+                return None
+            out.append(_decode_forked(data))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """End it now (it may be stopped, or stuck): its socket closes; it is reaped when SIGCHLD says so."""
+        self.sock.close()
+        self.proc.kill()
 
     def close(self) -> None:
         self.sock.close()  # EOF ends the zygote's loop
         try:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.kill()
             self.proc.wait()
 
 
 # ---- inside the zygote process ----
 
 
-def _serve(sock: socket.socket, worker_pid: int) -> None:
+def _serve(sock: socket.socket, worker_pid: int, family_path: str) -> None:
     # Imported here, once: every child starts with them loaded.
     from quantlab.child import runner  # noqa: F401
 
-    unreaped: set[int] = set()  # children the worker has not reaped: their groups may hold helpers
+    unreaped: list[family.Member] = []  # children the worker has not reaped: they and theirs may be running
     while True:
         data = sock.recv(65536)
         if not data:  # the worker closed us, or died: leave nothing of its children behind
-            for pgid in unreaped:
-                procs.kill_group(pgid)
+            _end_all(family_path, worker_pid, unreaped)
             return
         request = _decode_request(data)
         if isinstance(request, Forget):
-            unreaped.discard(request.pid)
+            unreaped = [member for member in unreaped if member.pid != request.pid]
             continue
+        # The child waits for EOF on ``answered`` before it does anything: its first message to the
+        # worker can then never come before our answer, which tells the worker whose message it is.
+        answered = os.pipe()
         try:
-            reply = Forked(pid=_double_fork(request, sock, worker_pid))
-            unreaped.add(reply.pid)
+            pid = _double_fork(request, sock, worker_pid, answered)
+            reply = Forked(pid=pid)
+            unreaped.extend(family.members([pid]))
         except OSError as e:
             reply = Forked(error=str(e))
-        sock.sendall(_encode(reply))
+        finally:
+            os.close(answered[0])
+        try:
+            sock.sendall(_encode(reply))
+        except OSError:  # the worker is gone
+            _end_all(family_path, worker_pid, unreaped)
+            return
+        finally:
+            os.close(answered[1])
 
 
-def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int) -> int:
+def _end_all(family_path: str, worker_pid: int, unreaped: list[family.Member]) -> None:
+    """End every child of the worker's, and theirs: those on its list (earlier zygotes forked some) and ours.
+
+    Only the list our worker wrote: the worker's next start may have written its own already.
+    """
+    known = family.load(Path(family_path), worker_pid) if family_path else []
+    family.end(known + unreaped)
+
+
+def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int, answered: tuple[int, int]) -> int:
     read_fd, write_fd = os.pipe()
     # Every object so far into the permanent generation: the child's collections never walk
     # (and so never write to) the pages it shares with us and its siblings.
@@ -158,6 +197,9 @@ def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int) -> 
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(write_fd)
+                os.close(answered[1])
+                os.read(answered[0], 1)  # EOF once the worker has our pid (or the zygote is gone)
+                os.close(answered[0])
                 _become_strategy(request, sock, worker_pid, old_mask)
             os.write(write_fd, str(grandchild).encode())
             os._exit(0)
@@ -191,15 +233,19 @@ def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int,
         gc.enable()  # the zygote runs without collections (see main); the strategy's own objects need them
         sock.close()
         os.setsid()  # its own process group: the worker kills it with killpg
+        procs.lock_down()  # before any of the strategy's code: no capability, not dumpable, no_new_privs
         if request.title:
             proctitle.set_title(request.title)
         _wait_for_reparent(worker_pid)
-        procs.die_with_parent(worker_pid)
+        # Stopped, not killed, when the worker dies: its helpers stay its descendants, and the zygote
+        # (or the worker's next start) finds and ends them all from the worker's list.
+        procs.die_with_parent(worker_pid, signal.SIGSTOP)
         _redirect_output(request.log_path)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if request.argv:  # the same child (group, parent, log, environment), running Node
+            _token_on_stdin(request.token)
             try:
                 os.execv(request.argv[0], request.argv)
             except OSError as e:
@@ -207,7 +253,7 @@ def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int,
                 raise
         from quantlab.child.runner import run_child
 
-        code = run_child(request.endpoint, request.routing_id)
+        code = run_child(request.endpoint, request.token)
     finally:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # os._exit skips it, and print() output belongs in the log
@@ -220,6 +266,15 @@ def _wait_for_reparent(worker_pid: int) -> None:
         if time.monotonic() > deadline:
             os._exit(1)
         time.sleep(0.0001)
+
+
+def _token_on_stdin(token: bytes) -> None:
+    """The token as the only thing on stdin: a pipe written and closed here, read by the exec'd runner."""
+    read_fd, write_fd = os.pipe()
+    os.write(write_fd, token)  # far below a pipe's buffer: never blocks
+    os.close(write_fd)
+    os.dup2(read_fd, 0)
+    os.close(read_fd)
 
 
 def _redirect_output(log_path: str) -> None:
@@ -242,14 +297,15 @@ def main() -> None:
     # Before any fork: setproctitle's module, and the copy of the environment its first call
     # makes, are then pages the children share; a child's own title writes only its argv page.
     proctitle.set_title(f"qlab zygote {sys.argv[3]}".rstrip() if len(sys.argv) > 3 else "qlab zygote")
-    # No parent-death signal here: when the worker dies, the EOF on our socket makes us kill
-    # the groups of its children before we exit (see _serve).
+    # No parent-death signal here: when the worker dies, the EOF on our socket makes us end
+    # its children and theirs before we exit (see _serve).
     if os.getppid() != worker_pid:
         os._exit(1)
+    procs.become_undumpable()  # a child must not read or alter what the next child is forked from
     # The terminal's Ctrl-C reaches the worker's whole group; the worker decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _serve(socket.socket(fileno=fd), worker_pid)
+    _serve(socket.socket(fileno=fd), worker_pid, sys.argv[4] if len(sys.argv) > 4 else "")
 
 
 if __name__ == "__main__":

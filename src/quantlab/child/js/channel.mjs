@@ -1,6 +1,6 @@
 /**
- * The child's end of the worker channel: one ZeroMQ DEALER whose routing id is
- * `<strategy id>#<incarnation>`, one msgpack frame per message. The messages are
+ * The child's end of the worker channel: one ZeroMQ DEALER under a routing id of
+ * 128 random bits (no other peer can take it first), one msgpack frame per message. The messages are
  * quantlab/protocol.py's tagged structs: a map whose `type` key names the
  * message; `bytes` fields (state JSON) travel as msgpack bin, i.e. a Uint8Array.
  *
@@ -9,6 +9,7 @@
  * or Message that comes while a hook awaits an API call is handled after the hook.
  */
 
+import { randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { API_ERRORS, ApiError } from "./errors.mjs";
@@ -26,15 +27,17 @@ export function loadRuntime(dir) {
 }
 
 export class Channel {
-  /** @param {{zmq: any, msgpack: any}} runtime @param {string} endpoint @param {string} routingId */
-  constructor({ zmq, msgpack }, endpoint, routingId) {
+  /** @param {{zmq: any, msgpack: any}} runtime @param {string} endpoint */
+  constructor({ zmq, msgpack }, endpoint) {
     this.msgpack = msgpack;
-    this.socket = new zmq.Dealer({ routingId, linger: LINGER_MS });
+    this.socket = new zmq.Dealer({ routingId: `c${randomBytes(16).toString("hex")}`, linger: LINGER_MS });
     this.socket.connect(endpoint);
     this.inbox = [];
     this.waiting = null;
     this.calls = new Map();
     this.nextCall = 0;
+    /** Init's limits, once it came: until then nothing but Hello is sent. */
+    this.limits = null;
     // zeromq.js takes one send at a time: later ones queue behind it, in order.
     this.sending = Promise.resolve();
     this.closed = false;
@@ -44,9 +47,18 @@ export class Channel {
     });
   }
 
+  /** `msg` as its frame. */
+  encode(msg) {
+    return this.msgpack.encode(msg);
+  }
+
   /** Queue `msg` for the worker (sends keep their order). */
   send(msg) {
-    const frame = this.msgpack.encode(msg);
+    return this.sendFrame(this.encode(msg));
+  }
+
+  /** Queue an encoded message for the worker. */
+  sendFrame(frame) {
     this.sending = this.sending.then(() => this.socket.send(frame));
     return this.sending;
   }
@@ -60,9 +72,14 @@ export class Channel {
   /** One pybit call through the worker; rejects with the ApiError subclass of the answer's kind. */
   call(account, method, kwargs) {
     const callId = ++this.nextCall;
+    const frame = this.encode({ type: "api_call", call_id: callId, account, method, kwargs });
+    const limit = this.limits.call_bytes;
+    if (frame.length > limit) {
+      return Promise.reject(new ApiError(`${method}: its arguments take ${frame.length} bytes, over the limit of ${limit} for one call`, 0));
+    }
     return new Promise((resolve, reject) => {
       this.calls.set(callId, { resolve, reject });
-      this.send({ type: "api_call", call_id: callId, account, method, kwargs }).catch(reject);
+      this.sendFrame(frame).catch(reject);
     });
   }
 

@@ -40,3 +40,11 @@ export class NotJson extends Error {
     this.name = "NotJson";
   }
 }
+
+/** A ctx.send message over its size or rate budget: it was not sent. */
+export class OverBudget extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "OverBudget";
+  }
+}

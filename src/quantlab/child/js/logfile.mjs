@@ -2,27 +2,49 @@
  * ctx.log and console output into the strategy's own log, rotated by size the
  * way Python's RotatingFileHandler rotates the Python runner's log (same line
  * format, same `log_max_bytes` / `log_keep` from Init), so `qlab strategy logs`
- * reads both alike.
+ * reads both alike; within the same budget of characters (Init's `limits.log`): output
+ * over it is dropped, and the next line that fits is preceded by one saying how much.
  */
 
 import { closeSync, existsSync, fstatSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import { format } from "node:util";
+import { TokenBucket } from "./budget.mjs";
 
 const LEVELS = { debug: 10, info: 20, warning: 30, error: 40, critical: 50 };
 /** Records below this level are dropped, as the Python runner's logger does. */
 const MIN_LEVEL = LEVELS.info;
 
 export class RotatingFile {
-  /** @param {string} path @param {number} maxBytes rotate past this size (0: never) @param {number} keep rotated files kept */
-  constructor(path, maxBytes, keep) {
+  /**
+   * @param {string} path @param {number} maxBytes rotate past this size (0: never) @param {number} keep rotated files kept
+   * @param {{rate: number, burst: number}} budget characters a second, and at once
+   */
+  constructor(path, maxBytes, keep, budget) {
     this.path = path;
     this.maxBytes = maxBytes;
     this.keep = keep;
+    this.budget = budget;
+    this.bucket = new TokenBucket(budget);
+    this.dropped = 0; // characters dropped since the last line written
     this.fd = openSync(path, "a", 0o600);
   }
 
-  /** Append `text`, rolling the file over first when it would pass maxBytes. */
+  /** Append `text` when the budget allows it, rolling the file over first when it would pass maxBytes. */
   write(text) {
+    if (!this.bucket.take(text.length)) {
+      this.dropped += text.length;
+      return;
+    }
+    if (this.dropped) {
+      const { rate, burst } = this.budget;
+      const note = `quantlab: dropped ${this.dropped} characters of ctx.log and console output: over the log budget of ${rate} a second (bursts of ${burst})\n`;
+      this.dropped = 0;
+      this.append(note);
+    }
+    this.append(text);
+  }
+
+  append(text) {
     const data = Buffer.from(text);
     if (this.maxBytes > 0 && this.keep > 0 && fstatSync(this.fd).size + data.length >= this.maxBytes) this.rollover();
     writeSync(this.fd, data);

@@ -2,11 +2,11 @@
  * The Node strategy child: one incarnation of one JavaScript strategy, driven
  * by its worker over the same channel and protocol as quantlab/child/runner.py.
  *
- *   node runner.mjs child ENDPOINT ROUTING_ID RUNTIME_DIR   (the worker's zygote execs this)
- *   node runner.mjs check FILE RUNTIME_DIR                  (`qlab strategy assign` runs this)
+ *   node runner.mjs child ENDPOINT RUNTIME_DIR   (the worker's zygote execs this; the token on stdin)
+ *   node runner.mjs check FILE RUNTIME_DIR       (`qlab strategy assign` runs this)
  *
  *   child                              worker
- *   Hello(pid)                  ->
+ *   Hello(pid, token)           ->     (binds this connection to the strategy: quantlab/protocol.py)
  *                               <-     Init(file, params, state, accounts, log)
  *   import file, st_init(ctx)
  *   Ready                       ->
@@ -21,6 +21,8 @@
  * then gets its chance (reason type "error") and the child exits 1.
  */
 
+import { readSync } from "node:fs";
+import { logSender } from "./budget.mjs";
 import { Channel, loadRuntime } from "./channel.mjs";
 import { Context } from "./context.mjs";
 import { NotJson } from "./errors.mjs";
@@ -42,12 +44,12 @@ class Runner {
   constructor(channel, init) {
     this.channel = channel;
     this.init = init;
-    const file = new RotatingFile(init.log_path, init.log_max_bytes, init.log_keep);
+    const file = new RotatingFile(init.log_path, init.log_max_bytes, init.log_keep, init.limits.log);
     captureConsole(file);
     this.ctx = new Context(init, {
       call: (account, method, kwargs) => channel.call(account, method, kwargs),
       methods: publicMethods(),
-      send: (data) => channel.send({ type: "log", data }),
+      send: logSender(channel, init.limits),
       log: strategyLogger(file),
     });
     this.hooks = null;
@@ -98,7 +100,7 @@ class Runner {
 
   /** ctx.state as JSON when it changed since the last one sent (null otherwise); HookFailed when it is not JSON. */
   async changedState(after) {
-    const state = await this.guard(`ctx.state after ${after}`, () => stateJson(this.ctx.state));
+    const state = await this.guard(`ctx.state after ${after}`, () => stateJson(this.ctx.state, this.init.limits.state_bytes));
     const text = Buffer.from(state).toString();
     if (text === this.sentState) return null;
     this.sentState = text;
@@ -124,7 +126,8 @@ class Runner {
     const message = error instanceof NotJson ? `${hook}: ${error.message}` : `${hook}: ${error.name}: ${error.message}`;
     const traceback = (error.stack ?? message).split("\n").slice(0, TRACEBACK_LINES).join("\n");
     this.ctx.log.error("%s\n%s", message, traceback);
-    this.channel.send({ type: "error", hook, message, traceback });
+    const chars = this.init.limits.error_chars; // the worker takes no more: the log above has it all
+    this.channel.send({ type: "error", hook, message: message.slice(0, chars), traceback: traceback.slice(-chars) });
     if (!["st_exit", "load", "ctx.state after st_exit"].includes(hook)) await this.lastWords(message);
   }
 
@@ -138,24 +141,39 @@ class Runner {
   }
 }
 
-function stateJson(state) {
+function stateJson(state, limit) {
   if (state === null || typeof state !== "object" || Array.isArray(state)) {
     throw new NotJson(`state: must be an object, not ${Array.isArray(state) ? "array" : state === null ? "null" : typeof state}`);
   }
-  return toJson(state, "state");
+  const json = toJson(state, "state");
+  if (json.length > limit) throw new NotJson(`state: ${json.length} bytes of JSON, over the limit of ${limit}`);
+  return json;
 }
 
-async function runChild(endpoint, routingId, runtimeDir) {
-  const channel = new Channel(loadRuntime(runtimeDir), endpoint, routingId);
+/** The incarnation's token: all of stdin, a pipe the zygote wrote it to and closed before the exec. */
+function readToken() {
+  const chunks = [];
+  const buffer = Buffer.alloc(64);
+  for (;;) {
+    const n = readSync(0, buffer, 0, buffer.length, null);
+    if (n === 0) return Buffer.concat(chunks);
+    chunks.push(Buffer.from(buffer.subarray(0, n)));
+  }
+}
+
+async function runChild(endpoint, runtimeDir) {
+  const token = readToken();
+  const channel = new Channel(loadRuntime(runtimeDir), endpoint);
   let code = 2;
   try {
-    channel.send({ type: "hello", pid: process.pid });
+    channel.send({ type: "hello", pid: process.pid, token });
     const first = await channel.next();
     if (first.type === "stop") {
       // The Work moved away before we connected: nothing ran, nothing to clean up.
       channel.send({ type: "exited", reason: first.reason });
       code = 0;
     } else if (first.type === "init") {
+      channel.limits = first.limits;
       code = await new Runner(channel, first).run();
     }
   } finally {
@@ -178,9 +196,9 @@ async function check(file) {
 
 const [mode, ...args] = process.argv.slice(2);
 // Leave at once, whatever the strategy left running (timers, sockets): the lingering frames still go out.
-if (mode === "child") process.exit(await runChild(args[0], args[1], args[2]));
+if (mode === "child") process.exit(await runChild(args[0], args[1]));
 else if (mode === "check") process.exit(await check(args[0]));
 else {
-  process.stderr.write("usage: runner.mjs child ENDPOINT ROUTING_ID RUNTIME_DIR | check FILE\n");
+  process.stderr.write("usage: runner.mjs child ENDPOINT RUNTIME_DIR (token on stdin) | check FILE\n");
   process.exit(2);
 }
