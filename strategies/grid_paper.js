@@ -8,12 +8,17 @@
  * It places the same orders as the Python bot for the same prices (a test checks
  * it). Restarts never duplicate an order: every orderLinkId is derived from
  * ctx.state (the grid's round and level), which survives restarts; a duplicate
- * the exchange refuses (retCode 110072) counts as already placed.
+ * the exchange refuses (retCode 110072) counts as already placed. An order that
+ * leaves the book is a fill only when the order history says "Filled": one
+ * cancelled from outside (`qlab halt --cancel-orders`) starts a new round.
  */
 
 export const ACCOUNTS = ["paper"]; // what `qlab strategy assign` uses when --account is not given
 
 const DUPLICATE_LINK_ID = 110072;
+const HALTED = 170999; // ApiHaltedError's retCode
+// Bybit's orderStatus values of an order that is off the book for good
+const ENDED = ["Filled", "Cancelled", "PartiallyFilledCanceled", "Rejected", "Deactivated"];
 const DEFAULTS = { account: "paper", symbol: "BTCUSDT", levels: 3, step: 0.0005, qty: "0.001" };
 
 export async function st_init(ctx) {
@@ -30,7 +35,9 @@ export async function st_heartbeat(ctx, tick) {
   ctx.state.center ??= price;
   await noteFills(ctx, api, p, price);
   if (ctx.halted) return; // `qlab halt` refuses new orders (ApiHaltedError): wait for `qlab resume`
-  if (Math.abs(price / ctx.state.center - 1) > Number(p.levels) * Number(p.step)) await recenter(ctx, api, p, price);
+  if (Math.abs(price / ctx.state.center - 1) > Number(p.levels) * Number(p.step)) {
+    await recenter(ctx, api, p, price, `price ${price.toFixed(2)} left the grid`);
+  }
   await placeMissing(ctx, api, p);
 }
 
@@ -56,19 +63,35 @@ function params(ctx) {
 async function noteFills(ctx, api, p, price) {
   const book = await api.getOpenOrders({ category: "linear", symbol: p.symbol });
   const resting = new Set(book.result.list.map((order) => order.orderLinkId));
+  let cancelled = false;
   for (const link of ctx.state.placed.filter((link) => !resting.has(link))) {
+    const status = await orderStatus(api, p, link);
+    if (!ENDED.includes(status)) continue; // not in the history yet (the lists lag a moment): look again next tick
     ctx.state.placed = ctx.state.placed.filter((placed) => placed !== link);
-    ctx.state.filled.push(link);
-    ctx.state.fills += 1;
-    ctx.log.info("filled %s near %s", link, price.toFixed(2));
-    ctx.send({ filled: link, near: Math.round(price * 100) / 100 }); // shows in `qlab events` and `qlab up`
+    if (status === "Filled") {
+      ctx.state.filled.push(link);
+      ctx.state.fills += 1;
+      ctx.log.info("filled %s near %s", link, price.toFixed(2));
+      ctx.send({ filled: link, near: Math.round(price * 100) / 100 }); // shows in `qlab events` and `qlab up`
+    } else {
+      cancelled = true;
+      ctx.log.info("cancelled %s (%s), not filled", link, status);
+    }
   }
+  // Its level stays taken in this round (its orderLinkId is used): start a new one.
+  if (cancelled) await recenter(ctx, api, p, price, "orders were cancelled");
 }
 
-async function recenter(ctx, api, p, price) {
+/** The order's orderStatus at the exchange ("Filled", "Cancelled", ...); "" when not found. */
+async function orderStatus(api, p, link) {
+  const history = await api.getOrderHistory({ category: "linear", symbol: p.symbol, orderLinkId: link });
+  return history.result.list.length ? history.result.list[0].orderStatus : "";
+}
+
+async function recenter(ctx, api, p, price, why) {
   await api.cancelAllOrders({ category: "linear", symbol: p.symbol });
   Object.assign(ctx.state, { round: ctx.state.round + 1, center: price, placed: [], filled: [] });
-  ctx.log.info("price %s left the grid: round %d centred there", price.toFixed(2), ctx.state.round);
+  ctx.log.info("%s: round %d centred at %s", why, ctx.state.round, price.toFixed(2));
 }
 
 async function placeMissing(ctx, api, p) {
@@ -83,6 +106,7 @@ async function placeMissing(ctx, api, p) {
         await api.placeOrder({ category: "linear", symbol: p.symbol, side, orderType: "Limit",
                                qty: p.qty, price: price.toFixed(2), orderLinkId: link });
       } catch (e) {
+        if (e.retCode === HALTED) return; // halted since this tick began: wait for `qlab resume`
         if (e.retCode !== DUPLICATE_LINK_ID) throw e;
       }
       ctx.state.placed.push(link);

@@ -11,15 +11,22 @@ Restarts never duplicate an order: every orderLinkId is derived from
 child dies after placing an order but before its state was saved, the same id
 is sent again and the exchange refuses the duplicate (retCode 110072), which
 the bot takes as "already placed".
+
+An order that leaves the book is a fill only when the exchange says it filled
+(its ``orderStatus`` in the order history): one cancelled from outside (``qlab
+halt --cancel-orders``, a person on the exchange's site) is noted as cancelled,
+and the grid starts a new round around the price, with new orders.
 """
 
 import re
 
-from quantlab import ApiError
+from quantlab import ApiError, ApiHaltedError
 
 ACCOUNTS = ["paper"]  # what `qlab strategy assign` uses when --account is not given
 
 DUPLICATE_LINK_ID = 110072
+#: Bybit's orderStatus values of an order that is off the book for good
+ENDED = ("Filled", "Cancelled", "PartiallyFilledCanceled", "Rejected", "Deactivated")
 DEFAULTS = {"account": "paper", "symbol": "BTCUSDT", "levels": 3, "step": 0.0005, "qty": "0.001"}
 
 
@@ -40,7 +47,7 @@ def st_heartbeat(ctx, tick):
     if ctx.halted:
         return  # `qlab halt` refuses new orders (ApiHaltedError): wait for `qlab resume`
     if abs(price / ctx.state["center"] - 1) > int(p["levels"]) * float(p["step"]):
-        _recenter(ctx, api, p, price)
+        _recenter(ctx, api, p, price, f"price {price:.2f} left the grid")
     _place_missing(ctx, api, p)
 
 
@@ -65,18 +72,34 @@ def _params(ctx):
 def _note_fills(ctx, api, p, price):
     book = api.get_open_orders(category="linear", symbol=p["symbol"])["result"]["list"]
     resting = {order["orderLinkId"] for order in book}
+    cancelled = False
     for link in [link for link in ctx.state["placed"] if link not in resting]:
+        status = _status(api, p, link)
+        if status not in ENDED:
+            continue  # not in the history yet (the exchange's lists lag a moment): look again next tick
         ctx.state["placed"].remove(link)
-        ctx.state["filled"].append(link)
-        ctx.state["fills"] += 1
-        ctx.log.info("filled %s near %.2f", link, price)
-        ctx.send({"filled": link, "near": round(price, 2)})  # shows in `qlab events` and `qlab up`
+        if status == "Filled":
+            ctx.state["filled"].append(link)
+            ctx.state["fills"] += 1
+            ctx.log.info("filled %s near %.2f", link, price)
+            ctx.send({"filled": link, "near": round(price, 2)})  # shows in `qlab events` and `qlab up`
+        else:
+            cancelled = True
+            ctx.log.info("cancelled %s (%s), not filled", link, status)
+    if cancelled:  # its level stays taken in this round (its orderLinkId is used): start a new one
+        _recenter(ctx, api, p, price, "orders were cancelled")
 
 
-def _recenter(ctx, api, p, price):
+def _status(api, p, link):
+    """The order's orderStatus at the exchange ("Filled", "Cancelled", ...); "" when not found."""
+    rows = api.get_order_history(category="linear", symbol=p["symbol"], orderLinkId=link)["result"]["list"]
+    return rows[0]["orderStatus"] if rows else ""
+
+
+def _recenter(ctx, api, p, price, why):
     api.cancel_all_orders(category="linear", symbol=p["symbol"])
     ctx.state.update(round=ctx.state["round"] + 1, center=price, placed=[], filled=[])
-    ctx.log.info("price %.2f left the grid: round %d centred there", price, ctx.state["round"])
+    ctx.log.info("%s: round %d centred at %.2f", why, ctx.state["round"], price)
 
 
 def _place_missing(ctx, api, p):
@@ -90,6 +113,8 @@ def _place_missing(ctx, api, p):
             try:
                 api.place_order(category="linear", symbol=p["symbol"], side=side, orderType="Limit",
                                 qty=p["qty"], price=f"{price:.2f}", orderLinkId=link)
+            except ApiHaltedError:
+                return  # halted since this tick began: wait for `qlab resume`
             except ApiError as e:
                 if e.ret_code != DUPLICATE_LINK_ID:
                     raise

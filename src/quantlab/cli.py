@@ -29,12 +29,13 @@ if TYPE_CHECKING:
     import msgspec
     from rich.console import RenderableType
 
-    from quantlab import control, settings, views
+    from quantlab import control, killswitch, settings, views
     from quantlab.config import Paths
     from quantlab.store.records import Event
     from quantlab.store.store import Store
 else:
     control = lazy_module("quantlab.control")
+    killswitch = lazy_module("quantlab.killswitch")
     settings = lazy_module("quantlab.settings")
     views = lazy_module("quantlab.views")
     msgspec = lazy_module("msgspec")
@@ -143,12 +144,17 @@ def _up_options() -> list[click.Parameter]:
 @qlab.command(cls=_LateOptionsCommand, late=_up_options)
 @click.argument("files", nargs=-1)
 @click.option("--region", default="JP", show_default=True, help="Region of the local worker.")
+@click.option("--accounts", "accounts_file", metavar="FILE", help="The local worker's accounts file (env.jsonl).")
+@click.option("--only", is_flag=True,
+              help="Run only the FILEs: the home's other strategies are stopped (not removed) instead of resumed.")
 @pass_env
-def up(env: Env, files: tuple[str, ...], region: str, interval: float | None) -> None:
-    """A director and one local worker in the foreground, running FILEs; Ctrl-C stops all."""
+def up(env: Env, files: tuple[str, ...], region: str, interval: float | None, accounts_file: str | None,
+       only: bool) -> None:
+    """A director and one local worker in the foreground, running FILEs and the home's earlier strategies."""
     from quantlab.up import run_up
 
-    sys.exit(run_up(env.paths, files=list(files), region=region, interval=interval))
+    sys.exit(run_up(env.paths, files=list(files), region=region, interval=interval, only=only,
+                    accounts_file=accounts_file))
 
 
 @qlab.group()
@@ -399,7 +405,7 @@ def strategy_logs(env: Env, work_id: str, follow: bool, lines: int) -> None:
 # ---- the whole picture ----
 
 
-for _fleet_command in cli_fleet.TOP_COMMANDS:  # logs
+for _fleet_command in cli_fleet.TOP_COMMANDS:  # logs, top
     qlab.add_command(_fleet_command)
 
 
@@ -529,12 +535,19 @@ def _halt_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_halt_options
 @click.option("--cancel-orders", is_flag=True,
               help="Also cancel open orders: the accounts' it covers (linear USDT, and what strategies used), or the strategy's own.")
+@click.option("--repair", is_flag=True,
+              help="Replace a halts record that does not decode with a halt on everything (lift it with resume --all).")
 @pass_env
 def halt(env: Env, all_: bool, account: str | None, worker: str | None, strategy: str | None,
-         cancel_orders: bool) -> None:
+         cancel_orders: bool, repair: bool) -> None:
     """Refuse every call that opens or increases exposure (reduce-only orders and cancels pass)."""
+    if repair:
+        if all_ or account or worker or strategy or cancel_orders:
+            raise click.UsageError("--repair takes no other option: it halts everything.")
+        click.echo(killswitch.repair_halts(env.store))
+        return
     scope, target = _halt_scope(all_, account, worker, strategy)
-    click.echo(control.halt(env.store, scope, target, cancel_orders=cancel_orders))
+    click.echo(killswitch.halt(env.store, scope, target, cancel_orders=cancel_orders))
 
 
 @qlab.command()
@@ -543,7 +556,7 @@ def halt(env: Env, all_: bool, account: str | None, worker: str | None, strategy
 def resume(env: Env, all_: bool, account: str | None, worker: str | None, strategy: str | None) -> None:
     """Lift a halt written by `qlab halt` with the same scope."""
     scope, target = _halt_scope(all_, account, worker, strategy)
-    click.echo(control.resume(env.store, scope, target))
+    click.echo(killswitch.resume(env.store, scope, target))
 
 
 # ---- settings ----
@@ -588,14 +601,27 @@ def systemd() -> None:
 @click.option("--venv", type=click.Path(file_okay=False), help="The virtualenv quantlab is installed in [/usr/local].")
 @click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
               help="Folder to write the units into (e.g. /etc/systemd/system).")
-def systemd_render(user: str, qlab_home: str, venv: str | None, out: str) -> None:
-    """Write qlab-director.service and qlab-worker@.service (Type=notify, watchdog, KillMode=mixed)."""
+@click.option("--store", "store_url", metavar="URL",
+              help="The store the units use, written to --env-file (0600); `-` reads it from stdin.")
+@click.option("--env-file", type=click.Path(dir_okay=False),
+              help="EnvironmentFile with QLAB_STORE=URL for the units [with --store: /etc/quantlab/store.env].")
+def systemd_render(user: str, qlab_home: str, venv: str | None, out: str, store_url: str | None,
+                   env_file: str | None) -> None:
+    """Write qlab-director.service and qlab-worker@.service (Type=notify, watchdog, sandboxed)."""
     from pathlib import Path
 
-    from quantlab.ops.units import Install, write
+    from quantlab.ops.units import STORE_ENV_FILE, Install, write, write_store_env
 
-    for path in write(Install(user=user, home=qlab_home, venv=venv), Path(out)):
+    # systemd takes only absolute paths in a unit.
+    qlab_home, venv = os.path.abspath(qlab_home), venv and os.path.abspath(venv)
+    env_file = os.path.abspath(env_file or STORE_ENV_FILE) if env_file or store_url is not None else None
+    if store_url is not None and env_file is not None:
+        url = sys.stdin.readline() if store_url == "-" else store_url
+        click.echo(f"wrote {write_store_env(Path(env_file), url, user)}")
+    for path in write(Install(user=user, home=qlab_home, venv=venv, env_file=env_file), Path(out)):
         click.echo(f"wrote {path}")
+    if env_file and not Path(env_file).exists():
+        click.echo(f"note: the units need {env_file}: write QLAB_STORE=URL in it (mode 0600), or use --store", err=True)
 
 
 # ---- entry point ----

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
@@ -447,32 +447,6 @@ def snapshot(store: Store, now: float) -> dict[str, Any]:
         "strategies": [strategy_view(w, now) for w in store.list_works()],
         "halts": [{**msgspec.to_builtins(h), "problem": problem} for h in found.halts],
     }
-
-
-# ---- the kill switch ----
-
-
-def halt(store: Store, scope: str, target: str, *, cancel_orders: bool = False, clock: Clock = time.time) -> str:
-    """Write a halt, and its event; what was done, in words."""
-    written = halts.halt(store, cast(halts.Scope, scope), target, cancel_orders=cancel_orders, clock=clock)
-    whose = "the strategy's" if scope == "strategy" else "its accounts'"
-    also = f"; {whose} open orders are being cancelled" if cancel_orders else ""
-    message = f"halted: {written.label}: calls that open or increase exposure are refused{also}"
-    _halt_event(store, EventKind.HALTED, scope, target, message, clock)
-    return message
-
-
-def resume(store: Store, scope: str, target: str, *, clock: Clock = time.time) -> str:
-    label = "all" if scope == "all" else f"{scope} {target}"
-    if not halts.resume(store, cast(halts.Scope, scope), target):
-        raise NotFound(f"no halt on {label}")
-    _halt_event(store, EventKind.RESUMED, scope, target, f"resumed: {label}", clock)
-    return f"resumed: {label}"
-
-
-def _halt_event(store: Store, kind: EventKind, scope: str, target: str, detail: str, clock: Clock) -> None:
-    record_events(store, [Event(ts=clock(), kind=kind, strategy=target if scope == "strategy" else None,
-                                worker=target if scope == "worker" else None, detail=detail)])
 
 
 # ---- workers ----

@@ -2,6 +2,10 @@
 
 Below the store and the processes alike: the file store commits its records with them, and
 the worker, the logs and ``qlab up`` make their private folders with them.
+
+What root makes in a folder another user owns becomes that user's (``adopt``): an operator's
+``sudo qlab halt`` in a service's home must not leave a record, or a folder, that the service
+(running as the home's owner) can no longer replace.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ def private_dir(path: Path) -> None:
         except FileExistsError:
             continue
         folder.chmod(0o700)  # mkdir's mode is filtered by the umask
+        adopt(folder)
 
 
 #: What mkdir and chmod fail with on a home the user cannot write (a read-only mount, a folder not theirs).
@@ -47,6 +52,35 @@ def private_dir_if_writable(path: Path) -> bool:
     return True
 
 
+def adopt(path: Path | str, fd: int | None = None) -> None:
+    """As root, give ``path`` (open as ``fd``, if given) to the owner of its folder when that is another user.
+
+    Only root's writes need it: anyone else's files are theirs, in a folder they may write.
+    """
+    if os.geteuid() != 0:
+        return
+    folder = os.stat(os.path.dirname(path) or ".")
+    if folder.st_uid == 0:
+        return
+    if fd is None:
+        if os.lstat(path).st_uid != folder.st_uid:
+            os.chown(path, folder.st_uid, folder.st_gid, follow_symlinks=False)
+    elif os.fstat(fd).st_uid != folder.st_uid:
+        os.fchown(fd, folder.st_uid, folder.st_gid)
+
+
+def open_adopted(path: Path | str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` of a file in the store or the logs, the file given to its folder's owner (``adopt``)."""
+    fd = os.open(path, flags, mode)
+    if flags & os.O_CREAT:
+        try:
+            adopt(path, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
 def write_all(fd: int, data: bytes) -> None:
     """os.write until every byte is written: a short write (a full disk) raises, never truncates."""
     view = memoryview(data)
@@ -64,6 +98,7 @@ def write_durable(path: Path, data: bytes, *, sync: bool = True) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        adopt(path, fd)
         write_all(fd, data)
         if sync:
             os.fsync(fd)

@@ -95,13 +95,17 @@ def test_a_request_held_past_the_lease_is_refused_by_the_exchange(fake: FakeBybi
     assert pool.call("main", "place_order", order("held-2"), ALL, FOREVER).ok
 
 
-def test_the_recv_window_leaves_room_for_the_clock_offset(fake: FakeBybit, make_pool: MakePool) -> None:
+@pytest.mark.parametrize("skew_ms", [30_000, -30_000])
+def test_requests_are_signed_with_the_exchanges_time_so_a_clock_offset_costs_no_window(
+        fake: FakeBybit, make_pool: MakePool, skew_ms: int) -> None:
     fake.add_key(KEY, SECRET)
-    fake.skew_ms = 400  # the exchange's clock runs 0.4 s ahead of ours
+    fake.set_ticker("BTCUSDT", 50_000.0)
+    fake.skew_ms = skew_ms  # the exchange's clock runs 30 s ahead of ours, or behind
     pool = make_pool([account(fake)])
     assert pool.call("main", "place_order", order(), ALL, lease(2.0)).ok
     window = [r for r in fake.requests if r.path == CREATE][-1].recv_window
-    assert window is not None and 1000 < window <= (2.0 - SEND_MARGIN - 0.4) * 1000
+    assert window is not None and 1500 < window <= (2.0 - SEND_MARGIN) * 1000
+    assert pool.call("main", "get_wallet_balance", {"accountType": "UNIFIED"}, ALL).ok  # signed the same way
 
 
 def test_writes_need_a_fence_and_reads_do_not(fake: FakeBybit, make_pool: MakePool) -> None:

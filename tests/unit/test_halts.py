@@ -8,11 +8,13 @@ from typing import Any
 
 import pytest
 
-from quantlab.errors import CorruptRecord
-from quantlab.exchange import halts
+from quantlab import killswitch
+from quantlab.errors import CorruptRecord, NotFound
+from quantlab.exchange import halts, intents
 from quantlab.exchange.accounts import default_paper_account
 from quantlab.exchange.apipool import ApiPool, Caller
 from quantlab.exchange.calls import opens_exposure
+from quantlab.exchange.signing import MAX_RECV_WINDOW_MS, WINDOW_SLACK, Stamp
 from quantlab.store.filestore import FileStore
 
 
@@ -92,6 +94,45 @@ def test_a_halts_document_that_does_not_decode_is_a_corrupt_record(pool: ApiPool
         with pytest.raises(CorruptRecord, match="halts document .* does not decode"):
             action()
     assert place(pool, market()).kind == "halted"
+
+
+def test_a_repair_replaces_only_a_document_that_does_not_decode_with_a_halt_on_everything(
+        pool: ApiPool, store: FileStore) -> None:
+    with pytest.raises(NotFound, match="nothing to repair"):
+        halts.repair(store)
+    halts.halt(store, "strategy", "s9")
+    with pytest.raises(NotFound, match="nothing to repair"):
+        halts.repair(store)
+    assert [h.label for h in halts.read(store).halts] == ["strategy s9"]  # kept
+    store.update_blob(halts.BLOB_KIND, halts.BLOB_KEY, lambda raw: b"{")
+    assert halts.repair(store).scope == "all"
+    assert [h.label for h in halts.read(store).halts] == ["all"]
+    assert place(pool, market()).kind == "halted"
+    assert halts.resume(store, "all") and place(pool, market()).ok
+
+
+def test_a_halt_waits_for_the_longest_window_of_the_live_orders_still_open(store: FileStore) -> None:
+    """Paper orders (no window: the paper write checks the halt itself) and settled ones add no wait."""
+    assert halts.landing_wait(store) == 0.0
+    intents.begin(store, "s1", 1, "w", "paper", [market()], expires=0.0)
+    assert halts.landing_wait(store) == 0.0
+    live = intents.begin(store, "s2", 1, "w", "live", [market(), market()], expires=0.0,
+                         stamp=Stamp(signed=1, recv_window=1500))
+    intents.begin(store, "s3", 1, "w", "live", [market()], expires=0.0, stamp=Stamp(signed=1, recv_window=700))
+    assert halts.landing_wait(store) == 1.5 + WINDOW_SLACK
+    intents.settle(store, "s2", {i.link_id: intents.Outcome("placed") for i in live})
+    assert halts.landing_wait(store) == 0.7 + WINDOW_SLACK
+    store.update_blob(intents.BLOB_KIND, "s4", lambda raw: b"[")
+    assert halts.landing_wait(store) == MAX_RECV_WINDOW_MS / 1000 + WINDOW_SLACK  # unreadable: the longest
+
+
+def test_qlab_halt_says_until_when_an_order_signed_before_it_can_land(store: FileStore) -> None:
+    intents.begin(store, "s1", 1, "w", "live", [market()], expires=0.0, stamp=Stamp(signed=1, recv_window=2000))
+    slept: list[float] = []
+    said = killswitch.halt(store, "all", "", clock=lambda: 1_000_000.0, sleep=slept.append)
+    assert said.splitlines()[0].startswith("halted: all: ")
+    assert said.splitlines()[1].startswith("halted at ") and "; no order signed before it can land after " in said
+    assert len(slept) == 1 and 2.0 < slept[0] <= 2.0 + WINDOW_SLACK
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,16 @@ class ApiPool:
         body: dict[str, Any] = _checked(self.call(account, "cancel_all_orders", dict(scope), [account], fence))
         return body
 
+    def exchange_passed_ms(self, account: str) -> int:
+        """A time (ms) the exchange's clock of a bybit account has surely passed now; raises ApiError."""
+        served = self._accounts.get(account)
+        if served is None or served.type != "bybit":
+            raise ApiError(f"account {account!r} is not a bybit account served by this worker")
+        try:
+            return self._clients.exchange_passed_ms(served)
+        except Failure as failure:
+            raise ApiError(self._sender.scrubbed(failure, account).error, failure.ret_code) from None
+
     def seal(self, account: str, strategy: str, epoch: int) -> None:
         """Make ``account`` take no more writes of ``strategy`` from below ``epoch`` (paper accounts)."""
         if account in self._accounts:

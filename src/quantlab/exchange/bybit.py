@@ -7,11 +7,12 @@ client's session is remembered so that close() can close them all.
 pybit signs every attempt, its own retries too, through ``_prepare_headers``.
 Each client gets that method wrapped, so that as each attempt is signed the
 halt gate runs, a fenced call's lease is checked and its ``recv_window`` cut
-(quantlab/exchange/signing.py), and the end of the request's window is noted
-for the order path, which looks for a lost order only once no copy of it can
-be taken. The window is cut by the clock offset to the exchange, measured here
-with the unsigned /v5/market/time before a fenced call whenever the last
-measurement is old or a 10002 said it is wrong.
+(quantlab/exchange/signing.py), the request is signed with the exchange's time
+(ours plus the measured offset; an order with the ``Stamp`` its intent
+recorded), and the end of the request's window is noted for the order path,
+which looks for a lost order only once no copy of it can be taken. The offset
+to the exchange is measured here with the unsigned /v5/market/time before a
+fenced call whenever the last measurement is old or a 10002 said it is wrong.
 
 pybit is left to retry what it retries well (10002, a stale timestamp). A 10006
 is taken out of its retry codes: the pool pauses the whole account for it
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.job import Failure
 from quantlab.exchange.ratelimit import RATE_LIMITED, AccountLimits
-from quantlab.exchange.signing import WINDOW_SLACK, ClockOffset, Fence, Fenced, recv_window_ms
+from quantlab.exchange.signing import WINDOW_SLACK, ClockOffset, Fence, Fenced, Stamp, recv_window_ms
 
 # pybit and requests cost a worker about 12 MB: imported only by a pool that serves a bybit
 # account, so a worker that serves paper accounts only never holds them.
@@ -86,20 +87,25 @@ class BybitClients:
         self._sessions_lock = threading.Lock()
 
     def send(
-        self, account: Account, method: str, kwargs: dict[str, Any], fence: Fence | None, gate: Callable[[], None] | None
+        self, account: Account, method: str, kwargs: dict[str, Any], fence: Fence | None, gate: Callable[[], None] | None,
+        stamp: Stamp | None = None,
     ) -> Any:
-        """One request with this thread's client: the exchange's body, or a Failure."""
+        """One request with this thread's client: the exchange's body, or a Failure.
+
+        ``stamp``: an order's, as its intent recorded it: every attempt is signed with it.
+        """
         self._local.window_end = None
         self._local.signed = 0  # attempts pybit signed for this send (its own retries sign again)
         try:
             client = self._client(account)
-            if fence is not None and self._offsets[account.name].stale(self._clock()):
+            offset = self._offsets[account.name]
+            if (fence is not None and offset.stale(self._clock())) or offset.suspect:
                 self._measure_offset(account, client)
-            self._local.fence, self._local.gate = fence, gate  # read by the signer (_install_signer)
+            self._local.fence, self._local.gate, self._local.stamp = fence, gate, stamp  # read by the signer
             try:
                 body, _elapsed, headers = getattr(client, method)(**kwargs)
             finally:
-                self._local.fence = self._local.gate = None
+                self._local.fence = self._local.gate = self._local.stamp = None
         except Fenced as e:
             raise Failure(f"{method}: {e}", 0, "permission") from None
         except Failure:
@@ -134,8 +140,40 @@ class BybitClients:
         end: float | None = getattr(self._local, "window_end", None)
         return end
 
+    def stamp(self, account: Account, fence: Fence | None) -> Stamp:
+        """The timestamp (the exchange's time now) and recv_window to sign an order with; a Failure
+        when the clock offset cannot be measured or the lease is too short to send."""
+        try:
+            client = self._client(account)
+            offset = self._offsets[account.name]
+            if offset.stale(self._clock()):
+                self._measure_offset(account, client)
+            window = client.recv_window
+            if fence is not None:
+                window = recv_window_ms(fence, self._clock(), offset.slack(), window)
+            return Stamp(offset.exchange_ms(time.time()), window)
+        except Fenced as e:
+            raise Failure(str(e), 0, "permission") from None
+        except Failure:
+            raise
+        except Exception as e:  # a missing secret, a bad endpoint: nothing was sent
+            raise Failure(f"{type(e).__name__}: {e}", 0, "api") from None
+
+    def exchange_passed_ms(self, account: Account) -> int:
+        """A time (ms) the exchange's clock has surely passed now, by a fresh enough measurement."""
+        try:
+            client = self._client(account)
+            offset = self._offsets[account.name]
+            if offset.stale(self._clock()):
+                self._measure_offset(account, client)
+            return offset.exchange_passed_ms(time.time())
+        except Failure:
+            raise
+        except Exception as e:
+            raise Failure(f"cannot read the exchange's time: {type(e).__name__}: {e}", 0, "api") from None
+
     def slack(self, account: str) -> float:
-        """Seconds the exchange's clock may be from ours for ``account`` (offset plus its uncertainty)."""
+        """Seconds our idea of ``account``'s exchange clock may be wrong (the offset's uncertainty)."""
         return self._offsets[account].slack()
 
     def close(self) -> None:
@@ -153,13 +191,14 @@ class BybitClients:
             after = time.time()
             server = int(body["result"]["timeNano"]) / 1e9
         except network_errors() as e:
-            raise Failure(f"cannot read the exchange's time to fence the call: {e}", 0, "network") from None
+            raise Failure(f"cannot read the exchange's time to sign the call: {e}", 0, "network") from None
         except Exception as e:  # a fenced call does not leave on a guess
-            raise Failure(f"cannot read the exchange's time to fence the call: {type(e).__name__}: {e}", 0, "api") from None
+            raise Failure(f"cannot read the exchange's time to sign the call: {type(e).__name__}: {e}", 0, "api") from None
         offset, error = server - (before + after) / 2, (after - before) / 2
         self._offsets[account.name].update(offset, error, self._clock())
         if abs(offset) > 1.0:
-            log.warning("clock offset to the exchange for %s: %.3f s (fenced calls get shorter windows)", account.name, offset)
+            log.warning("clock offset to the exchange for %s: %.3f s (requests are signed with the exchange's time)",
+                        account.name, offset)
 
     def _install_signer(self, client: HTTP, account: Account) -> None:
         """Wrap pybit's signing: a fenced call is checked, and its recv_window cut, as it is signed.
@@ -173,15 +212,19 @@ class BybitClients:
         def prepare_headers(payload: Any, recv_window: int, *args: Any, **kwargs: Any) -> Any:
             fence: Fence | None = getattr(self._local, "fence", None)
             gate: Callable[[], None] | None = getattr(self._local, "gate", None)
+            stamp: Stamp | None = getattr(self._local, "stamp", None)
             if gate is not None:
                 gate()  # raises Failure through pybit, which catches only network and JSON errors
             if fence is not None:
                 recv_window = recv_window_ms(fence, self._clock(), offset.slack(), recv_window)
+            if stamp is not None:  # never a longer window than the intent recorded (pybit widens it on a 10002)
+                recv_window = min(recv_window, stamp.recv_window)
+            signed = stamp.signed if stamp is not None else offset.exchange_ms(time.time())
             # The last moment (our clock) the exchange could still take this request: a lost
             # order is looked for only after it.
             self._local.window_end = time.time() + recv_window / 1000 + offset.slack() + WINDOW_SLACK
             self._local.signed = getattr(self._local, "signed", 0) + 1
-            return original(payload, recv_window, *args, **kwargs)
+            return _signed_at(client, original(payload, recv_window, *args, **kwargs), payload, recv_window, signed)
 
         client._prepare_headers = prepare_headers
 
@@ -223,3 +266,10 @@ class BybitClients:
         with self._sessions_lock:
             self._sessions.append(client.client)
         return client
+
+
+def _signed_at(client: HTTP, headers: dict[str, str], payload: Any, recv_window: int, signed: int) -> dict[str, str]:
+    """pybit's headers, signed with ``signed`` (the exchange's time, ms) in place of pybit's own clock."""
+    auth = client._auth_binary if isinstance(payload, bytes) else client._auth
+    signature = auth(payload=payload, recv_window=recv_window, timestamp=signed)
+    return {**headers, "X-BAPI-TIMESTAMP": str(signed), "X-BAPI-SIGN": signature}

@@ -2,6 +2,7 @@
 
     qlab halt --all | --account A | --worker W | --strategy S [--cancel-orders]
     qlab resume --all | --account A | --worker W | --strategy S
+    qlab halt --repair    (a document that does not decode becomes one halt on everything)
 
 A halt is one entry in a single store document (blob ``halts/halts``), changed
 by compare-and-swap, so it survives restarts of every process and every
@@ -11,6 +12,12 @@ account), the API pool refuses the call if it could open or increase exposure
 pool reads the document as each such call is signed, so nothing that opens
 exposure leaves after ``qlab halt`` has returned; and it fails closed: a
 document that cannot be read or decoded halts everything.
+
+A live order that passed the gate just before the halt may still be on its
+way, but only within its recv_window: it was signed with the exchange's time
+taken before the gate passed it (quantlab/exchange/signing.py). So ``qlab halt``
+returns once the longest window of the live orders still open at the halt has
+closed (``landing_wait``); with none open (paper accounts, a quiet account) at once.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from typing import Callable, Iterable, Literal, get_args
 
 import msgspec
 
-from quantlab.errors import BadInput, CorruptRecord
+from quantlab.errors import BadInput, CorruptRecord, NotFound
+from quantlab.exchange import intents
+from quantlab.exchange.signing import MAX_RECV_WINDOW_MS, WINDOW_SLACK
 from quantlab.store.store import Store, check_id
 
 BLOB_KIND = "halts"
@@ -77,7 +86,8 @@ def _decode(raw: bytes) -> Halts:
     try:
         return _decoder.decode(raw)
     except msgspec.DecodeError as e:  # ValidationError is one: a user sees one line, never a traceback
-        raise CorruptRecord(f"the halts document (blob {BLOB_KIND}/{BLOB_KEY}) does not decode: {e}") from e
+        raise CorruptRecord(f"the halts document (blob {BLOB_KIND}/{BLOB_KEY}) does not decode: {e}; "
+                            "`qlab halt --repair` replaces it with a halt on everything") from e
 
 
 def read(store: Store) -> Halts:
@@ -122,12 +132,49 @@ def halt(store: Store, scope: Scope, target: str = "", *, cancel_orders: bool = 
         return Halts(halts=[*others, new])
 
     _change(store, add)
+    _note_paper(store)
+    return new
+
+
+def landing_wait(store: Store) -> float:
+    """Seconds from a halt's commit until no live order signed before it can be taken any more.
+
+    Read after the commit: an order that passed the gate before it had its intent written
+    before it too. Intents that cannot be read count as the longest window.
+    """
+    try:
+        window = intents.longest_open_window(store)
+    except Exception:  # a corrupt intents document, a database away: assume the worst
+        window = MAX_RECV_WINDOW_MS
+    return window / 1000 + WINDOW_SLACK if window else 0.0
+
+
+def repair(store: Store, clock: Callable[[], float] = time.time) -> Halt:
+    """Replace a halts document that does not decode with one halt on everything (lifted by resume).
+
+    What the unreadable document held cannot be known, so the repair keeps what readers already
+    assume of it: everything halted. NotFound when the document decodes: nothing is lost then.
+    """
+    new = Halt(scope="all", ts=clock())
+
+    def replace(raw: bytes | None) -> bytes:
+        try:
+            _decode(raw or b"{}")
+        except CorruptRecord:
+            return msgspec.json.encode(Halts(halts=[new]))
+        raise NotFound("the halts document decodes: nothing to repair")
+
+    store.update_blob(BLOB_KIND, BLOB_KEY, replace)
+    _note_paper(store)
+    return new
+
+
+def _note_paper(store: Store) -> None:
     # Paper accounts check the halts inside the write that records an order: touching each one
     # makes a write that read the halts before this one commit only after reading them again.
     from quantlab.exchange import paper  # the simulator loads only where halts are written
 
     paper.note_halt(store)
-    return new
 
 
 def resume(store: Store, scope: Scope, target: str = "") -> bool:

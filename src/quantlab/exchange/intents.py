@@ -8,10 +8,14 @@ a lost reply in between leaves it open, and it is then settled by asking the
 exchange for its orderLinkId, never by sending it again.
 
 When may an open intent be settled by query? Only once no copy of its
-request can still be accepted: a request is signed with a ``recv_window``
-that ends before the sender's lease does (quantlab/exchange/signing.py), so
-``expires`` (written with the intent, from the lease left at that moment) is
-the latest time the exchange could take it. Before that, an order missing
+request can still be accepted. A live order is signed with the ``Stamp`` its
+intent records (quantlab/exchange/signing.py): the exchange's time when it was
+written (``signed``) and a ``recv_window`` that ends before the sender's lease
+does. The exchange takes no copy once its own clock has passed ``signed +
+recv_window``, so that is judged by the exchange's time, never by comparing
+one host's clock with another's. A paper order is fenced inside the paper
+exchange's write instead; ``expires`` (the writer's Unix time after which the
+lease it was sent under has ended) bounds it. Before that, an order missing
 from the exchange might still arrive.
 """
 
@@ -23,6 +27,7 @@ from typing import Any, Callable, Iterable, Literal
 import msgspec
 
 from quantlab.exchange import orderids
+from quantlab.exchange.signing import Stamp
 from quantlab.store.store import Store
 
 BLOB_KIND = "intents"
@@ -42,7 +47,9 @@ class Intent(msgspec.Struct, frozen=True, kw_only=True):
     epoch: int
     instance: str  #: the worker process that sends it
     written: float  #: Unix time
-    expires: float  #: Unix time after which the exchange takes no request for it any more
+    expires: float  #: the writer's Unix time after which its lease (and any copy's window) has ended
+    signed: int = 0  #: live orders: the X-BAPI-TIMESTAMP its copies carry (the exchange's time, ms)
+    recv_window: int = 0  #: live orders: ms after ``signed`` (by the exchange's clock) it may still be taken
     status: Status = "pending"
     order_id: str = ""
     detail: str = ""  #: the exchange's error, or how the outcome was found
@@ -91,7 +98,7 @@ class DuplicateLinkId(Exception):
 
 def begin(
     store: Store, strategy: str, epoch: int, instance: str, account: str, orders: list[dict[str, Any]],
-    expires: float, clock: Callable[[], float] = time.time, hold: str = "",
+    expires: float, clock: Callable[[], float] = time.time, hold: str = "", stamp: Stamp | None = None,
 ) -> list[Intent]:
     """Write an intent for each order (in one write); orders without an orderLinkId get one made."""
     made: list[Intent] = []
@@ -111,6 +118,7 @@ def begin(
                 link_id=link_id, account=account, category=str(order.get("category", "")),
                 symbol=str(order.get("symbol", "")), order=order, epoch=epoch, instance=instance,
                 written=clock(), expires=expires, hold=hold,
+                signed=stamp.signed if stamp else 0, recv_window=stamp.recv_window if stamp else 0,
             ))
         return IntentLog(next_seq=seq, open=[*log.open, *made], settled=log.settled)
 
@@ -135,6 +143,12 @@ def settle(store: Store, strategy: str, outcomes: dict[str, Outcome], clock: Cal
         return IntentLog(next_seq=log.next_seq, open=still, settled=[*log.settled, *settled][-KEEP_SETTLED:])
 
     _change(store, strategy, record)
+
+
+def longest_open_window(store: Store) -> int:
+    """The longest recv_window (ms) of the live orders written down and not answered yet, of every strategy."""
+    logs = [read(store, key) for key in store.blob_keys(BLOB_KIND)]
+    return max((i.recv_window for log in logs for i in log.open), default=0)
 
 
 LINEAR_USDT = {"category": "linear", "settleCoin": "USDT"}

@@ -176,6 +176,8 @@ class PaperExchange:
                 return msgspec.json.encode(state) if filled else None
             try:
                 outcome["result"] = handler(Call(self.account, state, market, ms, self._archived), kwargs) if handler else {}
+                if guard is not None and guard.strategy:
+                    paper_state.stamp(state, outcome["result"], guard.strategy, guard.epoch, ms)
             except ApiError as e:
                 outcome["error"] = e
                 return msgspec.json.encode(state) if filled else None  # refused, but the fills stand

@@ -182,6 +182,10 @@ class Order(msgspec.Struct, kw_only=True):
     reject_reason: str = "EC_NoError"
     created_ms: int
     updated_ms: int
+    #: Who placed it: the strategy and epoch of the guarded write whose commit accepted it (``stamp``);
+    #: "" and None for a write without a strategy. Not part of Bybit's rows: the ledger's own evidence.
+    strategy: str = ""
+    epoch: int | None = None
 
     @property
     def sign(self) -> int:
@@ -303,6 +307,18 @@ def place(
         state.link_ids.append(order.link_id)  # trimmed only once archived (PaperExchange)
     state.open.append(order)
     match_new(state, order, price, ms)
+
+
+def stamp(state: PaperState, result: dict[str, Any], strategy: str, epoch: int, ms: int) -> None:
+    """Name the strategy and epoch on the order a guarded write placed at ``ms`` (``result`` names it by orderId).
+
+    Run inside the write's compare-and-swap, so the stamp is the one of the attempt that commits.
+    """
+    order_id = result.get("orderId")
+    for order in reversed(state.open + state.closed):
+        if order.order_id == order_id and order.created_ms == ms and order.epoch is None:
+            order.strategy, order.epoch = strategy, epoch
+            return
 
 
 def amend(state: PaperState, market: Market, order: Order, qty: float, limit: float, ms: int) -> None:

@@ -42,7 +42,7 @@ from quantlab.exchange.job import Caller, Failure, Job
 from quantlab.exchange.reservations import Current
 from quantlab.exchange.risk import NO_LIMITS, RISK_REFUSED, Level, Refused, RiskBook, RiskLimits, notional
 from quantlab.exchange.sending import Sender
-from quantlab.exchange.signing import WINDOW_SLACK, Fence
+from quantlab.exchange.signing import WINDOW_SLACK, Fence, Stamp
 from quantlab.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class OrderPlacer:
         written: list[Intent] = []
         hold: list[str] = []  # the account hold taken for these orders, once taken
 
-        def prepare(fence: Fence | None) -> tuple[dict[str, Any], Fence | None]:
+        def prepare(fence: Fence | None) -> tuple[dict[str, Any], Fence | None, Stamp | None]:
             self._check_risk(account, call.method, placed, levels)
             if shared:
                 hold.append(self._reserve(account, call.method, caller, placed))
@@ -123,16 +123,19 @@ class OrderPlacer:
             # signed with a window that ends after ``expires``.
             now = self._clock()
             until = min(fence() if fence is not None else math.inf, now + MAX_ORDER_WINDOW)
+            capped = _capped(fence, until)
+            # A live order is signed with the exchange's time now and its window, both written down.
+            stamp = self._clients.stamp(account, capped) if account.type == "bybit" else None
             expires = time.time() + max(0.0, until - now) + self._clients.slack(account.name) + WINDOW_SLACK
             try:
                 written[:] = intents.begin(self._store, caller.strategy, caller.epoch, self._instance, account.name,
-                                           placed, expires, hold=hold[0] if hold else "")
+                                           placed, expires, hold=hold[0] if hold else "", stamp=stamp)
             except intents.DuplicateLinkId as e:  # the exchange's answer, without asking it
                 raise Failure(f"{call.method}: OrderLinkedID is duplicate: {e} (retCode {DUPLICATE_LINK_ID})",
                               DUPLICATE_LINK_ID, "api") from None
             self._flying.mark(caller.strategy, written, True)
             linked = [{**o, "orderLinkId": i.link_id} for o, i in zip(placed, written)]
-            return calls.with_orders(call.method, call.kwargs, linked), _capped(fence, until)
+            return calls.with_orders(call.method, call.kwargs, linked), capped, stamp
 
         lock: ContextManager[Any] = self._order_locks[account.name] if counting else contextlib.nullcontext()
         try:

@@ -5,9 +5,10 @@ worker), its worker:
 
 1. settles the strategy's open order intents by querying their orderLinkIds,
    each once no copy of its request can still reach the exchange (an intent
-   this process is still sending waits for its answer; one written by another
-   process waits until its ``expires``); until every intent is settled, the
-   strategy does not start;
+   this process is still sending waits for its answer; a live one written by
+   another process waits until the exchange's own clock has passed its
+   ``signed + recv_window``, a paper one until its ``expires``); until every
+   intent is settled, the strategy does not start;
 2. lists the open orders that are the strategy's (made by quantlab for it,
    or a custom orderLinkId its intents remember) and the positions of its
    accounts, for ``ctx.open_orders`` and ``ctx.positions``;
@@ -30,8 +31,8 @@ import msgspec
 
 from quantlab.errors import ApiError
 from quantlab.exchange import intents, orders, reservations
-from quantlab.exchange.intents import IntentLog, Outcome
-from quantlab.exchange.signing import Fence
+from quantlab.exchange.intents import Intent, IntentLog, Outcome
+from quantlab.exchange.signing import WINDOW_SLACK, Fence
 from quantlab.store.store import Store
 
 POSITION_CATEGORIES = ("linear", "inverse", "option")
@@ -76,6 +77,10 @@ class Desk(Protocol):
 
     def seal(self, account: str, strategy: str, epoch: int) -> None:
         """Make ``account`` take no more writes of ``strategy`` from below ``epoch``, where it can."""
+        ...
+
+    def exchange_passed_ms(self, account: str) -> int:
+        """A time (ms) the exchange's clock has surely passed now; raises ApiError."""
         ...
 
     def in_flight(self, strategy: str) -> set[str]: ...
@@ -127,15 +132,25 @@ def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[],
     for intent in log.open:
         if intent.link_id in flying:
             raise NotYet(f"order {intent.link_id} is being sent: waiting for its answer")
-        if intent.instance != desk.instance and clock() < intent.expires:
-            until = datetime.fromtimestamp(intent.expires).strftime("%H:%M:%S")
-            raise NotYet(f"order {intent.link_id} could still reach the exchange until {until}: "
-                         "settling it after that")
+        if intent.instance != desk.instance:
+            _check_window_closed(desk, intent, clock)
         found[intent.link_id] = orders.find(functools.partial(desk.read, intent.account), intent)
     if found:
         intents.settle(store, request.strategy, found)
     _reclaim_holds(store, request, desk.instance, [*pending, *request.accounts])
     return {link_id: outcome.status for link_id, outcome in found.items()}
+
+
+def _check_window_closed(desk: Desk, intent: Intent, clock: Callable[[], float]) -> None:
+    """Raise NotYet while a copy of ``intent``'s request, sent by another process, could still be taken."""
+    if intent.signed:  # a live order: by the exchange's clock alone, whatever the hosts' clocks say
+        left = intent.signed + intent.recv_window + WINDOW_SLACK * 1000 - desk.exchange_passed_ms(intent.account)
+        if left > 0:
+            raise NotYet(f"order {intent.link_id} could still reach the exchange for {left / 1000:.1f} s "
+                         "by the exchange's clock: settling it after that")
+    elif clock() < intent.expires:
+        until = datetime.fromtimestamp(intent.expires).strftime("%H:%M:%S")
+        raise NotYet(f"order {intent.link_id} could still reach the exchange until {until}: settling it after that")
 
 
 def _reclaim_holds(store: Store, request: Request, instance: str, accounts: list[str]) -> None:

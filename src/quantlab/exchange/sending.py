@@ -28,7 +28,7 @@ from quantlab.exchange.accounts import Account
 from quantlab.exchange.bybit import BybitClients
 from quantlab.exchange.job import WORKER, Caller, Failure
 from quantlab.exchange.ratelimit import RATE_LIMITED, AccountLimits
-from quantlab.exchange.signing import Fence, Fenced, time_left
+from quantlab.exchange.signing import Fence, Fenced, Stamp, time_left
 from quantlab.protocol import ApiCall
 from quantlab.store.store import Store
 
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 MIN_SCRUB = 6  # shorter "secrets" (tests, typos) occur in plain words: blanking them mangles messages
 
 #: What runs once just before an order's first send: it may refuse the order (risk limits), and
-#: gives the arguments and the fence to send with (the order's intent is written there).
-Prepare = Callable[[Fence | None], tuple[dict[str, Any], Fence | None]]
+#: gives the arguments, the fence and the stamp to send with (the order's intent is written there).
+Prepare = Callable[[Fence | None], tuple[dict[str, Any], Fence | None, Stamp | None]]
 
 
 class Sender:
@@ -65,11 +65,13 @@ class Sender:
         """Send the call, again after a rate-limit pause, up to the account's max_retries, before its deadline.
 
         ``prepare`` runs once, just before the first send: it may refuse the call (risk limits),
-        and gives the arguments and the fence to send with (an order's intent is written there).
+        and gives the arguments, the fence and the stamp to send with (an order's intent is
+        written there).
         """
         attempts = max(1, account.max_retries)
         attempt = 1
         kwargs = call.kwargs
+        stamp: Stamp | None = None
         while True:
             self.check_open(fence)
             wait = deadline - self._clock()
@@ -80,9 +82,9 @@ class Sender:
             if gate is not None:
                 gate()  # early, so a halted call does not spend a turn; again as it is signed
             if prepare is not None:
-                (kwargs, fence), prepare = prepare(fence), None
+                (kwargs, fence, stamp), prepare = prepare(fence), None
             try:
-                return self._send(account, call.method, kwargs, fence, gate, caller)
+                return self._send(account, call.method, kwargs, fence, gate, caller, stamp)
             except Failure as failure:
                 # A 10006 was refused before the exchange acted on it, so sending again is safe.
                 if failure.ret_code != RATE_LIMITED or attempt >= attempts:
@@ -131,7 +133,7 @@ class Sender:
 
     def _send(
         self, account: Account, method: str, kwargs: dict[str, Any], fence: Fence | None,
-        gate: Callable[[], None] | None, caller: Caller,
+        gate: Callable[[], None] | None, caller: Caller, stamp: Stamp | None = None,
     ) -> Any:
         if account.type == "paper":
             def check() -> None:
@@ -141,7 +143,7 @@ class Sender:
 
             guard = _paper_guard(caller.strategy, caller.epoch, check)
             return _paper_body(method, self._papers[account.name].call(method, kwargs, guard))
-        return self._clients.send(account, method, kwargs, fence, gate)
+        return self._clients.send(account, method, kwargs, fence, gate, stamp)
 
 
 def _paper_exchange(account: Account, store: Store) -> PaperExchange:

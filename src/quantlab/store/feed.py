@@ -39,7 +39,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from quantlab.files import private_dir_if_writable
+from quantlab.files import open_adopted, private_dir_if_writable
 from quantlab.store.table import Change, Cursor
 
 #: Bytes after which appenders start a new segment.
@@ -75,7 +75,7 @@ class FileFeed:
             try:
                 # Created only as the first segment: a listed one that is gone now was pruned,
                 # and making it again would put the line where nobody reads.
-                fd = os.open(self._path(segment), os.O_WRONLY | os.O_APPEND | (0 if segments else os.O_CREAT), 0o600)
+                fd = open_adopted(self._path(segment), os.O_WRONLY | os.O_APPEND | (0 if segments else os.O_CREAT))
             except FileNotFoundError:
                 if not segments:
                     raise  # the feed's folder itself is gone
@@ -96,7 +96,7 @@ class FileFeed:
 
     def _start_segment(self, segment: int, existing: list[int]) -> None:
         with contextlib.suppress(FileExistsError):
-            os.close(os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.close(open_adopted(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_EXCL))
         for old in existing[:-SEGMENTS_KEPT + 1]:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(old))

@@ -29,11 +29,12 @@ from typing import Any, Iterator
 import msgspec
 
 from quantlab.files import READ_ONLY_ERRORS, fsync_dir, private_dir, private_dir_if_writable, sync_filesystem
-from quantlab.files import write_durable
+from quantlab.files import open_adopted, write_durable
 from quantlab.store.feed import FileFeed
 from quantlab.store.records import Event, EventKind
 from quantlab.store.statelog import StateLog
-from quantlab.store.store import TableStore, check_id
+from quantlab.store.store import check_id
+from quantlab.store.tablestore import TableStore
 from quantlab.store.table import Change, Head
 from quantlab.store.vfiles import VersionedDir, read_file
 from quantlab.errors import CorruptRecord
@@ -181,7 +182,7 @@ class FileStore(TableStore):
         # A short one (a full disk) is not continued: the rest would land after other appenders'
         # lines. The torn line fails to decode, and readers skip it.
         line = _encode(event) + b"\n"
-        fd = os.open(self._events, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = open_adopted(self._events, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             written = os.write(fd, line)
         finally:

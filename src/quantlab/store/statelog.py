@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from quantlab.errors import CorruptRecord
-from quantlab.files import fsync_dir, write_all
+from quantlab.files import fsync_dir, open_adopted, write_all
 from quantlab.store.table import Head
 from quantlab.store.vfiles import READ_RETRIES, VersionedDir, read_file, version_name
 
@@ -194,7 +194,7 @@ class StateLog:
         fd = self.fds.pop(key, None)
         if fd is None:
             create = os.O_CREAT | os.O_EXCL if owned.size == 0 else 0
-            fd = os.open(owned.path + ".log", os.O_WRONLY | os.O_APPEND | create, 0o600)
+            fd = open_adopted(owned.path + ".log", os.O_WRONLY | os.O_APPEND | create)
             while len(self.fds) >= OPEN_LOGS:
                 os.close(self.fds.pop(next(iter(self.fds))))
         self.fds[key] = fd  # the most recently written last
@@ -203,7 +203,7 @@ class StateLog:
     def _seal(self, key: str, version: int) -> None:
         log = self._path(key, version, ".log")
         try:
-            os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SEALED))  # no log yet: born sealed
+            os.close(open_adopted(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SEALED))  # no log yet: born sealed
         except FileExistsError:
             with contextlib.suppress(FileNotFoundError):  # gone with a version linked meanwhile
                 os.chmod(log, SEALED)

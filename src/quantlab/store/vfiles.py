@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Callable
 import msgspec
 
 from quantlab.errors import CorruptRecord
-from quantlab.files import fsync_dir, private_dir, private_dir_if_writable, write_durable
+from quantlab.files import adopt, fsync_dir, private_dir, private_dir_if_writable, write_durable
 from quantlab.store.table import ABSENT, Head
 
 if TYPE_CHECKING:  # the pruner's queue is made by the processes that batch commits, not by every reader
@@ -198,6 +198,7 @@ class VersionedDir:
         except FileExistsError:
             self._folders.add(str(folder))
             return
+        adopt(folder)
         if durable:
             fsync_dir(self.root)  # the new record's directory must survive a power cut too
         self._folders.add(str(folder))
