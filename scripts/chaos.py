@@ -4,6 +4,7 @@
     python scripts/chaos.py --faults worker-stop,stop-start --duration 20
     python scripts/chaos.py --faults remove-assign,stop-start-restart,apply --duration 60
     python scripts/chaos.py --store postgresql://postgres@127.0.0.1/postgres --duration 60
+    python scripts/chaos.py --duration 60 --seed 1 --json verdicts.json
 
 In a private temporary home it starts a director and a standby, three
 workers with a short lease (2 s) and N strategies (default 12,
@@ -16,12 +17,16 @@ up). The seed is printed first: it replays the same schedule of fault kinds,
 pauses and choices (the targets depend on where things run by then).
 
 The pieces: chaos_strategy.py (what runs), chaos_checks.py (its records and
-the invariants over them), chaos_faults.py (faults and recovery times),
-chaos_races.py (the operator races: remove-assign, stop-start-restart,
-apply), chaos_corrupt.py (what a corrupt-record fault damages),
-chaos_cluster.py (processes, /proc, `qlab status`). Kept in a
-failing run's home: procs/*.log, logs/, store/events.jsonl,
-records/*.jsonl, manifests/ and chaos-report.json.
+the invariants over them), chaos_ledger.py (what the exchange accepted, the
+order intents and the epochs, read from the store, and the invariants over
+them), chaos_faults.py (faults and recovery times), chaos_races.py (the
+operator races: remove-assign, stop-start-restart, apply; chaos_seen.py:
+what they see of a stop and an apply), chaos_halts.py (halt and resume),
+chaos_corrupt.py (what a corrupt-record fault damages),
+chaos_cluster.py (processes, /proc, `qlab status`), chaos_report.py (the
+tables and the JSON verdicts, ``--json PATH``). Kept in a failing run's
+home: procs/*.log, logs/, store/events.jsonl, records/*.jsonl, manifests/
+and chaos-report.json.
 
 With ``--store ADMIN_URL`` every process uses a scratch PostgreSQL database
 made on that server for the run (the URL must be allowed to create
@@ -37,7 +42,6 @@ import json
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,41 +51,25 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
 from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
 from chaos_faults import FAULT_KINDS, Injector, Timings, Recovery, Timeline  # noqa: E402
+from chaos_halts import Halts  # noqa: E402
+from chaos_ledger import TruthReader, check_truth  # noqa: E402
 from chaos_races import MORE_ACCOUNTS, Races, Spec  # noqa: E402
+from chaos_report import Verdicts, skipped_violation, write_json  # noqa: E402
 from tests.pgutil import scratch_database  # noqa: E402  (the scratch databases of the tests)
 from quantlab.store.pglink import redact  # noqa: E402
-
-VIOLATION_KINDS = (
-    "double-runner",  # an older runner began a heartbeat after a newer one's st_init
-    "counter-rollback",  # st_init restored a counter older than the last delivered heartbeat
-    "duplicate-order",  # an orderLinkId accepted twice, or refused as a duplicate when it was fresh
-    "stale-order",  # an order accepted from a runner after a newer runner began (fencing)
-    "ran-while-stopped",  # a heartbeat while the strategy was stopped
-    "stop-lost",  # a stop (or a remove) took no effect: status not stopped, or a child of it left, past the bound
-    "stale-state",  # a runner restored the state of a removed Work of the same id
-    "command-failed",  # a `qlab` command of a fault failed or timed out
-    "apply-plan",  # `qlab apply` planned more, or less, than its manifest changed
-    "recovery",  # not back within the bound after a fault
-    "work-lost",  # a strategy missing or not running at the end
-    "process-died",  # a director or worker exited by itself
-    "unclean-exit",  # a director or worker did not exit 0 on SIGTERM
-    "process-leak",  # a process outlived its owner or the run
-    "zombie",  # a child not reaped
-)
 
 SETUP_TIMEOUT = 60.0  #: seconds for the cluster to come up and every strategy to beat
 SETTLE_EXTRA = 15.0  #: seconds past twice the bound that settling may take
 SCAN_EVERY = 1.0  #: seconds between /proc scans
-PATIENCE = 1.5  #: seconds a planned fault may wait for a target (none may fit while others recover)
 #: Seconds an apply may wait for every other operator command to end (it needs the fleet to itself):
-#: a stop-start race holds its strategy for its commands, a bound and a hold.
+#: a stop-start race holds its strategy for its commands, a bound and a hold. Halts and director
+#: faults wait as long (``Soak._patience``).
 APPLY_PATIENCE = 15.0
 LOOP_SLEEP = 0.05
 FINAL_WAIT = 3.0  #: seconds a strategy has to show a fresh beat in the final check
@@ -106,6 +94,7 @@ class Settings:
     home: Path | None = None
     keep_home: bool = False
     store: str = ""  #: an admin URL of a PostgreSQL server, or "" for the file store
+    json: Path | None = None  #: where to write the machine-readable summary (chaos_report.py)
 
     @property
     def bound(self) -> float:
@@ -137,6 +126,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     parser.add_argument("--keep-home", action="store_true", help="keep the home even when the run passes")
     parser.add_argument("--store", default="", metavar="ADMIN_URL",
                         help="run on a scratch database made on this PostgreSQL server [the file store]")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the verdicts as JSON to PATH")
     args = parser.parse_args(argv)
     # remove_assign is taken for remove-assign: a misspelt kind would otherwise end a long soak before it began
     kinds = FAULT_KINDS if args.faults == "all" else tuple(k.strip().replace("_", "-") for k in args.faults.split(",") if k.strip())
@@ -151,7 +141,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     return Settings(
         duration=args.duration, seed=seed, strategies=args.strategies, faults=kinds, lease_ttl=args.lease_ttl,
         heartbeat_timeout=args.heartbeat_timeout, interval=args.interval, gap=args.gap, helpers=not args.no_helpers,
-        home=args.home, keep_home=args.keep_home, store=args.store,
+        home=args.home, keep_home=args.keep_home, store=args.store, json=args.json,
     )  # fmt: skip
 
 
@@ -176,6 +166,7 @@ class Soak:
         self.procs = ProcessWatch(cluster, self.violation)
         self.recovery = Recovery(settings.bound, self.violation, self.say, self.t0)
         self.skipped = {kind: 0 for kind in settings.faults}  #: planned faults that found no target
+        self.late = {kind: 0 for kind in settings.faults}  #: planned faults the run ended before (earlier ones waited)
         self.injector = Injector(
             cluster=cluster, logs=self.logs, recovery=self.recovery, procs=self.procs, status=self.status,
             timeline=self.timeline, rng=random.Random(f"{settings.seed}:choices"), timings=settings.timings,
@@ -184,6 +175,9 @@ class Soak:
         self.specs: dict[str, Spec] = {}  #: what each strategy was assigned as (setup fills it)
         self.races = Races(self.injector, self.specs, self.home, settings.interval, self.whereabouts)
         self.injector.handlers.update(self.races.handlers)
+        self.reader = TruthReader(self.home, cluster.env.get("QLAB_STORE", ""), self.ids)
+        self.halts = Halts(self.injector, self.reader)
+        self.injector.handlers.update(self.halts.handlers)
         self.next_scan = 0.0
 
     # ---- output ----
@@ -280,6 +274,7 @@ class Soak:
         """Inject the planned faults for the duration; one that finds no target waits for one, then is
         skipped (see ``_patience``); the faults after it wait for it."""
         self.status.start()
+        self.reader.start()
         plan = self._plan()
         self.say(f"{len(plan)} faults planned over {self.s.duration:g}s, seed {self.s.seed}; recovery bound {self.s.bound:.1f}s")
         start = time.monotonic()
@@ -299,15 +294,22 @@ class Soak:
                     plan.pop(0)
                     head_since = 0.0
             time.sleep(LOOP_SLEEP)
-        for _, kind in plan:  # behind schedule (faults waited for targets): counted as skipped, not dropped
-            self.skipped[kind] += 1
+        for _, kind in plan:  # behind schedule (faults waited for targets): counted, not dropped
+            self.late[kind] += 1
         if plan:
-            self.say(f"[yellow]{len(plan)} planned fault(s) not reached in time, skipped: {', '.join(k for _, k in plan)}[/yellow]")
+            self.say(f"[yellow]{len(plan)} planned fault(s) not reached in time: {', '.join(k for _, k in plan)}[/yellow]")
+        tried = len(self.recovery.faults) + sum(self.skipped.values())
+        if (skipped := skipped_violation(tried, self.skipped)) is not None:
+            self.violation(skipped.kind, skipped.strategy, skipped.detail)
 
     def _patience(self, kind: str) -> float:
-        """Seconds a fault may wait for a target: an apply waits for every other operator command to end,
-        and any fault waits as long while an apply's own commands have the fleet (a second or more each)."""
-        return APPLY_PATIENCE if kind == "apply" or self.injector.exclusive is not None else PATIENCE
+        """Seconds a fault may wait for a target: the recovery bound, since what it waits for (a strategy
+        beating again) is due within it; longer (APPLY_PATIENCE) for an apply, which waits for every other
+        operator command to end, a halt, which waits for the last one's resume, a director fault, which
+        waits for the last one's leader to show in `qlab status` (seconds more on a busy machine), and any
+        fault while an apply's commands have the fleet (a second or more each)."""
+        waits = kind in ("apply", "halt", "director-kill", "director-stop") or self.injector.exclusive is not None
+        return APPLY_PATIENCE if waits else self.s.bound
 
     def _plan(self) -> list[tuple[float, str]]:
         rng = random.Random(f"{self.s.seed}:plan")
@@ -346,7 +348,7 @@ class Soak:
         deadline = time.monotonic() + SETTLE_EXTRA + 2 * self.s.bound
         while time.monotonic() < deadline:
             self.run_once(time.monotonic())
-            if not (len(self.timeline) or self.injector.ops or self.races.ops or self.recovery.unsettled()):
+            if not (len(self.timeline) or self.injector.ops or self.races.ops or self.halts.busy or self.recovery.unsettled()):
                 return
             time.sleep(LOOP_SLEEP)
 
@@ -410,49 +412,23 @@ class Soak:
             time.sleep(0.1)
         self.procs.scan(time.monotonic(), final=True)
 
+    def check_ledger(self) -> None:
+        """Everything stopped: one last read of the accounts and intents, then the invariants over them."""
+        self.read_records()  # the last orders' sends, written while the workers drained
+        self.reader.stop()
+        for v in check_truth(self.reader.truth, self.logs, at_end=True):
+            self.violation(v.kind, v.strategy, v.detail)
+
     # ---- the report ----
 
-    def faults_table(self) -> Table:
-        title = f"chaos soak: seed {self.s.seed}, {self.s.duration:g}s, {len(self.ids)} strategies, recovery bound {self.s.bound:.1f}s"
-        table = Table(title=title, title_justify="left")
-        for column in ("fault", "injected", "skipped", "cmd failed", "recovered", "median s", "max s"):
-            table.add_column(column, justify="left" if column == "fault" else "right")
-        for kind in self.s.faults:
-            faults = [f for f in self.recovery.faults if f.kind == kind]
-            times = [t for f in faults if (t := f.recovery()) is not None]
-            median = f"{statistics.median(times):.2f}" if times else "-"
-            worst = f"{max(times):.2f}" if times else "-"
-            failed = sum(len(f.failed) for f in faults)
-            table.add_row(
-                kind, str(len(faults)), str(self.skipped[kind]), f"[bold red]{failed}[/bold red]" if failed else "0",
-                f"{len(times)}/{len(faults)}", median, worst,
-            )  # fmt: skip
-        return table
+    def verdicts(self) -> Verdicts:
+        return Verdicts(
+            self.s.seed, self.s.duration, self.s.faults, self.recovery.faults, self.skipped, self.late, self.violations,
+            self.reader.truth, self.logs, self.t0,
+        )  # fmt: skip
 
-    def violations_table(self) -> Table:
-        table = Table(title="violations (all must be 0)", title_justify="left")
-        table.add_column("violation")
-        table.add_column("count", justify="right")
-        counts = dict.fromkeys(VIOLATION_KINDS, 0)
-        for v in self.violations:
-            counts[v.kind] = counts.get(v.kind, 0) + 1
-        for kind, count in counts.items():
-            table.add_row(kind, f"[bold red]{count}[/bold red]" if count else "0")
-        return table
-
-    def save_report(self) -> None:
-        faults = [
-            {
-                "kind": f.kind, "at": round(f.at - self.t0, 3), "target": f.target, "recovery": f.recovery(),
-                "hit": [w.strategy for w in f.watches], "failed": f.failed,
-            }  # fmt: skip
-            for f in self.recovery.faults
-        ]
-        violations = [{"kind": v.kind, "strategy": v.strategy, "detail": v.detail} for v in self.violations]
-        report = {
-            "seed": self.s.seed, "duration": self.s.duration, "faults": faults, "skipped": self.skipped, "violations": violations,
-        }  # fmt: skip
-        (self.home / "chaos-report.json").write_text(json.dumps(report, indent=2))
+    def title(self) -> str:
+        return f"chaos soak: seed {self.s.seed}, {self.s.duration:g}s, {len(self.ids)} strategies, recovery bound {self.s.bound:.1f}s"
 
 
 # ---- main ----
@@ -507,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             soak.settle()
             soak.final_checks()
             soak.shutdown()
+            soak.check_ledger()
         except SetupError as e:
             console.print(f"chaos: the cluster did not come up: {e}")
             outcome["code"] = 2
@@ -517,10 +494,14 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         finally:
             soak.status.stop()
+            soak.reader.stop()
             cluster.sweep()
-        soak.save_report()
-        console.print(soak.faults_table())
-        console.print(soak.violations_table())
+        verdicts = soak.verdicts()
+        write_json(home / "chaos-report.json", verdicts.report())
+        if settings.json is not None:
+            write_json(settings.json, verdicts.summary())
+        console.print(verdicts.faults_table(soak.title()))
+        console.print(verdicts.violations_table())
         console.print(f"chaos: seed {settings.seed}: {len(soak.violations)} violation(s); replay: {settings.replay()}")
         outcome["code"] = 1 if soak.violations else 0
     return outcome["code"]

@@ -222,6 +222,38 @@ def counter_rollbacks(log: StrategyLog) -> list[Violation]:
     return found
 
 
+#: How a runner ends when it hands over cleanly: an operator's stop or restart, its worker's drain.
+#: Its st_exit ran and its last state was written under its still valid epoch. Not a move
+#: (moved_away): the new epoch is raised first, so the heartbeat under way may lose its write.
+CLEAN_EXITS = frozenset({"manual", "worker_exit"})
+
+
+def lost_writes(log: StrategyLog) -> list[Violation]:
+    """After a clean handover the next runner restored a counter other than the one its predecessor left.
+
+    A runner that ran st_exit (for a stop, a restart or a drain) before
+    its successor's st_init had every heartbeat's state written: the
+    successor must restore exactly its last counter. Only a runner killed
+    inside a heartbeat may lose that one write (``counter_rollbacks``).
+    """
+    found = []
+    for i, newer in enumerate(log.runners):
+        before = [r for r in log.runners[:i] if r.gen == newer.gen]
+        if not before or newer.restored < 0:
+            continue
+        last = before[-1]
+        clean = last.exit_reason in CLEAN_EXITS and last.exit_m is not None and last.exit_m <= newer.started
+        if not clean or any(b.poisoned for b in last.beats):
+            continue
+        left = max([last.restored, *(b.n for b in last.beats)])
+        if newer.restored != left:
+            found.append(Violation("lost-write", log.strategy, (
+                f"pid {newer.pid} (worker pid {newer.ppid}) restored counter {newer.restored}, but pid {last.pid} "
+                f"(worker pid {last.ppid}) left {left} when it exited cleanly ({last.exit_reason})"
+            )))  # fmt: skip
+    return found
+
+
 def duplicate_orders(log: StrategyLog) -> list[Violation]:
     """An orderLinkId accepted twice, or sent again when it was not a lost heartbeat's replay.
 
@@ -335,61 +367,9 @@ def check_log(log: StrategyLog, stopped_windows: Iterable[tuple[float, float]] =
     return [
         *double_runners(log),
         *counter_rollbacks(log),
+        *lost_writes(log),
         *duplicate_orders(log),
         *stale_orders(log),
         *beats_while_stopped(log, stopped_windows),
         *stale_states(log),
     ]
-
-
-# ---- an operator's stop, seen from outside ----
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One look at a strategy while an operator's stop (or removal) settles."""
-
-    began: float  #: monotonic: the `qlab status` it came from began (what it shows was read after)
-    returned: float  #: monotonic: that command returned
-    status: str | None  #: the Work's status in it; None when the look asked no status
-    alive: frozenset[int]  #: pids of the strategy's runners found alive once it returned
-
-
-def took_effect(seen: Iterable[Seen], since: float, status: str | None) -> float | None:
-    """When a stop (or removal) whose command returned at ``since`` took effect; None while it has not.
-
-    It took effect at the first look begun after ``since`` that shows the
-    Work in ``status`` (any, when None: a removed Work has none) with none of
-    the runners it had still alive: a status that says stopped while a child
-    of the Work still runs is not a stop that took effect. The look's return
-    is the time: what it shows held by then, perhaps not before.
-    """
-    for look in seen:
-        if look.began >= since and (status is None or look.status == status) and not look.alive:
-            return look.returned
-    return None
-
-
-# ---- `qlab apply` ----
-
-APPLY_ACTIONS = ("add", "update", "start", "stop", "remove")
-
-
-def plan_mismatch(output: str, expected: set[tuple[str, str]]) -> str | None:
-    """What an apply's printed plan did beyond, or short of, ``expected`` (action, strategy) steps; None when exactly that.
-
-    The soak's manifest lists the whole fleet as it stands with one strategy
-    changed, so any other step is the apply (or the soak's model of the
-    fleet) changing what the manifest did not.
-    """
-    steps = set()
-    for line in output.splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0] in APPLY_ACTIONS:
-            steps.add((words[0], words[1]))
-    parts = []
-    if extra := sorted(steps - expected):
-        parts.append("planned also " + ", ".join(f"{a} {i}" for a, i in extra))
-    if missing := sorted(expected - steps):
-        parts.append("did not plan " + ", ".join(f"{a} {i}" for a, i in missing))
-    return "; ".join(parts) or None

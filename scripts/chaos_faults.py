@@ -47,6 +47,7 @@ FAULT_KINDS = (
     "stop-start-restart",  # stop/start/restart from two threads at once, then a final stop or start
     "apply",  # `qlab apply` changing one strategy's interval, placement or accounts, or pruning and re-adding it
     "corrupt-record",  # garbage over a record nothing running reads, or a torn feed line (file store only)
+    "halt",  # `qlab halt` (all, the account or one strategy), then `qlab resume`: nothing it covers lands meanwhile
 )
 
 Report = Callable[[str, "str | None", str], None]
@@ -88,12 +89,14 @@ class Watch:
     recovered: float | None = None  #: seconds it took
     overdue: bool = False
     superseded: bool = False  #: an operator command took the strategy over before the bound passed
+    needs_ok: bool = False  #: only a beat whose order the exchange accepted counts (after a halt is lifted)
 
     def open(self) -> bool:
         return self.recovered is None and not self.superseded
 
     def accepts(self, beat: Beat) -> bool:
-        return self.since is not None and beat.m0 > self.since and beat.pid not in self.old_pids
+        fresh = self.since is not None and beat.m0 > self.since and beat.pid not in self.old_pids
+        return fresh and (beat.ok or not self.needs_ok)
 
 
 @dataclass

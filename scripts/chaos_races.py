@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from chaos_checks import Seen, plan_mismatch, took_effect
+from chaos_seen import Seen, plan_mismatch, took_effect
 from chaos_cluster import CLI_TIMEOUT, has_marker, read_proc
 from chaos_faults import Fault, Injector, Ran, Watch
 

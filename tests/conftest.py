@@ -9,8 +9,9 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import pytest
 
@@ -59,8 +60,42 @@ def js_missing() -> str:
     return ""
 
 
-#: Skips a test that needs Node, except in CI, where a missing runtime must fail, not hide.
-needs_js = pytest.mark.skipif(bool(js_missing()) and os.environ.get("CI") != "true", reason=f"JavaScript: {js_missing()}")
+def in_ci() -> bool:
+    """CI sets CI=true and has everything the tests need: there, a missing tool is a failure, not a skip."""
+    return os.environ.get("CI") == "true"
+
+
+def lacking(what: str) -> NoReturn:
+    """The test cannot run: this machine lacks ``what``. Skips with that line; fails with it under CI=true."""
+    if in_ci():
+        pytest.fail(f"CI=true but this machine lacks {what}", pytrace=False)
+    pytest.skip(f"this machine lacks {what}")
+
+
+def lacking_part(what: str) -> None:
+    """One check of a test cannot run for want of ``what``: a warning, and the rest goes on; fails under CI=true."""
+    if in_ci():
+        pytest.fail(f"CI=true but this machine lacks {what}", pytrace=False)
+    warnings.warn(f"this machine lacks {what}: that check did not run", stacklevel=2)
+
+
+def needs(missing: str) -> pytest.MarkDecorator:
+    """A mark for a test that needs what ``missing`` says is absent ("" when present): it meets ``lacking``."""
+    return pytest.mark.lacks(missing) if missing else pytest.mark.lacks()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lacks(what): the machine lacks what the test needs (tests/conftest.py needs)")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("lacks"):
+        if mark.args:
+            lacking(mark.args[0])
+
+
+#: A test that needs Node and the installed runtime.
+needs_js = needs(f"a JavaScript runtime: {_js}" if (_js := js_missing()) else "")
 
 
 def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +27,11 @@ PG_DURATION = 30
 OVERHEAD = 120
 
 
-def run_soak(home: Path, duration: int, *extra: str) -> None:
-    command = [sys.executable, str(SCRIPTS / "chaos.py"), "--duration", str(duration), "--seed", "1", "--home", str(home), *extra]
+def run_soak(home: Path, duration: int, *extra: str) -> dict[str, Any]:
+    """Run the soak; its verdicts (scripts/chaos_report.py's summary), checked to be a pass."""
+    verdicts = home.parent / "verdicts.json"
+    command = [sys.executable, str(SCRIPTS / "chaos.py"), "--duration", str(duration), "--seed", "1", "--home", str(home),
+               "--json", str(verdicts), *extra]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("QLAB_HOME", "QLAB_STORE")}
     deadline = duration + OVERHEAD
     soak = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
@@ -41,15 +46,28 @@ def run_soak(home: Path, duration: int, *extra: str) -> None:
             os.killpg(soak.pid, signal.SIGKILL)
             soak.wait()
         Cluster(home).sweep()  # whatever carries this home's marker, should the soak itself have been killed
-    assert "violations (all must be 0)" in out and "chaos soak: seed 1" in out, out[-6000:]
-    assert soak.returncode == 0, "the soak found violations:\n" + "\n".join(
-        line for line in out.splitlines() if "VIOLATION" in line or "chaos:" in line
+    assert verdicts.exists(), f"the soak wrote no verdicts (exit {soak.returncode}):\n{out[-6000:]}"
+    summary: dict[str, Any] = json.loads(verdicts.read_text())
+    found = {kind: n for kind, n in summary["violations"].items() if n}
+    assert not found and summary["passed"], f"violations {found}:\n" + "\n".join(
+        f"{d['kind']} {d['strategy'] or ''}: {d['detail']}" for d in summary["details"]
     )[-8000:]
+    assert soak.returncode == 0, out[-6000:]
+    faults = summary["faults"]
+    assert sum(row["injected"] for row in faults.values()) >= duration / 4, faults  # one every 2 s on average
+    orders = summary["orders"]
+    assert orders["accepted"] >= orders["sent"] / 2 > 0, orders
+    return summary
 
 
 @pytest.mark.timeout(DURATION + OVERHEAD + 60)
 def test_chaos_soak_passes(tmp_path: Path) -> None:
-    run_soak(tmp_path / "home", DURATION)
+    """Every fault kind the seed plans is injected, and the kill switch among them: no order lands under a halt."""
+    summary = run_soak(tmp_path / "home", DURATION)
+    faults = summary["faults"]
+    missing = [kind for kind, row in faults.items() if row["planned"] > row["late"] and not row["injected"]]
+    assert not missing, f"tried but never injected: {missing}"
+    assert faults["halt"]["injected"] >= 1 and summary["orders"]["halts"] == faults["halt"]["injected"], summary
 
 
 @pytest.mark.timeout(PG_DURATION + OVERHEAD + 60)

@@ -78,6 +78,56 @@ def test_a_paused_workers_queued_orders_never_reach_the_exchange(lab: Lab, fake:
     assert late == [], f"{len(late)} order(s) of the old children reached the exchange after the lease ran out"
 
 
+#: ORDERS, with each call's outcome in calls-PID.txt beside it: "ok", or the error it met.
+TRACED = ORDERS.replace('''    except Exception as e:
+        ctx.state["last_error"] = str(e)''', '''        _note("ok")
+    except Exception as e:
+        ctx.state["last_error"] = str(e)
+        _note(str(e).replace("\\n", " "))
+def _note(text):
+    with open(os.path.join(os.path.dirname(__file__), f"calls-{os.getpid()}.txt"), "a") as f:
+        f.write(text + "\\n")''')
+
+
+def fleet(lab: Lab, manifest: Path, file: Path, worker: str) -> None:
+    """`qlab apply` of four strategies running ``file``, every one pinned to ``worker``."""
+    manifest.write_text("".join(f'[strategies.orders{i}]\nfile = "{file}"\nworker = "{worker}"\ninterval = 0.05\n\n'
+                                for i in range(4)))
+    lab.run("apply", str(manifest))
+
+
+def test_orders_queued_when_their_strategy_moves_away_never_reach_the_exchange(lab: Lab, fake: FakeBybit, tmp_path: Path) -> None:
+    """The epoch half of the send-time fence: w1's lease holds throughout, but its strategies move to w2
+    (a new epoch each) while their orders wait in w1's account queue: none of those leaves once the epoch rose."""
+    lab.director()
+    accounts = accounts_file(lab, fake, rate_limit=1.0)
+    for name in ("w1", "w2"):
+        lab.worker(name, "--accounts", str(accounts), env={"QLAB_FENCE_SECRET": SECRET})
+    file, manifest = lab.strategy("orders", TRACED), tmp_path / "fleet.toml"
+    fleet(lab, manifest, file, "w1")
+    works = wait_for(lambda: all(lab.work(f"orders{i}").result.pid for i in range(4))
+                     and [lab.work(f"orders{i}") for i in range(4)], timeout=30, what="four children on w1")
+    wait_for(lambda: fake.accepted(CREATE) >= 3, timeout=20, what="orders reaching the exchange")
+    fleet(lab, manifest, file, "w2")  # the 1/s limit keeps about three orders queued at this moment
+    raised: dict[str, float] = {}  # strategy -> when the test saw its new epoch (it rose before)
+
+    def all_raised() -> bool:
+        for work in works:
+            if work.id not in raised and lab.work(work.id).epoch > work.epoch:
+                raised[work.id] = time.monotonic()
+        return len(raised) == len(works)
+
+    wait_for(all_raised, timeout=20, what="every strategy's epoch to rise")
+    old = {str(w.result.pid): w.id for w in works}
+    wait_for(lambda: not any(pid_alive(int(pid)) for pid in old), timeout=20, what="the old children to end")
+    late = [r for r in fake.requests if r.path == CREATE and (sid := old.get(r.params["orderLinkId"].split("-")[0]))
+            and r.arrived > raised[sid]]
+    assert late == [], f"{len(late)} order(s) of the moved strategies' old children left after their epoch rose"
+    refused = [line for pid in old if (path := lab.home / f"calls-{pid}.txt").exists()
+               for line in path.read_text().splitlines() if "refused" in line]
+    assert refused, "no call of an old child was refused: the move caught none in flight"
+
+
 # ---- secrets stay in the worker ----
 
 #: Drops every capability (a root test run would read any /proc file), then reads the worker's

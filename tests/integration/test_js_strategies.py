@@ -71,8 +71,12 @@ def exits(lab: Lab, work_id: str) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+#: A heartbeat's line in beats-ID.txt: the child's pid and the counter it left in ctx.state.
+BEAT_LINE = "appendFileSync(`${here}beats-${ctx.id}.txt`, `${process.pid} ${ctx.state.n}\\n`);"
+
+
 def test_ticks_and_state_survive_a_restart(running: Lab) -> None:
-    running.assign(js(running, "count", counter()), "--interval", "0.05")
+    running.assign(js(running, "count", counter(BEAT_LINE)), "--interval", "0.05")
     pid = running.wait_heartbeats("count", 3).result.pid
     n = wait_for(lambda: running.state("count").get("n", 0) >= 3 and running.state("count")["n"], what="state")
     running.run("strategy", "restart", "count")
@@ -81,6 +85,10 @@ def test_ticks_and_state_survive_a_restart(running: Lab) -> None:
     wait_for(lambda: running.state("count")["n"] > n + 1, what="counting on from the saved state")
     log = wait_for(lambda: "starting at 0" in (text := running.log("count")) and text.count("starting at") >= 2 and text)
     assert "WORKER spawn" in log and exits(running, "count") == ["manual"]
+    beats = [line.split() for line in (running.home / "beats-count.txt").read_text().splitlines()]
+    left = [int(n) for beat_pid, n in beats if int(beat_pid) == pid][-1]
+    restored = [int(x) for x in re.findall(r"starting at (\d+)", log)]
+    assert restored[:2] == [0, left]  # a clean restart hands over exactly the last beat's state
 
 
 def test_crash_is_restarted_after_its_backoff(running: Lab) -> None:

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from quantlab.store.records import Work
-from tests.conftest import Lab, pid_alive, wait_for
+from tests.conftest import Lab, lacking, pid_alive, wait_for
 from tests.integration.test_store_faults import RECORDER, beats
 
 
@@ -185,7 +185,8 @@ def _as_postgres(*command: str, timeout: float = 60) -> None:
 def cluster() -> Iterator[tuple[str, Callable[[], None]]]:
     """A throwaway PostgreSQL cluster: its URL, and a function that restarts it (pg_ctl restart -m fast)."""
     if not PG_BIN or not shutil.which("runuser") or os.geteuid() != 0:
-        pytest.skip("no initdb/pg_ctl, runuser or root here to start a throwaway PostgreSQL cluster")
+        lacking("initdb/pg_ctl (in /usr/lib/postgresql/15/bin or /usr/local/bin), runuser or root, "
+                "to start a throwaway PostgreSQL cluster")
     root = tempfile.mkdtemp(prefix="qlab-pg-")
     shutil.chown(root, "postgres")
     data = f"{root}/data"

@@ -17,7 +17,7 @@ import pytest
 from quantlab.errors import CorruptRecord
 from quantlab.store.records import Leader, Resource, Work, WorkerSpec
 from quantlab.store.table import Change
-from tests.conftest import QLAB, Lab, pid_alive, proc_state, wait_for
+from tests.conftest import QLAB, Lab, lacking, pid_alive, proc_state, wait_for
 
 T = TypeVar("T")
 
@@ -277,10 +277,7 @@ def _mount(*args: str) -> None:
     """mount(8) with ``args``; without it (not root) the test skips, and fails under CI=true, which has it."""
     mounted = subprocess.run(["mount", *args], capture_output=True)
     if mounted.returncode != 0:
-        why = f"cannot mount here (mount {' '.join(args)}): {mounted.stderr.decode().strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
+        lacking(f"the right to mount (mount {' '.join(args)}: {mounted.stderr.decode().strip()})")
 
 
 @pytest.fixture
@@ -486,9 +483,7 @@ class Unwritable:
         # chmod -R a-w: the commands run without root's permission overrides, as any other user would
         setpriv = shutil.which("setpriv")
         if setpriv is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("setpriv (util-linux) is missing", pytrace=False)
-            pytest.skip("setpriv (util-linux) is missing")
+            lacking("setpriv (util-linux)")
         self.prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner"]
         for folder, _, names in os.walk(self.lab.home):
             for path in [folder, *(os.path.join(folder, name) for name in names)]:

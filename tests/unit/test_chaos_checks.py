@@ -1,4 +1,4 @@
-"""The chaos soak's invariants (scripts/chaos_checks.py) on hand-written records: what is and is not a violation."""
+"""The chaos soak's invariants (scripts/chaos_checks.py, chaos_seen.py) on hand-written records: what is and is not a violation."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from chaos_checks import (  # noqa: E402
-    Seen,
     StrategyLog,
     beats_while_stopped,
     check_log,
     counter_rollbacks,
     double_runners,
     duplicate_orders,
-    plan_mismatch,
+    lost_writes,
     stale_orders,
     stale_states,
-    took_effect,
 )
+from chaos_seen import Seen, plan_mismatch, took_effect  # noqa: E402
 from chaos_races import Spec, manifest  # noqa: E402
 
 
@@ -80,6 +79,28 @@ def test_losing_only_the_heartbeat_in_flight_is_allowed() -> None:
     s.beat(2, 2.2, 6, ok=False, code=110072)  # the exchange has s01-6 already: idempotency at work
     s.beat(2, 2.4, 7)
     assert kinds(s) == []
+
+
+@pytest.mark.parametrize("reason", ["manual", "worker_exit"])
+def test_a_clean_handover_that_loses_the_last_write_is_a_lost_write(reason: str) -> None:
+    """A runner that exited cleanly had its last state written: restoring one less is no rollback allowance."""
+    s = Script()
+    last = s.run(1, 0.0, 1, 5)
+    s.add("exit", 1, last + 0.05, n=5, reason=reason)
+    s.init(2, last + 0.5, 4)
+    assert counter_rollbacks(s.log) == []  # within the one write a killed runner may lose
+    found = lost_writes(s.log)
+    assert [v.kind for v in found] == ["lost-write"]
+    assert "restored counter 4" in found[0].detail and "left 5" in found[0].detail
+
+
+@pytest.mark.parametrize("reason", ["lease_lost", "moved_away", "error"])
+def test_a_runner_ended_unclean_or_fenced_first_may_lose_its_last_write(reason: str) -> None:
+    s = Script()
+    last = s.run(1, 0.0, 1, 5)
+    s.add("exit", 1, last + 0.05, n=5, reason=reason)  # the new epoch came first: its last write was refused
+    s.init(2, last + 0.5, 4)
+    assert lost_writes(s.log) == []
 
 
 def test_restoring_older_than_the_last_delivered_heartbeat_is_a_rollback() -> None:
