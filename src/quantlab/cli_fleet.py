@@ -2,7 +2,7 @@
 
 `strategy stop|start|restart|remove` take several ids or ``--all``; `strategy
 show` gathers one strategy's whole picture; `logs` tails every strategy's log on
-this host with an id before each line. Like quantlab.cli, which adds them to its
+this host with an id before each line; `top` is a live screen of it all. Like quantlab.cli, which adds them to its
 groups (STRATEGY_COMMANDS, TOP_COMMANDS), they parse, call the core
 (quantlab.control, quantlab.details, quantlab.logs) and print. Each gets the
 command line's Env as the context's object.
@@ -173,6 +173,18 @@ def logs(env: Env, work_ids: tuple[str, ...], follow: bool, lines: int) -> None:
     tail_many(sources, lines, follow, click.echo)
 
 
+@click.command("top")
+@pass_env
+def top(env: Env) -> None:
+    """A live screen: the fleet, its strategies by CPU and the latest events; q or Ctrl-C quits."""
+    from quantlab.top import run_top
+
+    try:
+        run_top(env.store)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is one way to quit it
+
+
 #: The commands quantlab.cli adds to `qlab strategy`, and to `qlab` itself.
 STRATEGY_COMMANDS = (strategy_stop, strategy_start, strategy_restart, strategy_remove, strategy_show)
-TOP_COMMANDS = (logs,)
+TOP_COMMANDS = (logs, top)

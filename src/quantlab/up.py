@@ -1,10 +1,12 @@
 """`qlab up`: a director and one local worker in the foreground, for one host.
 
-It runs the real `qlab director start` and `qlab worker start` as child
+It runs the real `qlab worker start` and `qlab director start` as child
 processes (each in its own process group, so a terminal's Ctrl-C reaches only
-`up`, which then stops them in order: the worker first, so every strategy gets
-st_exit, then the director), assigns the given strategy files, and prints
-events as they happen plus a one-line summary every few seconds.
+`up`, which then stops them: the director, then the worker, which gives every
+strategy st_exit), assigns the given strategy files once the worker has
+registered, and prints events as they happen plus a one-line summary every few
+seconds. What `up` checks and decides before it starts anything is in
+quantlab.up_plan.
 """
 
 from __future__ import annotations
@@ -16,22 +18,26 @@ import sys
 import time
 from pathlib import Path
 
-from quantlab import control
 from quantlab.config import Paths
-from quantlab.errors import Conflict, QuantlabError
+from quantlab.director.placement import NO_LIVE_WORKER
+from quantlab.errors import BadInput
 from quantlab.store.open import open_store
+from quantlab.store.open import shown as shown_store
+from quantlab.store.records import EventKind
 from quantlab.store.store import Store
 from quantlab.files import private_dir
 from quantlab.signals import StopRequest
 from quantlab.child.loader import check_file
+from quantlab.up_plan import LOCAL_WORKER, UpLock, carry_out, describe, plan
 from quantlab.views import event_line
 from quantlab.worker import procs
 
-LOCAL_WORKER = "local"
 #: Seconds between summary lines.
 SUMMARY_EVERY = 5.0
 #: Seconds `up` waits for the worker, then the director, to stop before killing them.
 STOP_GRACE = 15.0
+#: Seconds the local worker may take to register (load its accounts, start its zygote) before `up` gives up.
+REGISTER_TIMEOUT = 60.0
 
 
 def _spawn(paths: Paths, name: str, *args: str) -> subprocess.Popen[bytes]:
@@ -61,20 +67,6 @@ def _term_with_parent() -> None:
     procs.die_with_parent(os.getppid(), signal.SIGTERM)
 
 
-def _assign_or_start(store: Store, file: str, interval: float | None) -> str:
-    """Assign a file; if a strategy of that id exists already (an earlier `up`), run it again."""
-    path = check_file(file)
-    try:
-        return control.assign(store, control.AssignRequest(file=str(path), interval=interval)).id
-    except Conflict:
-        work_id = path.stem
-        existing = store.get_work(work_id)
-        if existing.spec.file != str(path):
-            raise QuantlabError(f"a strategy {work_id!r} from another file ({existing.spec.file}) exists; remove it first") from None
-        control.start(store, work_id)
-        return work_id
-
-
 def _summary(store: Store) -> str:
     parts = [
         f"{w.id}: {w.result.status} hb={w.result.heartbeats} restarts={w.result.restarts} errors={w.result.error_count}"
@@ -84,10 +76,15 @@ def _summary(store: Store) -> str:
 
 
 def _print_events(store: Store, offset: int) -> int:
-    """Print the events written since ``offset``; the new offset."""
+    """Print the events written since ``offset``; the new offset.
+
+    "pending: no live worker" is left out: while `up` runs, its own worker is live or
+    starting (the director may place before it has registered), and `up` ends with it.
+    """
     events, offset = store.read_events(offset)
     for event in events:
-        print(event_line(event, as_json=False), flush=True)
+        if not (event.kind == EventKind.PENDING and event.detail == NO_LIVE_WORKER):
+            print(event_line(event, as_json=False), flush=True)
     return offset
 
 
@@ -101,18 +98,31 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def run_up(paths: Paths, *, files: list[str], region: str = "JP", interval: float | None = None) -> int:
-    stop = StopRequest().install()
-    store = open_store(paths)
-    for file in files:
-        check_file(file)  # every file is checked before anything starts
-    _, offset = store.read_events()
-    director = _spawn(paths, "director", "start")
-    worker = _spawn(paths, "worker", "start", "--region", region, "--id", LOCAL_WORKER)
-    children = {"director": director, "worker": worker}
-    for file in files:
-        print(f"assigned {_assign_or_start(store, file, interval)}", flush=True)
-    code = 0
+def _header(paths: Paths) -> list[str]:
+    return [f"home: {paths.home} (store: {shown_store(paths)})",
+            f"logs: {paths.logs} (director.log, worker-{LOCAL_WORKER}.log, strategies/ID.log)",
+            "Ctrl-C stops everything"]
+
+
+def _registered(paths: Paths, store: Store, worker: subprocess.Popen[bytes], stop: StopRequest) -> bool:
+    """Wait until the local worker has registered; False when it exits first (its Error printed) or on Ctrl-C."""
+    deadline = time.monotonic() + REGISTER_TIMEOUT
+    while worker.poll() is None and time.monotonic() < deadline and not stop.requested:
+        registered = store.find_resource(LOCAL_WORKER)
+        if registered is not None and registered.spec.pid == worker.pid:  # not an earlier run's leftover
+            return True
+        time.sleep(0.05)
+    if not stop.requested:
+        print(_last_error(paths, "worker") if worker.poll() is not None
+              else f"Error: the local worker did not register within {REGISTER_TIMEOUT:.0f} s: "
+                   f"see {paths.worker_log(LOCAL_WORKER)}",
+              file=sys.stderr)
+    return False
+
+
+def _supervise(paths: Paths, store: Store, children: dict[str, subprocess.Popen[bytes]], stop: StopRequest,
+               offset: int) -> tuple[int, int]:
+    """Print events and a summary until Ctrl-C (0) or a child exits (1); that, and the event offset reached."""
     next_summary = time.time() + SUMMARY_EVERY
     while not stop.requested:
         offset = _print_events(store, offset)
@@ -122,11 +132,48 @@ def run_up(paths: Paths, *, files: list[str], region: str = "JP", interval: floa
         gone = [name for name, proc in children.items() if proc.poll() is not None]
         if gone:
             print(_last_error(paths, gone[0]), file=sys.stderr)
-            code = 1
-            break
+            return 1, offset
         time.sleep(0.1)
-    print("stopping: worker first (every strategy gets st_exit), then the director", flush=True)
-    worker_code, director_code = _stop(worker), _stop(director)
+    return 0, offset
+
+
+def run_up(paths: Paths, *, files: list[str], region: str = "JP", interval: float | None = None,
+           only: bool = False, accounts_file: str | None = None) -> int:
+    if only and not files:
+        raise BadInput("--only runs just the FILEs given: name at least one")
+    stop = StopRequest().install()
+    store = open_store(paths)
+    try:
+        lock = UpLock(paths)
+        lock.take(store)  # before anything changes: a second `up` on this home stops here
+        try:
+            return _run(paths, store, stop, files, region=region, interval=interval, only=only,
+                        accounts_file=accounts_file)
+        finally:
+            lock.release()
+    finally:
+        store.close()
+
+
+def _run(paths: Paths, store: Store, stop: StopRequest, files: list[str], *, region: str, interval: float | None,
+         only: bool, accounts_file: str | None) -> int:
+    chosen = plan(store, [check_file(file) for file in files])  # every file is checked before anything starts
+    for line in [*_header(paths), *describe(chosen, only)]:
+        print(line, flush=True)
+    _, offset = store.read_events()
+    accounts = ["--accounts", accounts_file] if accounts_file else []
+    worker = _spawn(paths, "worker", "start", "--id", LOCAL_WORKER, "--region", region, *accounts)
+    director = _spawn(paths, "director", "start")
+    if not _registered(paths, store, worker, stop):  # a worker that cannot start changes nothing
+        _stop(director)
+        _stop(worker)
+        return 0 if stop.requested else 1
+    for work_id in carry_out(store, chosen, only=only, interval=interval):
+        print(f"assigned {work_id}", flush=True)
+    code, offset = _supervise(paths, store, {"director": director, "worker": worker}, stop, offset)
+    # The director first: stopped after the worker, it would see the strategies the worker
+    # gave back and mark them pending for want of a worker, which is only `up` ending.
+    print("stopping: the director, then the worker (every strategy gets st_exit)", flush=True)
+    director_code, worker_code = _stop(director), _stop(worker)
     _print_events(store, offset)
-    store.close()
     return code or (1 if worker_code or director_code else 0)

@@ -17,6 +17,7 @@ from quantlab.store.records import Event
 if TYPE_CHECKING:  # rich is imported by the functions that draw: `--json` never loads it
     from rich.console import Console, Group, RenderableType
     from rich.table import Table
+    from rich.text import Text
 
 Entry = dict[str, Any]
 
@@ -140,16 +141,24 @@ def summary(snapshot: dict[str, Any]) -> str:
             f"workers: {live}/{len(workers)} live | strategies: {by_status}")
 
 
+def halt_lines(snapshot: dict[str, Any], now: float) -> list[Text]:
+    """One bold red line per halt in force: the kill switch must be impossible to miss."""
+    from rich.text import Text
+
+    lines = []
+    for entry in snapshot.get("halts", []):
+        what = "all" if entry["scope"] == "all" else f"{entry['scope']} {entry['target']}"
+        why = entry["problem"] or f"since {age(entry['ts'], now)}" + (", cancel orders" if entry["cancel_orders"] else "")
+        lines.append(Text(f"HALTED: {what} ({why}): nothing that opens exposure is sent", style="bold red"))
+    return lines
+
+
 def status_view(snapshot: dict[str, Any], now: float) -> Group:
     """The summary line, then only the tables that have rows; failed and pending stand out."""
     from rich.console import Group
     from rich.text import Text
 
-    parts: list[RenderableType] = [Text(summary(snapshot), style="bold")]
-    for entry in snapshot.get("halts", []):  # the kill switch: impossible to miss
-        what = "all" if entry["scope"] == "all" else f"{entry['scope']} {entry['target']}"
-        why = entry["problem"] or f"since {age(entry['ts'], now)}" + (", cancel orders" if entry["cancel_orders"] else "")
-        parts.append(Text(f"HALTED: {what} ({why}): nothing that opens exposure is sent", style="bold red"))
+    parts: list[RenderableType] = [Text(summary(snapshot), style="bold"), *halt_lines(snapshot, now)]
     if snapshot["directors"]:
         parts.append(directors_table(snapshot["directors"], now))
     if snapshot["workers"]:

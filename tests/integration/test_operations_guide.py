@@ -99,6 +99,11 @@ def strategies_running(run: Run) -> None:
     wait_for(lambda: run.beats() >= 2, what="heartbeat_demo to count beats")
 
 
+def top_shown(run: Run) -> None:
+    screen = run.out[run.out.rindex("directors: "):]  # `qlab top`'s one screen, the block's last output
+    assert "grid_paper" in screen and "heartbeat_demo" in screen and "latest events" in screen
+
+
 def account_halted(run: Run) -> None:
     assert run.halt_scopes() == ["account paper"]
     assert "HALTED" in run.out
@@ -153,6 +158,7 @@ CHECKS: list[tuple[str, Callable[[Run], None]]] = [
     ("BYBIT_MAIN_SECRET=", secrets_private),
     ("systemctl enable --now", services_up),
     ("qlab strategy assign", strategies_running),
+    ("qlab top", top_shown),
     ("qlab halt --account paper", account_halted),
     ("qlab resume --account paper", nothing_halted),
     ("qlab halt --all\nqlab resume --all", nothing_halted),

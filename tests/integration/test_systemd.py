@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from quantlab.ops.units import Install, render
-from tests.conftest import Lab, wait_for
+from tests.conftest import Lab, lacking, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 #: systemd's watchdog period for the tests: the processes send WATCHDOG=1 every half of it.
@@ -122,19 +123,58 @@ def test_a_blocked_worker_loop_stops_the_watchdog(lab: Lab, tmp_path: Path) -> N
         notify.close()
 
 
-def test_rendered_units_pass_systemd_analyze(tmp_path: Path) -> None:
+#: The highest `systemd-analyze security` exposure a unit may have ("OK" ends at 4.9; we ask for 4.0).
+MAX_EXPOSURE = 4.0
+STORE_URL = "postgresql://qlab:s3cret-pw@db.internal/qlab"
+
+
+def _analyze() -> str:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed here")
+        lacking("systemd-analyze")
+    return analyze
+
+
+def test_rendered_units_pass_systemd_analyze_are_sandboxed_and_read_the_store_from_a_file(tmp_path: Path) -> None:
+    analyze = _analyze()
+    env_file = tmp_path / "etc" / "store.env"
     out = subprocess.run([sys.executable, "-m", "quantlab.cli", "systemd", "render", "--user", "root",
-                          "--home", str(tmp_path / "home"), "--venv", sys.prefix, "--out", str(tmp_path)],
-                         capture_output=True, text=True, check=True)
-    assert "qlab-director.service" in out.stdout
+                          "--home", str(tmp_path / "home"), "--venv", sys.prefix, "--out", str(tmp_path),
+                          "--store", "-", "--env-file", str(env_file)],
+                         input=STORE_URL + "\n", capture_output=True, text=True, check=True)
+    assert "qlab-director.service" in out.stdout and STORE_URL not in out.stdout + out.stderr
+    assert env_file.read_text() == f"QLAB_STORE={STORE_URL}\n"
+    assert env_file.stat().st_mode & 0o777 == 0o600
     shutil.copy(tmp_path / "qlab-worker@.service", tmp_path / "qlab-worker@jp-1.service")
     for unit in ("qlab-director.service", "qlab-worker@jp-1.service"):
-        result = subprocess.run([analyze, "verify", str(tmp_path / unit)], capture_output=True, text=True)
+        path = tmp_path / unit
+        text = path.read_text()
+        assert f"EnvironmentFile={env_file}" in text and "s3cret" not in text
+        assert "Restart=always" in text
+        assert path.stat().st_mode & 0o777 == 0o644  # nothing secret in a unit
+        result = subprocess.run([analyze, "verify", str(path)], capture_output=True, text=True)
         complaints = [line for line in result.stderr.splitlines() if unit.split("@")[0].split(".")[0] in line]
         assert result.returncode == 0 and not complaints, result.stderr
+        assert _exposure(analyze, path) <= MAX_EXPOSURE, subprocess.run(
+            [analyze, "security", "--offline=true", str(path)], capture_output=True, text=True).stdout
+    # Node's JIT needs writable executable memory: only the director, which runs no strategy, forbids it.
+    assert "MemoryDenyWriteExecute=yes" in (tmp_path / "qlab-director.service").read_text()
+    assert "MemoryDenyWriteExecute" not in (tmp_path / "qlab-worker@.service").read_text()
+
+
+def _exposure(analyze: str, unit: Path) -> float:
+    result = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert found, f"no exposure level from systemd-analyze security:\n{result.stdout}\n{result.stderr}"
+    return float(found[1])
+
+
+def test_a_bad_store_for_the_units_is_one_error_line_and_writes_nothing(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "quantlab.cli", "systemd", "render", "--out", str(tmp_path / "units"),
+                             "--store", "-", "--env-file", str(tmp_path / "store.env")],
+                            input="", capture_output=True, text=True)
+    assert result.returncode != 0 and result.stderr.startswith("Error: --store") and len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "store.env").exists() and not (tmp_path / "units").exists()
 
 
 def test_the_shipped_units_are_the_rendered_defaults() -> None:

@@ -11,16 +11,27 @@ from pathlib import Path
 from quantlab import control
 from tests.conftest import QLAB, Lab, pid_alive, wait_for
 
+#: Counts its heartbeats in ctx.state; writes the counter each st_init restored (init-ID.txt) and
+#: each heartbeat left (beats-ID.txt), so a test can compare a handover with the last beat exactly.
 COUNTER = '''
 import os
+def _note(name, text):
+    with open(os.path.join(os.path.dirname(__file__), name), "a") as f:
+        f.write(text + "\\n")
 def st_init(ctx):
     ctx.state.setdefault("n", 0)
+    _note(f"init-{ctx.id}.txt", str(ctx.state["n"]))
 def st_heartbeat(ctx, tick):
     ctx.state["n"] += 1
+    _note(f"beats-{ctx.id}.txt", str(ctx.state["n"]))
 def st_exit(ctx, reason):
-    with open(os.path.join(os.path.dirname(__file__), f"exit-{ctx.id}.txt"), "a") as f:
-        f.write(reason.type + "\\n")
+    _note(f"exit-{ctx.id}.txt", reason.type)
 '''
+
+
+def numbers(lab: Lab, name: str) -> list[int]:
+    path = lab.home / name
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
 
 
 def test_worker_sigterm_stops_strategies_with_worker_exit(lab: Lab) -> None:
@@ -35,6 +46,7 @@ def test_worker_sigterm_stops_strategies_with_worker_exit(lab: Lab) -> None:
     for work_id, pid in zip(("a", "b"), pids):
         assert (lab.home / f"exit-{work_id}.txt").read_text().split() == ["worker_exit"]
         assert pid and not pid_alive(pid)
+        assert lab.state(work_id)["n"] == numbers(lab, f"beats-{work_id}.txt")[-1]  # a drain keeps the last beat's state
     assert lab.store.find_resource("w1") is None
     assert lab.events("worker_stopped")
 
@@ -53,15 +65,17 @@ def test_worker_sigkill_fails_over_with_state(lab: Lab) -> None:
     first.send_signal(signal.SIGKILL)
     first.wait(5)
     wait_for(lambda: not pid_alive(pid), timeout=1.0, what="the orphaned strategy child to die with its worker")
-    before = lab.state("mover")["n"]
+    before = lab.state("mover")["n"]  # its child and worker are dead: nothing writes it any more
+    assert before >= numbers(lab, "beats-mover.txt")[-1] - 1  # at most the heartbeat under way was lost
     moved = wait_for(
         lambda: (w := lab.work("mover")).assignment is not None and w.assignment.worker == "w2" and w,
         what="the strategy to move to w2",
     )
     assert moved.epoch > work.epoch
     lab.wait_status("mover", "running")
-    after = wait_for(lambda: (n := lab.state("mover")["n"]) > before + 3 and n, what="state to continue")
-    assert after > before
+    restored = wait_for(lambda: numbers(lab, "init-mover.txt")[1:], what="the new runner's st_init")
+    assert restored == [before]  # exactly what was stored, not a fresh start
+    wait_for(lambda: lab.state("mover")["n"] > before, what="state to continue")
     assert lab.events("worker_lost") and lab.events("reassigned", "mover")
 
 
@@ -135,7 +149,7 @@ def test_up_runs_and_stops_cleanly_on_sigint_and_sigterm(lab: Lab) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         up = _up(lab, str(file))
         lab.procs.append(up)  # type: ignore[arg-type]
-        lab.wait_heartbeats("demo", 3 if sig == signal.SIGINT else 10)
+        lab.wait_heartbeats("demo", 3 if sig == signal.SIGINT else 10, timeout=30)  # 1 s ticks, after 3 processes start
         pid = lab.work("demo").result.pid
         up.send_signal(sig)
         out, err = up.communicate(timeout=30)

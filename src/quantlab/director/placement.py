@@ -19,6 +19,10 @@ from quantlab.store.records import Resource, Work
 from quantlab.store.workmachine import occupies
 
 
+#: The reason when no worker at all is live (`qlab up` leaves it out: it starts its worker itself).
+NO_LIVE_WORKER = "no live worker: start one with `qlab worker start --region R`"
+
+
 class Choice(msgspec.Struct, frozen=True):
     worker: str | None  #: the chosen worker id, or None
     reason: str = ""  #: why no worker was chosen
@@ -38,7 +42,7 @@ def choose_worker(work: Work, resources: list[Resource], counts: Counter[str]) -
     spec = work.spec
     live = [r for r in resources if takes_work(r)]
     if not live:
-        return Choice(None, "no live worker: start one with `qlab worker start --region R`")
+        return Choice(None, NO_LIVE_WORKER)
     candidates = live
     pin = spec.placement.worker
     if pin is not None:
