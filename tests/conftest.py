@@ -24,6 +24,16 @@ T = TypeVar("T")
 
 QLAB = shutil.which("qlab") or "qlab"
 
+#: A strategy that counts its heartbeats in ctx.state["n"] and does nothing else.
+COUNTER = '''
+def st_init(ctx):
+    ctx.state.setdefault("n", 0)
+def st_heartbeat(ctx, tick):
+    ctx.state["n"] += 1
+def st_exit(ctx, reason):
+    pass
+'''
+
 #: Strategy-file helpers: ``once(name)`` is True the first time only (across restarts, a marker
 #: file beside the strategy); ``note(ctx, text)`` appends a line to exit-ID.txt beside it.
 ONCE = '''

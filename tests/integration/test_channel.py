@@ -16,7 +16,7 @@ import msgspec
 import zmq
 
 from quantlab.protocol import LIMITS
-from tests.conftest import Lab, wait_for
+from tests.conftest import COUNTER, Lab, wait_for
 
 #: Strategy code that finds its own worker's channel endpoint on its call stack.
 FIND_ENDPOINT = '''
@@ -33,14 +33,7 @@ def here(name):
     return os.path.join(os.path.dirname(__file__), name)
 '''
 
-VICTIM = '''
-def st_init(ctx):
-    ctx.state.setdefault("n", 0)
-def st_heartbeat(ctx, tick):
-    ctx.state["n"] += 1
-def st_exit(ctx, reason):
-    pass
-'''
+VICTIM = COUNTER
 
 #: Opens DEALER sockets under the victim's old-style routing ids and random ones, and keeps
 #: saying Hello (with guessed tokens, and its own token again) and placing orders on the victim's

@@ -23,21 +23,14 @@ from typing import Callable
 
 import msgspec
 
-from tests.conftest import Lab, wait_for
+from tests.conftest import COUNTER, Lab, wait_for
 
 #: Seconds of fuzzing (the whole test, with start and stop, stays under a minute).
 FUZZ_SECONDS = 32.0
 #: Seconds within which each running strategy must show a new heartbeat.
 BEAT_WINDOW = 4.0
 
-BEATER = '''
-def st_init(ctx):
-    ctx.state.setdefault("n", 0)
-def st_heartbeat(ctx, tick):
-    ctx.state["n"] += 1
-def st_exit(ctx, reason):
-    pass
-'''
+BEATER = COUNTER
 
 NON_FINITE = ["NaN", "-NaN", "Infinity", "-Infinity", "1e999", "-1e999", "nan", "inf"]
 NUMBERS = ["nan", "inf", "-inf", "-1", "0", "1e-300", "1e300", "1e999", "-0", "0.05", "3", "NaN", "-Infinity"]

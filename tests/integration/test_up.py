@@ -7,16 +7,8 @@ import os
 import signal
 import subprocess
 
-from tests.conftest import Lab, wait_for
+from tests.conftest import COUNTER, Lab, wait_for
 
-COUNTER = '''
-def st_init(ctx):
-    ctx.state.setdefault("n", 0)
-def st_heartbeat(ctx, tick):
-    ctx.state["n"] += 1
-def st_exit(ctx, reason):
-    pass
-'''
 ACCOUNTS = {"name": "mine", "type": "paper", "balances": {"USDT": 1000}, "symbols": ["BTCUSDT"]}
 
 
