@@ -60,8 +60,8 @@ EXCEPTIONS = {
     ("quantlab.worker.zygote", "quantlab.child.runner"):
         "the zygote is the parent every strategy child is forked from: it preloads the child's runner "
         "and, in the fork, calls run_child; it is the one door from the worker into the child",
-    ("quantlab.worker.manager", "quantlab.child.jsruntime"):
-        "child_command gives the argv of the Node runner for a JavaScript strategy, which the manager "
+    ("quantlab.worker.starts", "quantlab.child.jsruntime"):
+        "child_command gives the argv of the Node runner for a JavaScript strategy, which the worker "
         "puts in its ForkRequest; jsruntime also serves the CLI's and the loader's checks of a .js file",
 }
 

@@ -142,7 +142,7 @@ def test_stop_then_start_while_st_exit_runs_ends_running() -> None:
     """A completed stop leaves desired as the operator last set it: a start asked meanwhile wins."""
     machine = play([
         *RUNNING,
-        (1.0, m.StopWanted(MANUAL), [m.SendStop(MANUAL), m.Publish()], m.Stopping),
+        (1.0, m.StopWanted(MANUAL, by_operator=True), [m.SendStop(MANUAL), m.Publish()], m.Stopping),
         (1.1, m.StartWanted(), [], m.Stopping),
         (1.2, m.Confirmed(MANUAL), [], m.Stopping),
         (1.3, m.Gone("exit code 0"), [m.Counted(0), m.Note, m.Publish()], m.Waiting),
@@ -154,13 +154,63 @@ def test_stop_then_start_while_st_exit_runs_ends_running() -> None:
 def test_a_later_stop_cancels_a_start_and_a_move_fences_a_stop() -> None:
     machine = play([
         *RUNNING,
-        (1.0, m.StopWanted(MANUAL), [m.SendStop, m.Publish], m.Stopping),
+        (1.0, m.StopWanted(MANUAL, by_operator=True), [m.SendStop, m.Publish], m.Stopping),
         (1.1, m.StartWanted(), [], m.Stopping),
-        (1.2, m.StopWanted(MANUAL), [], m.Stopping),
+        (1.2, m.StopWanted(MANUAL, by_operator=True), [], m.Stopping),
         (1.3, m.StopWanted(MOVED), [], m.Stopping),
     ])
     assert m.moved_away(machine) and not machine.then_start
     play([(1.4, m.Gone("exit code 0"), [m.Settle("released", "assigned to w2 now")], m.Done)], machine)
+
+
+def test_only_the_operators_stop_is_cancelled_by_a_start() -> None:
+    """A start cancels the stop the operator asked for, once; never a ctx.stop() or a restart's own stop."""
+    enough = ExitReason(type="manual", message="enough")
+    by_strategy = play([*RUNNING, (0.5, m.Confirmed(enough), [m.Publish()], m.Stopping),
+                        (0.6, m.StartWanted(), [], m.Stopping)])
+    assert not by_strategy.then_start and not m.operator_stop(by_strategy)
+    by_operator = play([*RUNNING, (1.0, m.StopWanted(MANUAL, by_operator=True), [m.SendStop, m.Publish], m.Stopping)])
+    assert m.operator_stop(by_operator)
+    started = play([(1.1, m.StartWanted(), [], m.Stopping)], by_operator)
+    assert started.then_start and not m.operator_stop(started)
+    # The operator stops a restart under way, then starts it again: the start wins once more.
+    restarting = play([*RUNNING, (1.0, m.RestartWanted(), [m.Mark, m.SendStop, m.Publish], m.Stopping),
+                       (1.1, m.StopWanted(MANUAL, by_operator=True), [], m.Stopping)])
+    assert not restarting.then_start and m.operator_stop(restarting)
+    machine = play([(1.2, m.StartWanted(), [], m.Stopping),
+                    (1.3, m.Gone("exit code 0"), [m.Counted(0), m.Note, m.Publish()], m.Waiting)], restarting)
+    assert not m.operator_stop(machine)  # a fresh start owes the operator nothing
+
+
+def test_a_lapsed_lease_fences_off_every_later_call_of_the_strategy() -> None:
+    """Once it ran while the lease ran out, no call of its may leave, across restarts, whatever lease comes next."""
+    machine = play([*RUNNING, (0.5, m.LeaseLapsed(), [], m.Running)])
+    assert m.fenced_off(machine) and not m.moved_away(machine) and m.deadline(machine) == 1.2  # nothing else changes
+    machine = play([(0.6, m.RestartWanted(), [m.Mark, m.SendStop, m.Publish], m.Stopping),
+                    (0.7, m.Gone("exit code 0"), [m.Counted(0), m.Note, m.Publish()], m.Waiting)], machine)
+    assert m.fenced_off(machine)
+    assert m.fenced_off(play([*RUNNING, (0.5, m.StopWanted(MOVED), [m.SendStop, m.Publish], m.Stopping)]))
+    assert not m.fenced_off(play(RUNNING))
+
+
+def test_a_spawn_waits_for_its_reconciliation_and_retries_a_failed_one() -> None:
+    machine = play([(0.0, m.Due(), [m.Spawn(1)], m.Spawning), (0.0, m.ReconcileStarted(), [], m.Spawning)])
+    assert m.reconciling(machine) and not m.reconcile_failed(machine) and m.deadline(machine) is None
+    machine = play([(0.5, m.ReconcileEnded(ok=False), [], m.Spawning)], machine)
+    assert m.reconcile_failed(machine) and not m.reconciling(machine)
+    machine = play([(1.5, m.ReconcileStarted(), [], m.Spawning), (1.6, m.ReconcileEnded(ok=True), [], m.Spawning)], machine)
+    assert not m.reconciling(machine) and not m.reconcile_failed(machine)
+    play([(1.7, m.Spawned(pid=100), [m.Publish], m.Starting)], machine)
+    reconciling = play([(0.0, m.Due(), [m.Spawn(1)], m.Spawning), (0.0, m.ReconcileStarted(), [], m.Spawning)])
+    play([(0.1, m.StopWanted(MANUAL), [m.Settle("stopped", "stopped by operator")], m.Done)], reconciling)
+
+
+def test_an_init_the_store_cannot_give_yet_waits_for_the_child_only() -> None:
+    machine = play([*START, (0.1, m.HelloCame(), [m.SendInit()], m.Starting), (0.1, m.InitWaits(), [], m.Starting)])
+    assert m.init_waits(machine)
+    assert not m.init_waits(play([(0.2, m.InitSent(), [], m.Starting)], machine))
+    machine = play([(0.2, m.Gone("signal SIGKILL"), [m.Note, m.Counted, m.Mark, m.Publish], m.Waiting)], machine)
+    assert not m.init_waits(machine)  # a child gone waits for nothing; the next one starts afresh
 
 
 def test_moved_away_before_hello_gets_no_init() -> None:

@@ -42,7 +42,10 @@ from quantlab.protocol import (
     ToChild,
 )
 from quantlab.worker.machine import Due
-from quantlab.worker.manager import COUNTS_PER_PASS, LEASE_KILL_GRACE, MEMORY_EVERY, OUTBOX_LIMIT, PUBLISH_GATHER, StrategyManager
+from quantlab.worker.lease import LEASE_KILL_GRACE
+from quantlab.worker.manager import MEMORY_EVERY, STORE_RETRY, StrategyManager
+from quantlab.worker.outbox import OUTBOX_LIMIT
+from quantlab.worker.publishing import COUNTS_PER_PASS, PUBLISH_GATHER
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.statecommit import GATHER
 from quantlab.worker.load import Usage
@@ -143,6 +146,7 @@ class FakeFencedStore:
         self.events: list[Event] = []
         self.clocks = clocks
         self.fail_writes: OSError | None = None
+        self.fail_reads: OSError | None = None  #: what reading (claiming) a state raises
         self.corrupt: set[str] = set()
         self.durable: dict[str, tuple[int, bytes]] = {}
         self.reports = 0  #: Work writes made
@@ -164,6 +168,8 @@ class FakeFencedStore:
         return change
 
     def claim_state(self, work_id: str, epoch: int) -> dict[str, Any]:
+        if self.fail_reads is not None:
+            raise self.fail_reads
         if work_id in self.corrupt:
             raise CorruptRecord(f"state/{work_id}: not JSON")
         held, data = self.state.get(work_id, (0, b"{}"))
@@ -404,6 +410,36 @@ def test_an_unreadable_state_fails_the_strategy(env: Env) -> None:
     assert work.result.status == "failed" and "state is unreadable" in work.result.reason and work.assignment is None
 
 
+def test_an_init_the_store_cannot_give_yet_goes_out_once_it_can(env: Env) -> None:
+    """A child whose state cannot be read at its Hello waits, unharmed, and gets one Init once the store answers."""
+    env.assign()
+    env.fenced_store.fail_reads = OSError(errno.EIO, "Input/output error")
+    env.hello()
+    env.step(0.0)  # a pass that tries again, while the store still fails
+    assert env.transport.of(Init) == [] and env.fenced_store.kinds().count("store_write_failed") == 1
+    env.fenced_store.fail_reads = None
+    env.step(STORE_RETRY)
+    env.step(STORE_RETRY)
+    assert len(env.transport.of(Init)) == 1 and env.manager.slots["s"].alive and env.transport.killed == []
+
+
+def test_a_start_waits_for_its_accounts_reconciliation_and_retries_a_failed_one(env: Env) -> None:
+    """The child is forked only once its accounts are reconciled; what that found goes to its Init."""
+    env.assign(accounts=["paper"])
+    slot = env.manager.slots["s"]
+    env.step(STORE_RETRY)
+    assert slot.pid is None and len(env.transport.reconciles) == 1  # under way: not asked again
+    env.transport.reconciles[-1][1](Reconciled(ok=False, error="exchange unreachable"))
+    assert slot.pid is None and env.work().result.reason == "waiting to start: exchange unreachable"
+    env.step(STORE_RETRY)
+    assert len(env.transport.reconciles) == 2
+    position = {"account": "paper", "symbol": "BTCUSDT", "size": "0.1"}
+    env.transport.reconciles[-1][1](Reconciled(ok=True, positions=[position]))
+    assert slot.pid is not None
+    env.hello()
+    assert [init.positions for init in env.transport.of(Init)] == [[position]]
+
+
 def test_an_api_result_that_cannot_go_out_now_is_sent_on_a_later_pass(env: Env) -> None:
     """An API result that meets ZeroMQ's high-water mark waits in the outbox: never lost, the child never blocked."""
     env.assign()
@@ -484,7 +520,7 @@ def test_hung_killed_counted_restarted_and_failed_after_too_many(env: Env) -> No
     env.transport.exit(env.pid(), KILLED)
     slot = env.manager.slots["s"]
     assert slot.status == "error" and slot.result.error_count == 1 and "hung" in slot.result.reason
-    env.manager.publish()  # the end of the pass the exit came in
+    env.manager.publisher.publish()  # the end of the pass the exit came in
     assert env.work().result.status == "error"
     env.step(1.7)
     assert not slot.alive
@@ -500,7 +536,7 @@ def test_writes_are_fenced_after_reassignment(env: Env) -> None:
     env.start()
     env.fenced_store.works["s"].assignment = Assignment(worker="w2", epoch=2)
     env.manager.slots["s"].result.heartbeats = 999
-    env.manager.flush_one(env.manager.slots["s"])
+    env.manager.reporter.flush_one(env.manager.slots["s"])
     assert env.work().result.heartbeats != 999
     env.manager.reconcile(list(env.fenced_store.works.values()))
     assert env.transport.of(Stop)[-1].reason.type == "reassigned"
@@ -570,7 +606,7 @@ def test_heartbeat_counts_are_written_a_few_a_pass_not_all_at_once(env: Env) -> 
     assert written() == COUNTS_PER_PASS
     for _ in range(3):
         env.step(0.0)
-    assert written() == 10 and not env.manager.counts_due
+    assert written() == 10 and not env.manager.publisher.counts_due
 
 
 def test_strategies_started_together_tick_spread_over_their_interval(env: Env) -> None:
@@ -686,7 +722,7 @@ def test_with_nothing_else_due_a_mass_start_forks_in_one_go(env: Env) -> None:
     env.transport.fork_cost = lambda: env.clocks.advance(0.003)
     env.add(*(f"new{i}" for i in range(20)))
     env.manager.reconcile(list(env.fenced_store.works.values()))
-    assert all(slot.pid is not None for slot in env.manager.slots.values()) and not env.manager.forks_due
+    assert all(slot.pid is not None for slot in env.manager.slots.values()) and not env.manager.starts.forks_due
 
 
 def test_each_childs_usage_goes_with_its_result_and_titles_name_the_strategy(env: Env) -> None:
@@ -720,14 +756,14 @@ def test_while_the_zygote_owes_an_answer_the_others_tick_on_and_a_failed_fork_is
     rid = env.start("old")
     env.transport.held = []  # the zygote answers nothing for now
     env.assign("new", backoff=1.0)
-    assert env.manager.slots["new"].pid is None and env.manager.unanswered == 1
+    assert env.manager.slots["new"].pid is None and env.manager.starts.unanswered == 1
     for seq in range(1, 6):
         env.manager.on_message(rid, Heartbeat(seq=seq))
         env.step(0.1)
     assert [t.tick.seq for t in env.transport.of(Tick, rid)] == [1, 2, 3, 4, 5, 6]
     env.transport.answer_held(error="the zygote did not answer within 5s; it was replaced")
     last_error = env.manager.slots["new"].result.last_error
-    assert env.manager.unanswered == 0 and last_error is not None and "did not answer" in last_error.message
+    assert env.manager.starts.unanswered == 0 and last_error is not None and "did not answer" in last_error.message
     env.transport.held = None
     env.step(1.2)  # its backoff: forked again, and answered
     assert env.manager.slots["new"].pid is not None

@@ -9,7 +9,7 @@ and performs the actions this returns (fork, send, kill, record).
 States, each carrying its own data:
 
     Waiting(until, why)   no child; start one at ``until`` (first start, or backoff after an error)
-    Spawning              a Spawn is under way: accounts reconciled, a turn to fork, the fork
+    Spawning(..)          a Spawn is under way: accounts reconciled, a turn to fork, the fork
     Starting(child)       forked; Init is sent on Hello; waiting for Ready (st_init)
     Running(child)        ticks every ``interval``, one in flight at most
     Stopping(child, ..)   a Stop is wanted; waiting for the child to exit, killed at ``deadline``
@@ -19,6 +19,11 @@ A wanted stop is a fact kept on the Machine (``stop``) until the child is
 gone: it is sent as soon as the child can take it (on Hello when it has not
 connected yet), sent again on Ready, and Ready never turns Stopping back into
 Running.
+
+Beside the state, what holds across a strategy's incarnations: its errors,
+the stop it wants, whether that stop is the operator's (a start while it runs
+cancels it), and whether it ran while this worker's lease ran out (then none
+of its exchange calls may leave any more, whatever lease comes next).
 
 The module is over 400 lines on purpose: every state's transitions stand
 beside the others, so a child's whole supervision reads in one place.
@@ -42,12 +47,17 @@ from quantlab.worker.machine_events import (  # re-exported: callers write m.Due
     Fault,
     Gone,
     HelloCame,
+    InitSent,
+    InitWaits,
     Kill,
+    LeaseLapsed,
     Mark,
     Note,
     Outcome,
     Publish,
     ReadyCame,
+    ReconcileEnded,
+    ReconcileStarted,
     Reported,
     RestartWanted,
     SendInit,
@@ -104,7 +114,8 @@ class Child(msgspec.Struct, frozen=True, kw_only=True):
     since: float  #: spawned at (monotonic)
     last_beat: float  #: the last completed heartbeat, else ``since``: hang detection counts from here
     ready_at: float | None = None  #: st_init returned
-    greeted: bool = False  #: Hello came: the child is connected and has been sent Init
+    greeted: bool = False  #: Hello came: the child is connected, and its Init was sent or waits (``init_waits``)
+    init_waits: bool = False  #: its Init could not be built yet (the store failed): the manager's pass tries again
     beats: int = 0
     seq: int = 0  #: the last tick sent
     in_flight: bool = False  #: that tick is not answered yet
@@ -123,7 +134,8 @@ class Waiting(msgspec.Struct, frozen=True, tag="waiting"):
 
 
 class Spawning(msgspec.Struct, frozen=True, tag="spawning"):
-    pass
+    reconciling: bool = False  #: its accounts are being reconciled; the fork waits for the result
+    reconcile_failed: bool = False  #: that failed: the manager's pass tries again, the child not forked yet
 
 
 class Starting(msgspec.Struct, frozen=True, tag="starting"):
@@ -159,6 +171,8 @@ class Machine(msgspec.Struct, frozen=True, kw_only=True):
     by_strategy: bool = False  #: that stop came from ctx.stop()
     then_start: bool = False  #: start again once stopped (`qlab strategy restart`, or a start during the stop)
     fatal: str | None = None  #: the strategy cannot run (its state is unreadable): fail once the child is gone
+    by_operator: bool = False  #: the stop came from the operator's desired=stopped: a StartWanted cancels it
+    fenced: bool = False  #: it ran while this worker's lease ran out: no exchange call of its may leave
 
 
 Step = tuple[Machine, list[Action]]
@@ -211,6 +225,30 @@ def moved_away(machine: Machine) -> bool:
     return machine.stop is not None and machine.stop.type in MOVED_AWAY
 
 
+def fenced_off(machine: Machine) -> bool:
+    """No exchange call of its may leave: the Work moved away, or it ran while the lease ran out."""
+    return machine.fenced or moved_away(machine)
+
+
+def operator_stop(machine: Machine) -> bool:
+    """The stop under way is the operator's: the manager asks for a start when desired turns running."""
+    return machine.by_operator
+
+
+def init_waits(machine: Machine) -> bool:
+    """The child waits for an Init the store could not give yet."""
+    child = alive(machine)
+    return child is not None and child.init_waits
+
+
+def reconciling(machine: Machine) -> bool:
+    return isinstance(machine.state, Spawning) and machine.state.reconciling
+
+
+def reconcile_failed(machine: Machine) -> bool:
+    return isinstance(machine.state, Spawning) and machine.state.reconcile_failed
+
+
 # ---- the transition function ----
 
 
@@ -219,10 +257,12 @@ def step(machine: Machine, event: Event, now: float) -> Step:
     if isinstance(state, Done):
         return machine, []
     if isinstance(event, StopWanted):
+        machine = _replace(machine, by_operator=True) if event.by_operator else machine
         return _stop_wanted(machine, event.reason, now)
     if isinstance(event, StartWanted):
-        wanted = isinstance(state, Stopping) and machine.stop is not None and machine.stop.type == "manual"
-        return (_replace(machine, then_start=True), []) if wanted else (machine, [])
+        return _start_wanted(machine)
+    if isinstance(event, LeaseLapsed):
+        return _replace(machine, fenced=True), []
     if isinstance(event, RestartWanted):
         return _restart_wanted(machine, now)
     if isinstance(event, Fatal):
@@ -242,6 +282,10 @@ def _waiting(machine: Machine, state: Waiting, event: Event, now: float) -> Step
 
 
 def _spawning(machine: Machine, event: Event, now: float) -> Step:
+    if isinstance(event, ReconcileStarted):
+        return _replace(machine, state=Spawning(reconciling=True)), []
+    if isinstance(event, ReconcileEnded):
+        return _replace(machine, state=Spawning(reconcile_failed=not event.ok)), []
     if isinstance(event, Spawned):
         child = Child(pid=event.pid, since=now, last_beat=now)
         return _replace(machine, state=Starting(child)), [Publish()]
@@ -273,6 +317,9 @@ def _live(machine: Machine, state: Live, event: Event, now: float) -> Step:
             state = _with_child(state, msgspec.structs.replace(child, in_flight=False))
             return _replace(machine, state=state), [Mark(f"tick {event.seq} refused by the child: lease ran out")]
         return machine, []
+    if isinstance(event, (InitWaits, InitSent)):
+        waits = msgspec.structs.replace(child, init_waits=isinstance(event, InitWaits))
+        return _replace(machine, state=_with_child(state, waits)), []
     if isinstance(event, Reported):
         error = Charge(EventKind.ERROR, event.message, event.traceback)
         return _replace(machine, state=_with_child(state, msgspec.structs.replace(child, error=error))), []
@@ -389,6 +436,16 @@ def _stop_wanted(machine: Machine, reason: ExitReason, now: float) -> Step:
     return machine, [*actions, Publish()]
 
 
+def _start_wanted(machine: Machine) -> Step:
+    """Only the operator's stop is cancelled: not a ctx.stop(), a move, a lapse or the worker's exit."""
+    if not machine.by_operator:
+        return machine, []
+    machine = _replace(machine, by_operator=False)
+    stop = machine.stop
+    wanted = isinstance(machine.state, Stopping) and stop is not None and stop.type == "manual"
+    return (_replace(machine, then_start=True), []) if wanted else (machine, [])
+
+
 def _restart_wanted(machine: Machine, now: float) -> Step:
     state = machine.state
     mark = Mark("restart requested by operator")
@@ -414,7 +471,8 @@ def _fatal(machine: Machine, message: str, now: float) -> Step:
 
 def _start_afresh(machine: Machine, now: float) -> Step:
     machine = _replace(
-        machine, state=Waiting(until=now), stop=None, by_strategy=False, then_start=False, errors=(), consecutive=0
+        machine, state=Waiting(until=now), stop=None, by_strategy=False, by_operator=False, then_start=False, errors=(),
+        consecutive=0,
     )
     return machine, [Counted(0), Note(EventKind.RESTARTED, "restart requested"), Publish()]
 

@@ -78,10 +78,33 @@ class Gone(msgspec.Struct, frozen=True):
 
 class StopWanted(msgspec.Struct, frozen=True):
     reason: ExitReason
+    by_operator: bool = False  #: the operator's desired=stopped: a StartWanted while it runs cancels it
 
 
 class StartWanted(msgspec.Struct, frozen=True):
-    """The operator wants it running again while an operator stop is still under way."""
+    """The operator wants it running again while the operator's stop is still under way."""
+
+
+class LeaseLapsed(msgspec.Struct, frozen=True):
+    """This worker's lease ran out while the strategy ran under it: none of its calls may leave any more."""
+
+
+class ReconcileStarted(msgspec.Struct, frozen=True):
+    """The strategy's accounts are being reconciled before its child is forked (on the API pool)."""
+
+
+class ReconcileEnded(msgspec.Struct, frozen=True):
+    """The reconciliation came back: the fork goes on, or (not ``ok``) it is tried again later."""
+
+    ok: bool
+
+
+class InitWaits(msgspec.Struct, frozen=True):
+    """The child said Hello, but its Init could not be built (the store failed reading its state)."""
+
+
+class InitSent(msgspec.Struct, frozen=True):
+    """The Init that waited went out."""
 
 
 class RestartWanted(msgspec.Struct, frozen=True):
@@ -102,7 +125,8 @@ class Fatal(msgspec.Struct, frozen=True):
 
 Event = (
     Due | Spawned | SpawnFailed | HelloCame | ReadyCame | Beat | TickRefused | Reported | Confirmed | Gone
-    | StopWanted | StartWanted | RestartWanted | Fault | Fatal
+    | StopWanted | StartWanted | RestartWanted | Fault | Fatal | LeaseLapsed | ReconcileStarted | ReconcileEnded
+    | InitWaits | InitSent
 )
 
 

@@ -1,4 +1,11 @@
-"""One supervised strategy on a worker: its machine, its outbox and what the store shows of it."""
+"""One supervised strategy on a worker: its machine, its outbox and what the store shows of it.
+
+Where the strategy is in its lifecycle (stopping for the operator, fenced off
+by a lapsed lease, reconciling before its fork, its Init waiting for the
+store) is its machine's (quantlab/worker/machine.py). What is kept here beside
+it is bookkeeping of the worker's writes and messages, each field with the modules
+that write it.
+"""
 
 from __future__ import annotations
 
@@ -26,22 +33,19 @@ class Slot:
         self.log_path = log_path
         self.machine = machine
         self.due = m.deadline(machine)  #: the machine's next deadline (monotonic), kept by StrategyManager.feed
+        #: What the store shows of it: written by the manager from the machine's actions, and by publishing.py.
         self.result = msgspec.structs.replace(work.result, pid=None, reason="")
-        #: Messages the child could not take yet (not connected, or its pipe full): sent on the next pass.
+        #: Messages the child could not take yet (not connected, or its pipe full): sent on the next pass (outbox.py).
         self.outbox: collections.deque[ToChild] = collections.deque()
-        self.unsaved: bytes | None = None  #: state JSON the store refused (disk full...): written again later
-        self.store_failing = False  #: a store write failed and was reported; reset by the next success
-        self.operator_stopped = False  #: the stop under way came from desired=stopped (a start may cancel it)
-        self.init_pending = False  #: Init could not be built (the store failed): tried again next pass
-        self.reconciling = False  #: reconciliation before a start is under way (quantlab/exchange/reconcile.py)
-        self.reconcile_failed = False  #: it failed: tried again next pass, the child not forked yet
-        self.reconciled: Reconciled | None = None  #: its result, for the Init of the child it let start
-        self.memory_checked = 0.0  #: when the memory limit was last checked (monotonic)
-        #: It ran while this worker's lease ran out: none of its exchange calls may leave any more.
-        self.fenced_off = False
+        self.unsaved: bytes | None = None  #: state JSON the store refused (disk full...): written again (statecommit.py)
+        self.store_failing = False  #: a store write failed and was reported; reset by the next success (report.py)
+        #: The reconciliation before its start (starts.py), handed to the Init of the child it let start (inbox.py).
+        self.reconciled: Reconciled | None = None
+        self.memory_checked = 0.0  #: when the memory limit was last checked (monotonic; the manager's pass)
         #: Its budget of messages to the worker, the same across restarts (a token bucket starts full
         #: whatever the time it was made at).
         self.intake = Intake(0.0)
+        #: ``result`` changed since it was last written: counts and usage wait for publishing.py's writes.
         self.dirty = True
 
     # ---- what a worker hook reads (docs/worker-hooks.md) ----
@@ -81,6 +85,11 @@ class Slot:
     def moved_away(self) -> bool:
         """The Work is no longer this worker's at this epoch: its writes and orders are fenced off."""
         return m.moved_away(self.machine)
+
+    @property
+    def fenced_off(self) -> bool:
+        """None of its exchange calls may leave: it moved away, or ran while this worker's lease ran out."""
+        return m.fenced_off(self.machine)
 
     def marker(self, wall: float, text: str) -> None:
         """A line from the worker in the strategy's own log: spawn, exit, kill, restart."""
