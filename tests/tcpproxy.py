@@ -4,7 +4,9 @@
 connection stays open and every byte sent is accepted by the proxy's own
 socket, but nothing reaches the other side. Unlike a closed port or a killed
 backend, the client gets no error and its kernel no reset: only a timeout of
-its own can tell it that the server went quiet. ``restore()`` forwards again
+its own can tell it that the server went quiet. ``cut()`` models a server
+that is down instead: every connection is closed, and each new one as soon as
+it is accepted, so every call fails at once. ``restore()`` forwards again
 (the bytes held meanwhile are dropped, as a real network would have).
 
 One thread runs a selector over the listening socket and every pair.
@@ -27,6 +29,7 @@ class TcpProxy:
         self._selector.register(self._listener, selectors.EVENT_READ)
         self._peers: dict[socket.socket, socket.socket] = {}
         self._forwarding = True
+        self._refusing = False
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tcpproxy", daemon=True)
         self._thread.start()
@@ -41,7 +44,11 @@ class TcpProxy:
     def blackhole(self) -> None:
         self._forwarding = False
 
+    def cut(self) -> None:
+        self._refusing = True
+
     def restore(self) -> None:
+        self._refusing = False
         self._forwarding = True
 
     def close(self) -> None:
@@ -53,6 +60,9 @@ class TcpProxy:
 
     def _run(self) -> None:
         while not self._closed.is_set():
+            for sock in [s for s in self._peers if self._refusing]:  # on this thread: it owns the sockets
+                if sock in self._peers:
+                    self._drop(sock, self._peers[sock])
             for key, _ in self._selector.select(timeout=0.05):
                 sock = key.fileobj
                 assert isinstance(sock, socket.socket)
@@ -65,6 +75,9 @@ class TcpProxy:
         try:
             client, _ = self._listener.accept()
         except BlockingIOError:
+            return
+        if self._refusing:
+            client.close()
             return
         # While blackholed, a new connection is accepted and then hears nothing, like the old ones:
         # its "server" side is a socket connected to nothing, never read.

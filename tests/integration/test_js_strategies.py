@@ -172,15 +172,19 @@ export async function st_heartbeat(ctx, tick) {
   const api = ctx.api.bybit.paper;
   const order = { category: "linear", symbol: "BTCUSDT", side: "Buy", orderType: "Market", qty: "0.01", orderLinkId: "js-probe-1" };
   if (!ctx.state.order) {
-    ctx.state.order = (await api.placeOrder(order)).result.orderId;
+    // bybit-api's RestClientV5 names and pybit's (camelCase) reach the same endpoint: the second is a duplicate.
+    ctx.state.order = (await api.submitOrder(order)).result.orderId;
     ctx.state.dup = await outcome(ctx, () => api.placeOrder(order));
+    ctx.state.active = (await api.getActiveOrders({ category: "linear", symbol: "BTCUSDT" })).retCode;
+    ctx.state.cancel = await outcome(ctx, () => api.cancelOrder({ category: "linear", symbol: "BTCUSDT", orderId: ctx.state.order }));
     ctx.state.unknown_method = await outcome(ctx, () => api.withdrawEverything({}));
+    ctx.state.hint = await api.submitOrdr(order).catch((e) => e.message);
     ctx.state.unknown_account = await outcome(ctx, async () => ctx.api.bybit.elsewhere.getPositions({}));
     ctx.state.snake = (await api.get_tickers({ category: "linear", symbol: "BTCUSDT" })).retCode;
     ctx.state.accounts = Object.keys(ctx.api.bybit);
     ctx.send({ placed: ctx.state.order });
   }
-  ctx.state.size = (await api.getPositions({ category: "linear", symbol: "BTCUSDT" })).result.list[0].size;
+  ctx.state.size = (await api.getPositionInfo({ category: "linear", symbol: "BTCUSDT" })).result.list[0].size;
 }
 export async function st_message(ctx, data) {
   ctx.state.message = data;
@@ -196,6 +200,8 @@ def test_api_calls_on_the_paper_account(running: Lab) -> None:
     assert state["size"] == "0.01" and state["snake"] == 0
     assert state["dup"] == "ApiError:110072:true"
     assert state["unknown_method"] == "ApiPermissionError:0:true"
+    assert state["active"] == 0 and state["cancel"].startswith("ApiError:")  # reached the exchange: filled already
+    assert state["hint"].endswith("; did you mean submitOrder, submitSpreadOrder, submitEarnTokenOrder?")
     assert state["unknown_account"] == "ApiPermissionError:0:true"
     assert state["accounts"] == ["paper"] and state["reconciled"] == [[], []]
     placed = running.wait_event("strategy_message", "trader")
@@ -241,7 +247,10 @@ def test_assign_checks_a_js_file_before_anything_runs(lab: Lab) -> None:
     assert result.stderr.strip().splitlines() == [f"Error: {missing}: missing hook(s) st_heartbeat: a strategy exports st_init, st_heartbeat, st_exit"]
     broken = lab.strategy("broken", "module.exports = {\n  st_init() { let = ; },\n};\n", ".js")
     result = lab.run("strategy", "assign", str(broken), check=False)
-    assert result.stderr.strip().startswith(f"Error: {broken}:2: syntax error:")
+    assert result.stderr.strip() == f"Error: {broken}:2:21: syntax error: Unexpected token ';'"
+    module = lab.strategy("module", "export function st_init(ctx) {\n  const x = {{;\n}\n", ".mjs")
+    result = lab.run("strategy", "assign", str(module), check=False)
+    assert result.stderr.strip() == f"Error: {module}:2:14: syntax error: Unexpected token '{{'"
     # The check runs the module's top level, in an environment without the operator's variables.
     commonjs = lab.strategy("cjs", "module.exports = { st_init() {}, st_heartbeat() {}, st_exit() {}, ACCOUNTS: ['paper'] };\n"
                                    "if (process.env.QLAB_TEST_SECRET) throw new Error('the check saw a secret');\n", ".js")

@@ -5,11 +5,13 @@ does not talk to Bybit: it sends an ApiCall to the worker, which runs it with
 its own pybit client and answers with the response dict or an error. So the
 strategy process never holds a key or a secret. Only the accounts named by the
 strategy's Work and only public pybit request methods are reachable; anything
-else raises ApiPermissionError here, before a message is sent.
+else raises ApiPermissionError here, naming the nearest method names, before a
+message is sent.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from typing import Any, Callable, Generator, Iterator, Mapping
 
@@ -43,7 +45,9 @@ class AccountApi:
         if method.startswith("_"):
             raise AttributeError(method)
         if method not in self._methods:
-            raise ApiPermissionError(f"{method!r} is not a public pybit HTTP method", 0)
+            near = difflib.get_close_matches(method, self._methods)  # the same hint as the JavaScript runner's
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ApiPermissionError(f"{method!r} is not a public pybit HTTP method{hint}", 0)
 
         def call(**kwargs: Any) -> ApiResponse:
             return ApiResponse(self._caller(self._name, method, kwargs))

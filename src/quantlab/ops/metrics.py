@@ -7,7 +7,10 @@ so the CLI does not pay for it.
 
 The processes push their figures in (the worker's manager after each machine
 step, its heartbeat, the director's loop); this module knows nothing of
-them, so it sits below every process package.
+them, so it sits below every process package. A worker's strategies by
+status and its lease are read at each scrape instead (``WorkerMetrics.follow``),
+from its own monotonic deadline and its children: a value set after each
+renewal would stand still exactly when the store is away and the lease runs out.
 
 Worker: `quantlab_strategies{status}`, `quantlab_heartbeats_total`,
 `quantlab_tick_latency_seconds` (tick sent to its heartbeat back, i.e. the
@@ -30,12 +33,15 @@ Director: `quantlab_strategies{status}`, `quantlab_workers{state}`,
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from quantlab.errors import ConfigError
 
 #: Restart reasons, by the event kind that announced the fault (a bounded label set).
 RESTART_REASONS = {"crashed": "crashed", "heartbeat_timeout": "hung", "error": "error", "memory_limit": "memory", "lease_lost": "lease_lost"}
+#: The values of ``quantlab_strategies{status}``, each served even when no strategy has it.
+STATUSES = ("pending", "assigned", "starting", "running", "paused", "error", "stopping", "stopped", "failed")
+STRATEGIES_HELP = "Strategies by status."
 #: Fine below 3 ms: a tick's round trip is a few hundred microseconds, and its quantiles are read from these.
 _LATENCY_BUCKETS = (0.0001, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.025,
                     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -50,7 +56,6 @@ class _Process:
         from prometheus_client import CollectorRegistry, Gauge, Histogram
 
         self.registry = CollectorRegistry()
-        self.strategies = Gauge("quantlab_strategies", "Strategies by status.", ["status"], registry=self.registry)
         self.lease_left = Gauge("quantlab_lease_seconds_left", "Seconds this process may still act on its lease.",
                                 registry=self.registry)
         self.store_write = Histogram("quantlab_store_write_seconds", "Time of one store commit.",
@@ -75,18 +80,37 @@ class _Process:
             raise ConfigError(f"--metrics-port {port}: {e.strerror or e}: another process serves there; "
                               f"give this one another port (--metrics-port, or metrics_port in its settings)") from e
 
-    def set_statuses(self, statuses: Iterable[str]) -> None:
-        counts: dict[str, int] = {}
-        for status in statuses:
-            counts[status] = counts.get(status, 0) + 1
-        for status in ("pending", "assigned", "starting", "running", "error", "stopping", "stopped", "failed"):
-            self.strategies.labels(status=status).set(counts.get(status, 0))
+
+def _count(statuses: Iterable[str]) -> dict[str, int]:
+    """Every status named (0 when none), so that a status that empties reads 0 rather than vanishing."""
+    counts = dict.fromkeys(STATUSES, 0)
+    for status in statuses:
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+class _StatusesNow:
+    """A collector of ``quantlab_strategies{status}`` that counts the statuses it is given at each scrape."""
+
+    def __init__(self) -> None:
+        self.statuses: Callable[[], Iterable[str]] = tuple
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily("quantlab_strategies", STRATEGIES_HELP, labels=["status"])
+        for status, count in _count(self.statuses()).items():
+            family.add_metric([status], count)
+        yield family
 
 
 class WorkerMetrics(_Process):
     def __init__(self) -> None:
         super().__init__()
         from prometheus_client import Counter, Gauge, Histogram
+
+        self._statuses = _StatusesNow()
+        self.registry.register(self._statuses)  # type: ignore[arg-type]  # a collector by its collect()
 
         self.heartbeats = Counter("quantlab_heartbeats", "Heartbeats completed (st_heartbeat answered).", registry=self.registry)
         self.worker_heartbeat = Histogram("quantlab_worker_heartbeat_seconds", "Time of one worker heartbeat.",
@@ -138,6 +162,12 @@ class WorkerMetrics(_Process):
         """On an API pool thread (prometheus-client is thread safe)."""
         self.rate_limit_waits.labels(account=account).observe(seconds)
 
+    def follow(self, lease_until: Callable[[], float], statuses: Callable[[], Iterable[str]]) -> None:
+        """Read at each scrape (on the server's thread): the lease's end on the monotonic clock, and
+        the status of each strategy here as its child is now (a killed child's no longer ``running``)."""
+        self.lease_left.set_function(lambda: max(0.0, lease_until() - time.monotonic()))
+        self._statuses.statuses = statuses
+
     def set_halts(self, by_scope: Mapping[str, int]) -> None:
         """Once a worker heartbeat: the halts in force by scope, every scope given (0 when none)."""
         for scope, count in by_scope.items():
@@ -149,5 +179,10 @@ class DirectorMetrics(_Process):
         super().__init__()
         from prometheus_client import Gauge
 
+        self.strategies = Gauge("quantlab_strategies", STRATEGIES_HELP, ["status"], registry=self.registry)
         self.workers = Gauge("quantlab_workers", "Registered workers by lease state.", ["state"], registry=self.registry)
         self.leading = Gauge("quantlab_leading", "1 while this director leads.", registry=self.registry)
+
+    def set_statuses(self, statuses: Iterable[str]) -> None:
+        for status, count in _count(statuses).items():
+            self.strategies.labels(status=status).set(count)

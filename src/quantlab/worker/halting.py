@@ -20,12 +20,14 @@ from quantlab.worker.context import WorkerContext
 def follow_halts(wctx: WorkerContext) -> None:
     """Read the halts (fail closed), hand them to the manager, cancel orders a new halt asks for."""
     found, problem = halts.read_or_closed(wctx.fenced_store.store)
-    if problem != wctx.halt_problem:
+    # Said when the halts become unreadable and when readable again, not at each new wording of
+    # the failure: a store away alternates between two of them at every read.
+    if (problem is None) != (wctx.halt_problem is None):
         if problem:
             wctx.log.error("%s", problem)
         else:
             wctx.log.warning("halt state readable again")
-        wctx.halt_problem = problem
+    wctx.halt_problem = problem
     wctx.manager.halts = found
     if problem is None:
         for halt in found.halts:

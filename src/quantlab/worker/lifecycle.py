@@ -16,8 +16,10 @@ import msgspec
 from quantlab.errors import CorruptRecord
 from quantlab.store.leases import fence_margin, holder_deadline
 from quantlab.store.records import EventKind, ExitReason, TickInfo
+from quantlab.worker import procfs
 from quantlab.worker.context import WorkerContext
 from quantlab.worker.halting import follow_halts
+from quantlab.worker.manager import StrategyManager
 from quantlab.worker.registration import claim_record
 
 #: Worker heartbeats between writes of the strategies' heartbeat counts and times.
@@ -44,9 +46,7 @@ def st_worker_heartbeat(wctx: WorkerContext, tick: TickInfo) -> None:
     wctx.notifier.ready()  # registered, and what was assigned here is reconciled
     wctx.notifier.status(status_line(wctx))
     metrics = wctx.manager.metrics
-    if metrics is not None:
-        metrics.set_statuses(slot.result.status for slot in wctx.manager.slots.values())
-        metrics.lease_left.set(max(0.0, wctx.manager.lease_until - time.monotonic()))
+    if metrics is not None:  # statuses and the lease are read at each scrape (WorkerMetrics.follow)
         metrics.set_halts(wctx.manager.halts.by_scope())  # unreadable halts: one of everything, as the API pool treats them
     _user_hook(wctx, "st_worker_heartbeat", wctx, tick)
 
@@ -74,11 +74,31 @@ def follow_changes(wctx: WorkerContext, *, counts: bool = False) -> None:
 
 def status_line(wctx: WorkerContext) -> str:
     """What `systemctl status` shows: strategies here by status, and how much lease is left."""
-    counts = collections.Counter(slot.result.status for slot in wctx.manager.slots.values())
+    counts = collections.Counter(statuses_now(wctx.manager))
     shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no strategies"
     left = wctx.manager.lease_until - time.monotonic()
     lease = f"lease ok ({left:.0f}s left)" if left > 0 else "LEASE LOST: strategies stopped"
     return f"{shown}; {lease}"
+
+
+def statuses_now(manager: StrategyManager) -> list[str]:
+    """Each strategy's status as its child is now; safe off the loop's thread (the metrics' scrape).
+
+    The status written last may say ``running`` of a child the fence guard has just killed while
+    the loop was stuck in a store call: until the loop reaps it, it shows as ``stopping``.
+    """
+    out: list[str] = []
+    for slot in list(manager.slots.values()):
+        status, pid = slot.result.status, slot.pid
+        out.append("stopping" if status == "running" and (pid is None or not _child_alive(pid)) else status)
+    return out
+
+
+def _child_alive(pid: int) -> bool:
+    try:
+        return not procfs.exited(pid)
+    except OSError:  # reaped already
+        return False
 
 
 def _counts_due(wctx: WorkerContext) -> bool:
@@ -120,7 +140,7 @@ def renew_lease(wctx: WorkerContext, now: float) -> None:
     clock from the start of the renewal (the write itself may stall). A renewal that
     finds the record gone (the director expired us while we were paused) or held by
     another process stops every strategy here at once (lease_lost) and registers anew;
-    one that fails (a full disk) leaves the old deadline, which then runs out.
+    one that fails (a full disk, the store away) leaves the old deadline, which then runs out.
     """
     started = time.monotonic()
     running = sum(1 for slot in wctx.manager.slots.values() if slot.alive)
@@ -133,19 +153,22 @@ def renew_lease(wctx: WorkerContext, now: float) -> None:
         renewed = wctx.fenced_store.update_resource_state(wctx.resource, state)
     except CorruptRecord:
         renewed = False  # whose it is nobody can tell: not ours any more, and claim_record replaces it
+    reporter = wctx.manager.reporter
     if renewed:
         _hold_until(wctx, started)
+        reporter.outage.renewed()
         return
-    wctx.log.warning("worker %s lost its lease (expired while it was paused?): stopping its strategies", wctx.worker.id)
-    wctx.fenced_store.event(EventKind.LEASE_LOST, worker=wctx.worker.id,
-                            detail="the registration was gone, taken or undecodable at renewal")
+    # The store away for longer than the lease is the usual cause, and the outage knows it; else
+    # the worker itself was paused, or another process took its record.
+    cause = reporter.outage.describe() or "its registration was gone, taken or undecodable at renewal"
+    wctx.log.warning("worker %s lost its lease (%s): stopping its strategies", wctx.worker.id, cause)
+    reporter.note(EventKind.LEASE_LOST, None, cause)
     wctx.manager.set_lease(0.0)
     if wctx.stopping:
         return
     wctx.resource.state = state
     detail = claim_record(wctx.fenced_store.store, wctx.resource, say=wctx.log.warning)
-    wctx.fenced_store.event(EventKind.WORKER_JOINED, worker=wctx.worker.id,
-                            detail=f"registered again after losing its lease: {detail}")
+    reporter.note(EventKind.WORKER_JOINED, None, f"registered again after losing its lease: {detail}")
     if wctx.fenced_store.update_resource_state(wctx.resource, state):
         _hold_until(wctx, started)
 

@@ -42,7 +42,7 @@ from quantlab.store.tablestore import TableStore
 from quantlab.store.view import WorkView
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import ChildExits, StopRequest
-from quantlab.worker import procs
+from quantlab.worker import procs, sandbox
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children
 from quantlab.exchange.accounts import load_accounts, take_proxy, take_secrets
@@ -51,7 +51,7 @@ from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.worker.channel import Channel
 from quantlab.worker.context import WorkerContext, WorkerIdentity
-from quantlab.worker.lifecycle import follow_changes, st_worker_exit, st_worker_heartbeat, st_worker_init
+from quantlab.worker.lifecycle import follow_changes, st_worker_exit, st_worker_heartbeat, st_worker_init, statuses_now
 from quantlab.worker.manager import StrategyManager
 from quantlab.ops.metrics import WorkerMetrics
 from quantlab.worker.options import WorkerOptions
@@ -78,7 +78,8 @@ class WorkerRuntime:
         self.stop = stop
         self.steps = StepGuard(store, log, who=f"worker {options.id}", worker=options.id)
         self.child_exits = ChildExits().install()  # before the zygote: no exit goes unseen
-        accounts = load_accounts(_accounts_path(options, paths))
+        accounts_path = _accounts_path(options, paths)
+        accounts = load_accounts(accounts_path)
         take_secrets(accounts)  # out of the environment before anything is started
         proxy = take_proxy(options.proxy)
         #: Every child (each leads its own group and session), where the zygote and our next run find them.
@@ -95,7 +96,11 @@ class WorkerRuntime:
         self.api_done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()  # run on the loop's thread
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         env = strategy_environment(accounts)
-        self.spawner = Spawner(lambda: Zygote(env, options.id, str(self.family.path)), self.watch, self.unwatch, log)
+        private = [str(paths.home), *([str(accounts_path)] if accounts_path else [])]  # out of every child's reach
+        for line in sandbox.missing():
+            log.warning("sandbox: %s", line)
+        self.spawner = Spawner(lambda: Zygote(env, options.id, str(self.family.path), private), self.watch,
+                               self.unwatch, log)
         self.strays_at = 0.0  #: when the next look for strays is due (monotonic)
         self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name),
                             current=functools.partial(_holder_current, store))
@@ -272,10 +277,9 @@ class WorkerRuntime:
             self.manager.metrics.worker_heartbeat.observe(time.perf_counter() - started)
 
     def _store_step(self, what: str, step: Callable[[], None]) -> None:
-        # Nothing one record or feed line does (nor a full disk, nor a store hiccup) may take the
-        # children down with the worker; if it lasts, the lease runs out and the director moves
-        # the strategies.
-        self.steps.run(what, step)
+        # Nothing one record or feed line does (a full disk, a store away: one outage, logged by the reporter)
+        # may take the children down with the worker; if it lasts, the lease runs out and the strategies move.
+        self.steps.run(what, lambda: self.manager.reporter.through(step))
 
     def close(self) -> None:
         if self.manager.guard is not None:
@@ -345,6 +349,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
             lease_ttl=options.lease_ttl,
             instance=new_instance(identity.host),
             started=process_started(),
+            sandbox=" ".join(sandbox.layers()),
         ),
         state=WorkerState(),
     )
@@ -352,6 +357,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     manager.log_settings = options.log_settings
     if metrics is not None:
         manager.metrics = metrics
+        metrics.follow(lambda: manager.lease_until, functools.partial(statuses_now, manager))
         if isinstance(store, TableStore):  # the stores whose commits can be timed
             store.commit_observer = metrics.time_store(store.round_trips)
         runtime.apis.wait_observer = metrics.rate_limit_waited

@@ -3,7 +3,11 @@
 Statuses go out with ``flush_one`` (fenced: a worker that lost the Work
 writes nothing). A store failure (a full disk) is not a strategy's fault: it
 is reported once per run of failures, as an event and a log line, and the
-write is tried again; strategies keep running.
+write is tried again; strategies keep running. A store that cannot be reached
+at all is one outage (quantlab/worker/outage.py): its start and end are logged
+once, not each write it fails. Events are never lost to either: one the store
+cannot take is kept (quantlab/worker/eventbacklog.py) and written once a store
+step works again.
 
 The last write about a strategy that leaves this worker (stopped, failed,
 handed back or released) is the Work machine's ``release``: the worker lets
@@ -19,11 +23,13 @@ from typing import Callable
 
 import msgspec
 
-from quantlab.errors import NotFound, QuantlabError
+from quantlab.errors import NotFound, QuantlabError, StoreUnavailable
 from quantlab.store import workmachine as wm
-from quantlab.store.records import EventKind
+from quantlab.store.records import Event, EventKind
 from quantlab.store.fenced import FencedStore
 from quantlab.worker import machine as m
+from quantlab.worker.eventbacklog import EventBacklog
+from quantlab.worker.outage import StoreOutage
 from quantlab.worker.slot import Slot
 
 class Reporter:
@@ -33,13 +39,31 @@ class Reporter:
         self.log = log
         self.wall = wall
         self.unsettled: list[tuple[Slot, m.Settle]] = []
+        self.outage = StoreOutage(log)
+        self.backlog = EventBacklog()
+
+    def through(self, step: Callable[[], None]) -> None:
+        """Run one store step of the loop: a store out of reach is the outage's to report, not the
+        step's (nothing to trace back); a step that works ends the outage and writes what was kept."""
+        began = self.outage.clock()
+        try:
+            step()
+        except StoreUnavailable as e:
+            self.outage.failed(e, began)
+            return
+        if self.outage.ongoing or self.backlog:
+            self.outage.ended(self.backlog.flush(self.fenced_store.store))
 
     def note(self, kind: EventKind, slot: Slot | None, detail: str = "") -> None:
-        """An event for `qlab events`; one that cannot be written is logged, never raised."""
-        try:
-            self.fenced_store.event(kind, strategy=slot.id if slot else None, worker=self.worker_id, detail=detail)
-        except (OSError, QuantlabError) as e:
-            self.log.error("cannot record event %s: %s", kind, e)
+        """An event for `qlab events`; one the store cannot take now is kept, never raised."""
+        strategy = slot.id if slot else None
+        if not self.backlog:  # else behind those still waiting: the events keep their order
+            try:
+                self.fenced_store.event(kind, strategy=strategy, worker=self.worker_id, detail=detail)
+                return
+            except (OSError, QuantlabError) as e:
+                self.outage.failed(e)
+        self.backlog.keep(Event(ts=self.wall(), kind=kind, strategy=strategy, worker=self.worker_id, detail=detail))
 
     def store_failed(self, slot: Slot | None, what: str, error: Exception) -> None:
         """A store write failed: reported once per run of failures (see ``recovered``), retried by the caller."""
@@ -48,7 +72,10 @@ class Reporter:
         if slot is not None:
             slot.store_failing = True
             slot.marker(self.wall(), f"store write failed ({what}): {error}; retrying")
-        self.log.error("store write failed for %s (%s): %s; retrying", slot.id if slot else "-", what, error)
+        if isinstance(error, StoreUnavailable):
+            self.outage.failed(error)  # the outage's one line says it for every write it fails
+        else:
+            self.log.error("store write failed for %s (%s): %s; retrying", slot.id if slot else "-", what, error)
         self.note(EventKind.STORE_WRITE_FAILED, slot, f"{what}: {error}")
 
     def recovered(self, slot: Slot) -> None:

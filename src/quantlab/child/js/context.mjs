@@ -7,27 +7,28 @@
  * `get_positions(category="linear")` with its own client and answers with the
  * response or an error. The child never holds a key or a secret. Only the
  * accounts of the strategy's Work and pybit's public request methods are
- * reachable; anything else rejects with ApiPermissionError before a message is sent.
+ * reachable (by pybit's names, camelCase or not, or by the `bybit-api` package's:
+ * `submitOrder` is `place_order`); anything else rejects with ApiPermissionError,
+ * naming the nearest names, before a message is sent.
  */
 
 import * as errors from "./errors.mjs";
 import { toJson } from "./json.mjs";
-import { snakeCase } from "./methods.mjs";
 
 /** @typedef {(account: string, method: string, kwargs: object) => Promise<object>} ApiCaller */
 
 /** Property names JavaScript itself looks up (await, inspection): never an account or a method. */
 const NOT_NAMES = new Set(["then", "toJSON", "constructor", "inspect"]);
 
-/** One account: any pybit method by its camelCase (or snake_case) name, returning a Promise. */
+/** One account: any pybit method by its name in pybit, in camelCase, or in bybit-api (methods.mjs), returning a Promise. */
 function accountApi(name, caller, methods) {
   return new Proxy(Object.create(null), {
     get(_, prop) {
       if (typeof prop !== "string" || NOT_NAMES.has(prop)) return undefined;
-      const method = snakeCase(prop);
-      if (!methods.has(method)) {
+      const method = methods.resolve(prop);
+      if (method === null) {
         return async () => {
-          throw new errors.ApiPermissionError(`'${prop}' (${method}) is not a public pybit HTTP method`, 0);
+          throw new errors.ApiPermissionError(methods.unknown(prop), 0);
         };
       }
       return (params = {}) => caller(name, method, params);
@@ -59,7 +60,7 @@ export class Context {
    * @param {object} init the Init message
    * @param {object} deps
    * @param {ApiCaller} deps.call
-   * @param {Set<string>} deps.methods
+   * @param {import("./methods.mjs").MethodNames} deps.methods
    * @param {(data: unknown) => void} deps.send
    * @param {object} deps.log
    */
