@@ -1,4 +1,4 @@
-"""What `qlab status --check` fails on, read from one snapshot (quantlab.control.snapshot).
+"""What `qlab status --check` fails on, read from one snapshot (quantlab.fleet.snapshot).
 
 Each problem is one line a person can act on; none means the fleet does what it
 was asked. Every rule reads the snapshot and a time only, so a test feeds it a

@@ -1,4 +1,4 @@
-"""What `qlab` prints: JSON, rich tables and event lines, built from quantlab.control's views.
+"""What `qlab` prints: JSON, rich tables and event lines, built from quantlab.fleet's views.
 
 The tables show the same dicts that ``--json`` prints, so the two never disagree.
 """
@@ -100,7 +100,7 @@ def strategies_table(entries: list[Entry], now: float) -> Table:
 
 
 def workers_table(entries: list[Entry], now: float) -> Table:
-    columns = ("id", "region", "host", "pid", "status", "lease", "strategies", "cpu", "memory", "last seen")
+    columns = ("id", "region", "host", "pid", "status", "lease", "strategies", "cpu", "memory", "last seen", "sandbox")
     rows = (
         (
             e["id"],
@@ -113,6 +113,7 @@ def workers_table(entries: list[Entry], now: float) -> Table:
             f"{e['load']['cpu']:.0f}%",
             f"{e['load']['memory']:.0f} MiB",
             age(e["last_seen"], now),
+            e.get("sandbox") or "none",
         )
         for e in entries
     )

@@ -177,7 +177,7 @@ def test_the_node_childs_ctx_send_raises_over_budget_in_the_strategy() -> None:
 def test_log_output_over_its_budget_is_dropped_and_the_next_line_says_how_much(tmp_path: Path) -> None:
     clock = Clock()
     init = Init(id="s", file="s.py", params={}, state={}, accounts=[], log_path=str(tmp_path / "s.log"))
-    log = StrategyLog(init)
+    log = StrategyLog(init, open(init.log_path, "a"))
     log.budget = LogBudget(Budget(100.0, 1000), clock)
     printed = _Printed(log)
     for n in range(100):
@@ -185,6 +185,7 @@ def test_log_output_over_its_budget_is_dropped_and_the_next_line_says_how_much(t
     printed.write("printed\n")  # print() spends the same budget: none is left
     clock.now += 10.0  # the budget fills again
     log.logger.info("after the pause")
+    log.out.close()
     text = (tmp_path / "s.log").read_text()
     assert "line 019" in text and "line 020" not in text and "printed" not in text
     assert text.count("quantlab: dropped") == 1
@@ -194,9 +195,9 @@ def test_log_output_over_its_budget_is_dropped_and_the_next_line_says_how_much(t
 
 
 NODE_LOG = """
-import { readFileSync } from "node:fs";
-import { RotatingFile } from "LOGFILE";
-const file = new RotatingFile(process.argv[1], 0, 1, { rate: 1000, burst: 100 });
+import { openSync, readFileSync } from "node:fs";
+import { LogFile } from "LOGFILE";
+const file = new LogFile(openSync(process.argv[1], "a"), { rate: 1000, burst: 100 });
 for (let n = 0; n < 10; n++) file.write(`line ${n} ${"x".repeat(22)}\\n`);  // 30 characters each
 Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 300);  // the budget fills again
 file.write("after the pause\\n");

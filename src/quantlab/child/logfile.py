@@ -1,10 +1,14 @@
-"""A strategy's own log: ctx.log and print() into one file, rotated by size, within a byte budget.
+"""A strategy's own log: ctx.log and print() into one file, within a byte budget.
 
-The file is the strategy's (`qlab strategy logs ID`), written by its own child;
-nothing of it passes through the worker. It still shares the worker's disk, and
-the store's syncs with it, so what a strategy writes there is held to
-Init.limits.log (characters a second, bursts): output over it is dropped, and the
-next line that fits is preceded by one saying how much was dropped.
+The file is the strategy's (`qlab strategy logs ID`), open on the child's fd 1
+and 2: the zygote opens it before the child's sandbox (quantlab/worker/sandbox.py),
+which grants no path under the home, so a strategy writes its log only through
+that descriptor and can open no other. The worker rotates it by size
+(quantlab/worker/logrotate.py); nothing of it passes through the worker. It still
+shares the worker's disk, and the store's syncs with it, so what a strategy
+writes there is held to Init.limits.log (characters a second, bursts): output
+over it is dropped, and the next line that fits is preceded by one saying how
+much was dropped.
 """
 
 from __future__ import annotations
@@ -12,10 +16,9 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import logging.handlers
 import sys
 import time
-from typing import Callable
+from typing import Callable, TextIO
 
 from quantlab.protocol import Budget, Init, TokenBucket
 
@@ -45,11 +48,11 @@ class LogBudget:
         return note
 
 
-class _Handler(logging.handlers.RotatingFileHandler):
-    """The rotating handler, writing only what the budget lets through."""
+class _Handler(logging.StreamHandler):
+    """Records into the log, as far as the budget lets them through."""
 
-    def __init__(self, init: Init, budget: LogBudget) -> None:
-        super().__init__(init.log_path, maxBytes=init.log_max_bytes, backupCount=init.log_keep)
+    def __init__(self, out: TextIO, budget: LogBudget) -> None:
+        super().__init__(out)
         self.budget = budget
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -57,38 +60,25 @@ class _Handler(logging.handlers.RotatingFileHandler):
             return
         note = self.budget.note()
         if note:
-            write(self, note)
+            self.stream.write(note)
         super().emit(record)
 
 
-def write(handler: logging.handlers.RotatingFileHandler, text: str) -> None:
-    """``text`` as it is into the handler's current file, rolling it over first when it would pass its size."""
-    handler.acquire()
-    try:
-        if handler.stream is None:
-            handler.stream = handler._open()
-        if handler.maxBytes and handler.stream.tell() + len(text) >= handler.maxBytes:
-            handler.doRollover()
-        handler.stream.write(text)
-        handler.stream.flush()
-    finally:
-        handler.release()
-
-
 class StrategyLog:
-    """ctx.log, and print(), into the strategy's own log, which rotates by size.
+    """ctx.log, and print(), into the strategy's own log, ``out`` (the child's fd 1).
 
     The handler and the logger are made on first use: building them costs a child ~0.4 MB of
     private memory, which a strategy that never logs need not pay.
     """
 
-    def __init__(self, init: Init) -> None:
+    def __init__(self, init: Init, out: TextIO) -> None:
         self.init = init
+        self.out = out
         self.budget = LogBudget(init.limits.log)
 
     @functools.cached_property
-    def handler(self) -> logging.handlers.RotatingFileHandler:
-        handler = _Handler(self.init, self.budget)
+    def handler(self) -> logging.StreamHandler:
+        handler = _Handler(self.out, self.budget)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         return handler
 
@@ -101,13 +91,19 @@ class StrategyLog:
         return log
 
     def capture_print(self) -> None:
-        """print() goes through the same handler, so it rotates with it; output written straight to
-        fd 1 or 2 (a C extension, a subprocess) still lands in the file the zygote opened."""
+        """print() goes through the same budget into the same file; output written straight to fd 1
+        or 2 (a C extension, a subprocess) lands there too, outside the budget but rotated alike."""
         sys.stdout = sys.stderr = _Printed(self)
 
 
+def log_file() -> TextIO:
+    """The log the zygote opened on fd 1 (quantlab/worker/zygote.py): the interpreter's own stdout."""
+    assert sys.__stdout__ is not None  # the zygote gives every child an fd 1
+    return sys.__stdout__
+
+
 class _Printed(io.TextIOBase):
-    """sys.stdout for a strategy: text written to its rotating log handler's current file."""
+    """sys.stdout for a strategy: text written into its log, under the handler's lock."""
 
     def __init__(self, log: StrategyLog) -> None:
         self.log = log
@@ -115,7 +111,13 @@ class _Printed(io.TextIOBase):
     def write(self, text: str) -> int:
         budget = self.log.budget
         if budget.admit(text):
-            write(self.log.handler, budget.note() + text)
+            handler = self.log.handler
+            handler.acquire()
+            try:
+                handler.stream.write(budget.note() + text)
+                handler.flush()
+            finally:
+                handler.release()
         return len(text)
 
     def writable(self) -> bool:

@@ -64,7 +64,7 @@ from quantlab.protocol import (
 from quantlab.child.context import Api, StrategyContext
 from quantlab.child.jsoncheck import NotJson, to_json
 from quantlab.child.loader import load_module
-from quantlab.child.logfile import StrategyLog
+from quantlab.child.logfile import StrategyLog, log_file
 from quantlab.exchange.methods import PUBLIC_METHODS
 
 #: Lines of traceback kept in last_error.
@@ -138,7 +138,7 @@ class Runner:
         self.conn = conn
         self.init = init
         self._loop: asyncio.AbstractEventLoop | None = None  #: made for the first async hook (most have none)
-        log = StrategyLog(init)
+        log = StrategyLog(init, log_file())
         log.capture_print()
         self.ctx = StrategyContext(
             id=init.id,

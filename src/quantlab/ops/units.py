@@ -110,7 +110,10 @@ ExecStart={qlab} worker start --profile /etc/quantlab/workers/%i.toml
 # mixed: SIGTERM goes to the worker alone, which gives every strategy st_exit(worker_exit);
 # whatever is left after TimeoutStopSec gets SIGKILL.
 KillMode=mixed
-{sandbox}
+{sandbox}# The strategies' own sandbox (quantlab/worker/sandbox.py) takes Landlock's three calls, which
+# @system-service does not hold (systemd 252): refused, every strategy would run without it.
+SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self
+
 [Install]
 WantedBy=multi-user.target
 """

@@ -48,6 +48,8 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     lease_ttl: float = 10.0  #: seconds the lease lasts without a renewal
     instance: str = ""  #: the holder: a token made once per worker process
     started: float = 0.0  #: when the holding process started (Unix time)
+    #: The sandbox layers its strategy children run under ("landlock-7 seccomp"; quantlab/worker/sandbox.py).
+    sandbox: str = ""
 
 
 class WorkerState(msgspec.Struct, kw_only=True):

@@ -9,8 +9,9 @@ each child in milliseconds, sharing those pages copy-on-write.
 To keep the worker the real parent of every child (exit codes by waitpid, a
 pidfd in its poller), the worker is a child subreaper and the zygote
 double-forks: the intermediate exits at once, the grandchild is re-parented to
-the worker, then arms its parent-death signal (SIGSTOP) and locks itself down
-(quantlab/worker/procs.py `lock_down`) before any strategy code runs.
+the worker, then arms its parent-death signal (SIGSTOP), locks itself down
+(quantlab/worker/procs.py `lock_down`) and enters its sandbox
+(quantlab/worker/sandbox.py) before any strategy code runs.
 
 The worker never waits for its zygote (quantlab/worker/spawner.py): it sends a
 request and reads the answer when the socket is readable; a zygote that owes
@@ -39,7 +40,7 @@ from pathlib import Path
 import msgspec
 
 from quantlab import proctitle
-from quantlab.worker import family, procs
+from quantlab.worker import family, procs, sandbox
 
 
 class ForkRequest(msgspec.Struct, tag="fork"):
@@ -55,6 +56,8 @@ class ForkRequest(msgspec.Struct, tag="fork"):
     argv: list[str] = []
     #: The child's process title ("qlab strategy ID [WORKER]"); empty: the zygote's stays.
     title: str = ""
+    #: The strategy's file: its folder is what of its own the child may read (quantlab/worker/sandbox.py).
+    file: str = ""
 
 
 class Forget(msgspec.Struct, tag="forget"):
@@ -81,10 +84,12 @@ REPARENT_TIMEOUT = 5.0
 class Zygote:
     """The worker's handle on one zygote process: requests go out without waiting, answers are read when they come."""
 
-    def __init__(self, env: dict[str, str] | None = None, worker_id: str = "", family_path: str = "") -> None:
+    def __init__(self, env: dict[str, str] | None = None, worker_id: str = "", family_path: str = "",
+                 private: list[str] | None = None) -> None:
         """``env``: the environment children inherit (the worker's allowlist of it); ``worker_id``: the
         worker's, for the zygote's process title; ``family_path``: the worker's list of its children
-        (quantlab/worker/family.py), which the zygote ends when the worker dies."""
+        (quantlab/worker/family.py), which the zygote ends when the worker dies; ``private``: the
+        paths no child's sandbox may reach (the home, the accounts file)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)  # the worker's loop never waits on its zygote
         self.sock = ours
@@ -92,7 +97,7 @@ class Zygote:
         self.worker_id = worker_id
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid()), worker_id,
-             family_path],
+             family_path, *(private or [])],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,
@@ -141,7 +146,7 @@ class Zygote:
 # ---- inside the zygote process ----
 
 
-def _serve(sock: socket.socket, worker_pid: int, family_path: str) -> None:
+def _serve(sock: socket.socket, worker_pid: int, family_path: str, private: list[str]) -> None:
     # Imported here, once: every child starts with them loaded.
     from quantlab.child import runner  # noqa: F401
 
@@ -159,7 +164,7 @@ def _serve(sock: socket.socket, worker_pid: int, family_path: str) -> None:
         # worker can then never come before our answer, which tells the worker whose message it is.
         answered = os.pipe()
         try:
-            pid = _double_fork(request, sock, worker_pid, answered)
+            pid = _double_fork(request, sock, worker_pid, answered, private)
             reply = Forked(pid=pid)
             unreaped.extend(family.members([pid]))
         except OSError as e:
@@ -184,7 +189,8 @@ def _end_all(family_path: str, worker_pid: int, unreaped: list[family.Member]) -
     family.end(known + unreaped)
 
 
-def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int, answered: tuple[int, int]) -> int:
+def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int, answered: tuple[int, int],
+                 private: list[str]) -> int:
     read_fd, write_fd = os.pipe()
     # Every object so far into the permanent generation: the child's collections never walk
     # (and so never write to) the pages it shares with us and its siblings.
@@ -200,7 +206,7 @@ def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int, ans
                 os.close(answered[1])
                 os.read(answered[0], 1)  # EOF once the worker has our pid (or the zygote is gone)
                 os.close(answered[0])
-                _become_strategy(request, sock, worker_pid, old_mask)
+                _become_strategy(request, sock, worker_pid, old_mask, private)
             os.write(write_fd, str(grandchild).encode())
             os._exit(0)
     finally:
@@ -227,7 +233,8 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int, mask: set[int | signal.Signals]) -> None:
+def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int, mask: set[int | signal.Signals],
+                     private: list[str]) -> None:
     code = 1
     try:
         gc.enable()  # the zygote runs without collections (see main); the strategy's own objects need them
@@ -244,6 +251,8 @@ def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int,
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # Last, with the log open on fd 1 and 2: from here on the child reaches only what its sandbox grants.
+        sys.stderr.write(sandbox.enter(request.file, request.argv, private))
         if request.argv:  # the same child (group, parent, log, environment), running Node
             _token_on_stdin(request.token)
             try:
@@ -305,7 +314,7 @@ def main() -> None:
     # The terminal's Ctrl-C reaches the worker's whole group; the worker decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _serve(socket.socket(fileno=fd), worker_pid, sys.argv[4] if len(sys.argv) > 4 else "")
+    _serve(socket.socket(fileno=fd), worker_pid, sys.argv[4] if len(sys.argv) > 4 else "", sys.argv[5:])
 
 
 if __name__ == "__main__":

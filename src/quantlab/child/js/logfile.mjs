@@ -1,12 +1,14 @@
 /**
- * ctx.log and console output into the strategy's own log, rotated by size the
- * way Python's RotatingFileHandler rotates the Python runner's log (same line
- * format, same `log_max_bytes` / `log_keep` from Init), so `qlab strategy logs`
- * reads both alike; within the same budget of characters (Init's `limits.log`): output
- * over it is dropped, and the next line that fits is preceded by one saying how much.
+ * ctx.log and console output into the strategy's own log: the file the zygote
+ * opened on fd 1 before the child's sandbox, which grants no path under the
+ * home (quantlab/worker/sandbox.py); the worker rotates it by size
+ * (quantlab/worker/logrotate.py). Same line format as the Python runner's, so
+ * `qlab strategy logs` reads both alike; within the same budget of characters
+ * (Init's `limits.log`): output over it is dropped, and the next line that fits
+ * is preceded by one saying how much.
  */
 
-import { closeSync, existsSync, fstatSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
+import { writeSync } from "node:fs";
 import { format } from "node:util";
 import { TokenBucket } from "./budget.mjs";
 
@@ -14,22 +16,19 @@ const LEVELS = { debug: 10, info: 20, warning: 30, error: 40, critical: 50 };
 /** Records below this level are dropped, as the Python runner's logger does. */
 const MIN_LEVEL = LEVELS.info;
 
-export class RotatingFile {
+export class LogFile {
   /**
-   * @param {string} path @param {number} maxBytes rotate past this size (0: never) @param {number} keep rotated files kept
+   * @param {number} fd the log, open for appending
    * @param {{rate: number, burst: number}} budget characters a second, and at once
    */
-  constructor(path, maxBytes, keep, budget) {
-    this.path = path;
-    this.maxBytes = maxBytes;
-    this.keep = keep;
+  constructor(fd, budget) {
+    this.fd = fd;
     this.budget = budget;
     this.bucket = new TokenBucket(budget);
     this.dropped = 0; // characters dropped since the last line written
-    this.fd = openSync(path, "a", 0o600);
   }
 
-  /** Append `text` when the budget allows it, rolling the file over first when it would pass maxBytes. */
+  /** Append `text` when the budget allows it. */
   write(text) {
     if (!this.bucket.take(text.length)) {
       this.dropped += text.length;
@@ -39,25 +38,9 @@ export class RotatingFile {
       const { rate, burst } = this.budget;
       const note = `quantlab: dropped ${this.dropped} characters of ctx.log and console output: over the log budget of ${rate} a second (bursts of ${burst})\n`;
       this.dropped = 0;
-      this.append(note);
+      writeSync(this.fd, note);
     }
-    this.append(text);
-  }
-
-  append(text) {
-    const data = Buffer.from(text);
-    if (this.maxBytes > 0 && this.keep > 0 && fstatSync(this.fd).size + data.length >= this.maxBytes) this.rollover();
-    writeSync(this.fd, data);
-  }
-
-  rollover() {
-    closeSync(this.fd);
-    for (let i = this.keep - 1; i > 0; i--) {
-      if (existsSync(`${this.path}.${i}`)) renameSync(`${this.path}.${i}`, `${this.path}.${i + 1}`);
-    }
-    rmSync(`${this.path}.1`, { force: true });
-    if (existsSync(this.path)) renameSync(this.path, `${this.path}.1`);
-    this.fd = openSync(this.path, "a", 0o600);
+    writeSync(this.fd, text);
   }
 }
 
@@ -71,7 +54,7 @@ function asctime(date = new Date()) {
 
 /**
  * `ctx.log`: `info("beat %d", n)` (util.format placeholders), `warn`, `error`, `debug`.
- * @param {RotatingFile} file
+ * @param {LogFile} file
  */
 export function strategyLogger(file) {
   const at = (level) => (...args) => {

@@ -27,8 +27,8 @@ import { Channel, loadRuntime } from "./channel.mjs";
 import { Context } from "./context.mjs";
 import { NotJson } from "./errors.mjs";
 import { toJson } from "./json.mjs";
-import { captureConsole, RotatingFile, strategyLogger } from "./logfile.mjs";
-import { publicMethods } from "./methods.mjs";
+import { captureConsole, LogFile, strategyLogger } from "./logfile.mjs";
+import { MethodNames } from "./methods.mjs";
 import { loadStrategy } from "./strategy.mjs";
 
 /** Lines of stack trace kept in last_error. */
@@ -44,11 +44,11 @@ class Runner {
   constructor(channel, init) {
     this.channel = channel;
     this.init = init;
-    const file = new RotatingFile(init.log_path, init.log_max_bytes, init.log_keep, init.limits.log);
+    const file = new LogFile(1, init.limits.log); // fd 1: the log the zygote opened
     captureConsole(file);
     this.ctx = new Context(init, {
       call: (account, method, kwargs) => channel.call(account, method, kwargs),
-      methods: publicMethods(),
+      methods: new MethodNames(),
       send: logSender(channel, init.limits),
       log: strategyLogger(file),
     });

@@ -1,0 +1,99 @@
+"""A seccomp filter for a strategy child: no ptrace, no process_vm_*, and (optionally) signals to its own group only.
+
+The filter is a classic BPF program over ``struct seccomp_data`` (nr at offset 0,
+arch at 4, the arguments from 16, eight bytes each, little-endian), installed
+with prctl(PR_SET_SECCOMP). It is built in the child after the fork, so its own
+pid can be a constant: seccomp sees a signal's target pid, not the target's
+group, and the child leads its own group (pid == pgid). Every thread and process
+it starts inherits the filter, with the same constant. A system call of another
+architecture (the 32-bit entry points of x86_64) kills the process: its numbers
+differ, so the checks below would not hold for it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_RET_ALLOW = 0x7FFF0000
+_RET_ERRNO = 0x00050000
+_RET_KILL_PROCESS = 0x80000000
+_LD_ABS_W = 0x20  # BPF_LD | BPF_W | BPF_ABS
+_JEQ = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_JGE = 0x35  # BPF_JMP | BPF_JGE | BPF_K
+_RET = 0x06  # BPF_RET | BPF_K
+_X32_BIT = 0x40000000  # x86_64's x32 ABI: the same arch, numbers with this bit
+
+#: Per machine: its audit arch, and the numbers of the calls the filter looks at.
+_ARCHES = {
+    "x86_64": (0xC000003E, {"ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kill": 62,
+                            "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
+                            "pidfd_send_signal": 424}),
+    "aarch64": (0xC00000B7, {"ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kill": 129,
+                             "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240,
+                             "pidfd_send_signal": 424}),
+}
+#: Refused outright: reading or writing another process's memory, or attaching to it.
+_DENIED = ("ptrace", "process_vm_readv", "process_vm_writev")
+#: Signals whose first argument is the target (a pid, or a thread group): allowed for 0, -pgid and pid.
+_SIGNALS_BY_PID = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_prctl = _libc.prctl  # looked up once, in the zygote
+
+
+class _Insn(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+
+class _Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_Insn))]
+
+
+def supported() -> bool:
+    """This machine's architecture has a filter here."""
+    return platform.machine() in _ARCHES
+
+
+def program(own_pid: int, signals: bool, machine: str = "") -> list[tuple[int, int, int, int]]:
+    """The filter's instructions (code, jt, jf, k); ``signals``: also keep signals within the group of ``own_pid``."""
+    arch, nr = _ARCHES[machine or platform.machine()]
+    deny = _RET_ERRNO | errno.EPERM
+    checked = _DENIED + (_SIGNALS_BY_PID + ("pidfd_send_signal",) if signals else ())
+    # A pidfd says nothing the filter can read: refused like the memory calls.
+    verdicts = [_own_target(own_pid, deny) if name in _SIGNALS_BY_PID else [(_RET, 0, 0, deny)] for name in checked]
+    out = [(_LD_ABS_W, 0, 0, 4), (_JEQ, 1, 0, arch), (_RET, 0, 0, _RET_KILL_PROCESS),
+           (_LD_ABS_W, 0, 0, 0), (_JGE, 0, 1, _X32_BIT), (_RET, 0, 0, _RET_KILL_PROCESS)]
+    # One comparison per checked call, then ALLOW, then each call's verdict block in the same order.
+    past = 1  # instructions from ALLOW's slot to the next block: ALLOW itself, then the blocks before
+    for i, name in enumerate(checked):
+        out.append((_JEQ, len(checked) - i - 1 + past, 0, nr[name]))
+        past += len(verdicts[i])
+    out.append((_RET, 0, 0, _RET_ALLOW))
+    for block in verdicts:
+        out += block
+    return out
+
+
+def _own_target(own_pid: int, deny: int) -> list[tuple[int, int, int, int]]:
+    """Allow when the first argument's low 32 bits (the int the kernel reads) are 0, pid or -pid."""
+    return [(_LD_ABS_W, 0, 0, 16),
+            (_JEQ, 3, 0, 0),
+            (_JEQ, 2, 0, own_pid),
+            (_JEQ, 1, 0, (-own_pid) & 0xFFFFFFFF),
+            (_RET, 0, 0, deny),
+            (_RET, 0, 0, _RET_ALLOW)]
+
+
+def install(own_pid: int, signals: bool) -> None:
+    """Install the filter on this thread (and all it starts); needs ``no_new_privs``. OSError when refused."""
+    insns = program(own_pid, signals)
+    array = (_Insn * len(insns))(*(_Insn(*insn) for insn in insns))
+    prog = _Prog(len(insns), array)
+    if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp: {os.strerror(err)}")

@@ -1,0 +1,177 @@
+"""The sandbox's rules, its seccomp filter in a real forked process, and the worker's rotation of a child's log."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from quantlab.worker import landlock, logrotate, procs, sandbox, seccomp
+from tests.conftest import lacking
+
+_WRITES = landlock.WRITE_FILE | landlock.TRUNCATE
+
+
+def _holds_or_inside(path: str, other: str) -> bool:
+    a, b = os.path.realpath(path), os.path.realpath(other)
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def test_no_rule_reaches_the_home_or_the_accounts_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, accounts = tmp_path / "home", tmp_path / "etc" / "env.jsonl"
+    folder = tmp_path / "strategies" / "grid"
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # the worker's folder, as `python -m` puts it on sys.path: never granted
+    monkeypatch.syspath_prepend(str(work))
+    rules = sandbox.rules(str(folder / "grid.py"), [], [str(home), str(accounts)])
+    assert rules[str(folder)] == landlock.READ_FILE | landlock.READ_DIR | landlock.EXECUTE
+    assert [p for p in rules if _holds_or_inside(p, str(home)) or _holds_or_inside(p, str(accounts))] == []
+    assert [p for p, rights in rules.items() if rights & _WRITES] == ["/dev/null"]
+    assert str(work) not in rules
+
+
+@pytest.mark.parametrize("where", ["home", "accounts"])
+def test_a_folder_that_holds_the_home_or_the_accounts_file_cannot_be_granted(tmp_path: Path, where: str) -> None:
+    home, accounts = tmp_path / "home", tmp_path / "etc" / "env.jsonl"
+    folder = home.parent if where == "home" else accounts.parent
+    with pytest.raises(sandbox.Overlap) as refused:
+        sandbox.rules(str(folder / "s.py"), [], [str(home), str(accounts)])
+    assert refused.value.path == str(folder)
+
+
+def test_an_accounts_file_inside_the_interpreter_leaves_no_file_rules_to_grant(tmp_path: Path) -> None:
+    with pytest.raises(sandbox.Overlap) as refused:
+        sandbox.rules(str(tmp_path / "s" / "s.py"), [], [os.path.join(sys.prefix, "etc", "env.jsonl")])
+    assert refused.value.path == sys.prefix
+
+
+def test_a_node_child_reads_nodes_install_and_its_runtime(tmp_path: Path) -> None:
+    node = tmp_path / "opt" / "node" / "bin" / "node"
+    node.parent.mkdir(parents=True)
+    node.touch()
+    runtime = tmp_path / "share" / "js"
+    argv = [str(node), "/pkg/runner.mjs", "child", "ipc:///tmp/x/channel", str(runtime)]
+    rules = sandbox.rules(str(tmp_path / "s" / "s.js"), argv, [str(tmp_path / "home")])
+    assert {str(tmp_path / "opt" / "node"), str(runtime), "/pkg/runner.mjs"} <= set(rules)
+
+
+@pytest.mark.parametrize(("abi", "layers", "says"), [
+    (7, ["landlock-7", "seccomp"], []),
+    (5, ["landlock-5", "seccomp"],
+     ["Landlock ABI 5 cannot scope signals: seccomp alone keeps them within a strategy's group"]),
+    (0, ["seccomp"], ["no Landlock in this kernel: a strategy can read and write whatever the worker's user can"]),
+])
+def test_the_worker_names_the_layers_in_force_and_what_a_missing_one_leaves_open(
+        monkeypatch: pytest.MonkeyPatch, abi: int, layers: list[str], says: list[str]) -> None:
+    monkeypatch.setattr(sandbox, "ABI", abi)
+    monkeypatch.setattr(seccomp, "supported", lambda: True)
+    assert (sandbox.layers(), sandbox.missing()) == (layers, says)
+
+
+def _in_child(check: Callable[[], str]) -> str:
+    """Run ``check`` in a forked child that leads its own group; what it returned (or its error)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            os.write(write_fd, check().encode())
+        except BaseException as e:
+            os.write(write_fd, f"failed: {e!r}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd, "rb") as f:
+        return f.read().decode()
+
+
+def _outcome(action: Callable[[], object]) -> str:
+    try:
+        action()
+        return "ok"
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def test_the_seccomp_filter_keeps_signals_within_the_group_and_refuses_ptrace() -> None:
+    """The filter a kernel without Landlock's signal scoping relies on, in a real process."""
+    if not seccomp.supported():
+        lacking("a seccomp filter for this architecture")
+    neighbour = os.fork()
+    if neighbour == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        def attacks() -> str:
+            procs.lock_down()
+            seccomp.install(os.getpid(), signals=True)
+            libc = ctypes.CDLL(None, use_errno=True)
+            outcomes = {
+                "own group": _outcome(lambda: os.killpg(os.getpid(), 0)),
+                "itself": _outcome(lambda: os.kill(os.getpid(), 0)),
+                "its group by 0": _outcome(lambda: os.kill(0, 0)),
+                "a neighbour": _outcome(lambda: os.kill(neighbour, signal.SIGKILL)),
+                "a neighbour's group": _outcome(lambda: os.killpg(neighbour, signal.SIGKILL)),
+                "every process": _outcome(lambda: os.kill(-1, 0)),
+                "ptrace": "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno()),
+            }
+            return repr(outcomes)
+        said = _in_child(attacks)
+        refused = "Operation not permitted"
+        assert said == repr({"own group": "ok", "itself": "ok", "its group by 0": "ok", "a neighbour": refused,
+                             "a neighbour's group": refused, "every process": refused, "ptrace": refused})
+        assert procs.procfs.exited(neighbour) is False
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already if the filter let a kill through
+            os.kill(neighbour, signal.SIGKILL)
+        os.waitpid(neighbour, 0)
+
+
+def test_a_child_in_its_sandbox_reads_its_folder_and_nothing_of_the_home(tmp_path: Path) -> None:
+    if not sandbox.ABI:
+        lacking("Landlock")
+    home, folder = tmp_path / "home", tmp_path / "mine"
+    (home / "store").mkdir(parents=True)
+    (home / "store" / "record").write_text("private")
+    folder.mkdir()
+    (folder / "s.py").write_text("mine")
+
+    def attempts() -> str:
+        procs.lock_down()
+        note = sandbox.enter(str(folder / "s.py"), [], [str(home)])
+        return repr({"note": note,
+                     "own file": _outcome(lambda: (folder / "s.py").read_text()),
+                     "own folder, writing": _outcome(lambda: (folder / "new").write_text("x")),
+                     "the home": _outcome(lambda: (home / "store" / "record").read_text()),
+                     "the home, writing": _outcome(lambda: (home / "new").write_text("x")),
+                     "/dev/null": _outcome(lambda: Path("/dev/null").write_text("x"))})
+
+    denied = "Permission denied"
+    assert _in_child(attempts) == repr({"note": "", "own file": "ok", "own folder, writing": denied,
+                                        "the home": denied, "the home, writing": denied, "/dev/null": "ok"})
+
+
+def test_a_log_past_its_size_is_copied_then_truncated_and_the_writer_goes_on_at_its_start(tmp_path: Path) -> None:
+    log = tmp_path / "s.log"
+    writer = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)  # as the zygote opens it for the child
+    try:
+        os.write(writer, b"a" * 10)
+        assert not logrotate.rotate(log, 100, 2)
+        for n in range(3):
+            os.write(writer, str(n).encode() * 100)
+            assert logrotate.rotate(log, 100, 2)
+        os.write(writer, b"next")
+    finally:
+        os.close(writer)
+    assert log.read_bytes() == b"next"
+    assert (tmp_path / "s.log.1").read_bytes() == b"2" * 100
+    assert (tmp_path / "s.log.2").read_bytes() == b"1" * 100
+    assert not (tmp_path / "s.log.3").exists()
