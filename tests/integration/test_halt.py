@@ -31,12 +31,14 @@ def st_heartbeat(ctx, tick):
     try:
         api.place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Limit", qty="0.01",
                         price="100", orderLinkId=f"{ctx.id}-{n}")
+        ctx.state.setdefault("open", []).append(f"{ctx.id}-{n}")
     except ApiHaltedError:
         ctx.state["refused"] = ctx.state.get("refused", 0) + 1
-    try:
-        api.cancel_order(category="linear", symbol="BTCUSDT", orderLinkId=f"{ctx.id}-{n - 1}")
-    except ApiError:
-        pass
+    if ctx.halted and ctx.state.get("open"):  # cancels pass a halt: its orders placed before it go one by one
+        try:
+            api.cancel_order(category="linear", symbol="BTCUSDT", orderLinkId=ctx.state["open"].pop(0))
+        except ApiError:
+            pass
 def st_exit(ctx, reason):
     pass
 '''

@@ -122,10 +122,17 @@ def test_the_intent_is_durable_before_the_order_leaves(live: ApiPool, fake: Fake
     assert [[i.link_id for i in open_] for open_ in seen] == [["s1-3-1"]]
 
 
-def test_a_refused_order_settles_as_rejected(live: ApiPool, store: Store) -> None:
-    result = live.call("main", "place_order", limit_order(qty="lots"), ["main"], forever, S1)
-    assert not result.ok and result.ret_code == 10001
+def test_a_refused_order_settles_as_rejected(live: ApiPool, fake: FakeBybit, store: Store) -> None:
+    fake.inject("bad_key")
+    result = live.call("main", "place_order", limit_order(), ["main"], forever, S1)
+    assert not result.ok and result.ret_code == 10003
     assert [(i.status, i.detail) for i in intents.read(store, "s1").settled] == [("rejected", result.error)]
+
+
+def test_an_order_whose_arguments_do_not_fit_leaves_no_intent(live: ApiPool, store: Store) -> None:
+    result = live.call("main", "place_order", limit_order(qty="lots"), ["main"], forever, S1)
+    assert not result.ok and result.ret_code == 10001 and "`qty`" in result.error
+    assert intents.read(store, "s1") == intents.IntentLog()
 
 
 def test_a_lost_reply_is_settled_by_query_and_the_order_is_not_sent_again(live: ApiPool, fake: FakeBybit,

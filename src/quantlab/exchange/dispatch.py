@@ -3,14 +3,17 @@
 Secrets never leave the worker: a strategy sends ``ApiCall(account, method,
 kwargs)`` and gets an ``ApiResult`` back. Before any client is touched, the
 dispatcher checks that the strategy may use that account, that the method is
-an exchange call, and that a call which changes something carries a fence
+on the allowlist and its arguments fit it (quantlab/exchange/allowlist.py,
+arguments.py), and that a call which changes something carries a fence
 (quantlab/exchange/calls.py, signing.py). A call that could open exposure gets
 a halt gate that reads the halts as the call is signed
 (quantlab/exchange/halts.py), failing closed, so nothing that opens exposure
 leaves after ``qlab halt`` has returned. Then a strategy's order takes the
-order path (quantlab/exchange/placing.py) and any other call is sent as it is
-(quantlab/exchange/sending.py). Every outcome, a bug of ours included, becomes
-an ``ApiResult``: the dispatcher never raises to a strategy.
+order path (quantlab/exchange/placing.py), an amend or a cancel of its orders
+the ownership and notional checks (quantlab/exchange/changing.py), and any
+other call is sent as it is (quantlab/exchange/sending.py). Every outcome, a
+bug of ours included, becomes an ``ApiResult``: the dispatcher never raises to
+a strategy.
 
 Each account has its own queue and threads: a call waiting for one account's
 rate limit (or a slow reply) never holds a thread another account needs. Every
@@ -25,10 +28,10 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Collection
 
-from quantlab.exchange import calls, halts
+from quantlab.exchange import allowlist, arguments, calls, halts
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.job import Caller, Failure, Job, failed
-from quantlab.exchange.methods import PUBLIC_METHODS
+from quantlab.exchange.changing import CHANGES, OrderChanger
 from quantlab.exchange.placing import OrderPlacer
 from quantlab.exchange.sending import Sender
 from quantlab.exchange.signing import Fence
@@ -51,6 +54,7 @@ class Dispatcher:
         self._store = store  # the halts are read from it as each call that opens exposure is signed
         self._sender = sender
         self._placer = placer
+        self._changer = OrderChanger(store, sender, placer.last_price)
         self._worker = worker
         self._clock = clock
         self._call_deadline = call_deadline  #: seconds from submission within which a call must start
@@ -105,12 +109,16 @@ class Dispatcher:
         call = job.call
         try:
             account = self._permitted(call, job.allowed)
+            if job.caller.strategy:  # the worker's own calls (a halt's cancels) are its own arguments
+                arguments.check(call.method, call.kwargs)
             if calls.fenced(call.method) and job.fence is None:
                 raise Failure(f"{call.method!r} changes the account and needs a fence; refused", 0, "permission")
             fence = job.fence if calls.fenced(call.method) else None  # reads skip the lease check
             gate = self._halt_gate(account, job) if calls.opens_exposure(call.method, call.kwargs) else None
             if call.method in calls.ORDER_METHODS and job.caller.strategy:
                 result = self._placer.place(account, job, fence, gate)
+            elif call.method in CHANGES and job.caller.strategy:
+                result = self._changer.change(account, job, fence, gate)
             else:
                 result = self._sender.attempts(account, call, fence, job.deadline, gate, caller=job.caller)
             return ApiResult(call_id=call.call_id, ok=True, result=result)
@@ -121,12 +129,13 @@ class Dispatcher:
             return failed(call.call_id, Failure(f"internal error: {type(e).__name__}", 0, "api"))
 
     def _permitted(self, call: ApiCall, allowed: Collection[str]) -> Account:
-        """The account, if the strategy may use it and the method is an exchange call."""
+        """The account, if the strategy may use it and the method is on the allowlist."""
         account = self._accounts.get(call.account)
         if call.account not in allowed or account is None:
             raise Failure(f"account {call.account!r} is not available to this strategy", 0, "permission")
-        if call.method not in PUBLIC_METHODS:
-            raise Failure(f"{call.method!r} is not an exchange API method", 0, "permission")
+        refused = allowlist.refusal(call.method)
+        if refused is not None:
+            raise Failure(refused, 0, "permission")
         return account
 
     def _halt_gate(self, account: Account, job: Job) -> Callable[[], None]:

@@ -67,7 +67,22 @@ class IntentLog(msgspec.Struct, kw_only=True):
         made = orderids.owned_by(link_id, strategy)
         if made is not None:
             return made.epoch
-        return next((i.epoch for i in [*self.open, *self.settled] if i.link_id == link_id), None)
+        # A refused or absent intent's id is no order of the strategy's: the exchange may hold another's under it.
+        return next((i.epoch for i in [*self.open, *self.settled]
+                     if i.link_id == link_id and i.status in ("pending", "placed")), None)
+
+    def owns(self, strategy: str, link_id: str) -> bool:
+        """Is ``link_id`` an order the strategy placed: made for it, or a custom id the exchange took from it?
+
+        Only a ``placed`` intent counts for a custom id: another strategy's refused or pending
+        attempt at the same id must not make that order its own.
+        """
+        if not link_id:
+            return False
+        made = orderids.owned_by(link_id, strategy)
+        if made is not None:  # and not another's custom id that only reads like one made for it
+            return made.seq < self.next_seq
+        return any(i.link_id == link_id and i.status == "placed" for i in self.settled)
 
 
 class Outcome(msgspec.Struct, frozen=True):

@@ -185,7 +185,7 @@ class OrderPlacer:
             return
         read = self._sender.reader(account)
         priced = any(level.limits.max_order_notional is not None for level in levels)
-        notionals = [notional(o, functools.partial(self._last_price, account, o)) for o in placed] if priced else []
+        notionals = [notional(o, functools.partial(self.last_price, account, o)) for o in placed] if priced else []
         scope = intents.scope_of(str(placed[0].get("category", "")), str(placed[0].get("symbol", "")))
 
         listed: list[list[dict[str, Any]]] = []  # the exchange's open orders, read once for every level
@@ -204,7 +204,8 @@ class OrderPlacer:
         except Refused as e:
             raise Failure(f"{method}: refused by a risk limit: {e}", RISK_REFUSED, "risk") from None
 
-    def _last_price(self, account: Account, order: dict[str, Any]) -> float:
+    def last_price(self, account: Account, order: dict[str, Any]) -> float:
+        """The last traded price of ``order``'s symbol (at most PRICE_FRESH old), to judge a notional by."""
         key = (account.name, str(order.get("category", "")), str(order.get("symbol", "")))
         price, at = self._prices.get(key, (0.0, -PRICE_FRESH))
         if self._clock() - at < PRICE_FRESH:

@@ -5,7 +5,8 @@
 
 The API pool checks every order (``place_order``, each order of
 ``place_batch_order``) against the limits of its strategy and of its account
-before the order's intent is written; a breach is refused unsent with retCode
+before the order's intent is written, and every amend's order against the
+notional limits (quantlab/exchange/changing.py); a breach is refused unsent with retCode
 RISK_REFUSED (``ApiRiskError`` in the strategy) and recorded as a
 ``risk_refused`` event. Notional is qty x price in the quote coin, with the
 last traded price for market orders (spot market buys in quoteCoin are their
@@ -81,6 +82,15 @@ def _number(value: Any) -> float:
     return number if math.isfinite(number) else 0.0
 
 
+def check_notional(levels: Iterable[Level], notionals: list[float]) -> None:
+    """Raise Refused if an order's notional (of ``notionals``) is over a level's max-order-notional."""
+    for level in levels:
+        limit = level.limits.max_order_notional
+        if limit is not None and notionals and max(notionals) > limit:
+            raise Refused(f"order notional {max(notionals):,.2f} is over {level.label}'s "
+                          f"max-order-notional {limit:,.2f}")
+
+
 class RiskBook:
     """What the limits are judged against on one worker: the orders sent in the last minute; thread safe."""
 
@@ -94,11 +104,8 @@ class RiskBook:
     ) -> None:
         """Raise Refused if ``count`` orders (``notionals``: theirs, when judged) break a limit; else count them as sent."""
         levels = list(levels)
+        check_notional(levels, notionals)
         for level in levels:
-            limit = level.limits.max_order_notional
-            if limit is not None and notionals and max(notionals) > limit:
-                raise Refused(f"order notional {max(notionals):,.2f} is over {level.label}'s "
-                              f"max-order-notional {limit:,.2f}")
             most = level.limits.max_open_orders
             if most is not None and (found := open_orders(level)) + count > most:
                 raise Refused(f"{level.label} has {found} open order(s): {count} more would pass its "
