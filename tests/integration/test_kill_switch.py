@@ -78,6 +78,19 @@ def test_a_halts_record_that_does_not_decode_is_repaired_into_a_halt_on_everythi
     assert [e.detail.split(":")[0] for e in lab.events("halted")] == ["halted", "halted (repaired)"]
 
 
+def test_a_halts_file_torn_where_it_is_stored_is_repaired_too(lab: Lab) -> None:
+    lab.run("halt", "--account", "paper")
+    versions = sorted((lab.home / "store" / "blobs" / "halts" / "halts").glob("[0-9]*"), key=lambda p: int(p.name))
+    versions[-1].write_bytes(b"\x00torn")  # not even its header parses
+
+    refused = lab.run("resume", "--all", check=False)
+    assert refused.returncode == 1 and "qlab halt --repair" in refused.stderr, refused.stderr
+    assert "replaced with a halt on everything" in lab.run("halt", "--repair").stdout
+    assert [(h["scope"], h["problem"]) for h in lab.status()["halts"]] == [("all", None)]
+    assert "resumed: all" in lab.run("resume", "--all").stdout
+    assert lab.status()["halts"] == []
+
+
 GRID = Path(__file__).resolve().parents[2] / "strategies" / "grid_paper.py"
 
 

@@ -82,12 +82,16 @@ UNREADABLE = Halts(halts=[Halt(scope="all", ts=0.0)])
 _decoder = msgspec.json.Decoder(Halts)
 
 
+def _unreadable(why: object) -> CorruptRecord:
+    return CorruptRecord(f"the halts document (blob {BLOB_KIND}/{BLOB_KEY}) does not decode: {why}; "
+                         "`qlab halt --repair` replaces it with a halt on everything")
+
+
 def _decode(raw: bytes) -> Halts:
     try:
         return _decoder.decode(raw)
     except msgspec.DecodeError as e:  # ValidationError is one: a user sees one line, never a traceback
-        raise CorruptRecord(f"the halts document (blob {BLOB_KIND}/{BLOB_KEY}) does not decode: {e}; "
-                            "`qlab halt --repair` replaces it with a halt on everything") from e
+        raise _unreadable(e) from e
 
 
 def read(store: Store) -> Halts:
@@ -109,7 +113,10 @@ def _change(store: Store, edit: Callable[[Halts], Halts | None]) -> Halts:
         changed = edit(Halts() if raw is None else _decode(raw))
         return None if changed is None else msgspec.json.encode(changed)
 
-    raw = store.update_blob(BLOB_KIND, BLOB_KEY, update)
+    try:
+        raw = store.update_blob(BLOB_KIND, BLOB_KEY, update)
+    except CorruptRecord as e:  # torn where it is stored (its file's header), not only in what it says
+        raise _unreadable(e) from e
     return Halts() if raw is None else _decode(raw)
 
 
@@ -164,7 +171,10 @@ def repair(store: Store, clock: Callable[[], float] = time.time) -> Halt:
             return msgspec.json.encode(Halts(halts=[new]))
         raise NotFound("the halts document decodes: nothing to repair")
 
-    store.update_blob(BLOB_KIND, BLOB_KEY, replace)
+    try:
+        store.update_blob(BLOB_KIND, BLOB_KEY, replace)
+    except CorruptRecord as e:  # torn where it is stored, not only in what it says
+        store.update_blob(BLOB_KIND, BLOB_KEY, lambda _: msgspec.json.encode(Halts(halts=[new])), over_corrupt=e.version)
     _note_paper(store)
     return new
 

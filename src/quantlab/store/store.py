@@ -153,8 +153,13 @@ class Store(Protocol):
     # opaque documents (paper accounts)
     def get_blob(self, kind: str, key: str) -> bytes | None: ...
     def blob_keys(self, kind: str) -> list[str]: ...
-    def update_blob(self, kind: str, key: str, update: Callable[[bytes | None], bytes | None]) -> bytes | None:
-        """Compare-and-swap one document; None from ``update`` writes nothing."""
+    def update_blob(self, kind: str, key: str, update: Callable[[bytes | None], bytes | None], *,
+                    over_corrupt: int = 0) -> bytes | None:
+        """Compare-and-swap one document; None from ``update`` writes nothing.
+
+        A document whose stored form does not parse raises CorruptRecord, unless it is version
+        ``over_corrupt``: ``update`` then gets None for it and the new version goes on top.
+        """
         ...
 
     # messages for a strategy's st_message hook (`qlab strategy send`), taken by its worker
