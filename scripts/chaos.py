@@ -305,10 +305,12 @@ class Soak:
     def _patience(self, kind: str) -> float:
         """Seconds a fault may wait for a target: the recovery bound, since what it waits for (a strategy
         beating again) is due within it; longer (APPLY_PATIENCE) for an apply, which waits for every other
-        operator command to end, a halt, which waits for the last one's resume, a director fault, which
-        waits for the last one's leader to show in `qlab status` (seconds more on a busy machine), and any
-        fault while an apply's commands have the fleet (a second or more each)."""
-        waits = kind in ("apply", "halt", "director-kill", "director-stop") or self.injector.exclusive is not None
+        operator command to end, a halt, which waits for the last one's resume, a director or worker fault,
+        which waits for the last director fault's leader to show in `qlab status` and for any paused
+        process to be back (seconds more on a busy machine), and any fault while an apply's commands have
+        the fleet (a second or more each)."""
+        waits = kind in ("apply", "halt", "director-kill", "director-stop", "worker-kill", "worker-stop") \
+            or self.injector.exclusive is not None
         return APPLY_PATIENCE if waits else self.s.bound
 
     def _plan(self) -> list[tuple[float, str]]:

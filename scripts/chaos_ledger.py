@@ -63,6 +63,7 @@ class Sent:
     epoch: int
     worker_pid: int | None  #: the worker process that sent it
     status: str  #: pending, placed, rejected or absent
+    settled: float = 0.0  #: wall seconds it was settled (0 while pending)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class TruthReader:
         for sid in self.strategies:
             log = intents.read(self._store, sid)
             for intent in [*log.settled, *log.open]:
-                sent = Sent(intent.link_id, sid, intent.epoch, _worker_pid(intent.instance), intent.status)
+                sent = Sent(intent.link_id, sid, intent.epoch, _worker_pid(intent.instance), intent.status, intent.settled)
                 with self._lock:
                     self.truth.sent[intent.link_id] = sent
                 if intent.status == "pending":
@@ -267,6 +268,24 @@ def post_halt_orders(truth: Truth) -> list[Violation]:
     return found
 
 
+def absent_landed(truth: Truth) -> list[Violation]:
+    """An intent settled ``absent`` whose order the account accepted: reconciliation told its strategy something false.
+
+    Absent means no copy of the order could land any more; one that landed after the settle slipped
+    past the fence, and one that landed before it was missed by the query.
+    """
+    found = []
+    for sent in truth.sent.values():
+        if sent.status != "absent" or (order := truth.orders.get(sent.link)) is None:
+            continue
+        gap = order.created - sent.settled
+        found.append(Violation("absent-landed", sent.strategy, (
+            f"{sent.link} of epoch {sent.epoch} was settled absent, yet {order.account} accepted it "
+            f"{abs(gap):.3f}s {'after' if gap >= 0 else 'before'} that"
+        )))  # fmt: skip
+    return found
+
+
 def unread_orders(truth: Truth) -> list[Violation]:
     """An orderLinkId an account lists as used whose order the soak never read: the soak cannot vouch for it."""
     seen = set(truth.orders)
@@ -292,7 +311,10 @@ def accepted_share(truth: Truth, logs: Iterable[StrategyLog], minimum: float = M
 
 def check_truth(truth: Truth, logs: dict[str, StrategyLog], *, at_end: bool) -> list[Violation]:
     """Every ledger invariant; the open intents and the share accepted only once everything stopped."""
-    found = [*stale_epochs(truth), *unmatched_orders(truth, logs), *post_halt_orders(truth), *unread_orders(truth)]
+    found = [
+        *stale_epochs(truth), *absent_landed(truth), *unmatched_orders(truth, logs), *post_halt_orders(truth),
+        *unread_orders(truth),
+    ]  # fmt: skip
     if at_end:
         found += [*open_intents(truth), *accepted_share(truth, logs.values())]
     return found
