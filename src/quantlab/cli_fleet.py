@@ -4,7 +4,7 @@
 show` gathers one strategy's whole picture; `logs` tails every strategy's log on
 this host with an id before each line; `top` is a live screen of it all. Like quantlab.cli, which adds them to its
 groups (STRATEGY_COMMANDS, TOP_COMMANDS), they parse, call the core
-(quantlab.control, quantlab.details, quantlab.logs) and print. Each gets the
+(quantlab.control, quantlab.details, quantlab.strategylogs, quantlab.logs) and print. Each gets the
 command line's Env as the context's object.
 
 ``--all`` asks before it acts, on a terminal; without one it acts only with
@@ -162,9 +162,10 @@ def strategy_show(env: Env, work_id: str, count: int, as_json: bool) -> None:
 def logs(env: Env, work_ids: tuple[str, ...], follow: bool, lines: int) -> None:
     """Every strategy's log on this host (or the IDs'), each line after its strategy's id."""
     from quantlab.logs import tail_many
+    from quantlab.strategylogs import local_logs
 
     def sources() -> dict[str, Path]:
-        return control.local_logs(env.store, env.paths, list(work_ids))
+        return local_logs(env.store, env.paths, list(work_ids))
 
     found = sources()
     if not found and not follow:

@@ -1,4 +1,10 @@
-"""The operator's operations on the store: what the `qlab` commands do, without click.
+"""The operator's actions on strategies: what the `qlab` commands that change a Work do, without click.
+
+Assign (every input checked: params, settings, placement, the file), then each
+step of a Work's lifecycle (stop, start, restart, remove) and messages to it.
+What the commands read lives beside it: quantlab.fleet (the fleet's views),
+quantlab.strategylogs (where a strategy's log is); `worker stop` in
+quantlab.workerstop.
 
 Every function validates all of its input before it writes anything, so bad
 input leaves the store as it was. Errors are QuantlabError subclasses whose
@@ -7,26 +13,21 @@ message is one line a person can act on; the CLI prints it as ``Error: ...``.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
-from quantlab.config import Paths
 from quantlab.errors import BadInput, Conflict, CorruptRecord, NotFound, StaleWriter, StrategyFileError
-from quantlab.exchange import halts
 from quantlab.numbers import non_finite, shown
 from quantlab.store.records import (
     EventKind,
     Event,
     Placement,
-    Resource,
     StrategyResult,
     StrategySpec,
     Work,
-    flat,
 )
 from quantlab.store import workmachine as wm
 from quantlab.store.store import Store, check_id, record_events
@@ -352,156 +353,3 @@ def send(store: Store, work_id: str, data: Any, *, clock: Clock = time.time) -> 
     store.get_work(_strategy_id(work_id))
     store.push_message(work_id, data)
     record_events(store, [Event(ts=clock(), kind=EventKind.MESSAGE_SENT, strategy=work_id)])
-
-
-def log_file(store: Store, paths: Paths, work_id: str) -> Path:
-    """The strategy's own log on this host.
-
-    NotFound when there is neither a log nor a strategy of that id; BadInput, naming the
-    host, when there is no log here because the strategy runs on another host.
-    """
-    path = paths.strategy_log(_strategy_id(work_id))
-    if path.exists():
-        return path
-    work = store.find_work(work_id)
-    if work is None:
-        raise NotFound(f"no strategy {work_id!r}")
-    if (where := runs_elsewhere(store, paths, work)) is not None:
-        raise BadInput(f"{work_id} runs on {where}: its log is on that host; read it there with "
-                       f"`qlab strategy logs {work_id}`")
-    return path
-
-
-def runs_elsewhere(store: Store, paths: Paths, work: Work) -> str | None:
-    """Where the Work runs ("worker W on host H") when its worker is on another host; None: here, or nowhere."""
-    if work.assignment is None:
-        return None
-    resource = store.find_resource(work.assignment.worker)
-    if resource is None or resource.spec.host == paths.host_name:
-        return None
-    return f"worker {resource.id} on host {resource.spec.host}"
-
-
-def local_logs(store: Store, paths: Paths, work_ids: list[str]) -> dict[str, Path]:
-    """The logs `qlab logs` tails: of ``work_ids`` (each must have one here), or of every strategy here.
-
-    Every strategy here: each whose log is on this host, or whose worker runs on it (its log
-    comes with its first line).
-    """
-    if work_ids:
-        return {work_id: log_file(store, paths, work_id) for work_id in dict.fromkeys(work_ids)}
-    return {
-        work.id: path
-        for work in store.list_works()
-        if (path := paths.strategy_log(work.id)).exists() or (
-            work.assignment is not None and runs_elsewhere(store, paths, work) is None)
-    }
-
-
-# ---- the view ----
-
-
-def strategy_view(work: Work, now: float) -> dict[str, Any]:
-    """One Work as flat fields, plus where it runs (``worker``), where it may (``region``) and
-    for how long its child has been running (``uptime``, seconds; None unless it runs)."""
-    entry = flat(work)
-    entry["worker"] = work.assignment.worker if work.assignment else None
-    entry["region"] = work.spec.placement.region
-    since = work.result.since
-    entry["uptime"] = max(0.0, now - since) if since and work.result.status == "running" else None
-    return entry
-
-
-def worker_view(resource: Resource, now: float) -> dict[str, Any]:
-    entry = flat(resource)
-    entry["alive"] = resource.state.lease_expires > now
-    return entry
-
-
-def leader_view(store: Store, now: float) -> dict[str, Any] | None:
-    """The director leadership lease, with ``live``: renewed within its TTL on this host's clock; None: never taken.
-
-    A director killed while leading keeps its Director record (role leader) until another
-    director drops it, so only the lease tells whether anyone leads now. A one-shot command
-    sees one reading of it: it compares the renewal time with its own clock, as the worker
-    list does with each worker's lease.
-    """
-    try:
-        leader = store.find_leader()
-    except CorruptRecord as e:
-        return {"director": "", "epoch": 0, "renewed": 0.0, "ttl": 0.0, "live": False, "problem": str(e)}
-    if leader is None:
-        return None
-    live = bool(leader.director) and leader.renewed + leader.ttl > now
-    return {"director": leader.director, "epoch": leader.epoch, "renewed": leader.renewed, "ttl": leader.ttl,
-            "live": live, "problem": None}
-
-
-def snapshot(store: Store, now: float) -> dict[str, Any]:
-    """Directors, the leadership, workers, strategies and halts as `qlab status --json` prints them."""
-    found, problem = halts.read_or_closed(store)
-    return {
-        "directors": [msgspec.to_builtins(d) for d in store.list_directors()],
-        "leader": leader_view(store, now),
-        "workers": [worker_view(r, now) for r in store.list_resources()],
-        "strategies": [strategy_view(w, now) for w in store.list_works()],
-        "halts": [{**msgspec.to_builtins(h), "problem": problem} for h in found.halts],
-    }
-
-
-# ---- workers ----
-
-
-def _is_quantlab(pid: int) -> bool:
-    """Whether ``pid`` still runs quantlab: a dead worker's pid may belong to anything by now."""
-    import psutil  # only `qlab worker stop` needs it
-
-    try:
-        cmdline = " ".join(psutil.Process(pid).cmdline())
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # the kill below reports the permission problem
-    return "qlab" in cmdline or "quantlab" in cmdline
-
-
-def stop_worker(store: Store, worker_id: str, *, host: str, clock: Clock = time.time) -> str:
-    """SIGTERM a worker on ``host``, this one (it drains its strategies); returns what was done."""
-    import signal  # only `qlab worker stop` signals anything
-
-    resource = store.find_resource(check_id("worker", worker_id))
-    if resource is None:
-        raise NotFound(f"no worker {worker_id!r}")
-    pid = resource.spec.pid
-    if resource.spec.host != host:
-        raise BadInput(f"worker {worker_id} runs on host {resource.spec.host}: stop it there")
-    try:
-        if not _is_quantlab(pid):
-            raise ProcessLookupError(pid)
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return remove_stale_worker(store, resource, clock=clock)
-    except PermissionError as e:
-        raise BadInput(f"cannot signal worker {worker_id} (pid {pid}): permission denied") from e
-    record_events(store, [Event(ts=clock(), kind=EventKind.WORKER_STOP_REQUESTED, worker=worker_id)])
-    return f"worker {worker_id} (pid {pid}) is stopping"
-
-
-def remove_stale_worker(store: Store, stale: Resource, *, clock: Clock = time.time) -> str:
-    """Remove ``stale``, the registration of a worker that is not running, only while it is still that one.
-
-    A worker restarting under the same id registers anew (another instance and pid) between our
-    look and the removal: that registration belongs to a live worker, and removing it would
-    take its lease away.
-    """
-    def unchanged(current: Resource) -> bool:
-        return (current.spec.instance, current.spec.pid) == (stale.spec.instance, stale.spec.pid)
-
-    was = f"worker {stale.id} (pid {stale.spec.pid}) was not running"
-    if store.remove_resource(stale.id, only_if=unchanged):
-        record_events(store, [Event(ts=clock(), kind=EventKind.WORKER_REMOVED, worker=stale.id,
-                                    detail="stale record")])
-        return f"{was}: removed its stale record"
-    if store.find_resource(stale.id) is None:
-        return f"{was}: its record was gone already"
-    return f"{was}, but it restarted meanwhile: nothing removed"

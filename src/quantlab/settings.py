@@ -155,7 +155,7 @@ def effective(tables: dict[str, dict[str, Any]], path: Path | None, root: click.
                 out.append(Setting(f"{section}.{name}", os.environ[env], f"environment {env}"))
             elif name in tables.get(section, {}):
                 out.append(Setting(f"{section}.{name}", tables[section][name], f"file {path}"))
-            elif isinstance(needed := getattr(param, "needed", None), str):  # cli.Required: no default to show
+            elif isinstance(needed := getattr(param, "needed", None), str):  # cli_options.Required: no default to show
                 out.append(Setting(f"{section}.{name}", None, f"required: {needed}"))
             else:
                 out.append(Setting(f"{section}.{name}", _builtin_default(section, name, param), "default"))

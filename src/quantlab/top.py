@@ -3,7 +3,7 @@
 The fleet summary and halts as `qlab status` prints them, the workers, the
 strategies sorted by CPU (the busiest first, as their worker last measured
 them: quantlab/worker/load.py) and the latest events as `qlab events` prints
-them, redrawn every REFRESH seconds from one snapshot (quantlab.control) with
+them, redrawn every REFRESH seconds from one snapshot (quantlab.fleet) with
 the same views (quantlab.views). `q` or Ctrl-C quits. Without a terminal it
 prints one screen and ends, like `top -b -n 1`.
 """
@@ -20,7 +20,7 @@ import time
 import tty
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from quantlab import control, views
+from quantlab import fleet, views
 from quantlab.store.records import Event
 from quantlab.store.store import Store
 
@@ -58,7 +58,7 @@ class Top:
         found, self.offset = self.store.read_events(self.offset)
         self.events.extend(found)
         now = time.time()
-        snapshot = control.snapshot(self.store, now)
+        snapshot = fleet.snapshot(self.store, now)
         strategies = by_cpu(snapshot["strategies"])
         room = max(1, height - _OTHER_LINES - len(snapshot["workers"]))
         parts: list[RenderableType] = [Text(views.summary(snapshot), style="bold"), *views.halt_lines(snapshot, now)]

@@ -41,7 +41,8 @@ HEAVY = ("rich", "psutil", "pybit", "requests", "zmq", "prometheus_client", "psy
 #: check, `worker stop`, the worker's pruner thread, the risk checks of orders.
 DEFERRED = ("tomllib", "socket", "json", "subprocess", "signal", "queue", "quantlab.exchange.risk")
 #: `--help` runs no command: no home, no records, no store, no msgspec.
-NOT_FOR_HELP = ("pathlib", "msgspec", "quantlab.config", "quantlab.settings", "quantlab.control", "quantlab.views",
+NOT_FOR_HELP = ("pathlib", "msgspec", "quantlab.config", "quantlab.settings", "quantlab.control", "quantlab.fleet",
+                "quantlab.strategylogs", "quantlab.workerstop", "quantlab.killswitch", "quantlab.views",
                 "quantlab.store", "quantlab.exchange")
 
 
@@ -87,5 +88,6 @@ def test_help_from_the_cache_imports_neither_click_nor_the_commands(tmp_path: Pa
 def test_status_json_reads_the_store_without_the_daemons_or_the_drawing(lab: Lab, tmp_path: Path) -> None:
     lab.assign(lab.strategy("s", "def st_init(ctx): pass\ndef st_heartbeat(ctx, tick): pass\ndef st_exit(ctx, r): pass\n"))
     loaded = _loaded(tmp_path, "--home", str(lab.home), "status", "--json")
-    assert {"msgspec", "quantlab.control", "quantlab.store.filestore"} <= loaded  # it did read the store
+    assert {"msgspec", "quantlab.fleet", "quantlab.store.filestore"} <= loaded  # it did read the store
     assert _under(loaded, HEAVY + DEFERRED) == []
+    assert "quantlab.cli_status" in loaded and _under(loaded, ("quantlab.cli_halt", "quantlab.cli_admin")) == []

@@ -1,4 +1,4 @@
-"""The operator's operations (quantlab.control) on a real FileStore, with a fixed clock."""
+"""The operator's operations (quantlab.control, fleet, strategylogs, workerstop) on a FileStore, fixed clock."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantlab import control
+from quantlab import control, fleet, strategylogs, workerstop
 from quantlab.config import Paths
 from quantlab.errors import BadInput, Conflict, NotFound, StrategyFileError
 from quantlab.logs import Tails, last_lines
@@ -343,9 +343,9 @@ def test_send_queues_a_message_for_the_worker(store: FileStore, tmp_path: Path) 
 def test_log_file(store: FileStore, tmp_path: Path) -> None:
     paths = Paths(tmp_path / "home")
     with pytest.raises(NotFound, match="no strategy 'demo'"):
-        control.log_file(store, paths, "demo")
+        strategylogs.log_file(store, paths, "demo")
     assign(store, strategy_file(tmp_path))
-    assert control.log_file(store, paths, "demo") == paths.strategy_log("demo")
+    assert strategylogs.log_file(store, paths, "demo") == paths.strategy_log("demo")
 
 
 def test_last_lines_reads_the_tail_of_a_long_file(tmp_path: Path) -> None:
@@ -368,7 +368,7 @@ def test_snapshot_flattens_records_by_their_field_names(store: FileStore, tmp_pa
     store.update_work("demo", lambda w: msgspec.structs.replace(w, epoch=3, assignment=placed))
     set_result(store, "demo", status="running", pid=42, heartbeats=7, last_heartbeat=NOW - 0.4)
 
-    view = control.snapshot(store, NOW)
+    view = fleet.snapshot(store, NOW)
 
     assert set(view) == {"directors", "leader", "workers", "strategies", "halts"}
     assert view["halts"] == [] and view["leader"] is None  # no director ever took the lease
@@ -395,10 +395,10 @@ def test_snapshot_flattens_records_by_their_field_names(store: FileStore, tmp_pa
 
 def test_stop_worker_checks_the_worker_and_its_host(store: FileStore) -> None:
     with pytest.raises(NotFound, match="no worker 'w1'"):
-        control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
+        workerstop.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
     register_worker(store, "w1", host="elsewhere")
     with pytest.raises(BadInput, match="worker w1 runs on host elsewhere: stop it there"):
-        control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
+        workerstop.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
 
 
 def test_stop_worker_sends_sigterm_to_a_local_worker(store: FileStore) -> None:
@@ -406,7 +406,7 @@ def test_stop_worker_sends_sigterm_to_a_local_worker(store: FileStore) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "quantlab-worker"])
     try:
         register_worker(store, "w1", host=socket.gethostname(), pid=proc.pid)
-        assert "is stopping" in control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
+        assert "is stopping" in workerstop.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
         assert proc.wait(timeout=10) == -15
         assert store.find_resource("w1") is not None  # the worker unregisters itself as it exits
         assert kinds(store) == ["worker_stop_requested"]
@@ -419,7 +419,7 @@ def test_stop_worker_never_signals_a_reused_pid(store: FileStore) -> None:
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         register_worker(store, "w1", host=socket.gethostname(), pid=stranger.pid)
-        assert "removed its stale record" in control.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
+        assert "removed its stale record" in workerstop.stop_worker(store, "w1", host=socket.gethostname(), clock=clock)
         assert stranger.poll() is None
         assert store.find_resource("w1") is None
     finally:
@@ -436,14 +436,14 @@ def test_a_stale_worker_record_is_removed_only_while_it_is_the_one_looked_at(sto
 
     stale = register("w1-old", 4001)  # what `qlab worker stop w1` looked at: pid 4001 runs no quantlab
     register("w1-new", 4002)  # w1 restarts under the same id before the removal lands
-    assert control.remove_stale_worker(store, stale, clock=clock) == (
+    assert workerstop.remove_stale_worker(store, stale, clock=clock) == (
         "worker w1 (pid 4001) was not running, but it restarted meanwhile: nothing removed"
     )
     current = store.find_resource("w1")
     assert current is not None and current.spec.instance == "w1-new" and kinds(store) == []
-    assert "removed its stale record" in control.remove_stale_worker(store, current, clock=clock)
+    assert "removed its stale record" in workerstop.remove_stale_worker(store, current, clock=clock)
     assert store.find_resource("w1") is None and kinds(store) == ["worker_removed"]
-    assert "its record was gone already" in control.remove_stale_worker(store, stale, clock=clock)
+    assert "its record was gone already" in workerstop.remove_stale_worker(store, stale, clock=clock)
 
 
 def test_a_removal_whose_state_a_newer_epoch_holds_already_succeeds(store: FileStore, tmp_path: Path) -> None:

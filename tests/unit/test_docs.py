@@ -93,7 +93,10 @@ def _commands() -> dict[str, click.Command]:
 
     def walk(command: click.Command, words: list[str]) -> None:
         if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
+            ctx = click.Context(command)
+            for name in command.list_commands(ctx):  # with `qlab`'s commands made on first use (cli.LATE_COMMANDS)
+                sub = command.get_command(ctx, name)
+                assert sub is not None, name
                 walk(sub, [*words, name])
         elif not command.hidden:
             found[" ".join(words)] = command
