@@ -133,9 +133,9 @@ def test_check_fails_on_a_short_then_expired_worker_lease(lab: Lab) -> None:
     wait_for(lambda: check(lab)[0] == 0, what="the renewed lease")
 
 
-#: Spins for half of each 0.1 s tick.
-BURN = ("import time\ndef st_init(ctx): pass\ndef st_heartbeat(ctx, tick):\n    end = time.perf_counter() + 0.05\n"
-        "    while time.perf_counter() < end: pass\ndef st_exit(ctx, reason): pass\n")
+#: Spins 50 ms of CPU each 0.1 s tick: about half a core on an idle machine, less on a busy one.
+BURN = ("import time\ndef st_init(ctx): pass\ndef st_heartbeat(ctx, tick):\n    end = time.process_time() + 0.05\n"
+        "    while time.process_time() < end: pass\ndef st_exit(ctx, reason): pass\n")
 
 
 def test_status_shows_each_strategys_uptime_cpu_and_memory_as_its_worker_measured_them(lab: Lab) -> None:
@@ -151,7 +151,8 @@ def test_status_shows_each_strategys_uptime_cpu_and_memory_as_its_worker_measure
 
     found = wait_for(measured, timeout=30, what="both strategies measured")
     burn, idle = found["burn"], found["idle"]
-    assert burn["cpu"] > 25 and idle["cpu"] < 15, (burn["cpu"], idle["cpu"])  # type: ignore[operator]
+    # Each as its worker measured it: the spinner far above the idle one (a busy machine gives it less than half a core).
+    assert burn["cpu"] > max(8, 4 * idle["cpu"]) and idle["cpu"] < 15, (burn["cpu"], idle["cpu"])  # type: ignore[operator]
     assert 0.5 < burn["memory"] < 100 and 0.5 < idle["memory"] < 100  # type: ignore[operator]
     assert burn["uptime"] > 0 and burn["since"] <= time.time() - burn["uptime"] + 1  # type: ignore[operator]
     rows = {line.split()[0]: line for line in lab.run("status").stdout.splitlines() if line.split()[:1] in (["burn"], ["idle"])}

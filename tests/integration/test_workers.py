@@ -200,7 +200,7 @@ def test_profile_and_user_hooks_with_broadcast(lab: Lab) -> None:
     resource = wait_for(lambda: lab.store.find_resource("jp-9"), what="the profile's worker")
     assert resource.spec.max_strategies == 3 and resource.spec.region == "JP"
     lab.assign(lab.strategy("listener", LISTENER), "--interval", "0.05")
-    heard = wait_for(lambda: (p := lab.home / "heard.txt").exists() and p.read_text(), what="the broadcast")
+    heard = wait_for(lambda: (p := lab.home / "heard.txt").exists() and p.read_text(), timeout=30, what="the broadcast")
     assert heard.split() == ["hook"]
     assert (lab.home / "broadcast.txt").read_text().split() == ["1"]
     worker.send_signal(signal.SIGTERM)
