@@ -15,6 +15,12 @@ sends the rate-limit headers on every reply and plays injected faults;
 network between a paused sender and the exchange; "ack_lost" carries a
 request out and then drops the connection, as if the reply were lost.
 HTTP/1.1 with exact Content-Length, because pybit keeps connections alive.
+
+``FakeBybit(untidy=Untidy())`` is as untidy as the real exchange: orders show
+late in the lists and later still in history, lists come in small pages,
+market orders fill in parts, orderLinkIds are checked, and each endpoint
+group's rate limit is enforced with 10006 (tests/fakes/bybit_book.py,
+tests/fakes/bybit_limits.py). The account's state is in ``Book``.
 """
 
 from __future__ import annotations
@@ -25,17 +31,16 @@ import json
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
-FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "hold", "garbage", "drop", "ack_lost"})
+from tests.fakes.bybit_book import OPEN, ROUTES, Batched, Book, Outcome, Params, Route, ms
+from tests.fakes.bybit_limits import GroupLimits, Untidy
 
-Params = dict[str, Any]
-Outcome = tuple[int, str, Any]  # retCode, retMsg, result
+FAULTS = frozenset({"rate_limit", "bad_key", "http_500", "http_403", "slow", "hold", "garbage", "drop", "ack_lost"})
 
 
 @dataclass(frozen=True)
@@ -57,152 +62,19 @@ class _Reply:
     headers: dict[str, str]
 
 
-@dataclass(frozen=True)
-class _Route:
-    auth: bool
-    required: tuple[tuple[str, ...], ...]  # each group: one of these names must be present
-    handler: str  # name of the _Exchange method
-
-
-_ORDER_FIELDS = ("category", "symbol", "side", "orderType", "qty")
-_ROUTES: dict[tuple[str, str], _Route] = {
-    ("GET", "/v5/market/time"): _Route(False, (), "on_server_time"),
-    ("GET", "/v5/market/kline"): _Route(False, (("category",), ("symbol",), ("interval",)), "on_kline"),
-    ("GET", "/v5/market/tickers"): _Route(False, (("category",),), "on_tickers"),
-    ("GET", "/v5/position/list"): _Route(True, (("category",), ("symbol", "settleCoin")), "on_positions"),
-    ("GET", "/v5/account/wallet-balance"): _Route(True, (("accountType",),), "on_wallet_balance"),
-    ("GET", "/v5/order/realtime"): _Route(True, (("category",),), "on_open_orders"),
-    ("GET", "/v5/order/history"): _Route(True, (("category",),), "on_order_history"),
-    ("POST", "/v5/order/create"): _Route(True, tuple((n,) for n in _ORDER_FIELDS), "on_place_order"),
-    ("POST", "/v5/order/amend"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_amend_order"),
-    ("POST", "/v5/order/cancel"): _Route(True, (("category",), ("symbol",), ("orderId", "orderLinkId")), "on_cancel_order"),
-    ("POST", "/v5/order/cancel-all"): _Route(True, (("category",),), "on_cancel_all"),
-}
-
-
-def _ms(clock: Callable[[], float]) -> int:
-    return int(clock() * 1000)
-
-
-class _Exchange:
-    """One account's market and trading state; the caller holds the lock."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.prices: dict[str, float] = {}
-        self.wallet: dict[str, float] = {"USDT": 10_000.0}
-        self.orders: dict[str, Params] = {}
-        self.by_link: dict[str, str] = {}  # orderLinkId -> orderId
-        self.positions: dict[tuple[str, str], float] = {}  # (category, symbol) -> signed size
-
-    def on_server_time(self, p: Params) -> Outcome:
-        now = self.clock()
-        return 0, "OK", {"timeSecond": str(int(now)), "timeNano": str(int(now * 1e9))}
-
-    def on_tickers(self, p: Params) -> Outcome:
-        symbols = [p["symbol"]] if p.get("symbol") else sorted(self.prices)
-        if any(s not in self.prices for s in symbols):
-            return 10001, "params error: symbol invalid", {}
-        fields = ("lastPrice", "markPrice", "bid1Price", "ask1Price")
-        rows = [{"symbol": s, **{f: str(self.prices[s]) for f in fields}} for s in symbols]
-        return 0, "OK", {"category": p["category"], "list": rows}
-
-    def on_kline(self, p: Params) -> Outcome:
-        if p["symbol"] not in self.prices:
-            return 10001, "params error: symbol invalid", {}
-        price = str(self.prices[p["symbol"]])
-        step = int(p["interval"]) * 60_000 if str(p["interval"]).isdigit() else 86_400_000
-        last = _ms(self.clock) // step * step
-        rows = [[str(last - i * step), price, price, price, price, "0", "0"] for i in range(int(p.get("limit", 200)))]
-        return 0, "OK", {"category": p["category"], "symbol": p["symbol"], "list": rows}
-
-    def on_positions(self, p: Params) -> Outcome:
-        symbols = [p["symbol"]] if p.get("symbol") else sorted(s for c, s in self.positions if c == p["category"])
-        rows = []
-        for symbol in symbols:
-            size = self.positions.get((p["category"], symbol), 0.0)
-            side = "Buy" if size > 0 else "Sell" if size < 0 else ""
-            rows.append({"symbol": symbol, "side": side, "size": str(abs(size)), "positionIdx": 0,
-                         "markPrice": str(self.prices.get(symbol, ""))})
-        return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
-
-    def on_wallet_balance(self, p: Params) -> Outcome:
-        coins = [{"coin": c, "walletBalance": str(v), "equity": str(v)} for c, v in sorted(self.wallet.items())]
-        equity = str(sum(self.wallet.values()))
-        return 0, "OK", {"list": [{"accountType": p["accountType"], "totalEquity": equity, "coin": coins}]}
-
-    def on_open_orders(self, p: Params) -> Outcome:
-        keys = ("category", "symbol", "orderId", "orderLinkId")
-        rows = [
-            o for o in self.orders.values()
-            if o["orderStatus"] == "New" and all(p.get(k) in (None, o[k]) for k in keys)
-        ]
-        return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
-
-    def on_order_history(self, p: Params) -> Outcome:
-        keys = ("category", "symbol", "orderId", "orderLinkId")
-        rows = [o for o in self.orders.values() if all(p.get(k) in (None, o[k]) for k in keys)]
-        return 0, "OK", {"category": p["category"], "list": rows, "nextPageCursor": ""}
-
-    def on_place_order(self, p: Params) -> Outcome:
-        link = str(p.get("orderLinkId") or "")
-        if link and link in self.by_link:
-            return 110072, "OrderLinkedID is duplicate", {}
-        try:
-            qty = float(p["qty"])
-        except ValueError:
-            return 10001, "params error: qty invalid", {}
-        order = {"orderId": str(uuid.uuid4()), "orderLinkId": link, "category": p["category"],
-                 "symbol": p["symbol"], "side": p["side"], "orderType": p["orderType"],
-                 "qty": str(p["qty"]), "price": str(p.get("price", "")), "orderStatus": "New",
-                 "createdTime": str(_ms(self.clock))}
-        if p["orderType"] == "Market":
-            key = (p["category"], p["symbol"])
-            self.positions[key] = self.positions.get(key, 0.0) + (qty if p["side"] == "Buy" else -qty)
-            order["orderStatus"] = "Filled"
-        self.orders[order["orderId"]] = order
-        if link:
-            self.by_link[link] = order["orderId"]
-        return 0, "OK", {"orderId": order["orderId"], "orderLinkId": link}
-
-    def _open_order(self, p: Params) -> Params | None:
-        order_id = p.get("orderId") or self.by_link.get(str(p.get("orderLinkId")), "")
-        order = self.orders.get(order_id)
-        return order if order is not None and order["orderStatus"] == "New" else None
-
-    def on_amend_order(self, p: Params) -> Outcome:
-        order = self._open_order(p)
-        if order is None:
-            return 110001, "order not exists or too late to replace", {}
-        order.update({k: str(p[k]) for k in ("qty", "price") if k in p})
-        return 0, "OK", {"orderId": order["orderId"], "orderLinkId": order["orderLinkId"]}
-
-    def on_cancel_order(self, p: Params) -> Outcome:
-        order = self._open_order(p)
-        if order is None:
-            return 110001, "order not exists or too late to cancel", {}
-        order["orderStatus"] = "Cancelled"
-        return 0, "OK", {"orderId": order["orderId"], "orderLinkId": order["orderLinkId"]}
-
-    def on_cancel_all(self, p: Params) -> Outcome:
-        _, _, found = self.on_open_orders(p)
-        for order in found["list"]:
-            order["orderStatus"] = "Cancelled"
-        done = [{"orderId": o["orderId"], "orderLinkId": o["orderLinkId"]} for o in found["list"]]
-        return 0, "OK", {"list": done, "success": "1"}
-
-
 class FakeBybit:
     """The fake exchange; a context manager that serves on ``self.url`` while open."""
 
-    def __init__(self, *, slow_delay: float = 5.0, limit: int = 100, rate_limit_reset: float = 0.1) -> None:
+    def __init__(self, *, slow_delay: float = 5.0, limit: int = 100, rate_limit_reset: float = 0.1,
+                 untidy: Untidy | None = None) -> None:
         self.slow_delay = slow_delay  #: seconds a "slow" reply waits (release() ends it early)
         self.hold_delay = 1.0  #: seconds a "hold" request waits before it is judged (release() ends it early)
         self.limit = limit  #: X-Bapi-Limit: calls per key per one-second window (reported, not enforced)
         self.rate_limit_reset = rate_limit_reset  #: seconds from a "rate_limit" fault to its reset time
         self.skew_ms = 0  #: added to the server's clock, to provoke 10002
         self._lock = threading.Condition()
-        self._exchange = _Exchange(self._now)  # /v5/market/time answers with the skewed clock too
+        self._exchange = Book(self._now, untidy)  # /v5/market/time answers with the skewed clock too
+        self._groups = GroupLimits(untidy.limits) if untidy is not None else None
         self._outcomes: list[tuple[str, int]] = []  # (path, retCode) of every judged request, in order
         self._keys: dict[str, str] = {}
         self._faults: list[tuple[str, str | None]] = []  # (fault, the only path it meets, if any)
@@ -228,6 +100,19 @@ class FakeBybit:
     def set_balance(self, coin: str, amount: float) -> None:
         with self._lock:
             self._exchange.wallet[coin] = amount
+
+    def set_position(self, category: str, symbol: str, size: float) -> None:
+        """The account's position in ``symbol`` (signed: negative is short)."""
+        with self._lock:
+            self._exchange.positions[(category, symbol)] = size
+
+    def fill(self, link_id: str, qty: float) -> None:
+        """Execute ``qty`` more of the open order ``link_id`` (a part leaves it PartiallyFilled)."""
+        with self._lock:
+            order = self._exchange.find(link_id=link_id)
+            if order is None or order["orderStatus"] not in OPEN:
+                raise ValueError(f"no open order {link_id!r}")
+            self._exchange.fill(order, qty)
 
     def inject(self, fault: str, count: int = 1, path: str | None = None) -> None:
         """The next ``count`` requests (to ``path`` only, when given) meet ``fault``."""
@@ -308,7 +193,7 @@ class FakeBybit:
     def respond(self, method: str, raw_path: str, headers: Message, body: bytes) -> _Reply | None:
         """The reply to one request; None: drop the connection without one."""
         split = urlsplit(raw_path)
-        route = _ROUTES.get((method, split.path))
+        route = ROUTES.get((method, split.path))
         payload = split.query if method == "GET" else body.decode("utf-8", "replace")
         params = self._params(method, payload)
         api_key = headers.get("X-BAPI-API-KEY")
@@ -329,9 +214,15 @@ class FakeBybit:
         with self._lock:
             if route is None:
                 return self._reply(404, b"", api_key)
-            code, msg, result = self._outcome(route, headers, payload, params)
+            turn = self._groups.take(api_key or "", split.path, ms(time.time)) if self._groups and api_key else None
+            if turn is not None and turn.refused:
+                code, msg, result = 10006, "Too many visits!", {}
+            else:
+                code, msg, result = self._outcome(route, headers, payload, params)
             self._outcomes.append((split.path, code))
-            return None if fault == "ack_lost" else self._envelope(code, msg, result, api_key)
+            reply = self._envelope(code, msg, result, api_key)
+            reply.headers.update(turn.headers if turn is not None else {})
+            return None if fault == "ack_lost" else reply
 
     def _next_fault(self, path: str) -> str | None:
         """The fault the next request to ``path`` meets (taken off the queue); the caller holds the lock."""
@@ -341,7 +232,7 @@ class FakeBybit:
                 return fault
         return None
 
-    def _outcome(self, route: _Route, headers: Message, payload: str, params: Params | None) -> Outcome:
+    def _outcome(self, route: Route, headers: Message, payload: str, params: Params | None) -> Outcome:
         if params is None:
             return 10001, "params error: body is not JSON", {}
         if route.auth:
@@ -375,7 +266,7 @@ class FakeBybit:
             window = int(headers.get("X-BAPI-RECV-WINDOW", "5000"))
         except ValueError:
             return 10001, "params error: timestamp or recv_window invalid"
-        now = _ms(self._now)
+        now = ms(self._now)
         if not now - window <= stamp < now + 1000:  # Bybit's rule, judged when the request is handled
             return 10002, f"invalid request, please check your server timestamp or recv_window param. server_timestamp[{now}]"
         signed = f"{stamp}{api_key}{window}{payload}"
@@ -398,11 +289,13 @@ class FakeBybit:
                 return self._envelope(10003, "API key is invalid.", {}, api_key)
             reply = self._envelope(10006, "Too many visits!", {}, api_key)
         reply.headers["X-Bapi-Limit-Status"] = "0"
-        reply.headers["X-Bapi-Limit-Reset-Timestamp"] = str(_ms(time.time) + int(self.rate_limit_reset * 1000))
+        reply.headers["X-Bapi-Limit-Reset-Timestamp"] = str(ms(time.time) + int(self.rate_limit_reset * 1000))
         return reply
 
     def _envelope(self, code: int, msg: str, result: Any, api_key: str | None) -> _Reply:
-        body = {"retCode": code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": _ms(time.time)}
+        ext: dict[str, Any] = {"list": result.codes} if isinstance(result, Batched) else {}
+        result = result.result if isinstance(result, Batched) else result
+        body = {"retCode": code, "retMsg": msg, "result": result, "retExtInfo": ext, "time": ms(time.time)}
         return self._reply(200, json.dumps(body).encode(), api_key)
 
     def _reply(self, status: int, body: bytes, api_key: str | None) -> _Reply:
@@ -411,7 +304,7 @@ class FakeBybit:
         return _Reply(status, body, headers)
 
     def _limit_headers(self, api_key: str) -> dict[str, str]:
-        now = _ms(time.time)
+        now = ms(time.time)
         end, calls = self._windows.get(api_key, (0, 0))
         if now >= end:
             end, calls = now + 1000, 0

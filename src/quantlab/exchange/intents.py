@@ -22,7 +22,7 @@ from the exchange might still arrive.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Collection, Iterable, Literal
 
 import msgspec
 
@@ -70,6 +70,15 @@ class IntentLog(msgspec.Struct, kw_only=True):
         # A refused or absent intent's id is no order of the strategy's: the exchange may hold another's under it.
         return next((i.epoch for i in [*self.open, *self.settled]
                      if i.link_id == link_id and i.status in ("pending", "placed")), None)
+
+    def unlisted(self, account: str, scope: dict[str, str], listed: Collection[str], now: float,
+                 within: float) -> list[Intent]:
+        """The live resting orders in ``scope`` placed less than ``within`` s before ``now`` that a list
+        of ``account``'s open orders (``listed`` orderLinkIds) misses: the exchange may not show them yet."""
+        return [i for i in self.settled
+                if i.status == "placed" and i.signed and i.account == account and abs(now - i.settled) < within
+                and scope_of(i.category, i.symbol) == scope and i.link_id not in listed
+                and str(i.order.get("orderType", "")).lower() != "market"]
 
     def owns(self, strategy: str, link_id: str) -> bool:
         """Is ``link_id`` an order the strategy placed: made for it, or a custom id the exchange took from it?

@@ -14,7 +14,12 @@ from quantlab.exchange.intents import Intent, Outcome
 
 Read = Callable[[str, dict[str, Any]], dict[str, Any]]
 PAGE = 50  #: rows per page of an order list (Bybit's most)
+POSITION_PAGE = 200  #: rows per page of the position list (Bybit's most)
 MAX_PAGES = 20
+#: Seconds within which an order Bybit took shows in its lists. Its order creation is asynchronous:
+#: an order shows in the open orders a moment after it was taken, and in the order history (the
+#: only list that shows a filled market order) later still. Until then "not found" means "not yet".
+SHOWN_WITHIN = 2.0
 
 
 def from_answer(method: str, body: dict[str, Any], intents: list[Intent]) -> dict[str, Outcome]:
@@ -39,7 +44,8 @@ def find(read: Read, intent: Intent) -> Outcome:
     """Ask the exchange for the intent's orderLinkId: placed if it knows it, absent if not.
 
     Call it only once no copy of the request can still be accepted (``intent.expires``):
-    before that, absent means "not yet". Raises what ``read`` raises.
+    before that, absent means "not yet"; on a live account, so does absent within
+    SHOWN_WITHIN of that moment. Raises what ``read`` raises.
     """
     query = {"category": intent.category, "orderLinkId": intent.link_id}
     if intent.symbol:
@@ -82,13 +88,18 @@ def lost_reply_body(method: str, intents: list[Intent], outcomes: dict[str, Outc
 
 def open_orders(read: Read, scope: dict[str, str]) -> list[dict[str, Any]]:
     """Every open order in ``scope`` (a category and a settleCoin or symbol), page by page."""
+    return all_pages(read, "get_open_orders", scope, PAGE)
+
+
+def all_pages(read: Read, method: str, scope: dict[str, str], page: int) -> list[dict[str, Any]]:
+    """Every row a list call returns for ``scope``, following ``nextPageCursor`` page by page."""
     rows: list[dict[str, Any]] = []
     cursor = ""
     for _ in range(MAX_PAGES):
-        query: dict[str, Any] = {**scope, "limit": PAGE}
+        query: dict[str, Any] = {**scope, "limit": page}
         if cursor:
             query["cursor"] = cursor
-        result = read("get_open_orders", query).get("result") or {}
+        result = read(method, query).get("result") or {}
         rows += result.get("list") or []
         cursor = result.get("nextPageCursor") or ""
         if not cursor:

@@ -9,7 +9,8 @@ to the store before it is signed and its outcome after
 gate, just before it is first sent. When the reply is lost (a network error, an
 HTTP error, a duplicate orderLinkId), the order is not sent again: its outcome
 is found by querying its orderLinkId once no copy of the request can still
-reach the exchange (quantlab/exchange/orders.py).
+reach the exchange, and on a live account asked for again once the exchange,
+which lists an order late, would surely show it (quantlab/exchange/orders.py).
 
 An account's limits on open orders and on orders per minute hold for all its
 strategies on every worker: the order takes a hold on the account's
@@ -166,7 +167,7 @@ class OrderPlacer:
         try:
             return reservations.take(self._store, account.name, account.limits, len(placed),
                                      (caller.strategy, self._worker, caller.epoch, self._instance), listing,
-                                     self._current)
+                                     self._current, lag=orders.SHOWN_WITHIN if account.type == "bybit" else 0.0)
         except Refused as e:
             raise Failure(f"{method}: refused by a risk limit: {e}", RISK_REFUSED, "risk") from None
 
@@ -197,7 +198,10 @@ class OrderPlacer:
             if not level.strategy:
                 return len(rows)
             log_ = intents.read(self._store, level.strategy)
-            return sum(1 for r in rows if log_.epoch_of(level.strategy, str(r.get("orderLinkId", ""))) is not None)
+            own = [r for r in rows if log_.epoch_of(level.strategy, str(r.get("orderLinkId", ""))) is not None]
+            # Orders it placed a moment ago that the exchange does not list yet are open all the same.
+            ids = {str(r.get("orderLinkId", "")) for r in rows}
+            return len(own) + len(log_.unlisted(account.name, scope, ids, time.time(), orders.SHOWN_WITHIN))
 
         try:
             self._risk.check(levels, len(placed), notionals, open_orders)
@@ -229,11 +233,11 @@ class OrderPlacer:
         unknown = f"{failure.error}; outcome unknown: the order intent stays open and is settled before the strategy starts again"
         if delay > 0 and self._closing.wait(delay):
             raise Failure(unknown, failure.ret_code, failure.kind, sure=False)
-        read = self._sender.reader(account)
-        try:
-            found = {i.link_id: orders.find(read, i) for i in written}
-        except Failure as e:
-            raise Failure(f"{unknown} ({e.error})", failure.ret_code, failure.kind, sure=False) from None
+        found = self._look_up(account, written, until)
+        if found is None:
+            raise Failure(unknown, failure.ret_code, failure.kind, sure=False)
+        if isinstance(found, Failure):
+            raise Failure(f"{unknown} ({found.error})", failure.ret_code, failure.kind, sure=False)
         self._settle(caller, found, account, hold)
         if any(o.status == "rejected" for o in found.values()):
             details = "; ".join(o.detail for o in found.values() if o.status == "rejected")
@@ -244,6 +248,24 @@ class OrderPlacer:
                           failure.kind)
         log.warning("API call %s on %s: reply lost, order found by orderLinkId", method, account.name)
         return orders.lost_reply_body(method, written, found)
+
+    def _look_up(self, account: Account, written: list[Intent], until: float) -> dict[str, Outcome] | Failure | None:
+        """Each order's outcome by query once its window is over (``until``); None if the pool closed first.
+
+        On a live account an order not found is asked for again once it would surely be shown
+        (orders.SHOWN_WITHIN): a filled market order shows only in the order history, which lags.
+        """
+        read = self._sender.reader(account)
+        try:
+            found = {i.link_id: orders.find(read, i) for i in written}
+            missing = [i for i in written if found[i.link_id].status == "absent"]
+            if missing and account.type == "bybit":
+                if self._closing.wait(max(0.0, until + orders.SHOWN_WITHIN - time.time())):
+                    return None
+                found |= {i.link_id: orders.find(read, i) for i in missing}
+        except Failure as e:
+            return e
+        return found
 
     def _settle(self, caller: Caller, outcomes: dict[str, Outcome], account: Account, hold: list[str]) -> None:
         self._end_hold(account, hold, outcomes)

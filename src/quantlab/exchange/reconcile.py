@@ -7,10 +7,13 @@ worker), its worker:
    each once no copy of its request can still reach the exchange (an intent
    this process is still sending waits for its answer; a live one written by
    another process waits until the exchange's own clock has passed its
-   ``signed + recv_window``, a paper one until its ``expires``); until every
-   intent is settled, the strategy does not start;
+   ``signed + recv_window``, a paper one until its ``expires``; a live order
+   not found is settled ``absent`` only once the exchange would list it,
+   ``orders.SHOWN_WITHIN`` later); until every intent is settled, the
+   strategy does not start;
 2. lists the open orders that are the strategy's (made by quantlab for it,
-   or a custom orderLinkId its intents remember) and the positions of its
+   or a custom orderLinkId its intents remember), page by page, once every
+   live order it placed a moment ago is listed, and the positions of its
    accounts, for ``ctx.open_orders`` and ``ctx.positions``;
 3. reports orders from an older epoch, and cancels them when the Work says
    ``cancel_stale_orders``.
@@ -31,6 +34,7 @@ import msgspec
 
 from quantlab.errors import ApiError
 from quantlab.exchange import intents, orders, reservations
+from quantlab.exchange.changing import NOT_OPEN
 from quantlab.exchange.intents import Intent, IntentLog, Outcome
 from quantlab.exchange.signing import WINDOW_SLACK, Fence
 from quantlab.store.store import Store
@@ -102,7 +106,11 @@ def reconcile(desk: Desk, store: Store, request: Request, fence: Fence,
         stale: list[dict[str, Any]] = []
         positions: list[dict[str, Any]] = []
         for account in request.accounts:
-            for row, epoch in owned_orders(desk, log, request.strategy, account, scopes):
+            owned, unlisted = owned_orders(desk, log, request.strategy, account, scopes, clock)
+            if unlisted:  # left out, it would be neither handed to the strategy nor cancelled as stale
+                raise NotYet(f"order {unlisted[0].link_id} was placed a moment ago and the exchange does not "
+                             "list it yet: listing the open orders again")
+            for row, epoch in owned:
                 (stale if epoch < request.epoch else mine).append(row)
             positions += _positions(desk, account, scopes)
         cancelled = _cancel(desk, stale, fence) if request.cancel_stale else []
@@ -134,7 +142,9 @@ def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[],
             raise NotYet(f"order {intent.link_id} is being sent: waiting for its answer")
         if intent.instance != desk.instance:
             _check_window_closed(desk, intent, clock)
-        found[intent.link_id] = orders.find(functools.partial(desk.read, intent.account), intent)
+        found[intent.link_id] = outcome = orders.find(functools.partial(desk.read, intent.account), intent)
+        if outcome.status == "absent" and intent.signed:
+            _check_shown(desk, intent)
     if found:
         intents.settle(store, request.strategy, found)
     _reclaim_holds(store, request, desk.instance, [*pending, *request.accounts])
@@ -153,6 +163,15 @@ def _check_window_closed(desk: Desk, intent: Intent, clock: Callable[[], float])
         raise NotYet(f"order {intent.link_id} could still reach the exchange until {until}: settling it after that")
 
 
+def _check_shown(desk: Desk, intent: Intent) -> None:
+    """Raise NotYet while a live order the exchange took at the end of its window may not be listed yet."""
+    shown = intent.signed + intent.recv_window + (WINDOW_SLACK + orders.SHOWN_WITHIN) * 1000
+    left = shown - desk.exchange_passed_ms(intent.account)
+    if left > 0:
+        raise NotYet(f"order {intent.link_id} is not listed at the exchange, which may list it {left / 1000:.1f} s "
+                     "late: settling it after that")
+
+
 def _reclaim_holds(store: Store, request: Request, instance: str, accounts: list[str]) -> None:
     """End the account holds other processes took for the strategy, by what its intents say now."""
     log = intents.read(store, request.strategy)
@@ -166,16 +185,22 @@ def _reclaim_holds(store: Store, request: Request, instance: str, accounts: list
         reservations.reclaim(store, account, request.strategy, instance, placed)
 
 
-def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str,
-                 scopes: list[dict[str, str]]) -> list[tuple[dict[str, Any], int]]:
-    """The strategy's open orders on ``account`` (looked for in ``scopes``), each with the epoch that placed it."""
+def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str, scopes: list[dict[str, str]],
+                 clock: Callable[[], float] = time.time) -> tuple[list[tuple[dict[str, Any], int]], list[Intent]]:
+    """The strategy's open orders on ``account`` (looked for in ``scopes``), each with the epoch that
+    placed it, and the live orders it placed a moment ago that the exchange does not list yet (it
+    lists an order it took late: orders.SHOWN_WITHIN)."""
     found = []
+    unlisted: list[Intent] = []
     for scope in scopes:
-        for row in orders.open_orders(functools.partial(desk.read, account), scope):
+        rows = orders.open_orders(functools.partial(desk.read, account), scope)
+        listed = {str(r.get("orderLinkId", "")) for r in rows}
+        unlisted += log.unlisted(account, scope, listed, clock(), orders.SHOWN_WITHIN)
+        for row in rows:
             epoch = log.epoch_of(strategy, str(row.get("orderLinkId", "")))
             if epoch is not None:
                 found.append(({**row, "account": account, "category": row.get("category") or scope["category"]}, epoch))
-    return found
+    return found, unlisted
 
 
 def _positions(desk: Desk, account: str, scopes: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -183,8 +208,8 @@ def _positions(desk: Desk, account: str, scopes: list[dict[str, str]]) -> list[d
     for scope in scopes:
         if scope["category"] not in POSITION_CATEGORIES:
             continue
-        result = desk.read(account, "get_positions", scope).get("result") or {}
-        rows += [{**r, "account": account} for r in result.get("list") or [] if _size(r) != 0]
+        listed = orders.all_pages(functools.partial(desk.read, account), "get_positions", scope, orders.POSITION_PAGE)
+        rows += [{**r, "account": account} for r in listed if _size(r) != 0]
     return rows
 
 
@@ -202,14 +227,32 @@ def _cancel(desk: Desk, stale: list[dict[str, Any]], fence: Fence) -> list[str]:
     return [row["orderLinkId"] for row in stale]
 
 
+def _cancel_unlisted(desk: Desk, account: str, unlisted: list[Intent], fence: Fence) -> int:
+    """Cancel orders the exchange took but does not list yet, by orderLinkId; how many it cancelled."""
+    cancelled = 0
+    for intent in unlisted:
+        try:
+            desk.cancel(account, {"category": intent.category, "symbol": intent.symbol, "orderLinkId": intent.link_id},
+                        fence)
+            cancelled += 1
+        except ApiError as e:
+            if e.ret_code != NOT_OPEN:  # filled or cancelled since: nothing to cancel
+                raise
+    return cancelled
+
+
 def cancel_open_orders(desk: Desk, store: Store, accounts: list[str], strategy: str, fence: Fence) -> int:
     """Cancel the strategy's open orders on ``accounts`` (one by one), or with ``strategy`` "" every
     open order there, scope by scope; how many were cancelled (for a scope: asked to be)."""
     if strategy:
         log = intents.read(store, strategy)
         scopes = intents.scopes([log])
-        owned = [row for account in accounts for row, _epoch in owned_orders(desk, log, strategy, account, scopes)]
-        return len(_cancel(desk, owned, fence))
+        cancelled = 0
+        for account in accounts:
+            owned, unlisted = owned_orders(desk, log, strategy, account, scopes)
+            cancelled += len(_cancel(desk, [row for row, _epoch in owned], fence))
+            cancelled += _cancel_unlisted(desk, account, unlisted, fence)
+        return cancelled
     logs = [intents.read(store, key) for key in store.blob_keys(intents.BLOB_KIND)]
     cancelled = 0
     for account in accounts:

@@ -12,10 +12,14 @@ in that read. A hold is
 
 - *on its way* (``landed == 0``): its orders are being sent; always counted;
 - *landed*: the exchange took its orders (``link_ids``) at the document's
-  ``seq`` ``landed``. A read that began after that (``seq`` read before it was
-  at least ``landed``) shows them if they are still open, so the hold is
-  dropped once none of them is in such a read (filled or cancelled); until
-  then its orders missing from the read are counted.
+  ``seq`` ``landed``, at ``landed_at``. A read that began after that (``seq``
+  read before it was at least ``landed``), and ``lag`` seconds after it, shows
+  them if they are still open, so the hold is dropped once none of them is in
+  such a read (filled or cancelled); until then its orders missing from the
+  read are counted. ``lag`` is how late the exchange may list an order it took
+  (Bybit's order creation is asynchronous: quantlab/exchange/orders.py
+  SHOWN_WITHIN; none on a paper account), judged by the hosts' clocks: a
+  holder's clock behind the reader's shortens it by as much.
 
 A hold is released when its orders are refused or found absent, and
 reclaimed when its holder may not act any more (``current`` says its epoch is
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, NamedTuple
 
 import msgspec
 
@@ -52,6 +56,7 @@ class Hold(msgspec.Struct, frozen=True, kw_only=True):
     orders: int  #: places held
     link_ids: list[str] = []  #: the orders the exchange took, once landed
     landed: int = 0  #: the document's seq when they landed; 0 while on their way
+    landed_at: float = 0.0  #: Unix time (the lander's clock) when they landed
 
 
 class Book(msgspec.Struct, kw_only=True):
@@ -76,32 +81,48 @@ def _change(store: Store, account: str, edit: Callable[[Book], Book | None]) -> 
     store.update_blob(BLOB_KIND, account, update)
 
 
-def counted(hold: Hold, listed: Collection[str], read_from: int) -> int:
-    """How many of ``hold``'s orders a read of the open orders (``listed``, begun at seq ``read_from``) may miss."""
+class Listing(NamedTuple):
+    """A read of an account's open orders, and what it may miss."""
+
+    ids: Collection[str]  #: the orderLinkIds it shows
+    seq: int  #: the document's seq read before it began
+    at: float  #: Unix time when it began
+    lag: float = 0.0  #: seconds the exchange may take to list an order it took
+
+
+def _shows_landed(hold: Hold, listing: Listing) -> bool:
+    """The read began after the hold's orders landed, late enough for the exchange to list them."""
+    return hold.landed <= listing.seq and listing.at >= hold.landed_at + listing.lag
+
+
+def counted(hold: Hold, listing: Listing) -> int:
+    """How many of ``hold``'s orders ``listing`` may miss."""
     if not hold.landed:
         return hold.orders
-    missing = [i for i in hold.link_ids if i not in listed]
-    return 0 if hold.landed <= read_from else len(missing)
+    missing = [i for i in hold.link_ids if i not in listing.ids]
+    return 0 if _shows_landed(hold, listing) else len(missing)
 
 
-def _gone(hold: Hold, listed: Collection[str], read_from: int) -> bool:
-    """Landed, and a read begun after that shows none of its orders open: filled or cancelled."""
-    return bool(hold.landed) and hold.landed <= read_from and not any(i in listed for i in hold.link_ids)
+def _gone(hold: Hold, listing: Listing) -> bool:
+    """Landed, and a read that would show them shows none of its orders open: filled or cancelled."""
+    return bool(hold.landed) and _shows_landed(hold, listing) and not any(i in listing.ids for i in hold.link_ids)
 
 
 def take(
     store: Store, account: str, limits: RiskLimits, count: int, holder: tuple[str, str, int, str],
     open_orders: Callable[[], list[dict[str, Any]]] | None, current: Current, clock: Callable[[], float] = time.time,
+    lag: float = 0.0,
 ) -> str:
     """Reserve ``count`` places on ``account`` for ``holder`` (strategy, worker, epoch, instance); the hold's id.
 
     ``open_orders`` reads the account's open orders at the exchange (None: the open orders are
-    not limited). Raises Refused when a limit would be passed.
+    not limited); ``lag``: seconds the exchange may take to list an order it took. Raises
+    Refused when a limit would be passed.
     """
     strategy, worker, epoch, instance = holder
-    read_from = read(store, account).seq  # before the exchange is read: see ``counted``
+    read_from, read_at = read(store, account).seq, clock()  # before the exchange is read: see ``counted``
     rows = open_orders() if open_orders is not None else []
-    listed = {str(r.get("orderLinkId", "")) for r in rows}
+    listing = Listing({str(r.get("orderLinkId", "")) for r in rows}, read_from, read_at, lag)
     hold = Hold(id=uuid.uuid4().hex[:16], strategy=strategy, epoch=epoch, worker=worker, instance=instance,
                 orders=count)
     label = f"account {account}"
@@ -109,10 +130,10 @@ def take(
     def reserve(book: Book) -> Book:
         now = clock()
         holds = [h for h in book.holds
-                 if not _gone(h, listed, read_from) and current(h.strategy, h.worker, h.epoch)]
+                 if not _gone(h, listing) and current(h.strategy, h.worker, h.epoch)]
         most = limits.max_open_orders
         if most is not None:
-            found = len(rows) + sum(counted(h, listed, read_from) for h in holds)
+            found = len(rows) + sum(counted(h, listing) for h in holds)
             if found + count > most:
                 raise Refused(f"{label} has {found} open order(s): {count} more would pass its max-open-orders {most}")
         sent = [t for t in book.sent if t > now - WINDOW]
@@ -126,14 +147,15 @@ def take(
     return hold.id
 
 
-def land(store: Store, account: str, hold_id: str, placed: list[str]) -> None:
+def land(store: Store, account: str, hold_id: str, placed: list[str], clock: Callable[[], float] = time.time) -> None:
     """The exchange answered the hold's orders: it took ``placed`` (none: the hold is released)."""
 
     def edit(book: Book) -> Book | None:
         if not any(h.id == hold_id for h in book.holds):
             return None
         seq = book.seq + 1
-        holds = [msgspec.structs.replace(h, link_ids=list(placed), landed=seq) if h.id == hold_id else h
+        holds = [msgspec.structs.replace(h, link_ids=list(placed), landed=seq, landed_at=clock())
+                 if h.id == hold_id else h
                  for h in book.holds if h.id != hold_id or placed]
         return Book(seq=seq, holds=holds, sent=book.sent)
 

@@ -12,8 +12,10 @@ RISK_REFUSED (``ApiRiskError`` in the strategy) and recorded as a
 last traded price for market orders (spot market buys in quoteCoin are their
 qty). Orders per minute count what was sent in the last 60 s on this worker.
 Open orders are counted at the exchange as each order is checked (the
-strategy's own by their orderLinkId), under a per-account lock held until the
-order is answered, so two orders cannot both take the last free place.
+strategy's own by their orderLinkId, with its live orders placed too recently
+for the exchange to list them: quantlab/exchange/orders.py SHOWN_WITHIN),
+under a per-account lock held until the order is answered, so two orders
+cannot both take the last free place.
 """
 
 from __future__ import annotations
