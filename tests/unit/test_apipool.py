@@ -271,9 +271,9 @@ def test_an_exhausted_budget_in_the_headers_pauses_the_account(fake: FakeBybit, 
     clock = FrozenClock()
     fake.add_key(KEY, SECRET)
     fake.limit = 1  # the first reply already says X-Bapi-Limit-Status: 0
-    pool = make_pool([account(fake)], clock=clock, sleep=clock.sleep)
     waited: list[str] = []
-    pool.wait_observer = lambda name, seconds: waited.append(name)  # what a worker serving metrics counts
+    pool = make_pool([account(fake)], clock=clock, sleep=clock.sleep,
+                     wait_observer=lambda name, seconds: waited.append(name))  # what a worker serving metrics counts
     assert pool.call("main", "get_server_time", {}, ALL).ok
     assert clock.sleeps == [] and waited == []
     assert pool.call("main", "get_server_time", {}, ALL).ok

@@ -156,9 +156,9 @@ def test_no_window_ever_sees_more_than_burst_plus_rate_times_its_length(
 
 def test_a_10006_pauses_only_its_account_and_the_wait_is_reported() -> None:
     clock = FakeClock()
-    limits = AccountLimits({"busy": 1000.0, "idle": 1000.0}, clock, clock.sleep)
     waited: list[tuple[str, float]] = []
-    limits.wait_observer = lambda account, seconds: waited.append((account, seconds))
+    limits = AccountLimits({"busy": 1000.0, "idle": 1000.0}, clock, clock.sleep,
+                           lambda account, seconds: waited.append((account, seconds)))
     limits.note("busy", None, rate_limited=True)  # no reset time named: the default pause
     assert limits.acquire("idle", timeout=0)
     assert not limits.acquire("busy", timeout=DEFAULT_PAUSE / 2)

@@ -60,15 +60,17 @@ class ApiPool:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] | None = None,
         current: Current = lambda strategy, worker, epoch: True,
+        wait_observer: Callable[[str, float], None] | None = None,
     ) -> None:
         """``current(strategy, worker, epoch)``: may that holder of an account hold still act? (the
-        worker reads the Work; a hold of one that may not is reclaimed by the next order)"""
+        worker reads the Work; a hold of one that may not is reclaimed by the next order);
+        ``wait_observer``: told (account, seconds) after each rate-limit wait."""
         self._accounts = {account.name: account for account in accounts}
         self._store = store
         self.instance = instance  #: this worker process, written into the intents it sends
         self._closing = threading.Event()
         wait: Callable[[float], object] = sleep or self._closing.wait  # close() ends a rate-limit wait at once
-        self._limits = AccountLimits({a.name: a.rate_limit for a in accounts}, clock, wait)
+        self._limits = AccountLimits({a.name: a.rate_limit for a in accounts}, clock, wait, wait_observer)
         self._clients = BybitClients(accounts, self._limits, proxy=proxy, clock=clock)
         self._sender = Sender(accounts, store, self._clients, self._limits, self._closing, proxy=proxy, clock=clock,
                               call_deadline=CALL_DEADLINE)
@@ -81,15 +83,6 @@ class ApiPool:
     @property
     def names(self) -> list[str]:
         return list(self._accounts)
-
-    @property
-    def wait_observer(self) -> Callable[[str, float], None] | None:
-        """Called on a pool thread with (account, seconds) after each rate-limit wait (set by a worker serving metrics)."""
-        return self._limits.wait_observer
-
-    @wait_observer.setter
-    def wait_observer(self, observer: Callable[[str, float], None] | None) -> None:
-        self._limits.wait_observer = observer
 
     def call(
         self, account: str, method: str, kwargs: dict[str, Any], allowed: Collection[str], fence: Fence | None = None,

@@ -94,11 +94,13 @@ class AccountLimits:
     """One RateLimiter per account, paused when the exchange says the account's budget is spent."""
 
     def __init__(
-        self, rates: Mapping[str, float], clock: Callable[[], float], sleep: Callable[[float], object]
+        self, rates: Mapping[str, float], clock: Callable[[], float], sleep: Callable[[float], object],
+        wait_observer: Callable[[str, float], None] | None = None,
     ) -> None:
-        """``rates``: calls per second by account name; ``sleep`` waits for a turn (and may end early)."""
-        #: Called on a pool thread with (account, seconds) after each rate-limit wait (set by a worker serving metrics).
-        self.wait_observer: Callable[[str, float], None] | None = None
+        """``rates``: calls per second by account name; ``sleep`` waits for a turn (and may end early);
+        ``wait_observer``: called on a pool thread with (account, seconds) after each rate-limit wait
+        (a worker serving metrics counts them)."""
+        self.wait_observer = wait_observer
         self._clock = clock
         self._limiters = {name: RateLimiter(rate, clock=clock, sleep=self._timed(name, sleep))
                           for name, rate in rates.items()}
