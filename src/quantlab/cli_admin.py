@@ -75,12 +75,18 @@ def systemd() -> None:
               help="The store the units use, written to --env-file (0600); `-` reads it from stdin.")
 @click.option("--env-file", type=click.Path(dir_okay=False),
               help="EnvironmentFile with QLAB_STORE=URL for the units [with --store: /etc/quantlab/store.env].")
+@click.option("--strategy-uids", metavar="FIRST-LAST",
+              help="The worker runs each strategy as a uid of its own from this range, e.g. 61000-61999; its unit "
+                   "then gives it CAP_SETUID, CAP_SETGID and CAP_KILL.")
 def systemd_render(user: str, qlab_home: str, venv: str | None, out: str, store_url: str | None,
-                   env_file: str | None) -> None:
+                   env_file: str | None, strategy_uids: str | None) -> None:
     """Write qlab-director.service and qlab-worker@.service (Type=notify, watchdog, sandboxed)."""
     from pathlib import Path
 
     from quantlab.ops.units import STORE_ENV_FILE, Install, write, write_store_env
+    from quantlab.worker.strategyuids import parse
+
+    uids = str(parse(strategy_uids)) if strategy_uids is not None else None  # a bad range writes nothing
 
     # systemd takes only absolute paths in a unit.
     qlab_home, venv = os.path.abspath(qlab_home), venv and os.path.abspath(venv)
@@ -88,7 +94,8 @@ def systemd_render(user: str, qlab_home: str, venv: str | None, out: str, store_
     if store_url is not None and env_file is not None:
         url = sys.stdin.readline() if store_url == "-" else store_url
         click.echo(f"wrote {write_store_env(Path(env_file), url, user)}")
-    for path in write(Install(user=user, home=qlab_home, venv=venv, env_file=env_file), Path(out)):
+    for path in write(Install(user=user, home=qlab_home, venv=venv, env_file=env_file, strategy_uids=uids),
+                      Path(out)):
         click.echo(f"wrote {path}")
     if env_file and not Path(env_file).exists():
         click.echo(f"note: the units need {env_file}: write QLAB_STORE=URL in it (mode 0600), or use --store", err=True)

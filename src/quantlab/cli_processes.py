@@ -86,6 +86,9 @@ def _worker_options() -> list[click.Parameter]:
 @click.option("--id", "id", help="Worker id [<host>-<region>].")
 @click.option("--accounts", "accounts_file", metavar="FILE", help="Accounts file (env.jsonl).")
 @click.option("--proxy", metavar="URL", help="HTTP(S) proxy for the exchange.")
+@click.option("--strategy-uids", metavar="FIRST-LAST",
+              help="Run each strategy as a uid of its own from this range, e.g. 61000-61999 (needs root, or "
+                   "CAP_SETUID, CAP_SETGID and CAP_KILL).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Its log: text, or one JSON object a line [text].")
 @click.option("--profile", type=click.Path(dir_okay=False), help="Worker profile TOML.")
 @pass_env

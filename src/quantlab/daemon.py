@@ -21,6 +21,7 @@ import msgspec
 from quantlab import exits, proctitle
 from quantlab.config import Paths
 from quantlab.director.options import DirectorOptions
+from quantlab.worker import procs
 from quantlab.worker.options import WorkerOptions
 
 
@@ -79,6 +80,9 @@ def _run(start: Start) -> int:
 
 
 def main() -> None:
+    # First: the exec made us dumpable again, and our environment may hold secrets (a worker's,
+    # until it takes them), which a strategy could otherwise read from our /proc or memory.
+    procs.become_undumpable()
     with os.fdopen(int(sys.argv[1]), "rb") as f:
         start = msgspec.msgpack.decode(f.read(), type=Start)
     sys.exit(exits.reported(lambda: _run(start)))

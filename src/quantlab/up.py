@@ -7,6 +7,12 @@ strategy st_exit), assigns the given strategy files once the worker has
 registered, and prints events as they happen plus a one-line summary every few
 seconds. What `up` checks and decides before it starts anything is in
 quantlab.up_plan.
+
+The account secrets its environment may hold (the variables the accounts file
+names, and the worker's proxy) go to the worker alone: `up` removes them from
+its own environment, /proc/PID/environ's copy included (quantlab.secretenv),
+before it starts the director, and it is not dumpable, so a strategy (even one
+running as root) can neither read its memory nor attach to it.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from quantlab import secretenv
 from quantlab.config import Paths
 from quantlab.director.placement import NO_LIVE_WORKER
 from quantlab.errors import BadInput
+from quantlab.exchange.accounts import PROXY_ENV, load_accounts
 from quantlab.store.open import open_store
 from quantlab.store.open import shown as shown_store
 from quantlab.store.records import EventKind
@@ -40,8 +48,8 @@ STOP_GRACE = 15.0
 REGISTER_TIMEOUT = 60.0
 
 
-def _spawn(paths: Paths, name: str, *args: str) -> subprocess.Popen[bytes]:
-    """Start `qlab NAME ...`; its stderr (log lines, an `Error:`) goes to logs/up-NAME.err."""
+def _spawn(paths: Paths, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start `qlab NAME ...` with ``env`` (None: ours); its stderr (log lines, an `Error:`) goes to logs/up-NAME.err."""
     store = ["--store", paths.store_url] if paths.store_url else []
     host = ["--host", paths.host] if paths.host else []
     command = [sys.executable, "-m", "quantlab.cli", "--home", str(paths.home), *store, *host, name, *args]
@@ -49,8 +57,18 @@ def _spawn(paths: Paths, name: str, *args: str) -> subprocess.Popen[bytes]:
     with open(_stderr_path(paths, name), "wb") as err:
         # Each in its own process group, and stopped cleanly (SIGTERM) if `up` itself dies.
         return subprocess.Popen(
-            command, process_group=0, stdin=subprocess.DEVNULL, stderr=err, preexec_fn=_term_with_parent
+            command, process_group=0, stdin=subprocess.DEVNULL, stderr=err, preexec_fn=_term_with_parent, env=env
         )
+
+
+def _secret_names(paths: Paths, accounts_file: str | None) -> set[str]:
+    """The environment variables that hold the local worker's secrets: its accounts' and its proxy's.
+
+    The accounts file is read as the worker reads it, so a bad one is the same one-line error, before
+    anything starts.
+    """
+    path = Path(accounts_file).expanduser() if accounts_file else paths.accounts_file()
+    return {PROXY_ENV, *(account.api_secret_env for account in load_accounts(path) if account.api_secret_env)}
 
 
 def _stderr_path(paths: Paths, name: str) -> Path:
@@ -141,6 +159,7 @@ def run_up(paths: Paths, *, files: list[str], region: str = "JP", interval: floa
            only: bool = False, accounts_file: str | None = None) -> int:
     if only and not files:
         raise BadInput("--only runs just the FILEs given: name at least one")
+    procs.become_undumpable()  # first: our environment may hold secrets until they are scrubbed
     stop = StopRequest().install()
     store = open_store(paths)
     try:
@@ -157,12 +176,14 @@ def run_up(paths: Paths, *, files: list[str], region: str = "JP", interval: floa
 
 def _run(paths: Paths, store: Store, stop: StopRequest, files: list[str], *, region: str, interval: float | None,
          only: bool, accounts_file: str | None) -> int:
+    worker_env = dict(os.environ)
+    secretenv.scrub(_secret_names(paths, accounts_file))  # ours and the director's: the worker's alone
     chosen = plan(store, [check_file(file) for file in files])  # every file is checked before anything starts
     for line in [*_header(paths), *describe(chosen, only)]:
         print(line, flush=True)
     _, offset = store.read_events()
     accounts = ["--accounts", accounts_file] if accounts_file else []
-    worker = _spawn(paths, "worker", "start", "--id", LOCAL_WORKER, "--region", region, *accounts)
+    worker = _spawn(paths, "worker", "start", "--id", LOCAL_WORKER, "--region", region, *accounts, env=worker_env)
     director = _spawn(paths, "director", "start")
     if not _registered(paths, store, worker, stop):  # a worker that cannot start changes nothing
         _stop(director)

@@ -140,10 +140,14 @@ def install() -> Path:
     # --ignore-scripts: zeromq ships prebuilt Linux binaries; its install script would only try a build.
     command = [npm, "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"]
     try:
-        done = subprocess.run(command, cwd=target, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
+        # Readable by every user, not private as qlab's own files are: public code that strategies
+        # running as uids of their own (`worker start --strategy-uids`) load.
+        done = subprocess.run(command, cwd=target, capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
+                              umask=0o022)
     except subprocess.TimeoutExpired as e:
         raise JsRuntimeError(f"npm ci took over {INSTALL_TIMEOUT:g}s in {target}") from e
     if done.returncode != 0:
         said = done.stderr.strip().splitlines()
         raise JsRuntimeError(f"npm ci failed in {target}: {said[-1] if said else done.returncode}")
+    (target / "node_modules").chmod(0o755)  # npm ci keeps the folder an earlier, private install made
     return target

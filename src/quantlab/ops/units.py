@@ -9,7 +9,9 @@ instance per worker profile: `qlab-worker@jp-1` reads
 The units are sandboxed (`systemd-analyze security` rates them below 4.0,
 tests/integration/test_systemd.py): the processes write only their home and a
 private /tmp, see home directories read-only (a strategy file or a virtualenv may
-live there), and hold no capability. A store URL, which may carry a password,
+live there), and hold no capability; with `--strategy-uids`, the worker alone
+holds the three its strategies' own uids take (quantlab/worker/strategyuids.py).
+A store URL, which may carry a password,
 goes in an `EnvironmentFile` only root and the service user read, never on a
 command line, where every user sees it in /proc/PID/cmdline.
 """
@@ -62,10 +64,10 @@ ReadWritePaths={home}
 ProtectHome=read-only
 PrivateTmp=yes
 PrivateDevices=yes
-ProtectProc=invisible
+ProtectProc={protect_proc}
 NoNewPrivileges=yes
-CapabilityBoundingSet=
-AmbientCapabilities=
+CapabilityBoundingSet={capabilities}
+AmbientCapabilities={capabilities}
 RestrictSUIDSGID=yes
 LockPersonality=yes
 ProtectKernelTunables=yes
@@ -106,17 +108,28 @@ Description=quantlab worker %i
 {common_unit}
 [Service]
 {common_service}EnvironmentFile=-/etc/quantlab/%i.env
-ExecStart={qlab} worker start --profile /etc/quantlab/workers/%i.toml
+ExecStart={qlab} worker start --profile /etc/quantlab/workers/%i.toml{worker_args}
 # mixed: SIGTERM goes to the worker alone, which gives every strategy st_exit(worker_exit);
 # whatever is left after TimeoutStopSec gets SIGKILL.
 KillMode=mixed
 {sandbox}# The strategies' own sandbox (quantlab/worker/sandbox.py) takes Landlock's three calls, which
-# @system-service does not hold (systemd 252): refused, every strategy would run without it.
-SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self
-
+# @system-service does not hold (systemd 252): refused, every strategy would run without it. Each
+# child's lock-down (quantlab/worker/procs.py) empties its capabilities with capset, which
+# ~@privileged refuses.
+SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self capset
+{uid_calls}
 [Install]
 WantedBy=multi-user.target
 """
+
+#: What a worker with --strategy-uids holds: switching its children's uids, and signalling them.
+UID_CAPABILITIES = "CAP_SETUID CAP_SETGID CAP_KILL"
+# ProtectProc=default: processes of other users are hidden from a service under "invisible", and
+# the worker reads its children's /proc (their memory and CPU, their descendants when it ends them).
+_UID_SANDBOX = {"capabilities": UID_CAPABILITIES, "protect_proc": "default"}
+_NO_UID_SANDBOX = {"capabilities": "", "protect_proc": "invisible"}
+# ~@privileged refuses the calls that switch uids, which each strategy child makes before its lock-down.
+_UID_CALLS = "SystemCallFilter=@setuid\n"
 
 #: A value systemd's EnvironmentFile parser takes as it is, without quotes.
 _PLAIN = re.compile(r"[A-Za-z0-9_.~:/?\[\]@!&()*+,=%-]+")
@@ -127,6 +140,7 @@ class Install(msgspec.Struct, frozen=True):
     home: str = "/var/lib/quantlab"
     venv: str | None = None  #: the virtualenv quantlab is installed in; None: /usr/local/bin/qlab
     env_file: str | None = None  #: an EnvironmentFile with QLAB_STORE=...; None: the home's file store
+    strategy_uids: str | None = None  #: the worker's --strategy-uids FIRST-LAST; None: strategies run as ``user``
 
     @property
     def qlab(self) -> str:
@@ -141,11 +155,13 @@ def render(install: Install) -> dict[str, str]:
         common_unit=_COMMON_UNIT,
         common_service=_COMMON_SERVICE.format(watchdog=WATCHDOG_SEC, user=install.user, home=install.home,
                                               store_env=store_env, timeout_stop=TIMEOUT_STOP_SEC),
-        sandbox=_SANDBOX.format(home=install.home),
     )
+    uids = install.strategy_uids
+    worker = dict(fields, sandbox=_SANDBOX.format(home=install.home, **(_UID_SANDBOX if uids else _NO_UID_SANDBOX)),
+                  worker_args=f" --strategy-uids {uids}" if uids else "", uid_calls=_UID_CALLS if uids else "")
     return {
-        "qlab-director.service": DIRECTOR.format(**fields),
-        "qlab-worker@.service": WORKER.format(**fields),
+        "qlab-director.service": DIRECTOR.format(**fields, sandbox=_SANDBOX.format(home=install.home, **_NO_UID_SANDBOX)),
+        "qlab-worker@.service": WORKER.format(**worker),
     }
 
 

@@ -6,8 +6,11 @@ refused (``send`` returns False) and stays in the manager's outbox for that
 child, to be sent again on the next pass.
 
 The socket lives in a fresh directory only the worker's user can open
-(mkdtemp makes it 0700), so no other user can connect. Every strategy child of
-the worker can, so nothing read here is trusted: who a connection speaks for is
+(mkdtemp makes it 0700), so no other user can connect; with a uid per strategy
+(quantlab/worker/strategyuids.py) the children are other users, so the
+directory is 0711 and the socket 0666, and any local user may connect. That
+adds no reach: every strategy child of the worker could connect already, so
+nothing read here is trusted: who a connection speaks for is
 the Hello token's to say (quantlab/worker/peers.py), and a frame that does not
 decode, or is over its kind's size, comes out as Garbled for the manager to
 charge to its sender. Message shapes and limits are in quantlab/protocol.py.
@@ -52,7 +55,8 @@ class Garbled(msgspec.Struct, frozen=True):
 
 
 class Channel:
-    def __init__(self, context: zmq.Context, log: logging.Logger) -> None:
+    def __init__(self, context: zmq.Context, log: logging.Logger, others: bool = False) -> None:
+        """``others``: other users (strategies under uids of their own) may connect."""
         # Under /tmp, not the home: ipc:// paths must stay under ~100 bytes.
         self.dir = Path(tempfile.mkdtemp(prefix="qlab-"))
         self.endpoint = f"ipc://{self.dir}/channel"
@@ -63,6 +67,10 @@ class Channel:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)  # a larger frame closes its connection unread
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.bind(self.endpoint)
+        if others:
+            # Search, not list, on the folder: connecting to the socket needs write on it.
+            self.dir.chmod(0o711)
+            (self.dir / "channel").chmod(0o666)
 
     def send(self, routing_id: bytes, msg: ToChild) -> bool:
         """True when ZeroMQ took the message; False when the child cannot take it now (try again later)."""

@@ -21,6 +21,7 @@ from quantlab.exchange.accounts import PROXY_ENV, has_credentials
 from quantlab.store.leases import fence_margin
 from quantlab.numbers import Setting
 from quantlab.store.strategy_settings import current_keys, field_settings, first_problem
+from quantlab.worker import strategyuids
 
 
 class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -44,10 +45,17 @@ class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     log_max_mb: Annotated[float, LOG_MAX_MB] = MAX_MB
     log_keep: Annotated[int, LOG_KEEP] = KEEP
     metrics_port: Annotated[int | None, METRICS_PORT] = None  #: 127.0.0.1 and beyond: all interfaces
+    #: "FIRST-LAST": each strategy child runs as a uid of its own from this range
+    #: (quantlab/worker/strategyuids.py); None: as the worker's user.
+    strategy_uids: str | None = None
 
     @property
     def log_settings(self) -> LogSettings:
         return LogSettings(format=self.log_format, max_mb=self.log_max_mb, keep=self.log_keep)
+
+    @property
+    def uid_range(self) -> strategyuids.UidRange | None:
+        return strategyuids.parse(self.strategy_uids) if self.strategy_uids is not None else None
 
     def resolved(self, host: str) -> "WorkerOptions":
         """Fill derived defaults (the id from ``host``, this process's host name) and check ranges."""
@@ -62,6 +70,9 @@ class WorkerOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 "worker proxy must not carry credentials: the command line is readable by every user; "
                 f"put the proxy with its credentials in {PROXY_ENV} or in the accounts file's \"proxy\""
             )
+        if (uids := self.uid_range) is not None and len(uids) < self.max_strategies:
+            raise ConfigError(f"--strategy-uids {uids} holds {len(uids)} uids: fewer than --max-strategies "
+                              f"({self.max_strategies}), and no two strategies share one")
         usable = self.lease_ttl - fence_margin(self.lease_ttl)
         if self.drain_timeout >= usable:
             # A worker that loses its lease stops its strategies within what is left of it.

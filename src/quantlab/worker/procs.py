@@ -17,7 +17,7 @@ import os
 import signal
 from typing import Callable
 
-from quantlab.worker import procfs
+from quantlab.worker import procfs, strategyuids
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -57,8 +57,12 @@ def become_undumpable() -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
 
 
-def lock_down() -> None:
+def lock_down(uid: int | None = None) -> None:
     """Make this process (a strategy child, before it runs any strategy code) unable to reach past itself.
+
+    ``uid``: the uid (and gid) it runs as from now on (quantlab/worker/strategyuids.py), taken after
+    the bounding set is emptied (that needs CAP_SETPCAP, which a switch away from root drops) and
+    before the other capabilities go (the switch needs CAP_SETUID and CAP_SETGID).
 
     No capability, none to gain again (an empty bounding set, ``no_new_privs``: an exec of a
     set-user-ID program or of any file by root gives nothing), and not dumpable: a process of
@@ -68,6 +72,8 @@ def lock_down() -> None:
     """
     for cap in range(_LAST_CAP + 1):  # first: dropping one takes CAP_SETPCAP, gone after capset
         _libc_prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # refused without CAP_SETPCAP: then there was none to gain
+    if uid is not None:
+        strategyuids.become(uid)
     _libc_prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     if _libc_capset(_CAP_HEADER, _CAP_NONE) != 0:
         err = ctypes.get_errno()

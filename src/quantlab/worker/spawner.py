@@ -9,6 +9,10 @@ answer it owed becomes a failed fork, which the strategy's machine retries
 with its usual backoff. A zygote that died (the OOM killer) is replaced the
 same way, as soon as its socket's EOF is seen, so that a zygote always runs to
 clean up after the worker should the worker die.
+
+With a uid per strategy (quantlab/worker/strategyuids.py), each request takes
+a uid of the range here; a fork that failed gives it back at once, a child
+when the worker reaps it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import time
 from collections import deque
 from typing import Callable
 
+import msgspec
+
+from quantlab.worker.strategyuids import UidPool
 from quantlab.worker.zygote import Forget, ForkRequest, Forked, Zygote
 
 #: Seconds the zygote may take for the answer it owes the longest (counted from the request,
@@ -40,6 +47,7 @@ class Spawner:
         unwatch: Callable[[int], None],
         log: logging.Logger,
         clock: Callable[[], float] = time.monotonic,
+        uids: UidPool | None = None,
     ) -> None:
         self._start = start
         self._watch = watch
@@ -50,6 +58,8 @@ class Spawner:
         self.waiting_since = 0.0  #: when the oldest owed answer became due (monotonic)
         self.answered = False  #: the zygote has answered once: it is past its start
         self.retired: list[Zygote] = []  #: zygotes killed and not reaped yet
+        self.uids = uids  #: None: children run as the worker's user
+        self.uid_of: dict[int, int] = {}  #: child pid -> the uid it holds until it is reaped
         self.zygote = self._started()
 
     def _started(self) -> Zygote:
@@ -60,6 +70,13 @@ class Spawner:
 
     def fork(self, request: ForkRequest, answer: Answer) -> None:
         """Ask for a child; ``answer`` runs on a later pass with its pid or why it failed (always, once)."""
+        if self.uids is not None:
+            uid = self.uids.take(request.strategy)
+            if uid is None:
+                answer(Forked(error=f"every uid of --strategy-uids {self.uids.uids} is held by a running strategy"))
+                return
+            request = msgspec.structs.replace(request, uid=uid)
+            answer = self._holding(self.uids, uid, answer)
         try:
             self.zygote.send(request)
         except OSError as e:
@@ -69,8 +86,21 @@ class Spawner:
             self.waiting_since = self.clock()
         self.owed.append(answer)
 
+    def _holding(self, pool: UidPool, uid: int, answer: Answer) -> Answer:
+        """``answer``, once the child forked holds ``uid`` (a failed fork gives it back)."""
+        def held(forked: Forked) -> None:
+            if forked.pid:
+                self.uid_of[forked.pid] = uid
+            else:
+                pool.release(uid)
+            answer(forked)
+        return held
+
     def forget(self, pid: int) -> None:
-        """The worker reaped ``pid``: the zygote must never act on it again."""
+        """The worker reaped ``pid``: the zygote must never act on it again, and its uid is free."""
+        uid = self.uid_of.pop(pid, None)
+        if uid is not None and self.uids is not None:
+            self.uids.release(uid)
         try:
             self.zygote.send(Forget(pid=pid))
         except OSError:

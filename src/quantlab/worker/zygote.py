@@ -9,8 +9,9 @@ each child in milliseconds, sharing those pages copy-on-write.
 To keep the worker the real parent of every child (exit codes by waitpid, a
 pidfd in its poller), the worker is a child subreaper and the zygote
 double-forks: the intermediate exits at once, the grandchild is re-parented to
-the worker, then arms its parent-death signal (SIGSTOP), locks itself down
-(quantlab/worker/procs.py `lock_down`) and enters its sandbox
+the worker, opens its log, takes the uid the worker chose for it, if any
+(quantlab/worker/strategyuids.py), locks itself down (quantlab/worker/procs.py
+`lock_down`), arms its parent-death signal (SIGSTOP) and enters its sandbox
 (quantlab/worker/sandbox.py) before any strategy code runs.
 
 The worker never waits for its zygote (quantlab/worker/spawner.py): it sends a
@@ -58,6 +59,10 @@ class ForkRequest(msgspec.Struct, tag="fork"):
     title: str = ""
     #: The strategy's file: its folder is what of its own the child may read (quantlab/worker/sandbox.py).
     file: str = ""
+    #: The strategy's id: the worker gives it the uid it had last (quantlab/worker/strategyuids.py).
+    strategy: str = ""
+    #: The uid (and gid) the child runs as, chosen by the worker; -1: the zygote's own.
+    uid: int = -1
 
 
 class Forget(msgspec.Struct, tag="forget"):
@@ -240,14 +245,18 @@ def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int,
         gc.enable()  # the zygote runs without collections (see main); the strategy's own objects need them
         sock.close()
         os.setsid()  # its own process group: the worker kills it with killpg
-        procs.lock_down()  # before any of the strategy's code: no capability, not dumpable, no_new_privs
+        # Opened while it is still the worker's user: the logs folder is that user's alone.
+        _redirect_output(request.log_path)
+        # Before any of the strategy's code: its own uid, if any (the switch needs the zygote's
+        # capabilities), then no capability, not dumpable, no_new_privs.
+        procs.lock_down(request.uid if request.uid >= 0 else None)
         if request.title:
             proctitle.set_title(request.title)
         _wait_for_reparent(worker_pid)
         # Stopped, not killed, when the worker dies: its helpers stay its descendants, and the zygote
-        # (or the worker's next start) finds and ends them all from the worker's list.
+        # (or the worker's next start) finds and ends them all from the worker's list. After the uid
+        # switch, which clears a parent-death signal.
         procs.die_with_parent(worker_pid, signal.SIGSTOP)
-        _redirect_output(request.log_path)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
