@@ -11,6 +11,8 @@ running strategy on its own accord.
 Every write is a compare-and-swap that re-checks its decision on the record it
 lands on and stamps the leader's term; a write from an older term, or made
 after our leadership ran out on our own clock, is refused.
+
+DirectorLoop has more than 15 methods: the lifecycle's three, and a heartbeat's named steps over one view.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ second process with the same id is refused at once (nobody waits on it).
 A home this process cannot write (a read-only mount, a folder that is not its
 user's to write) is opened for reading: the commands that only read work, and
 every write fails with the filesystem's error.
+
+FileStore has more than 15 methods: TableStore's primitives, and the messages, events and syncs, on files.
 """
 
 from __future__ import annotations

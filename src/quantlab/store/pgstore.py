@@ -17,6 +17,8 @@ Leases are judged as on every store: by watching renewal counts on the
 watcher's monotonic clock (quantlab/store/leases.py). No host's wall clock and
 no server ``now()`` decides anything, so clock skew between hosts cannot
 expire a lease early.
+
+PostgresStore has more than 15 methods: TableStore's primitives, and the messages, events and pruning, in SQL.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ runs one suite against each):
 ``TableStore`` implements all of it over two small primitives a backend
 provides: a versioned table per kind (head, commit) and a feed. FileStore,
 MemoryStore and PostgresStore are such backends.
+
+Store has more than 15 methods: it is the protocol every caller and backend shares, one method per operation.
 """
 
 from __future__ import annotations

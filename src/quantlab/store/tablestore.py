@@ -8,6 +8,7 @@ leaves for the processes that must look. FileStore, MemoryStore and
 PostgresStore are such backends.
 
 Over 400 lines: it is one protocol's implementation, every method on the same CAS loop.
+TableStore has more than 15 methods: one for each of the Store protocol's operations, over the same CAS loop.
 """
 
 from __future__ import annotations

@@ -33,8 +33,7 @@ The rules, in the order a Work lives them:
   (``release``) or when the worker is lost (``expire_worker``); ``settle``
   catches anything left over on every director pass.
 
-The module is over 400 lines on purpose: every transition stands beside the
-others, so the whole lifecycle reads in one place.
+Over 400 lines: every transition stands beside the others, so the whole lifecycle reads in one place.
 """
 
 from __future__ import annotations

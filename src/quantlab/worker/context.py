@@ -8,12 +8,16 @@ test_worker_hooks.py runs workers/hooks_example.py, which uses every public name
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 
+from quantlab.errors import ConfigError
 from quantlab.store.records import Resource, WorkerState
 from quantlab.ops.notify import Notifier
 from quantlab.store.view import WorkView
@@ -103,3 +107,16 @@ class WorkerContext:
         ``every`` runs once a heartbeat meanwhile (the lease renewal while draining).
         """
         self._run_until(done, timeout, every)
+
+
+def load_hooks(path: str | None) -> ModuleType | None:
+    """The profile's hook file (``hooks = "FILE"``), run once as module ``worker_hooks``; None without one."""
+    if path is None:
+        return None
+    spec = importlib.util.spec_from_file_location("worker_hooks", path)
+    if spec is None or spec.loader is None or not Path(path).is_file():
+        raise ConfigError(f"worker hooks file not found: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["worker_hooks"] = module
+    spec.loader.exec_module(module)
+    return module

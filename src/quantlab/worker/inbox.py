@@ -54,8 +54,8 @@ class Inbox:
         reporter: Reporter,
         log: logging.Logger,
         clock: Callable[[], float],
-        metrics: Callable[[], WorkerMetrics | None],
-        log_settings: Callable[[], LogSettings],
+        metrics: WorkerMetrics | None,
+        log_settings: LogSettings,
     ) -> None:
         self.feed = feed  #: the manager steps the slot's machine and performs what it says
         self.by_key = by_key  #: the manager's forked incarnations by Slot.key, until their exit
@@ -68,7 +68,7 @@ class Inbox:
         self.reporter = reporter
         self.log = log
         self.clock = clock
-        self.metrics = metrics  #: set when the worker serves --metrics-port
+        self.metrics = metrics  #: when the worker serves --metrics-port
         self.log_settings = log_settings  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
 
     def on_message(self, peer: bytes, msg: ToWorker | Garbled) -> None:
@@ -119,7 +119,7 @@ class Inbox:
         spec = slot.work.spec
         found = slot.reconciled or Reconciled(ok=True)
         slot.reconciled = None  # the next start reconciles again
-        settings = self.log_settings()
+        settings = self.log_settings
         init = Init(id=slot.id, file=spec.file, params=spec.params, state=state, accounts=spec.accounts,
                     log_path=str(slot.log_path), log_max_bytes=int(settings.max_mb * 1_000_000),
                     log_keep=settings.keep, open_orders=found.open_orders, positions=found.positions)
@@ -141,7 +141,7 @@ class Inbox:
         elif key is None:
             self.peers.drop("a frame that is no message" if isinstance(msg, Garbled) else "a message before a good Hello")
         if key is None:
-            metrics = self.metrics()
+            metrics = self.metrics
             if metrics is not None:
                 metrics.channel_dropped.labels(reason="stranger").inc()
             return None
@@ -151,7 +151,7 @@ class Inbox:
         """True when ``msg`` is within the strategy's budget (quantlab/worker/intake.py); else it is dropped."""
         if slot.intake.admit(msg, self.clock()):
             return True
-        metrics = self.metrics()
+        metrics = self.metrics
         if metrics is not None:
             metrics.channel_dropped.labels(reason="over_budget").inc()
         if isinstance(msg, ApiCall):  # answered, so the strategy's call returns
@@ -168,7 +168,7 @@ class Inbox:
         if isinstance(msg, Heartbeat):
             if any(isinstance(a, m.Beaten) for a in self.feed(slot, m.Beat(msg.seq))):
                 self._save_state(slot, msg.state)
-                metrics = self.metrics()
+                metrics = self.metrics
                 if metrics is not None and msg.hook_seconds is not None:
                     metrics.hook_duration.observe(msg.hook_seconds)
         elif isinstance(msg, Hello):

@@ -16,11 +16,10 @@ import msgspec
 from quantlab.errors import CorruptRecord
 from quantlab.store.leases import fence_margin, holder_deadline
 from quantlab.store.records import EventKind, ExitReason, TickInfo
-from quantlab.worker import procfs
 from quantlab.worker.context import WorkerContext
 from quantlab.worker.halting import follow_halts
-from quantlab.worker.manager import StrategyManager
 from quantlab.worker.registration import claim_record
+from quantlab.worker.slot import statuses_now
 
 #: Worker heartbeats between writes of the strategies' heartbeat counts and times.
 COUNTS_EVERY = 5
@@ -74,31 +73,11 @@ def follow_changes(wctx: WorkerContext, *, counts: bool = False) -> None:
 
 def status_line(wctx: WorkerContext) -> str:
     """What `systemctl status` shows: strategies here by status, and how much lease is left."""
-    counts = collections.Counter(statuses_now(wctx.manager))
+    counts = collections.Counter(statuses_now(wctx.manager.slots))
     shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no strategies"
     left = wctx.manager.lease_until - time.monotonic()
     lease = f"lease ok ({left:.0f}s left)" if left > 0 else "LEASE LOST: strategies stopped"
     return f"{shown}; {lease}"
-
-
-def statuses_now(manager: StrategyManager) -> list[str]:
-    """Each strategy's status as its child is now; safe off the loop's thread (the metrics' scrape).
-
-    The status written last may say ``running`` of a child the fence guard has just killed while
-    the loop was stuck in a store call: until the loop reaps it, it shows as ``stopping``.
-    """
-    out: list[str] = []
-    for slot in list(manager.slots.values()):
-        status, pid = slot.result.status, slot.pid
-        out.append("stopping" if status == "running" and (pid is None or not _child_alive(pid)) else status)
-    return out
-
-
-def _child_alive(pid: int) -> bool:
-    try:
-        return not procfs.exited(pid)
-    except OSError:  # reaped already
-        return False
 
 
 def _counts_due(wctx: WorkerContext) -> bool:

@@ -25,8 +25,7 @@ the stop it wants, whether that stop is the operator's (a start while it runs
 cancels it), and whether it ran while this worker's lease ran out (then none
 of its exchange calls may leave any more, whatever lease comes next).
 
-The module is over 400 lines on purpose: every state's transitions stand
-beside the others, so a child's whole supervision reads in one place.
+Over 400 lines: every state's transitions stand beside the others, so a child's supervision reads in one place.
 """
 
 from __future__ import annotations

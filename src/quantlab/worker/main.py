@@ -9,18 +9,18 @@ socket is in the poller too: a fork is asked for and its answer read later,
 never waited for. The worker reaps the orphans it inherits as a subreaper, and
 kills those that are no child of its (a strategy's helpers). Timers use the
 monotonic clock; the wall clock only stamps what people read.
+
+Worker has more than 15 methods: the manager's Transport and the loop's steps share one poller and its fds.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 import math
 import os
 import queue
 import select
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -42,7 +42,7 @@ from quantlab.store.tablestore import TableStore
 from quantlab.store.view import WorkView
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import ChildExits, StopRequest
-from quantlab.worker import procs, sandbox
+from quantlab.worker import procs, sandbox, strategyuids
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children
 from quantlab.exchange.accounts import load_accounts, take_proxy, take_secrets
@@ -50,8 +50,8 @@ from quantlab.exchange.apipool import ApiPool, Caller
 from quantlab.exchange.reconcile import Reconciled, Request
 from quantlab.exchange.signing import Fence
 from quantlab.worker.channel import Channel
-from quantlab.worker.context import WorkerContext, WorkerIdentity
-from quantlab.worker.lifecycle import follow_changes, st_worker_exit, st_worker_heartbeat, st_worker_init, statuses_now
+from quantlab.worker.context import WorkerContext, WorkerIdentity, load_hooks
+from quantlab.worker.lifecycle import follow_changes, st_worker_exit, st_worker_heartbeat, st_worker_init
 from quantlab.worker.manager import StrategyManager
 from quantlab.ops.metrics import WorkerMetrics
 from quantlab.worker.options import WorkerOptions
@@ -68,10 +68,12 @@ CHANGE_POLL = 0.02
 STRAYS_EVERY = 0.25
 
 
-class WorkerRuntime:
-    """The loop and the process plumbing the StrategyManager uses (its Transport)."""
+class Worker:
+    """One worker process: its parts, built here in the order they need each other, its loop, and
+    the process plumbing the StrategyManager uses (its Transport)."""
 
-    def __init__(self, store: Store, options: WorkerOptions, paths: Paths, log: logging.Logger, stop: StopRequest) -> None:
+    def __init__(self, store: Store, options: WorkerOptions, paths: Paths, log: logging.Logger, stop: StopRequest,
+                 metrics: WorkerMetrics | None, hooks: ModuleType | None) -> None:
         self.store = store
         self.options = options
         self.log = log
@@ -82,11 +84,12 @@ class WorkerRuntime:
         accounts = load_accounts(accounts_path)
         take_secrets(accounts)  # out of the environment before anything is started
         proxy = take_proxy(options.proxy)
+        uids = strategyuids.pool(options.uid_range)  # before anything is started: it may be refused
         #: Every child (each leads its own group and session), where the zygote and our next run find them.
         self.family = Family(paths.worker_children(options.id), log)
         self.family.end_previous()  # before anything is forked; the id lock makes the list ours alone
         self.context = zmq.Context()
-        self.channel = Channel(self.context, log)
+        self.channel = Channel(self.context, log, others=uids is not None)
         self.endpoint = self.channel.endpoint
         self.poller = zmq.Poller()
         # Every plain fd (a pidfd per child, the signal pipe, the API eventfd) sits in one epoll, and
@@ -100,20 +103,22 @@ class WorkerRuntime:
         for line in sandbox.missing():
             log.warning("sandbox: %s", line)
         self.spawner = Spawner(lambda: Zygote(env, options.id, str(self.family.path), private), self.watch,
-                               self.unwatch, log)
+                               self.unwatch, log, uids=uids)
         self.strays_at = 0.0  #: when the next look for strays is due (monotonic)
         self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name),
-                            current=functools.partial(_holder_current, store))
-        self.manager = StrategyManager(
-            worker_id=options.id, fenced_store=FencedStore(store), transport=self, paths=paths, log=log
-        )
+                            current=functools.partial(_holder_current, store),
+                            wait_observer=metrics.rate_limit_waited if metrics is not None else None)
         self.children = Children(self.watch, self.unwatch, log)
-        self.manager.guard = FenceGuard(self.children.kill_all, log)
+        self.manager = StrategyManager(
+            worker_id=options.id, fenced_store=FencedStore(store), transport=self, paths=paths, log=log,
+            guard=FenceGuard(self.children.kill_all, log), metrics=metrics, log_settings=options.log_settings,
+        )
         self.poller.register(self.channel.socket, zmq.POLLIN)
         self.poller.register(self.fds.fileno(), zmq.POLLIN)
         self.watch(stop.fd, stop.drain)
         self.watch(self.child_exits.fd, self._reap_exited)
         self.watch(self.api_wakeup, self._deliver_api_results)
+        self.wctx = _context(self, paths, hooks)
 
     # ---- Transport ----
 
@@ -182,12 +187,8 @@ class WorkerRuntime:
 
     def _reap_exited(self) -> None:
         self.child_exits.drain()  # first: an exit from now on wakes the loop again
-        self.children.reap_orphans(self._reap_zygote)
+        self.children.reap_orphans(self.spawner.reap)  # a zygote, the present one or one replaced, is Popen's to reap
         self._end_strays()  # a dead child's helpers were re-parented to us just now
-
-    def _reap_zygote(self, pid: int) -> bool:
-        """A zygote, the present one or one replaced, is Popen's to reap."""
-        return self.spawner.reap(pid)
 
     def _end_strays(self) -> None:
         """Kill every process re-parented to us that is no child we know of: a strategy's helper
@@ -249,8 +250,15 @@ class WorkerRuntime:
         while self.manager.slots and time.monotonic() < end:
             self.poll_once(0.05)
 
-    def run(self, wctx: WorkerContext) -> None:
-        heartbeat = self.options.heartbeat
+    def run(self) -> None:
+        """st_worker_init, the loop until a stop is asked for, then st_worker_exit."""
+        st_worker_init(self.wctx)
+        heap.trim()  # start-up is over: what it freed goes back to the system
+        self._serve()
+        st_worker_exit(self.wctx, ExitReason(type="manual", message=f"signal {self.stop.signal_name}"))
+
+    def _serve(self) -> None:
+        wctx, heartbeat = self.wctx, self.options.heartbeat
         next_beat = next_look = 0.0
         seq = 0
         while not self.stop.requested:
@@ -307,18 +315,6 @@ def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:
     return path
 
 
-def _load_hooks(path: str | None) -> ModuleType | None:
-    if path is None:
-        return None
-    spec = importlib.util.spec_from_file_location("worker_hooks", path)
-    if spec is None or spec.loader is None or not Path(path).is_file():
-        raise ConfigError(f"worker hooks file not found: {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["worker_hooks"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_worker(paths: Paths, options: WorkerOptions) -> int:
     """Run a worker in the foreground until SIGTERM/SIGINT (or `qlab worker stop`)."""
     procs.become_undumpable()  # first: the environment may hold secrets until take_secrets
@@ -328,14 +324,29 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     id_lock = WorkerIdLock(paths.store, options.id)
     id_lock.take(store)  # before anything else: a second process with our id stops here
     log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id), options.log_settings)
+    # The store is opened before the log and the metrics (the id lock is taken through it): they are its to tell.
     if isinstance(store, TableStore):
         store.on_warning = log.warning  # a commit whose feed line or event was not written
-    hooks = _load_hooks(options.hooks)
+    hooks = load_hooks(options.hooks)
     metrics = None
     if options.metrics_port is not None:
         metrics = WorkerMetrics()
         metrics.serve(options.metrics_port)  # before the zygote and the API pool: a port in use leaves nothing to undo
-    runtime = WorkerRuntime(store, options, paths, log, stop)
+        if isinstance(store, TableStore):  # the stores whose commits can be timed
+            store.commit_observer = metrics.time_store(store.round_trips)
+    worker = Worker(store, options, paths, log, stop, metrics, hooks)
+    try:
+        worker.run()
+    finally:
+        worker.close()
+        store.close()
+        id_lock.release()
+    return 0
+
+
+def _context(worker: Worker, paths: Paths, hooks: ModuleType | None) -> WorkerContext:
+    """The ``wctx`` of the worker's lifecycle and its hooks, over the worker's parts."""
+    options, manager = worker.options, worker.manager
     identity = WorkerIdentity(id=options.id, name=options.name, region=options.region, host=paths.host_name)
     resource = Resource(
         id=options.id,
@@ -345,7 +356,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
             host=identity.host,
             pid=os.getpid(),
             max_strategies=options.max_strategies,
-            accounts=runtime.apis.names,
+            accounts=worker.apis.names,
             lease_ttl=options.lease_ttl,
             instance=new_instance(identity.host),
             started=process_started(),
@@ -353,41 +364,23 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
         ),
         state=WorkerState(),
     )
-    manager = runtime.manager
-    manager.log_settings = options.log_settings
-    if metrics is not None:
-        manager.metrics = metrics
-        metrics.follow(lambda: manager.lease_until, functools.partial(statuses_now, manager))
-        if isinstance(store, TableStore):  # the stores whose commits can be timed
-            store.commit_observer = metrics.time_store(store.round_trips)
-        runtime.apis.wait_observer = metrics.rate_limit_waited
     view = WorkView(
-        store,
+        worker.store,
         wants=lambda change: change.worker == options.id or change.key in manager.slots,
         keeps=lambda work: (work.assignment is not None and work.assignment.worker == options.id) or work.id in manager.slots,
     )
-    wctx = WorkerContext(
+    return WorkerContext(
         worker=identity,
         options=options,
         resource=resource,
-        fenced_store=runtime.manager.fenced_store,
-        apis=runtime.apis,
-        manager=runtime.manager,
-        log=log,
-        run_until=runtime.run_until,
+        fenced_store=manager.fenced_store,
+        apis=worker.apis,
+        manager=manager,
+        log=worker.log,
+        run_until=worker.run_until,
         view=view,
         hooks=hooks,
     )
-    try:
-        st_worker_init(wctx)
-        heap.trim()  # start-up is over: what it freed goes back to the system
-        runtime.run(wctx)
-        st_worker_exit(wctx, ExitReason(type="manual", message=f"signal {stop.signal_name}"))
-    finally:
-        runtime.close()
-        store.close()
-        id_lock.release()
-    return 0
 
 
 def _holder_current(store: Store, strategy: str, worker: str, epoch: int) -> bool:

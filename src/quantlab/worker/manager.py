@@ -51,7 +51,7 @@ from quantlab.worker.publishing import PUBLISH_GATHER, Publisher
 from quantlab.worker.report import Reporter
 from quantlab.worker.rules import tick_phase
 from quantlab.worker import logrotate
-from quantlab.worker.slot import Slot
+from quantlab.worker.slot import Slot, statuses_now
 from quantlab.worker.starts import Starts
 from quantlab.worker.statecommit import StateCommits
 from quantlab.worker.timers import Timers
@@ -78,6 +78,9 @@ class StrategyManager:
         wall: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         phase: Callable[[str], float | None] = tick_phase,
+        guard: FenceGuard | None = None,
+        metrics: WorkerMetrics | None = None,
+        log_settings: LogSettings | None = None,
     ) -> None:
         self.worker_id = worker_id
         #: Where in its interval a strategy ticks (rules.tick_phase); None: from its start, exactly.
@@ -94,10 +97,10 @@ class StrategyManager:
         self.store_retry_at = 0.0
         #: The halts in force, read every worker heartbeat (the API pool reads them again as it sends).
         self.halts = Halts()
-        self.log_settings = LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
-        self.metrics: WorkerMetrics | None = None  #: set when the worker serves --metrics-port
+        self.log_settings = log_settings or LogSettings()  #: how strategy logs rotate (the worker's --log-max-mb, --log-keep)
+        self.metrics = metrics  #: when the worker serves --metrics-port
         #: Told each new lease deadline (plus grace), to kill the children even while the loop is stuck.
-        self.guard: FenceGuard | None = None
+        self.guard = guard
         self.timers = Timers()  #: each slot's next deadline (its ``due``), soonest first
         self.peers = Peers(log, clock)  #: which channel connection speaks for which incarnation
         self.lease = Lease(clock, log)
@@ -112,14 +115,16 @@ class StrategyManager:
         )
         self.starts = Starts(
             worker_id=worker_id, transport=transport, peers=self.peers, timers=self.timers, fencing=self.fencing,
-            reporter=self.reporter, log=log, clock=clock, wall=wall, rng=self.rng, slots=self.slots, by_key=self.by_key,
-            feed=self.feed, exited=self.on_exit,
+            reporter=self.reporter, publisher=self.publisher, log=log, clock=clock, wall=wall, rng=self.rng,
+            slots=self.slots, by_key=self.by_key, feed=self.feed, exited=self.on_exit,
         )
         self.inbox = Inbox(
             feed=self.feed, by_key=self.by_key, peers=self.peers, outboxes=self.outboxes, fencing=self.fencing,
             transport=transport, fenced_store=fenced_store, states=self.states, reporter=self.reporter, log=log,
-            clock=clock, metrics=lambda: self.metrics, log_settings=lambda: self.log_settings,
+            clock=clock, metrics=metrics, log_settings=self.log_settings,
         )
+        if metrics is not None:  # read at each scrape, on the metrics server's thread
+            metrics.follow(lambda: self.lease.until, lambda: statuses_now(self.slots))
 
     # ---- the doors: what the loop, the lifecycle and the hooks call ----
 
@@ -322,7 +327,7 @@ class StrategyManager:
         elif isinstance(action, m.Beaten):
             slot.result.heartbeats += 1
             slot.result.last_heartbeat = self.wall()
-            slot.dirty = True
+            self.publisher.changed(slot)
             if action.first:  # the first heartbeat of an incarnation shows with this pass, the rest with the next flush
                 self.publisher.publish_by(slot, self.clock())
         elif isinstance(action, m.Publish):

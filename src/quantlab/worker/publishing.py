@@ -6,6 +6,10 @@ with its own pass. Heartbeat counts, times and usage figures make a slot
 ``dirty``: they are queued only every few worker heartbeats (``queue_counts``)
 and written COUNTS_PER_PASS a pass. Nobody waits for these writes to be
 durable: the sync thread syncs them later.
+
+A slot's ``dirty`` is this module's alone: ``changed`` sets it (the manager, for
+a heartbeat back), and ``write`` clears it when the store took the status, or
+keeps it when the write failed, so the next queue tries again.
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ class Publisher:
         #: Heartbeat counts to write, oldest first, a few a pass (``write_counts``).
         self.counts_due: dict[str, Slot] = {}
 
+    def changed(self, slot: Slot) -> None:
+        """The slot's counts or times changed: written with the next counts queued."""
+        slot.dirty = True
+
+    def write(self, slot: Slot) -> None:
+        """Write the slot's status now; it stays dirty when the store refused it for a failure of its own."""
+        slot.dirty = not self.reporter.flush_one(slot)
+
     def publish_by(self, slot: Slot, at: float) -> None:
         """Write the slot's status by ``at`` (with every other waiting then)."""
         self.to_publish[slot.id] = slot
@@ -63,7 +75,7 @@ class Publisher:
         self.to_publish.clear()
         with self.fenced_store.durable_later():
             for slot in slots:
-                self.reporter.flush_one(slot)
+                self.write(slot)
         self.syncer.ask()
 
     def note_usage(self, usage: Mapping[int, Usage]) -> None:
@@ -73,7 +85,7 @@ class Publisher:
             cpu, memory = (None, None) if figures is None else (_rounded(figures.cpu), _rounded(figures.memory))
             if (slot.result.cpu, slot.result.memory) != (cpu, memory):
                 slot.result.cpu, slot.result.memory = cpu, memory
-                slot.dirty = True
+                self.changed(slot)
 
     def queue_counts(self, counts: bool) -> None:
         """Queue the dirty slots' counts (``counts``), and those whose last write failed anyway."""
@@ -93,7 +105,7 @@ class Publisher:
             for _ in range(min(COUNTS_PER_PASS, len(self.counts_due))):
                 slot = self.counts_due.pop(next(iter(self.counts_due)))
                 if slot.dirty and self.slots.get(slot.id) is slot:
-                    self.reporter.flush_one(slot)
+                    self.write(slot)
         self.syncer.ask()
 
 

@@ -83,18 +83,20 @@ class Reporter:
             slot.store_failing = False
             self.log.info("store writes for %s work again", slot.id)
 
-    def flush_one(self, slot: Slot) -> None:
-        """Write the slot's status, while its epoch is the Work's (a fenced-off write is dropped)."""
+    def flush_one(self, slot: Slot) -> bool:
+        """Write the slot's status, while its epoch is the Work's (a fenced-off write is dropped).
+
+        True when the store has it, or the Work moved on; False when the write failed (reported).
+        """
         transition = wm.report(self.worker_id, slot.assignment.epoch, slot.result, self.wall())
         try:
             self.fenced_store.apply(slot.id, transition)
         except (wm.Refused, NotFound):
-            pass  # the Work moved on: what this worker knows of it is nobody's business now
+            return True  # the Work moved on: what this worker knows of it is nobody's business now
         except (OSError, QuantlabError) as e:
-            slot.dirty = True
             self.store_failed(slot, "writing its status", e)
-            return
-        slot.dirty = False
+            return False
+        return True
 
     def settle(self, slot: Slot, settle: m.Settle) -> None:
         if not self._write(slot, settle):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import datetime
 from pathlib import Path
+from typing import Mapping
 
 import msgspec
 
@@ -19,6 +20,7 @@ from quantlab.exchange.reconcile import Reconciled
 from quantlab.store.records import Assignment, StrategyStatus, Work
 from quantlab.protocol import ToChild
 from quantlab.worker import machine as m
+from quantlab.worker import procfs
 from quantlab.worker.intake import Intake
 
 
@@ -45,7 +47,8 @@ class Slot:
         #: Its budget of messages to the worker, the same across restarts (a token bucket starts full
         #: whatever the time it was made at).
         self.intake = Intake(0.0)
-        #: ``result`` changed since it was last written: counts and usage wait for publishing.py's writes.
+        #: ``result`` changed since it was last written: counts and usage wait for publishing.py's writes
+        #: (publishing.py alone sets and clears it).
         self.dirty = True
 
     # ---- what a worker hook reads (docs/worker-hooks.md) ----
@@ -99,3 +102,23 @@ class Slot:
                 f.write(f"{stamp} WORKER {text}\n")
         except OSError:
             pass  # a full disk must not stop supervision; the worker's own log says what failed
+
+
+def statuses_now(slots: Mapping[str, Slot]) -> list[str]:
+    """Each strategy's status as its child is now; safe off the loop's thread (the metrics' scrape).
+
+    The status written last may say ``running`` of a child the fence guard has just killed while
+    the loop was stuck in a store call: until the loop reaps it, it shows as ``stopping``.
+    """
+    out: list[str] = []
+    for slot in list(slots.values()):
+        status, pid = slot.result.status, slot.pid
+        out.append("stopping" if status == "running" and (pid is None or not _child_alive(pid)) else status)
+    return out
+
+
+def _child_alive(pid: int) -> bool:
+    try:
+        return not procfs.exited(pid)
+    except OSError:  # reaped already
+        return False

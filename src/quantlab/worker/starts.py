@@ -24,6 +24,7 @@ from quantlab.store.records import EventKind
 from quantlab.worker import machine as m
 from quantlab.worker.lease import Fencing
 from quantlab.worker.peers import Peers
+from quantlab.worker.publishing import Publisher
 from quantlab.worker.report import Reporter
 from quantlab.worker.slot import Slot
 from quantlab.worker.timers import Timers
@@ -54,6 +55,7 @@ class Starts:
         timers: Timers,
         fencing: Fencing,
         reporter: Reporter,
+        publisher: Publisher,
         log: logging.Logger,
         clock: Callable[[], float],
         wall: Callable[[], float],
@@ -69,6 +71,7 @@ class Starts:
         self.timers = timers  #: the other strategies' deadlines, which a pass's forks must not overrun
         self.fencing = fencing
         self.reporter = reporter
+        self.publisher = publisher  #: writes a start's waiting reason at once
         self.log = log
         self.clock = clock
         self.wall = wall
@@ -134,7 +137,7 @@ class Starts:
             argv = child_command(slot.work.spec.file, self.transport.endpoint)  # Node for a .js file
             request = ForkRequest(endpoint=self.transport.endpoint, token=token, log_path=str(slot.log_path),
                                   argv=argv, title=f"qlab strategy {slot.id} [{self.worker_id}]",
-                                  file=slot.work.spec.file)
+                                  file=slot.work.spec.file, strategy=slot.id)
         except JsRuntimeError as e:
             self._failed(slot, str(e))
             return
@@ -204,7 +207,7 @@ class Starts:
             if slot.result.reason != reason:
                 self.log.warning("%s %s", slot.id, reason)
                 slot.result.reason = reason
-                self.reporter.flush_one(slot)
+                self.publisher.write(slot)
             return
         slot.reconciled = result
         self.spawn(slot, incarnation)

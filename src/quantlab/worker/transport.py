@@ -2,7 +2,7 @@
 
 Every process and socket call the manager needs (forks asked of the zygote,
 pidfd and waitpid, killpg, ZeroMQ sends, psutil) is behind this protocol:
-WorkerRuntime (quantlab/worker/main.py) implements it, unit tests fake it.
+Worker (quantlab/worker/main.py) implements it, unit tests fake it.
 """
 
 from __future__ import annotations
