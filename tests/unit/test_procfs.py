@@ -35,8 +35,9 @@ def test_descendants_are_children_and_theirs(child: psutil.Process) -> None:
 
 
 def test_memory_start_and_cpu_are_psutils(child: psutil.Process) -> None:
-    assert procfs.rss_bytes(child.pid) == child.memory_info().rss
-    assert procfs.pss_bytes(child.pid) == child.memory_full_info().pss
+    # The same once the child has settled into its sleep (until then its memory may move between two reads).
+    wait_for(lambda: procfs.rss_bytes(child.pid) == child.memory_info().rss
+             and procfs.pss_bytes(child.pid) == child.memory_full_info().pss, what="psutil's memory figures")
     assert procfs.started(child.pid) == pytest.approx(child.create_time(), abs=0.01)
     me = psutil.Process()
     assert procfs.cpu_seconds(me.pid) == pytest.approx(me.cpu_times().user + me.cpu_times().system, abs=0.05)
