@@ -3,6 +3,7 @@
     python scripts/bench.py            # all figures
     python scripts/bench.py --quick    # fewer samples
     python scripts/bench.py --store postgresql://root@127.0.0.1/postgres   # the store figures on PostgreSQL
+    python scripts/bench.py --isolation-only   # a flooding strategy and a paused zygote beside 50 at 10 Hz
     python scripts/bench.py --compare [--load-seconds 60] [--json FILE]    # side by side with supervisord
 
 Everything is real: `qlab` director and worker processes on a temporary home,
@@ -45,6 +46,7 @@ from tests.pgutil import scratch_database  # noqa: E402
 from bench_common import QLAB, QUIET, Rate, Row, poll, qlab_args  # noqa: E402
 from bench_store import bench_failover, bench_scale, bench_worker_heartbeat, cpu_percent  # noqa: E402
 from bench_fleet import kill_to_heartbeat  # noqa: E402  (scripts/ is this script's folder)
+import bench_isolation  # noqa: E402
 
 #: --store: an admin URL of a PostgreSQL server (each cluster gets a scratch database on it), or "" for files.
 STORE_ADMIN = ""
@@ -200,10 +202,10 @@ class ChildHarness:
         self.socket.bind(self.endpoint)
         self.tmp = tmp
 
-    def fork(self, n: int) -> tuple[bytes, int]:
-        """A child forked with a fresh token: the token and its pid."""
+    def fork(self, file: str = "") -> tuple[bytes, int]:
+        """A child forked with a fresh token, its sandbox granting ``file``'s folder: the token and its pid."""
         token = secrets.token_bytes(16)
-        request = ForkRequest(endpoint=self.endpoint, token=token, log_path=str(self.tmp / "child.log"))
+        request = ForkRequest(endpoint=self.endpoint, token=token, log_path=str(self.tmp / "child.log"), file=file)
         return token, self.forked(request)
 
     def forked(self, request: ForkRequest) -> int:
@@ -241,9 +243,9 @@ class ChildHarness:
 
 def bench_fork(harness: ChildHarness, n: int) -> Row:
     samples = []
-    for i in range(n):
+    for _ in range(n):
         start = time.perf_counter()
-        _, pid = harness.fork(i)
+        _, pid = harness.fork()
         samples.append(time.perf_counter() - start)
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
@@ -251,7 +253,7 @@ def bench_fork(harness: ChildHarness, n: int) -> Row:
 
 
 def bench_tick_round_trip(harness: ChildHarness, file: Path, n: int) -> Row:
-    token, pid = harness.fork(10_000)
+    token, pid = harness.fork(str(file))
     routing_id = harness.hello(token)
     harness.send(routing_id, Init(id="rt", file=str(file), params={}, state={}, accounts=[], log_path=str(harness.tmp / "rt.log")))
     assert isinstance(harness.recv(routing_id), Ready)
@@ -276,10 +278,13 @@ def bench_fresh_interpreter(n: int) -> Row:
     return Row("for comparison: fresh interpreter + import", samples)
 
 
-def rows(quick: bool, scale: bool, store_only: bool = False) -> Iterator[Row]:
+def rows(quick: bool, scale: bool, store_only: bool = False, isolation_only: bool = False) -> Iterator[Row]:
     k = 1 if quick else 4
     with tempfile.TemporaryDirectory(prefix="qlab-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        if isolation_only:
+            yield from bench_isolation.rows(QLAB, tmp, quick)
+            return
         file = tmp / "quiet.py"
         file.write_text(QUIET)
         if not store_only:
@@ -308,7 +313,9 @@ def rows(quick: bool, scale: bool, store_only: bool = False) -> Iterator[Row]:
         with store_url() as url:
             yield from bench_worker_heartbeat(tmp, url, 2.5 if quick else 40.0)
         with store_url() as url:
-            yield bench_failover(tmp, file, url, 3 * k)
+            yield bench_failover(tmp, file, url, 1 if quick else 12)  # quick: time for the isolation figures
+        if not store_only:
+            yield from bench_isolation.rows(QLAB, tmp, quick)
         if scale:
             with store_url() as url:
                 yield from bench_scale(tmp, file, 2_000 if quick else 10_000, url, 2.5 * k)
@@ -344,6 +351,8 @@ def main() -> None:
     parser.add_argument("--store", metavar="URL", default="",
                         help="PostgreSQL admin URL: the store figures on a scratch database there (files otherwise)")
     parser.add_argument("--store-only", action="store_true", help="only the figures that involve the store")
+    parser.add_argument("--isolation-only", action="store_true",
+                        help="only the figures of a flooding strategy and a paused zygote (scripts/bench_isolation.py)")
     parser.add_argument("--compare", action="store_true",
                         help="quantlab and supervisord side by side, and the fleet targets (scripts/bench_compare.py)")
     parser.add_argument("--load-seconds", type=float, default=20.0, help="with --compare: the 200 x 10 Hz window [20]")
@@ -362,7 +371,7 @@ def main() -> None:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     print(f"# store: {'PostgreSQL' if args.store else 'files'}")
-    for row in rows(args.quick, args.scale, args.store_only):
+    for row in rows(args.quick, args.scale, args.store_only, args.isolation_only):
         print("| " + " | ".join(row.cells()) + " |", flush=True)
 
 

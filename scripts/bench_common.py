@@ -54,7 +54,7 @@ class Rate(Row):
         self.value, self.n = value, n
 
     def cells(self) -> tuple[str, str, str, str]:
-        shown = f"{self.value:.0f}" if self.unit == "/s" else f"{self.value:.2f}"
+        shown = f"{self.value:.0f}" if self.unit in ("/s", "") else f"{self.value:.2f}"  # "": a count
         return (self.name, f"{shown} {self.unit}".rstrip(), "-", str(self.n))
 
 

@@ -22,6 +22,7 @@ from typing import Iterator
 import msgspec
 import psutil
 
+import bench_isolation
 from bench_fleet import (BUSY, GAPS, QUIET, Fleet, bench_cli, bench_kill, bench_load, bench_start_beside, median,
                          poll, uss_pss, zmq_floor)
 
@@ -296,6 +297,22 @@ def load_figures(qlab: list[str], home: Path, busy: Path, seconds: float) -> Ite
         fleet.close()
 
 
+def isolation_figures(qlab_cmd: str, tmp: Path) -> Iterator[Figure]:
+    """A flooding strategy beside 50 at 10 Hz for 20 s, then the zygote paused 10 s (scripts/bench_isolation.py)."""
+    flood, pause = bench_isolation.measure(qlab_cmd, tmp, 50, 20.0, 10.0)
+    yield Figure("flood beside 50 at 10 Hz: the 50's gap between ticks (100 ms apart), p99 / max",
+                 f"{flood.gap_p99 * 1e3:.0f} ms / {flood.gap_max * 1e3:.0f} ms", target="p99 < 150 ms",
+                 met=_met(flood.gap_p99 < 0.150))
+    yield Figure("flood beside 50: leases the worker lost (lease 3 s)", str(flood.leases_lost), target="0",
+                 met=_met(flood.leases_lost == 0))
+    yield Figure(f"flood beside 50: events the flooder wrote (strategy_message + over_budget) in its {flood.lived:.0f} s",
+                 str(flood.events), target=f"<= {flood.bound} (its budget)", met=_met(flood.events <= flood.bound))
+    yield Figure(f"zygote paused {pause.paused:.0f} s as a strategy restarts: largest delay of another's tick",
+                 f"{pause.delay_max * 1e3:.0f} ms", target="< 200 ms", met=_met(pause.delay_max < 0.200))
+    yield Figure("  meanwhile: the zygote replaced after / leases the worker lost",
+                 f"{pause.replaced_after:.1f} s / {pause.leases_lost}", target="0 lost", met=_met(pause.leases_lost == 0))
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -336,6 +353,8 @@ def run(qlab_cmd: str, load_seconds: float, kills: int, cli_runs: int, json_path
             fleet.close()
             sup.close()
         for figure in load_figures([qlab_cmd, "--home", str(load_home)], load_home, busy, load_seconds):
+            show(figure)
+        for figure in isolation_figures(qlab_cmd, tmp):
             show(figure)
     ended = _load()
     print(f"# load average (1, 5, 15 min) at the end: {ended}")

@@ -76,14 +76,15 @@ def free_port() -> int:
 
 
 class Fleet:
-    """A director and one worker (``max_strategies`` slots, metrics served) on ``home``."""
+    """A director and one worker (``max_strategies`` slots, metrics served, ``worker_args`` added) on ``home``."""
 
-    def __init__(self, qlab: list[str], home: Path, *, metrics: bool = False, max_strategies: int = 250) -> None:
+    def __init__(self, qlab: list[str], home: Path, *, metrics: bool = False, max_strategies: int = 250,
+                 worker_args: tuple[str, ...] = ()) -> None:
         self.qlab, self.home = qlab, home
         self.store: Store = open_store(Paths(home))
         self.port = free_port()
         worker = ("worker", "start", "--region", "JP", "--id", "fleet", "--max-strategies", str(max_strategies),
-                  *(("--metrics-port", str(self.port)) if metrics else ()))
+                  *(("--metrics-port", str(self.port)) if metrics else ()), *worker_args)
         self.director = self._start("director", "start", "--heartbeat", "1")
         self.worker = self._start(*worker)
         poll(lambda: self.store.find_resource("fleet"))

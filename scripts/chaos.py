@@ -5,6 +5,7 @@
     python scripts/chaos.py --faults remove-assign,stop-start-restart,apply --duration 60
     python scripts/chaos.py --store postgresql://postgres@127.0.0.1/postgres --duration 60
     python scripts/chaos.py --duration 60 --seed 1 --json verdicts.json
+    python scripts/chaos.py --faults all,isolation --attacker --duration 300 --seed 11
 
 In a private temporary home it starts a director and a standby, three
 workers with a short lease (2 s) and N strategies (default 12,
@@ -23,6 +24,9 @@ them), chaos_faults.py (faults and recovery times), chaos_races.py (the
 operator races: remove-assign, stop-start-restart, apply; chaos_seen.py:
 what they see of a stop and an apply), chaos_halts.py (halt and resume),
 chaos_corrupt.py (what a corrupt-record fault damages),
+chaos_isolation.py (flood, zygote and escape faults; the leak check),
+chaos_settings.py (the command line),
+chaos_attack.py and chaos_attacker.py (``--attacker``),
 chaos_cluster.py (processes, /proc, `qlab status`), chaos_report.py (the
 tables and the JSON verdicts, ``--json PATH``). Kept in a failing run's
 home: procs/*.log, logs/, store/events.jsonl, records/*.jsonl, manifests/
@@ -35,7 +39,6 @@ databases); it is dropped at the end, whatever the outcome.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -46,7 +49,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -56,14 +58,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
 from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
-from chaos_faults import FAULT_KINDS, Injector, Timings, Recovery, Timeline  # noqa: E402
+from chaos_faults import Injector, Recovery, Timeline  # noqa: E402
 from chaos_halts import Halts  # noqa: E402
+from chaos_isolation import ISOLATION_KINDS, Isolation, LeakCheck, flood_budget, read_events  # noqa: E402
+import chaos_attack  # noqa: E402
+from chaos_strategy import HELPER_MARK  # noqa: E402
 from chaos_ledger import TruthReader, check_truth  # noqa: E402
 from chaos_races import MORE_ACCOUNTS, Races, Spec  # noqa: E402
+from chaos_settings import Settings, parse_args  # noqa: E402
 from chaos_report import Verdicts, skipped_violation, write_json  # noqa: E402
 from tests.pgutil import scratch_database  # noqa: E402  (the scratch databases of the tests)
 from quantlab.store.pglink import redact  # noqa: E402
 
+LEAK_WAIT = 5.0  #: seconds the last of the run's processes have to end once the fleet stopped
 SETUP_TIMEOUT = 60.0  #: seconds for the cluster to come up and every strategy to beat
 SETTLE_EXTRA = 15.0  #: seconds past twice the bound that settling may take
 SCAN_EVERY = 1.0  #: seconds between /proc scans
@@ -73,76 +80,6 @@ SCAN_EVERY = 1.0  #: seconds between /proc scans
 APPLY_PATIENCE = 15.0
 LOOP_SLEEP = 0.05
 FINAL_WAIT = 3.0  #: seconds a strategy has to show a fresh beat in the final check
-
-
-@dataclass(frozen=True)
-class Settings:
-    duration: float
-    seed: int
-    strategies: int
-    faults: tuple[str, ...]
-    workers: int = 3
-    lease_ttl: float = 2.0  #: workers' and directors' lease, s
-    heartbeat_timeout: float = 3.0  #: strategies' hang timeout, s
-    interval: float = 0.2  #: strategies' tick, s
-    backoff: float = 0.1  #: first restart delay, s
-    director_heartbeat: float = 0.2
-    worker_heartbeat: float = 0.2
-    stop_timeout: float = 1.0  #: st_exit's time; fits inside the lease
-    gap: float = 2.0  #: mean seconds between faults
-    helpers: bool = True
-    home: Path | None = None
-    keep_home: bool = False
-    store: str = ""  #: an admin URL of a PostgreSQL server, or "" for the file store
-    json: Path | None = None  #: where to write the machine-readable summary (chaos_report.py)
-
-    @property
-    def bound(self) -> float:
-        """Seconds within which every strategy must beat again after a fault: lease + hang timeout + a tick."""
-        return self.lease_ttl + self.heartbeat_timeout + max(self.director_heartbeat, self.interval)
-
-    @property
-    def timings(self) -> Timings:
-        return Timings(self.bound, self.lease_ttl, self.heartbeat_timeout, fresh=max(1.0, 5 * self.interval))
-
-    def replay(self) -> str:
-        line = f"python scripts/chaos.py --seed {self.seed} --duration {self.duration:g} --strategies {self.strategies}"
-        line += f" --store {redact(self.store)}" if self.store else ""
-        return line + (f" --faults {','.join(self.faults)}" if self.faults != FAULT_KINDS else "")
-
-
-def parse_args(argv: list[str] | None) -> Settings:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults [60]")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the fault schedule [random, printed]")
-    parser.add_argument("--strategies", type=int, default=12, help="strategies to run [12]")
-    parser.add_argument("--faults", default="all", help=f"comma-separated kinds [all]: {','.join(FAULT_KINDS)}")
-    parser.add_argument("--lease-ttl", type=float, default=2.0, help="workers' and directors' lease in seconds [2]")
-    parser.add_argument("--heartbeat-timeout", type=float, default=3.0, help="strategies' hang timeout in seconds [3]")
-    parser.add_argument("--interval", type=float, default=0.2, help="strategies' tick in seconds [0.2]")
-    parser.add_argument("--gap", type=float, default=2.0, help="mean seconds between faults [2]")
-    parser.add_argument("--no-helpers", action="store_true", help="strategies start no helper process")
-    parser.add_argument("--home", type=Path, help="an empty or new directory for the home [a temporary one]")
-    parser.add_argument("--keep-home", action="store_true", help="keep the home even when the run passes")
-    parser.add_argument("--store", default="", metavar="ADMIN_URL",
-                        help="run on a scratch database made on this PostgreSQL server [the file store]")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the verdicts as JSON to PATH")
-    args = parser.parse_args(argv)
-    # remove_assign is taken for remove-assign: a misspelt kind would otherwise end a long soak before it began
-    kinds = FAULT_KINDS if args.faults == "all" else tuple(k.strip().replace("_", "-") for k in args.faults.split(",") if k.strip())
-    if args.store and args.faults == "all":  # PostgreSQL has no record files to damage
-        kinds = tuple(k for k in kinds if k != "corrupt-record")
-    unknown = sorted(set(kinds) - set(FAULT_KINDS))
-    if unknown or not kinds:
-        parser.error(f"unknown fault kind(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(FAULT_KINDS)}")
-    if args.strategies < 1 or args.duration <= 0 or args.gap <= 0:
-        parser.error("--strategies, --duration and --gap must be positive")
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
-    return Settings(
-        duration=args.duration, seed=seed, strategies=args.strategies, faults=kinds, lease_ttl=args.lease_ttl,
-        heartbeat_timeout=args.heartbeat_timeout, interval=args.interval, gap=args.gap, helpers=not args.no_helpers,
-        home=args.home, keep_home=args.keep_home, store=args.store, json=args.json,
-    )  # fmt: skip
 
 
 class SetupError(Exception):
@@ -178,6 +115,12 @@ class Soak:
         self.reader = TruthReader(self.home, cluster.env.get("QLAB_STORE", ""), self.ids)
         self.halts = Halts(self.injector, self.reader)
         self.injector.handlers.update(self.halts.handlers)
+        self.isolation = Isolation(self.injector)
+        self.injector.handlers.update(self.isolation.handlers)
+        self.isolation.hold(self.injector.handlers)
+        mark = HELPER_MARK + f"{self.home} "  # up to the space after the home: no other home's prefix
+        self.leaks = LeakCheck(lambda: list(cluster.procs.values()), cluster.marker, mark)
+        self.attacks: dict[str, object] = {}  #: the attacker's summary (chaos_attack.py), with --attacker
         self.next_scan = 0.0
 
     # ---- output ----
@@ -228,11 +171,18 @@ class Soak:
             self.start_worker(name)
         self._until(deadline, "every worker to register", lambda: {w["id"] for w in self.cluster.json("worker", "list", "--json") or []} >= set(workers))
         stop = self.s.stop_timeout if self.cluster.supports("--stop-timeout", "strategy", "assign") else None
+        # Reading from before the first order: an account keeps only its latest closed orders, and a slow
+        # setup (a database to migrate, a busy machine) would otherwise see the first ones pruned unread.
+        self.reader.start()
         for sid in self.ids:
             self.specs[sid] = Spec(
                 self.home / "chaos_strategy.py", self.s.interval, self.s.heartbeat_timeout, self.s.backoff, self.s.helpers, stop
             )  # fmt: skip
             self._assign(sid)
+        if self.s.attacker:
+            self.specs[chaos_attack.ID] = chaos_attack.deploy(self.home, self.specs[self.ids[0]])
+            self._tell_attacker()
+            self._assign(chaos_attack.ID)
         self._until(deadline, "every strategy to beat", self._all_beating)
         if "apply" in self.s.faults and (problem := self.races.check_manifest()) is not None:
             raise SetupError(f"the soak's manifest is not the fleet it assigned: {problem}")
@@ -274,7 +224,6 @@ class Soak:
         """Inject the planned faults for the duration; one that finds no target waits for one, then is
         skipped (see ``_patience``); the faults after it wait for it."""
         self.status.start()
-        self.reader.start()
         plan = self._plan()
         self.say(f"{len(plan)} faults planned over {self.s.duration:g}s, seed {self.s.seed}; recovery bound {self.s.bound:.1f}s")
         start = time.monotonic()
@@ -309,7 +258,7 @@ class Soak:
         which waits for the last director fault's leader to show in `qlab status` and for any paused
         process to be back (seconds more on a busy machine), and any fault while an apply's commands have
         the fleet (a second or more each)."""
-        waits = kind in ("apply", "halt", "director-kill", "director-stop", "worker-kill", "worker-stop") \
+        waits = kind in ("apply", "halt", "director-kill", "director-stop", "worker-kill", "worker-stop", *ISOLATION_KINDS) \
             or self.injector.exclusive is not None
         return APPLY_PATIENCE if waits else self.s.bound
 
@@ -328,12 +277,20 @@ class Soak:
         self.timeline.run_due(now)
         self.injector.step(now)
         self.races.step(now)
+        self.isolation.step(now)
         self.recovery.check_leader(now, self.status, {m.pid for m in self.cluster.procs.values() if m.stopped})
         self.recovery.check_overdue(now, self.whereabouts)
         self.reap()
         if now >= self.next_scan:
             self.procs.scan(now)
+            self.leaks.observe()
+            self._tell_attacker()
             self.next_scan = now + SCAN_EVERY
+
+    def _tell_attacker(self) -> None:
+        if self.s.attacker:
+            alive = [m for m in self.cluster.procs.values() if m.alive()]
+            chaos_attack.tell(self.home, [m.pid for m in alive if not m.is_worker], [m.pid for m in alive if m.is_worker])
 
     def read_records(self) -> None:
         for sid, log in self.logs.items():
@@ -350,7 +307,8 @@ class Soak:
         deadline = time.monotonic() + SETTLE_EXTRA + 2 * self.s.bound
         while time.monotonic() < deadline:
             self.run_once(time.monotonic())
-            if not (len(self.timeline) or self.injector.ops or self.races.ops or self.halts.busy or self.recovery.unsettled()):
+            busy = self.injector.ops or self.races.ops or self.halts.busy or self.isolation.busy
+            if not (len(self.timeline) or busy or self.recovery.unsettled()):
                 return
             time.sleep(LOOP_SLEEP)
 
@@ -370,7 +328,7 @@ class Soak:
     def final_checks(self) -> None:
         """Every Work still there and beating; then the invariants over every record."""
         status = self.cluster.json("status", "--json") or {}
-        present = {e["id"] for e in status.get("strategies", [])}
+        present = {e["id"] for e in status.get("strategies", [])} & set(self.ids)
         # Beating means a fresh beat within FINAL_WAIT from now, not in the very instant of looking: on a
         # busy machine a loop may miss a second (the status command just above may take that long too).
         deadline = time.monotonic() + FINAL_WAIT
@@ -413,6 +371,8 @@ class Soak:
         while self.cluster.ours() and time.monotonic() < deadline:
             time.sleep(0.1)
         self.procs.scan(time.monotonic(), final=True)
+        for v in self.leaks.final(LEAK_WAIT):
+            self.violation(v.kind, v.strategy, v.detail)
 
     def check_ledger(self) -> None:
         """Everything stopped: one last read of the accounts and intents, then the invariants over them."""
@@ -420,13 +380,25 @@ class Soak:
         self.reader.stop()
         for v in check_truth(self.reader.truth, self.logs, at_end=True):
             self.violation(v.kind, v.strategy, v.detail)
+        self.check_isolation()
+
+    def check_isolation(self) -> None:
+        """The events the floods left, and what the attacker got (chaos_isolation.py, chaos_attack.py)."""
+        url = self.cluster.env.get("QLAB_STORE", "")
+        found = flood_budget(read_events(self.home, url), self.isolation.floods, time.monotonic() - self.t0)
+        if self.s.attacker:
+            state = chaos_attack.load_state(self.home, url)
+            found += chaos_attack.judge(state, set(self.reader.truth.orders))
+            self.attacks = chaos_attack.summary(state)
+        for v in found:
+            self.violation(v.kind, v.strategy, v.detail)
 
     # ---- the report ----
 
     def verdicts(self) -> Verdicts:
         return Verdicts(
             self.s.seed, self.s.duration, self.s.faults, self.recovery.faults, self.skipped, self.late, self.violations,
-            self.reader.truth, self.logs, self.t0,
+            self.reader.truth, self.logs, self.t0, self.attacks,
         )  # fmt: skip
 
     def title(self) -> str:
@@ -461,6 +433,7 @@ def soak_home(settings: Settings, passed: Callable[[], bool]) -> Iterator[Path]:
     finally:
         if passed() and not settings.keep_home:
             shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(chaos_attack.folder(home), ignore_errors=True)
         else:
             print(f"chaos: home kept: {home}")
 
@@ -470,7 +443,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = parse_args(argv)
+    settings = parse_args(argv, __doc__.split("\n\n")[0])
     console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
     signal.signal(signal.SIGTERM, _interrupt)  # so the finally below runs: it ends every process
     outcome = {"code": 1}
@@ -498,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             soak.status.stop()
             soak.reader.stop()
             cluster.sweep()
+            soak.leaks.sweep()
         verdicts = soak.verdicts()
         write_json(home / "chaos-report.json", verdicts.report())
         if settings.json is not None:

@@ -13,6 +13,8 @@ is in milliseconds)::
                                                        end of st_heartbeat: m0 = when it began,
                                                        ok = the order was accepted, code = the retCode
     {"k": "exit",  pid, ppid, m, t, n, reason}         st_exit
+    {"k": "flood", pid, ppid, m, t, sent, refused, raw} a heartbeat's slice of a flood (chaos_isolation.py)
+    {"k": "escape", pid, ppid, m, t, helpers}          the pids of the helpers it started to escape its cleanup
 
 Every record also carries ``gen``, the strategy's generation (its ``gen``
 param): the soak bumps it each time it removes the Work and creates it anew
@@ -82,6 +84,7 @@ class Runner:
     exit_m: float | None = None
     gen: int = 0  #: the Work's generation (a remove and a new assign of the same id: the next one)
     state_gen: int | None = None  #: the generation that wrote the state st_init restored; None: fresh state
+    escaped: list[int] = field(default_factory=list)  #: helpers it started to escape its cleanup
 
     @property
     def last_send(self) -> int | None:
@@ -144,6 +147,8 @@ class StrategyLog:
             return runner, beat
         elif kind == "exit":
             runner.exit_reason, runner.exit_m = rec["reason"], rec["m"]
+        elif kind == "escape":
+            runner.escaped.extend(pid for pid in rec["helpers"] if pid)
         return None
 
     def _unannounced(self, rec: dict[str, Any]) -> Runner:

@@ -4,14 +4,15 @@ The summary is what a test asserts on (tests/integration/test_chaos.py):
 ``{"seed", "duration", "passed", "violations": {kind: count}, "details":
 [{kind, strategy, detail}], "faults": {kind: {"planned", "injected",
 "skipped", "late", "failed", "recovered"}}, "orders": {"sent", "accepted",
-"halts"}}``.
+"halts"}, "attacker": {"rounds", "attacks": {attack: {"tries", "done"}}} (empty
+without --attacker)}``.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,13 @@ VIOLATION_KINDS = (
     "unclean-exit",  # a director or worker did not exit 0 on SIGTERM
     "process-leak",  # a process outlived its owner or the run
     "zombie",  # a child not reaped
+    "neighbour-disturbed",  # beside a flood or a zygote fault, a strategy lost its process or a beat for a bound
+    "zygote-not-replaced",  # a paused or killed zygote still there, or none after it
+    "escaped-helper",  # a helper of a strategy alive past the bound after its child was killed or restarted
+    "flood-budget",  # a flood nothing was dropped of, or a strategy's ctx.send events past its budget
+    "leaked-process",  # a process of the run (a descendant of its workers, a helper) left once the fleet stopped
+    "attack-succeeded",  # an attempt of the attacker strategy had an effect
+    "attacker-idle",  # the attacker never finished a round of attempts
 )
 
 #: The share of faults tried that may find no target (all strategies busy recovering, an apply holding
@@ -75,6 +83,7 @@ class Verdicts:
     truth: Truth
     logs: dict[str, StrategyLog]
     t0: float
+    attacks: dict[str, Any] = field(default_factory=dict)  #: with --attacker: chaos_attack.summary
 
     def per_kind(self) -> dict[str, dict[str, Any]]:
         rows = {}
@@ -103,7 +112,7 @@ class Verdicts:
         details = [{"kind": v.kind, "strategy": v.strategy, "detail": v.detail} for v in self.violations]
         return {
             "seed": self.seed, "duration": self.duration, "passed": not self.violations, "violations": self.counts(),
-            "details": details, "faults": faults, "orders": self.orders(),
+            "details": details, "faults": faults, "orders": self.orders(), "attacker": self.attacks,
         }  # fmt: skip
 
     def report(self) -> dict[str, Any]:

@@ -3,7 +3,11 @@
 scripts/chaos.py copies this file into the soak's home and assigns it N
 times. Each child appends its records to ``records/ID.jsonl`` beside it (the
 format is in scripts/chaos_checks.py); ``poison/ID`` beside it asks for one
-heartbeat that leaves a value in ctx.state that is not JSON. The ``gen``
+heartbeat that leaves a value in ctx.state that is not JSON; ``flood/ID``
+(holding seconds) asks it to flood its worker for that long, and
+``escape/ID`` to start two helpers that try to escape its cleanup
+(scripts/chaos_isolation.py). Every helper's command line starts with
+``HELPER_MARK`` and the home, so the soak finds any it leaves behind. The ``gen``
 param is the Work's generation: the soak bumps it when it removes the
 strategy and assigns it anew, and it goes into every record, into ctx.state
 (so a restored state tells which generation wrote it) and into the order ids.
@@ -11,15 +15,21 @@ strategy and assigns it anew, and it goes into every record, into ctx.state
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import time
 from typing import Any
 
+import msgspec
+
 ACCOUNTS = ["paper"]
 HOME = os.path.dirname(os.path.abspath(__file__))
 BAD_KEY = (1, 2)  # a tuple key: ctx.state can no longer be written as JSON
+HELPER_MARK = "qlab-chaos-helper:"  #: argv[0] of every helper: with the home, unique to one soak
+FLOOD_SLICE = 0.4  #: seconds of flooding per heartbeat: well inside the hang timeout, so only the budget can stop it
+FLOODING = {"until": 0.0}  #: monotonic end of the flood under way
 
 
 def st_init(ctx: Any) -> None:
@@ -29,8 +39,7 @@ def st_init(ctx: Any) -> None:
     helper = None
     if ctx.params.get("helper"):
         # A process of the strategy's own that it never stops: the runtime must end it with the child.
-        devnull = subprocess.DEVNULL
-        helper = subprocess.Popen(["sleep", "3600"], stdin=devnull, stdout=devnull, stderr=devnull).pid
+        helper = _helper().pid
     _record(ctx, "init", n=ctx.state["n"], helper=helper, sgen=written_by)
 
 
@@ -44,6 +53,8 @@ def st_heartbeat(ctx: Any, tick: Any) -> None:
     _record(ctx, "send", n=n, id=link)
     ok, code, xt, err = _place(ctx, link)
     poisoned = _poison(ctx)
+    _flood(ctx)
+    _escape(ctx)
     _record(ctx, "beat", n=n, id=link, m0=m0, ok=ok, code=code, xt=xt, err=err, poisoned=poisoned, seq=tick.seq)
 
 
@@ -84,3 +95,74 @@ def _poison(ctx: Any) -> bool:
         return False
     ctx.state[BAD_KEY] = 1
     return True
+
+
+def _helper(**popen: Any) -> subprocess.Popen[bytes]:
+    devnull = subprocess.DEVNULL
+    argv = [HELPER_MARK + HOME, "3600"]
+    return subprocess.Popen(argv, executable="sleep", stdin=devnull, stdout=devnull, stderr=devnull, **popen)
+
+
+def _request(ctx: Any, folder: str) -> str | None:
+    """The text of a request file the soak left for this strategy (consumed), or None."""
+    path = os.path.join(HOME, folder, ctx.id)
+    try:
+        with open(path) as f:
+            text = f.read()
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    return text
+
+
+def _flood(ctx: Any) -> None:
+    """While a flood lasts: ctx.send in a tight loop, and the same frames straight onto the channel, past the
+    child's own budget check, as a hostile strategy would: the worker's budget is what must hold."""
+    if (text := _request(ctx, "flood")) is not None:
+        FLOODING["until"] = time.monotonic() + float(text)
+    end = min(FLOODING["until"], time.monotonic() + FLOOD_SLICE)
+    if time.monotonic() >= end:
+        return
+    from quantlab.child.runner import Connection
+
+    conn = next(o for o in gc.get_objects() if isinstance(o, Connection))
+    frame = msgspec.msgpack.encode({"type": "log", "data": {"flood": ctx.id}})
+    sent = refused = raw = 0
+    while time.monotonic() < end:
+        try:
+            ctx.send({"flood": ctx.id})
+            sent += 1
+        except Exception:  # OverBudget: the child's own check
+            refused += 1
+        for _ in range(50):
+            conn.socket.send(frame)
+        raw += 50
+    _record(ctx, "flood", sent=sent, refused=refused, raw=raw)
+
+
+def _escape(ctx: Any) -> None:
+    """Two helpers that try to outlive this child: one in a new session, one double-forked into one."""
+    if _request(ctx, "escape") is None:
+        return
+    session = _helper(start_new_session=True).pid
+    _record(ctx, "escape", helpers=[session, _double_fork()])
+
+
+def _double_fork() -> int:
+    """A grandchild in a session of its own, its parent gone at once: it is nobody's child here."""
+    read, write = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(read)
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.execvp("sleep", [HELPER_MARK + HOME, "3600"])
+            os.write(write, str(grandchild).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(middle, 0)
+    with os.fdopen(read) as f:
+        return int(f.read() or 0)

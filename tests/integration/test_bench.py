@@ -16,7 +16,8 @@ FIGURES = [
     "assign -> first heartbeat", "child SIGKILL -> new child's first heartbeat", "API round trip strategy",
     "API calls/s", "API round trip through real pybit", "API call on an idle account", "idle worker with 100 strategies",
     "worker heartbeat (idle worker)", "failover: worker SIGKILL", "2000 Works on 100 workers: placed",
-    "qlab status --json, 2000 Works", "idle director, 2000 Works",
+    "qlab status --json, 2000 Works", "idle director, 2000 Works", "gap between ticks, p99", "largest gap between ticks",
+    "events the flooder wrote", "messages the worker dropped", "largest delay of another's tick", "zygote replaced after",
 ]
 
 

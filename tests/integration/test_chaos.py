@@ -1,6 +1,7 @@
 """The chaos soak (scripts/chaos.py), every fault kind: it must pass with no violation.
 
-60 seconds on the file store; 30 seconds on PostgreSQL (a scratch database the soak makes and drops).
+60 seconds on the file store, with the isolation faults and the attacker strategy too; 30 seconds on
+PostgreSQL (a scratch database the soak makes and drops).
 """
 
 from __future__ import annotations
@@ -22,15 +23,17 @@ sys.path.insert(0, str(SCRIPTS))
 from chaos_cluster import Cluster  # noqa: E402
 
 DURATION = 60
+#: A seed that plans every fault kind, the isolation ones included, in the first 50 of the 60 seconds.
+SEED = 1282
 PG_DURATION = 30
 #: Past the faults: setup (~5 s), settling (at most 15 s + twice the 5.2 s bound), the shutdown (~12 s at most).
 OVERHEAD = 120
 
 
-def run_soak(home: Path, duration: int, *extra: str) -> dict[str, Any]:
+def run_soak(home: Path, duration: int, *extra: str, seed: int = 1) -> dict[str, Any]:
     """Run the soak; its verdicts (scripts/chaos_report.py's summary), checked to be a pass."""
     verdicts = home.parent / "verdicts.json"
-    command = [sys.executable, str(SCRIPTS / "chaos.py"), "--duration", str(duration), "--seed", "1", "--home", str(home),
+    command = [sys.executable, str(SCRIPTS / "chaos.py"), "--duration", str(duration), "--seed", str(seed), "--home", str(home),
                "--json", str(verdicts), *extra]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("QLAB_HOME", "QLAB_STORE")}
     deadline = duration + OVERHEAD
@@ -62,12 +65,18 @@ def run_soak(home: Path, duration: int, *extra: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(DURATION + OVERHEAD + 60)
 def test_chaos_soak_passes(tmp_path: Path) -> None:
-    """Every fault kind the seed plans is injected, and the kill switch among them: no order lands under a halt."""
-    summary = run_soak(tmp_path / "home", DURATION)
+    """Every fault kind the seed plans is injected, the kill switch and the isolation faults among them: no order
+    lands under a halt, no process is left, and the attacker beside the fleet tried every attack to no effect."""
+    summary = run_soak(tmp_path / "home", DURATION, "--faults", "all,isolation", "--attacker", seed=SEED)
     faults = summary["faults"]
     missing = [kind for kind, row in faults.items() if row["planned"] > row["late"] and not row["injected"]]
     assert not missing, f"tried but never injected: {missing}"
     assert faults["halt"]["injected"] >= 1 and summary["orders"]["halts"] == faults["halt"]["injected"], summary
+    # A paused zygote holds every other fault for its 10 s, so some planned late in the run do not come.
+    assert sum(faults[kind]["injected"] for kind in ("flood", "zygote-stop", "zygote-kill", "escape")) >= 3, faults
+    attacker = summary["attacker"]
+    assert attacker["rounds"] >= 5 and len(attacker["attacks"]) >= 20, attacker
+    assert all(row["tries"] >= 5 and row["done"] == 0 for row in attacker["attacks"].values()), attacker
 
 
 @pytest.mark.timeout(PG_DURATION + OVERHEAD + 60)

@@ -1,4 +1,5 @@
-"""The chaos soak's invariants (scripts/chaos_checks.py, chaos_seen.py) on hand-written records: what is and is not a violation."""
+"""The chaos soak's invariants (scripts/chaos_checks.py, chaos_seen.py, chaos_isolation.py, chaos_attack.py) on
+hand-written records: what is and is not a violation."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from chaos_checks import (  # noqa: E402
 )
 from chaos_seen import Seen, plan_mismatch, took_effect  # noqa: E402
 from chaos_races import Spec, manifest  # noqa: E402
+from chaos_cluster import Proc  # noqa: E402
+from chaos_isolation import disturbed, flood_budget, leaked  # noqa: E402
+import chaos_attack  # noqa: E402
+from quantlab.protocol import LIMITS  # noqa: E402
+from quantlab.store.records import Event  # noqa: E402
 
 
 class Script:
@@ -312,3 +318,73 @@ def test_the_soaks_manifest_lists_each_strategy_as_assigned(tmp_path: Path) -> N
     assert table["s02"]["params"] == {"helper": False, "gen": 0} and "worker" not in table["s02"]
     args = spec.assign_args("s01")
     assert args[args.index("--worker") + 1] == "w2" and args.count("--account") == 2
+
+
+# ---- isolation faults, leaks and the attacker ----
+
+
+def test_a_neighbour_that_beat_throughout_a_flood_is_not_disturbed() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 30)  # a beat every 0.2 s until 6.0
+    assert disturbed(s.log, 1, 1.0, 5.0, bound=1.0) == []
+
+
+def test_a_neighbour_silent_for_longer_than_the_bound_or_replaced_is_disturbed() -> None:
+    s = Script()
+    s.run(1, 0.0, 1, 5)  # beats until 1.0, then silence
+    s.run(2, 3.0, 6, 5)  # a new process: its worker lost the lease, or killed it
+    found = disturbed(s.log, 1, 0.5, 4.0, bound=1.0)
+    assert [v.kind for v in found] == ["neighbour-disturbed"] * 2
+    assert "replaced by pid 2" in found[0].detail and "went 2.99s without a beat" in found[1].detail  # its last beat ended at 1.01
+
+
+def event(kind: str, strategy: str, ts: float) -> Event:
+    return Event(ts=ts, kind=kind, strategy=strategy)
+
+
+def test_a_flood_must_be_met_by_an_over_budget_event_and_ctx_send_events_stay_in_budget() -> None:
+    held = [event("over_budget", "s01", 105.0), *(event("strategy_message", "s01", 101.0) for _ in range(LIMITS.send.burst))]
+    assert flood_budget(held, {"s01": [100.0]}, seconds=10.0) == []
+    found = flood_budget([event("over_budget", "s01", 90.0)], {"s01": [100.0]}, seconds=10.0)
+    assert [v.kind for v in found] == ["flood-budget"] and "nothing was dropped" in found[0].detail
+    bound = LIMITS.send.burst + LIMITS.send.rate * 10.0
+    flooded = [event("strategy_message", "s02", 101.0) for _ in range(int(bound) + 1)]
+    found = flood_budget(flooded, {}, seconds=10.0)
+    assert [(v.kind, v.strategy) for v in found] == [("flood-budget", "s02")]
+
+
+def proc(pid: int, start: int, cmdline: str, state: str = "S") -> Proc:
+    return Proc(pid, 1, state, start, cmdline)
+
+
+def test_a_process_of_the_run_left_after_the_fleet_stopped_is_leaked() -> None:
+    seen = {(10, 500): "qlab zygote w1", (11, 501): "qlab strategy s01 [w1]", (12, 502): "qlab strategy s02 [w1]"}
+    now = {
+        10: proc(10, 500, "qlab zygote w1"),  # the same process: left running
+        11: proc(11, 999, "bash"),  # its pid reused by another process: not ours
+        12: proc(12, 502, "", state="Z"),  # ended, not yet reaped: the zombie check's
+        20: proc(20, 700, "qlab-chaos-helper:/tmp/h 3600"),  # a helper never seen among the descendants
+        21: proc(21, 701, "qlab-chaos-helper:/tmp/other 3600"),  # another run's helper
+    }
+    found = leaked(seen, now, "qlab-chaos-helper:/tmp/h ")
+    assert [v.kind for v in found] == ["leaked-process"] * 2
+    assert [v.detail.split()[1] for v in found] == ["10", "20"]
+    assert leaked(seen, {}, "qlab-chaos-helper:/tmp/h ") == []
+
+
+def test_an_attack_that_had_an_effect_or_an_idle_attacker_is_a_violation() -> None:
+    refused = {"rounds": 3, "tries": {"read the accounts file": [3, 0, "refused: PermissionError"]}}
+    assert chaos_attack.judge(refused, {"s01-1", "s02-1"}) == []
+    done = {"rounds": 3, "tries": {"SIGSTOP the worker": [3, 1, "DONE: sent SIGSTOP to pid 7"]}}
+    found = chaos_attack.judge(done, {"atk-hijack-2"})
+    assert [v.kind for v in found] == ["attack-succeeded"] * 2
+    assert "SIGSTOP the worker: 1 of 3" in found[0].detail and "atk-hijack-2" in found[1].detail
+    assert [v.kind for v in chaos_attack.judge({}, set())] == ["attacker-idle"]
+    assert chaos_attack.summary(done) == {"rounds": 3, "attacks": {"SIGSTOP the worker": {"tries": 3, "done": 1}}}
+
+
+def test_an_escape_record_names_the_helpers_of_its_runner() -> None:
+    s = Script()
+    s.init(1, 0.0, 0)
+    s.add("escape", 1, 0.5, helpers=[40, 0, 41])  # 0: a double fork whose pid never came back
+    assert s.log.runners[0].escaped == [40, 41]
