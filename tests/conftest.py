@@ -19,6 +19,7 @@ from quantlab.config import Paths
 from quantlab.store.open import open_store
 from quantlab.store.records import Event, Work
 from quantlab.store.fenced import FencedStore
+from quantlab.worker import family
 
 T = TypeVar("T")
 
@@ -239,7 +240,15 @@ class Lab:
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 proc.wait()
+        self._end_orphans()
         self.store.close()
+
+    def _end_orphans(self) -> None:
+        """Strategy children a test's killed worker left behind: they lead sessions of their own, so
+        the groups above miss them, and they stop (not die) with their worker until its zygote or its
+        next start ends them, which a test that killed both never brings about."""
+        for listing in (self.home / "run").glob("worker-*.children"):
+            family.end(family.load(listing))
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
