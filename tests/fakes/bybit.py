@@ -369,9 +369,10 @@ def fake_bybit() -> Iterator[FakeBybit]:
         yield fake
 
 
-def keyed_fake(key: str, secret: str, tickers: dict[str, float] | None = None) -> Iterator[FakeBybit]:
+def keyed_fake(key: str, secret: str, tickers: dict[str, float] | None = None,
+               untidy: Untidy | None = None) -> Iterator[FakeBybit]:
     """Body of a pytest fixture: a fake that knows one key (``yield from keyed_fake(KEY, SECRET)``)."""
-    with FakeBybit() as fake:
+    with FakeBybit(untidy=untidy) as fake:
         fake.add_key(key, secret)
         for symbol, price in (tickers or {}).items():
             fake.set_ticker(symbol, price)

@@ -22,6 +22,7 @@ from quantlab.exchange.intents import IntentLog
 from quantlab.exchange.risk import RISK_REFUSED
 from tests.conftest import Lab, wait_for
 from tests.fakes.bybit import FakeBybit, keyed_fake
+from tests.fakes.bybit_limits import Untidy
 
 SECRET = "s3cr3t-Orders-5tH8kW2qZ9"
 KEY = "ORDERSKEY42"
@@ -44,9 +45,10 @@ def st_exit(ctx, reason):
 '''
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeBybit]:
-    yield from keyed_fake(KEY, SECRET, {"BTCUSDT": 50_000.0})
+@pytest.fixture(params=["tidy", "untidy"])
+def fake(request: pytest.FixtureRequest) -> Iterator[FakeBybit]:
+    """The fake Bybit, tidy and as untidy as Bybit: late lists, lagging history, pages, enforced rate limits."""
+    yield from keyed_fake(KEY, SECRET, {"BTCUSDT": 50_000.0}, Untidy() if request.param == "untidy" else None)
 
 
 def live_worker(lab: Lab, fake: FakeBybit, worker_id: str, *args: str) -> subprocess.Popen[bytes]:
@@ -121,6 +123,47 @@ def test_a_worker_killed_with_an_order_on_the_wire_its_successor_settles_it_and_
     by_link = {o["orderLinkId"]: o["orderStatus"] for o in fake.orders()}
     assert by_link == {old: "Cancelled", f"once-{moved.epoch}-2": "New"}
     assert lab.state("once")["seen"] == []  # the stale order was cancelled before st_init
+
+
+#: Places three resting orders at once under --max-open-orders 2, then amends and cancels the first by its
+#: orderId at once: on Bybit a new order is listed only a moment after it was taken.
+BURST = '''
+from quantlab import ApiRiskError
+ACCOUNTS = ["live"]
+def st_init(ctx):
+    pass
+def st_heartbeat(ctx, tick):
+    if "done" in ctx.state:
+        return
+    live = ctx.api.bybit["live"]
+    order = dict(category="linear", symbol="BTCUSDT", side="Buy", orderType="Limit", qty="0.01", price="100")
+    placed = [live.place_order(**order)["result"] for _ in range(2)]
+    try:
+        live.place_order(**order)
+        ctx.state["third"] = "placed"
+    except ApiRiskError as e:
+        ctx.state["third"] = e.message
+    first = dict(category="linear", symbol="BTCUSDT", orderId=placed[0]["orderId"])
+    ctx.state["amended"] = live.amend_order(**first, qty="0.002")["retCode"]
+    ctx.state["cancelled"] = live.cancel_order(**first)["retCode"]
+    ctx.state["done"] = [p["orderLinkId"] for p in placed]
+def st_exit(ctx, reason):
+    pass
+'''
+
+
+def test_open_order_limits_amends_and_cancels_hold_before_the_exchange_lists_an_order(
+        lab: Lab, fake: FakeBybit) -> None:
+    lab.director()
+    live_worker(lab, fake, "w1")
+    lab.assign(lab.strategy("burst", BURST), "--interval", "0.2", "--max-open-orders", "2",
+               "--max-order-notional", "5000")
+    done = wait_for(lambda: lab.state("burst").get("done"), timeout=20, what="the burst")
+    state = lab.state("burst")
+    assert "strategy burst has 2 open order(s)" in state["third"], state
+    assert (state["amended"], state["cancelled"]) == (0, 0), state
+    by_link = {o["orderLinkId"]: (o["orderStatus"], o["qty"]) for o in fake.orders()}
+    assert by_link == {done[0]: ("Cancelled", "0.002"), done[1]: ("New", "0.01")}
 
 
 RISKY = '''

@@ -234,3 +234,52 @@ def test_an_endpoint_groups_rate_limit_pauses_the_account_before_the_exchange_re
     assert all(r.ok for r in results), results
     assert fake.outcomes(CREATE) == [0] * 4  # X-Bapi-Limit-Status 0 paused the account: no 10006 met
     assert time.monotonic() - started >= 0.5  # 5 order calls at 3 a second span two windows
+
+
+def test_an_order_is_cancelled_by_its_order_id_before_the_exchange_lists_it(
+        untidy: Callable[..., tuple[FakeBybit, ApiPool]]) -> None:
+    fake, pool = untidy(open_lag=1.0)
+    placed = pool.call("main", "place_order", limit_order(), ["main"], forever, S1)
+    assert placed.ok, placed
+    cancel = pool.call("main", "cancel_order", {"category": "linear", "symbol": "BTCUSDT",
+                                                "orderId": placed.result["result"]["orderId"]}, ["main"], forever, S1)
+    assert cancel.ok, cancel
+    assert [o["orderStatus"] for o in fake.orders()] == ["Cancelled"]
+
+
+def test_an_amend_by_order_id_a_limit_judges_waits_for_the_exchange_to_list_the_order(
+        untidy: Callable[..., tuple[FakeBybit, ApiPool]]) -> None:
+    fake, pool = untidy(open_lag=1.0)
+    judged = Caller("s1", 3, RiskLimits(max_order_notional=1000.0))
+    placed = pool.call("main", "place_order", limit_order(), ["main"], forever, judged)
+    assert placed.ok, placed
+    order_id = placed.result["result"]["orderId"]
+    amend = {"category": "linear", "symbol": "BTCUSDT", "orderId": order_id}
+    assert pool.call("main", "amend_order", {**amend, "qty": "0.02"}, ["main"], forever, judged).ok
+    too_big = pool.call("main", "amend_order", {**amend, "qty": "1"}, ["main"], forever, judged)
+    assert too_big.kind == "risk", too_big
+    assert [(o["qty"], o["orderStatus"]) for o in fake.orders()] == [("0.02", "New")]
+
+
+def test_an_amend_of_another_strategys_order_by_its_order_id_is_refused_even_before_it_is_listed(
+        untidy: Callable[..., tuple[FakeBybit, ApiPool]]) -> None:
+    fake, pool = untidy(open_lag=1.0)
+    placed = pool.call("main", "place_order", limit_order(), ["main"], forever, Caller("other", 1))
+    assert placed.ok, placed
+    amend = pool.call("main", "amend_order", {"category": "linear", "symbol": "BTCUSDT", "qty": "0.02",
+                                             "orderId": placed.result["result"]["orderId"]}, ["main"], forever, S1)
+    assert not amend.ok and amend.kind in ("permission", "api"), amend
+    assert [o["qty"] for o in fake.orders()] == ["0.01"]
+
+
+def test_a_list_longer_than_quantlab_reads_refuses_the_start_and_the_counted_order_not_part_of_it(
+        untidy: Callable[..., tuple[FakeBybit, ApiPool]]) -> None:
+    fake, pool = untidy(page_size=1, open_lag=0.0, max_open_orders=50, limits={**DEFAULT_LIMITS, "order": 100})
+    client = other_process(fake)
+    for n in range(orders.MAX_PAGES + 1):
+        client.place_order(**limit_order(orderLinkId=f"by-hand-{n}"))
+    start = reconciled(pool, S1)
+    assert not start.ok and "more than 20 rows (20 pages)" in start.error, start
+    counted = pool.call("main", "place_order", limit_order(), ["main"], forever, S1)
+    assert (counted.ok, counted.kind) == (False, "api") and "more than 20 rows" in counted.error, counted
+    assert len(fake.orders()) == orders.MAX_PAGES + 1

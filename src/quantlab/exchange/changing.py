@@ -43,6 +43,7 @@ from quantlab.store.store import Store
 CHANGES = frozenset({"amend_order", "cancel_order", "amend_batch_order", "cancel_batch_order", "cancel_all_orders"})
 AMENDS = frozenset({"amend_order", "amend_batch_order"})
 NOT_OPEN = 110001  #: Bybit: "order not exists or too late to cancel/replace"
+LOOK_AGAIN = 0.2  #: seconds between looks for an order the strategy placed that the exchange does not list yet
 
 #: The arguments of a cancel-all that say which open orders it covers.
 _SCOPE = ("category", "symbol", "baseCoin", "settleCoin", "orderFilter")
@@ -91,10 +92,13 @@ class OrderChanger:
         for target in targets_of(call.method, call.kwargs):
             order_id, link_id = str(target.get("orderId") or ""), str(target.get("orderLinkId") or "")
             named = order_id or link_id
-            if not order_id and not need_rows and log.owns(caller.strategy, link_id):
+            placed = log.placed(order_id, link_id)
+            if not need_rows and (placed is not None or (not order_id and log.owns(caller.strategy, link_id))):
                 rows.append({})  # the id it is named by proves it the strategy's
                 continue
-            row = self._open_order(account, target)
+            # An order placed a moment ago may not be listed yet: "not open" is sure only after that.
+            listed_by = placed.settled + orders.SHOWN_WITHIN if placed is not None else 0.0
+            row = self._open_order(account, target, listed_by)
             if row is None:
                 raise Failure(f"{call.method}: order {named} does not exist or is no longer open "
                               f"(retCode {NOT_OPEN}); nothing was sent", NOT_OPEN, "api")
@@ -103,7 +107,13 @@ class OrderChanger:
             rows.append(row)
         return rows
 
-    def _open_order(self, account: Account, target: dict[str, Any]) -> dict[str, Any] | None:
+    def _open_order(self, account: Account, target: dict[str, Any], listed_by: float) -> dict[str, Any] | None:
+        """The exchange's open order ``target`` names, looked for again until ``listed_by`` (Unix time)."""
+        while (row := self._listed_order(account, target)) is None and time.time() < listed_by:
+            time.sleep(LOOK_AGAIN)
+        return row
+
+    def _listed_order(self, account: Account, target: dict[str, Any]) -> dict[str, Any] | None:
         key = "orderId" if target.get("orderId") else "orderLinkId"
         query = {"category": target.get("category"), "symbol": target.get("symbol"), key: target[key]}
         # Bybit lists a spot order that waits for its trigger only under its own orderFilter.

@@ -28,6 +28,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Collection
 
+from quantlab.errors import ApiError
 from quantlab.exchange import allowlist, arguments, calls, halts
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.job import Caller, Failure, Job, failed
@@ -124,6 +125,8 @@ class Dispatcher:
             return ApiResult(call_id=call.call_id, ok=True, result=result)
         except Failure as failure:
             return failed(call.call_id, self._sender.scrubbed(failure, call.account))
+        except ApiError as e:  # a judgement of ours on what the exchange answered (a list too long to count)
+            return failed(call.call_id, self._sender.scrubbed(Failure(str(e), e.ret_code, "api"), call.account))
         except Exception as e:  # a bug of ours must not kill the pool thread or leave a call unanswered
             log.exception("API call %s on %s failed unexpectedly", call.method, call.account)
             return failed(call.call_id, Failure(f"internal error: {type(e).__name__}", 0, "api"))

@@ -94,6 +94,14 @@ class IntentLog(msgspec.Struct, kw_only=True):
         return any(i.link_id == link_id and i.status == "placed" for i in self.settled)
 
 
+    def placed(self, order_id: str, link_id: str) -> Intent | None:
+        """The strategy's placed order the exchange knows by ``order_id`` (else by ``link_id``), if it is one."""
+        key, named = ("order_id", order_id) if order_id else ("link_id", link_id)
+        if not named:
+            return None
+        return next((i for i in reversed(self.settled) if i.status == "placed" and getattr(i, key) == named), None)
+
+
 class Outcome(msgspec.Struct, frozen=True):
     status: Status
     order_id: str = ""

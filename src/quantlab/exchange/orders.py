@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+from quantlab.errors import ApiError
 from quantlab.exchange.intents import Intent, Outcome
 
 Read = Callable[[str, dict[str, Any]], dict[str, Any]]
 PAGE = 50  #: rows per page of an order list (Bybit's most)
 POSITION_PAGE = 200  #: rows per page of the position list (Bybit's most)
-MAX_PAGES = 20
+MAX_PAGES = 20  #: pages read of one list before it is refused as longer than quantlab can judge
 #: Seconds within which an order Bybit took shows in its lists. Its order creation is asynchronous:
 #: an order shows in the open orders a moment after it was taken, and in the order history (the
 #: only list that shows a filled market order) later still. Until then "not found" means "not yet".
@@ -91,8 +92,15 @@ def open_orders(read: Read, scope: dict[str, str]) -> list[dict[str, Any]]:
     return all_pages(read, "get_open_orders", scope, PAGE)
 
 
+class TooManyRows(ApiError):
+    """A list is longer than MAX_PAGES pages: counted or reconciled from part of it, a limit would be wrong."""
+
+
 def all_pages(read: Read, method: str, scope: dict[str, str], page: int) -> list[dict[str, Any]]:
-    """Every row a list call returns for ``scope``, following ``nextPageCursor`` page by page."""
+    """Every row a list call returns for ``scope``, following ``nextPageCursor`` page by page.
+
+    Raises TooManyRows rather than return part of a list longer than MAX_PAGES pages.
+    """
     rows: list[dict[str, Any]] = []
     cursor = ""
     for _ in range(MAX_PAGES):
@@ -103,5 +111,7 @@ def all_pages(read: Read, method: str, scope: dict[str, str], page: int) -> list
         rows += result.get("list") or []
         cursor = result.get("nextPageCursor") or ""
         if not cursor:
-            break
-    return rows
+            return rows
+    where = " ".join(f"{k}={v}" for k, v in scope.items())
+    raise TooManyRows(f"{method} ({where}) lists more than {len(rows)} rows ({MAX_PAGES} pages): too many to "
+                      "count or reconcile them all; cancel some, or narrow the strategy's symbols")
