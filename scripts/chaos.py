@@ -6,11 +6,15 @@
     python scripts/chaos.py --store postgresql://postgres@127.0.0.1/postgres --duration 60
     python scripts/chaos.py --duration 60 --seed 1 --json verdicts.json
     python scripts/chaos.py --faults all,isolation --attacker --duration 300 --seed 11
+    python scripts/chaos.py --live 0 --duration 60       # every strategy on paper
 
 In a private temporary home it starts a director and a standby, three
 workers with a short lease (2 s) and N strategies (default 12,
 scripts/chaos_strategy.py) that record every heartbeat and place one paper
-order per tick with an orderLinkId from ctx.state. For ``--duration``
+order per tick with an orderLinkId from ctx.state: on the paper account, or
+(the last ``--live`` of them, 2 by default) through pybit on a live account
+that the fake Bybit of the tests serves in its untidy mode, with lost
+replies and held requests (chaos_exchange.py). For ``--duration``
 seconds it injects one random fault every couple of seconds, then lets
 everything settle, checks, stops everything and looks for leftovers. It
 ends with a table and exits 1 on any violation (2 if the cluster never came
@@ -25,7 +29,7 @@ operator races: remove-assign, stop-start-restart, apply; chaos_seen.py:
 what they see of a stop and an apply), chaos_halts.py (halt and resume),
 chaos_corrupt.py (what a corrupt-record fault damages),
 chaos_isolation.py (flood, zygote and escape faults; the leak check),
-chaos_settings.py (the command line),
+chaos_settings.py (the command line), chaos_exchange.py (the live account),
 chaos_attack.py and chaos_attacker.py (``--attacker``),
 chaos_cluster.py (processes, /proc, `qlab status`), chaos_report.py (the
 tables and the JSON verdicts, ``--json PATH``). Kept in a failing run's
@@ -40,6 +44,7 @@ databases); it is dropped at the end, whatever the outcome.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import random
@@ -57,6 +62,7 @@ from rich.console import Console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from chaos_checks import StrategyLog, Violation, check_log  # noqa: E402
+import chaos_exchange  # noqa: E402
 from chaos_cluster import Cluster, ProcessWatch, StatusPoller, leader_of, tail  # noqa: E402
 from chaos_faults import Injector, Recovery, Timeline  # noqa: E402
 from chaos_halts import Halts  # noqa: E402
@@ -97,6 +103,9 @@ class Soak:
         self.t0 = time.monotonic()
         self.violations: list[Violation] = []
         self.ids = [f"s{i:02d}" for i in range(1, settings.strategies + 1)]
+        self.live_ids = self.ids[len(self.ids) - settings.live:] if settings.live else []
+        self.exchange = chaos_exchange.LiveExchange(random.Random(f"{settings.seed}:exchange")) if self.live_ids else None
+        cluster.env[chaos_exchange.SECRET_ENV] = chaos_exchange.SECRET
         self.logs = {sid: StrategyLog(sid, self.home / "records" / f"{sid}.jsonl") for sid in self.ids}
         self.timeline = Timeline()
         self.status = StatusPoller(cluster)
@@ -112,8 +121,9 @@ class Soak:
         self.specs: dict[str, Spec] = {}  #: what each strategy was assigned as (setup fills it)
         self.races = Races(self.injector, self.specs, self.home, settings.interval, self.whereabouts)
         self.injector.handlers.update(self.races.handlers)
-        self.reader = TruthReader(self.home, cluster.env.get("QLAB_STORE", ""), self.ids)
-        self.halts = Halts(self.injector, self.reader)
+        self.reader = TruthReader(self.home, cluster.env.get("QLAB_STORE", ""), self.ids,
+                                  self.exchange.orders if self.exchange else None, chaos_exchange.ACCOUNT)
+        self.halts = Halts(self.injector, self.reader, ("paper", chaos_exchange.ACCOUNT) if self.exchange else ("paper",))
         self.injector.handlers.update(self.halts.handlers)
         self.isolation = Isolation(self.injector)
         self.injector.handlers.update(self.isolation.handlers)
@@ -175,9 +185,13 @@ class Soak:
         # setup (a database to migrate, a busy machine) would otherwise see the first ones pruned unread.
         self.reader.start()
         for sid in self.ids:
-            self.specs[sid] = Spec(
+            spec = Spec(
                 self.home / "chaos_strategy.py", self.s.interval, self.s.heartbeat_timeout, self.s.backoff, self.s.helpers, stop
             )  # fmt: skip
+            if sid in self.live_ids:
+                live = chaos_exchange.ACCOUNT
+                spec = dataclasses.replace(spec, account=live, accounts=(live,))
+            self.specs[sid] = spec
             self._assign(sid)
         if self.s.attacker:
             self.specs[chaos_attack.ID] = chaos_attack.deploy(self.home, self.specs[self.ids[0]])
@@ -195,6 +209,7 @@ class Soak:
         paper = {"name": "paper", "type": "paper", "balances": {"USDT": 1_000_000}, "symbols": ["BTCUSDT"], "seed": 7, "rate_limit": 1000}
         # The second account is only there to be added to and taken from a strategy (an apply that moves it).
         accounts = [{**paper, "name": name} for name in MORE_ACCOUNTS]
+        accounts += [self.exchange.account()] if self.exchange else []
         (self.home / "etc" / "env.jsonl").write_text("".join(json.dumps(a) + "\n" for a in accounts))
         shutil.copy(Path(__file__).resolve().parent / "chaos_strategy.py", self.home / "chaos_strategy.py")
 
@@ -278,6 +293,8 @@ class Soak:
         self.injector.step(now)
         self.races.step(now)
         self.isolation.step(now)
+        if self.exchange is not None:
+            self.exchange.step(now)
         self.recovery.check_leader(now, self.status, {m.pid for m in self.cluster.procs.values() if m.stopped})
         self.recovery.check_overdue(now, self.whereabouts)
         self.reap()
@@ -304,6 +321,9 @@ class Soak:
     def settle(self) -> None:
         """No new faults: let the pauses end, the restarts happen, every open recovery finish or time out."""
         self.say("faults over: settling")
+        if self.exchange is not None:
+            self.exchange.quiet()
+            self.say(f"live account: {', '.join(f'{n} {kind}' for kind, n in self.exchange.faults.items())} at the exchange")
         deadline = time.monotonic() + SETTLE_EXTRA + 2 * self.s.bound
         while time.monotonic() < deadline:
             self.run_once(time.monotonic())
@@ -472,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
             soak.reader.stop()
             cluster.sweep()
             soak.leaks.sweep()
+            if soak.exchange is not None:
+                soak.exchange.close()
         verdicts = soak.verdicts()
         write_json(home / "chaos-report.json", verdicts.report())
         if settings.json is not None:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from chaos_faults import Fault, Injector, Ran, Watch
 from chaos_ledger import HaltWindow, TruthReader
 
-ACCOUNT = "paper"  #: the account the soak's strategies trade on
 HOLD = (0.3, 1.5)  #: seconds a halt stands, from its return to the resume
 #: Seconds added to the halt's return (and taken off the resume's issue): the soak turns monotonic times
 #: into the exchange's wall time, and a window a hair too wide would blame an order that landed just outside.
@@ -34,9 +33,11 @@ class HaltOp:
 class Halts:
     """The halt fault, for the injector (``handlers``), with the windows it makes going to the truth reader."""
 
-    def __init__(self, inj: Injector, reader: TruthReader) -> None:
+    def __init__(self, inj: Injector, reader: TruthReader, accounts: tuple[str, ...]) -> None:
+        """``accounts``: those the soak's strategies trade on, one of which an account halt names."""
         self.inj = inj
         self.reader = reader
+        self.accounts = accounts
         self.op: HaltOp | None = None
         self.handlers = {"halt": self.halt}
         self.to_wall = time.time() - time.monotonic()  #: wall = monotonic + this (one host, one run)
@@ -49,7 +50,7 @@ class Halts:
         if self.op is not None or self.inj.exclusive is not None:
             return None
         scope = self.inj.rng.choice(("all", "account", "strategy"))
-        name = {"all": "", "account": ACCOUNT}.get(scope)
+        name = {"all": "", "account": self.inj.rng.choice(self.accounts)}.get(scope)
         if name is None and (name := self.inj.pick_for_command(now)) is None:
             return None
         option = ("--all",) if scope == "all" else (f"--{scope}", name)

@@ -12,7 +12,12 @@ and at the end:
 - each strategy's order intents (quantlab/exchange/intents.py): the epoch and
   worker process that sent each order, and which are still open;
 - the Works' epochs, each with the wall time the soak first saw it: the epoch
-  was raised before that moment.
+  was raised before that moment;
+- with live strategies (chaos_exchange.py), every order the fake Bybit took:
+  the exchange stamps no strategy or epoch, so each is matched to the intent
+  of its orderLinkId, and its epoch judged at the moment it was signed (the
+  intent's ``signed``, the exchange's clock): the worker's fence let it out
+  then, and any copy of it could land until ``signed + recv_window``.
 
 The account keeps its last 500 closed orders and the intents their last 100,
 so they are read every fraction of a second and gathered here (``Truth``).
@@ -28,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from chaos_checks import StrategyLog, Violation
 from quantlab.config import Paths
@@ -52,6 +57,12 @@ class Accepted:
     strategy: str  #: the account's stamp: the strategy whose guarded write placed it ("" for none)
     epoch: int | None  #: the account's stamp: that write's epoch (None for none)
     created: float  #: wall seconds: the commit that accepted it
+    #: wall seconds: when the fence judged it; a paper order's is its commit, a live one's its signing
+    judged: float = 0.0
+
+    @property
+    def fenced_at(self) -> float:
+        return self.judged or self.created
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,7 @@ class Sent:
     worker_pid: int | None  #: the worker process that sent it
     status: str  #: pending, placed, rejected or absent
     settled: float = 0.0  #: wall seconds it was settled (0 while pending)
+    signed: float = 0.0  #: live orders: the exchange's wall seconds its copies were signed at (0: paper)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,8 @@ class Truth:
     open: list[Sent] = field(default_factory=list)  #: the intents open at the last read
     halts: list[HaltWindow] = field(default_factory=list)
     failed_reads: int = 0
+    live_unmatched: list[str] = field(default_factory=list)  #: orderLinkIds the live exchange took with no intent read
+
 
     def see_epoch(self, strategy: str, epoch: int, wall: float) -> None:
         seen = self.epochs.setdefault(strategy, [])
@@ -112,9 +126,13 @@ class TruthReader:
     and the soak's loop must never wait on that.
     """
 
-    def __init__(self, home: Path, store_url: str, strategies: list[str]) -> None:
+    def __init__(self, home: Path, store_url: str, strategies: list[str],
+                 live: Callable[[], list[dict[str, Any]]] | None = None, live_account: str = "") -> None:
+        """``live``: every order the live account's exchange took (chaos_exchange.py), named ``live_account``."""
         self.truth = Truth()
         self.strategies = strategies
+        self._live = live
+        self._live_account = live_account
         self._store: Store = open_store(Paths(home, store_url=store_url))
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -150,6 +168,7 @@ class TruthReader:
             if ledger:
                 self._read_accounts()
                 self._read_intents()
+                self._read_live()
         except Exception:  # a record the corrupt-record fault damaged, a store paused: read again next time
             with self._lock:
                 self.truth.failed_reads += 1
@@ -180,13 +199,30 @@ class TruthReader:
         for sid in self.strategies:
             log = intents.read(self._store, sid)
             for intent in [*log.settled, *log.open]:
-                sent = Sent(intent.link_id, sid, intent.epoch, _worker_pid(intent.instance), intent.status, intent.settled)
+                sent = Sent(intent.link_id, sid, intent.epoch, _worker_pid(intent.instance), intent.status, intent.settled,
+                            intent.signed / 1000.0)  # fmt: skip
                 with self._lock:
                     self.truth.sent[intent.link_id] = sent
                 if intent.status == "pending":
                     still_open.append(sent)
         with self._lock:
             self.truth.open = still_open
+
+
+    def _read_live(self) -> None:
+        """The live exchange's orders, each once its intent was read (it is written before the order is signed)."""
+        if self._live is None:
+            return
+        rows = self._live()
+        with self._lock:
+            for row in rows:
+                link = str(row.get("orderLinkId") or "")
+                if not link or link in self.truth.orders or (sent := self.truth.sent.get(link)) is None:
+                    continue
+                self.truth.orders[link] = Accepted(link, self._live_account, sent.strategy, sent.epoch,
+                                                   int(row["createdTime"]) / 1000.0, judged=sent.signed)
+            self.truth.live_unmatched = sorted(str(r.get("orderLinkId") or "") for r in rows
+                                               if str(r.get("orderLinkId") or "") not in self.truth.orders)
 
 
 def _worker_pid(instance: str) -> int | None:
@@ -207,11 +243,11 @@ def stale_epochs(truth: Truth) -> list[Violation]:
     """
     found = []
     for order in truth.orders.values():
-        if order.epoch is None or (newer := truth.raised_before(order.strategy, order.epoch, order.created)) is None:
+        if order.epoch is None or (newer := truth.raised_before(order.strategy, order.epoch, order.fenced_at)) is None:
             continue
         found.append(Violation("stale-epoch", order.strategy, (
-            f"{order.link} of epoch {order.epoch} accepted {order.created - newer[1]:.3f}s after epoch {newer[0]} "
-            f"of {order.strategy} was already raised"
+            f"{order.link} of epoch {order.epoch} {'signed' if order.judged else 'accepted'} "
+            f"{order.fenced_at - newer[1]:.3f}s after epoch {newer[0]} of {order.strategy} was already raised"
         )))  # fmt: skip
     return found
 
@@ -316,5 +352,14 @@ def check_truth(truth: Truth, logs: dict[str, StrategyLog], *, at_end: bool) -> 
         *unread_orders(truth),
     ]  # fmt: skip
     if at_end:
-        found += [*open_intents(truth), *accepted_share(truth, logs.values())]
+        found += [*open_intents(truth), *accepted_share(truth, logs.values()), *unmatched_live(truth)]
     return found
+
+
+def unmatched_live(truth: Truth) -> list[Violation]:
+    """An order the live exchange took that no intent of the soak's strategies names: sent past the order path."""
+    if not truth.live_unmatched:
+        return []
+    return [Violation("unmatched-order", None, (
+        f"{len(truth.live_unmatched)} order(s) the live exchange took have no intent, e.g. {truth.live_unmatched[:3]}"
+    ))]  # fmt: skip

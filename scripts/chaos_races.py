@@ -59,10 +59,22 @@ class Spec:
     gen: int = 0  #: the Work's generation: one more each time the soak removes it and makes it anew
     worker: str | None = None  #: the worker it is pinned to
     accounts: tuple[str, ...] = ()  #: (): the file's ACCOUNTS
+    account: str = "paper"  #: the account it trades on (chaos_strategy.py's ``account`` param)
 
     @property
     def params(self) -> dict[str, Any]:
-        return {"helper": self.helper, "gen": self.gen}
+        if self.account == "paper":
+            return {"helper": self.helper, "gen": self.gen}
+        return {"helper": self.helper, "gen": self.gen, "account": self.account}
+
+    @property
+    def own_accounts(self) -> tuple[str, ...]:
+        """Its accounts as assigned: the file's ACCOUNTS for paper, else the account it trades on."""
+        return () if self.account == "paper" else (self.account,)
+
+    def more_accounts(self) -> tuple[str, ...]:
+        """Its accounts after an apply that changes them: one more, or back to its own."""
+        return self.own_accounts if self.accounts != self.own_accounts else (self.account, MORE_ACCOUNTS[1])
 
     def assign_args(self, sid: str) -> tuple[str, ...]:
         args = [
@@ -401,7 +413,7 @@ class Races:
             return dataclasses.replace(spec, worker=pin), f"pinned to {pin}"
         if kind == "prune":
             return dataclasses.replace(spec, gen=spec.gen + 1), "pruned and added again"
-        accounts = () if spec.accounts else MORE_ACCOUNTS
+        accounts = spec.more_accounts()
         return dataclasses.replace(spec, accounts=accounts), f"accounts -> {','.join(accounts) or 'its own'}"
 
     def _write(self, name: str, specs: dict[str, Spec]) -> Path:

@@ -4,7 +4,7 @@ The summary is what a test asserts on (tests/integration/test_chaos.py):
 ``{"seed", "duration", "passed", "violations": {kind: count}, "details":
 [{kind, strategy, detail}], "faults": {kind: {"planned", "injected",
 "skipped", "late", "failed", "recovered"}}, "orders": {"sent", "accepted",
-"halts"}, "attacker": {"rounds", "attacks": {attack: {"tries", "done"}}} (empty
+"live" (those accepted on the live account), "halts"}, "attacker": {"rounds", "attacks": {attack: {"tries", "done"}}} (empty
 without --attacker)}``.
 """
 
@@ -99,7 +99,9 @@ class Verdicts:
 
     def orders(self) -> dict[str, int]:
         sent = {s.link for log in self.logs.values() for r in log.runners for s in r.sends}
-        return {"sent": len(sent), "accepted": len(sent & set(self.truth.orders)), "halts": len(self.truth.halts)}
+        live = {link for link, order in self.truth.orders.items() if order.judged}
+        return {"sent": len(sent), "accepted": len(sent & set(self.truth.orders)), "live": len(sent & live),
+                "halts": len(self.truth.halts)}
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(VIOLATION_KINDS, 0)
@@ -143,7 +145,8 @@ class Verdicts:
 
     def violations_table(self) -> Table:
         orders = self.orders()
-        title = f"violations (all must be 0); orders: {orders['accepted']} of {orders['sent']} sent accepted, {orders['halts']} halt(s)"
+        title = (f"violations (all must be 0); orders: {orders['accepted']} of {orders['sent']} sent accepted "
+                 f"({orders['live']} on the live account), {orders['halts']} halt(s)")
         table = Table(title=title, title_justify="left")
         table.add_column("violation")
         table.add_column("count", justify="right")

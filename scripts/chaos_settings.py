@@ -38,6 +38,7 @@ class Settings:
     store: str = ""  #: an admin URL of a PostgreSQL server, or "" for the file store
     json: Path | None = None  #: where to write the machine-readable summary (chaos_report.py)
     attacker: bool = False  #: run scripts/chaos_attacker.py beside the fleet
+    live: int = 2  #: strategies that trade on the live account, on the fake Bybit (scripts/chaos_exchange.py)
 
     @property
     def bound(self) -> float:
@@ -52,6 +53,7 @@ class Settings:
         line = f"python scripts/chaos.py --seed {self.seed} --duration {self.duration:g} --strategies {self.strategies}"
         line += f" --store {redact(self.store)}" if self.store else ""
         line += " --attacker" if self.attacker else ""
+        line += f" --live {self.live}" if self.live != 2 else ""
         return line + (f" --faults {','.join(self.faults)}" if self.faults != FAULT_KINDS else "")
 
 
@@ -63,6 +65,8 @@ def parse_args(argv: list[str] | None, description: str) -> Settings:
     parser.add_argument("--faults", default="all", help=(
         f"comma-separated kinds or groups [all]: all ({','.join(FAULT_KINDS)}), isolation ({','.join(ISOLATION_KINDS)})"))
     parser.add_argument("--attacker", action="store_true", help="run an attacker strategy beside the fleet")
+    parser.add_argument("--live", type=int, default=2,
+                        help="strategies that trade through pybit on a live account on the fake Bybit [2]")
     parser.add_argument("--lease-ttl", type=float, default=2.0, help="workers' and directors' lease in seconds [2]")
     parser.add_argument("--heartbeat-timeout", type=float, default=3.0, help="strategies' hang timeout in seconds [3]")
     parser.add_argument("--interval", type=float, default=0.2, help="strategies' tick in seconds [0.2]")
@@ -84,9 +88,12 @@ def parse_args(argv: list[str] | None, description: str) -> Settings:
         parser.error(f"unknown fault kind(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(KNOWN_KINDS)}")
     if args.strategies < 1 or args.duration <= 0 or args.gap <= 0:
         parser.error("--strategies, --duration and --gap must be positive")
+    if not 0 <= args.live <= args.strategies:
+        parser.error("--live must be between 0 and --strategies")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
     return Settings(
         duration=args.duration, seed=seed, strategies=args.strategies, faults=kinds, lease_ttl=args.lease_ttl,
         heartbeat_timeout=args.heartbeat_timeout, interval=args.interval, gap=args.gap, helpers=not args.no_helpers,
         home=args.home, keep_home=args.keep_home, store=args.store, json=args.json, attacker=args.attacker,
+        live=args.live,
     )  # fmt: skip

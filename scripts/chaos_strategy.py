@@ -1,4 +1,4 @@
-"""The chaos soak's strategy: records every heartbeat, places one paper order per tick.
+"""The chaos soak's strategy: records every heartbeat, places one order per tick.
 
 scripts/chaos.py copies this file into the soak's home and assigns it N
 times. Each child appends its records to ``records/ID.jsonl`` beside it (the
@@ -11,6 +11,8 @@ heartbeat that leaves a value in ctx.state that is not JSON; ``flood/ID``
 param is the Work's generation: the soak bumps it when it removes the
 strategy and assigns it anew, and it goes into every record, into ctx.state
 (so a restored state tells which generation wrote it) and into the order ids.
+The ``account`` param names the account it trades on: ``paper`` (the file's
+ACCOUNTS), or the live account on the fake Bybit (scripts/chaos_exchange.py).
 """
 
 from __future__ import annotations
@@ -77,11 +79,13 @@ def _record(ctx: Any, kind: str, **fields: Any) -> None:
 
 
 def _place(ctx: Any, link: str) -> tuple[bool, int | None, int | None, str | None]:
-    """(accepted, retCode, the exchange's time in ms, error); IOC at 1000 never rests, so the account stays small."""
+    """(accepted, retCode, the exchange's time in ms, error). Neither order rests, so the account stays small:
+    on paper an IOC at 1000, on the live account a market order."""
+    account = ctx.params.get("account", "paper")
+    shape = {"orderType": "Market"} if account != "paper" else {"orderType": "Limit", "price": "1000", "timeInForce": "IOC"}
     try:
-        reply = ctx.api.bybit["paper"].place_order(
-            category="linear", symbol="BTCUSDT", side="Buy", orderType="Limit", qty="0.001", price="1000",
-            timeInForce="IOC", orderLinkId=link,
+        reply = ctx.api.bybit[account].place_order(
+            category="linear", symbol="BTCUSDT", side="Buy", qty="0.001", orderLinkId=link, **shape
         )  # fmt: skip
     except Exception as e:  # ApiError and its kinds: refused, fenced off, or no answer
         return False, getattr(e, "ret_code", None), None, f"{type(e).__name__}: {e}"[:200]

@@ -59,7 +59,7 @@ def run_soak(home: Path, duration: int, *extra: str, seed: int = 1) -> dict[str,
     faults = summary["faults"]
     assert sum(row["injected"] for row in faults.values()) >= duration / 4, faults  # one every 2 s on average
     orders = summary["orders"]
-    assert orders["accepted"] >= orders["sent"] / 2 > 0, orders
+    assert orders["accepted"] >= orders["sent"] / 2 > 0 and orders["live"] > 0, orders
     return summary
 
 

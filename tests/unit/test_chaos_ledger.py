@@ -160,3 +160,20 @@ def test_the_reader_gathers_orders_epochs_and_intents_from_the_store(tmp_path: P
     accepted = truth.orders["s01-1"]
     assert (accepted.strategy, accepted.epoch, accepted.account) == ("s01", 3, "paper")
     assert abs(accepted.created - reply["time"] / 1000) < 1.0 and truth.listed == {"paper": {"s01-1"}}
+
+
+def test_a_live_order_is_judged_by_when_it_was_signed_not_when_it_landed() -> None:
+    """A copy signed while its epoch was current may land up to its window later; one signed after is stale."""
+    in_window = Accepted("s01-1", "live", "s01", 1, T0 + 0.9, judged=T0 + 0.4)
+    signed_late = Accepted("s01-2", "live", "s01", 1, T0 + 0.9, judged=T0 + 0.6)
+    truth = evidence(in_window, signed_late, epochs=[(1, T0), (2, T0 + 0.5)])
+    found = stale_epochs(truth)
+    assert [(v.kind, v.detail.split()[0]) for v in found] == [("stale-epoch", "s01-2")]
+    assert "signed 0.100s after epoch 2" in found[0].detail
+
+
+def test_a_live_order_no_intent_names_is_unmatched_at_the_end() -> None:
+    truth = evidence(order("s01-1", 0.1))
+    truth.live_unmatched = ["by-hand-1"]
+    found = check_truth(truth, sent("s01-1"), at_end=True)
+    assert [v.kind for v in found] == ["unmatched-order"] and "by-hand-1" in found[0].detail

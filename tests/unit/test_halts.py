@@ -120,7 +120,7 @@ def test_a_halt_waits_for_the_longest_window_of_the_live_orders_still_open(store
                          stamp=Stamp(signed=1, recv_window=1500))
     intents.begin(store, "s3", 1, "w", "live", [market()], expires=0.0, stamp=Stamp(signed=1, recv_window=700))
     assert halts.landing_wait(store) == 1.5 + WINDOW_SLACK
-    intents.settle(store, "s2", {i.link_id: intents.Outcome("placed") for i in live})
+    intents.settle(store, "s2", {i.link_id: intents.Outcome("placed") for i in live}, live)
     assert halts.landing_wait(store) == 0.7 + WINDOW_SLACK
     store.update_blob(intents.BLOB_KIND, "s4", lambda raw: b"[")
     assert halts.landing_wait(store) == MAX_RECV_WINDOW_MS / 1000 + WINDOW_SLACK  # unreadable: the longest

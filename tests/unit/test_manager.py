@@ -41,7 +41,7 @@ from quantlab.protocol import (
     TickExpired,
     ToChild,
 )
-from quantlab.worker.machine import Due
+from quantlab.worker.machine import CALL_PATIENCE, Due
 from quantlab.worker.lease import LEASE_KILL_GRACE
 from quantlab.worker.manager import MEMORY_EVERY, STORE_RETRY, StrategyManager
 from quantlab.worker.outbox import OUTBOX_LIMIT
@@ -775,3 +775,44 @@ def test_a_fork_answered_after_its_strategy_stopped_is_killed(env: Env) -> None:
     env.change("s", assignment=None)  # stopped while the zygote worked
     env.transport.answer_held()
     assert env.transport.killed == [env.transport.next_pid] and "s" not in env.manager.slots
+
+
+def test_a_child_waiting_on_its_exchange_call_is_not_hung_and_its_clock_goes_on_after_the_answer(env: Env) -> None:
+    """A lost order reply is looked for until no copy can land: the child waits on the worker, it is not hung."""
+    env.assign(interval=1.0, heartbeat_timeout=3.0)
+    rid = env.start()
+    env.step(1.0)  # a second of its own into the heartbeat
+    env.manager.on_message(rid, ApiCall(call_id=1, account="live", method="place_order", kwargs={}))
+    for _ in range(4):
+        env.step(2.0)  # 8 s waiting on the worker's answer
+    assert env.transport.killed == []
+    env.manager.deliver_api_result(env.manager.slots["s"].key, ApiResult(call_id=1, ok=True, result={"retCode": 0}))
+    env.step(1.9)
+    assert env.transport.killed == []
+    env.step(0.2)  # 1 s before the call and 2.1 s after the answer
+    assert env.transport.killed == [env.pid()]
+    env.transport.exit(env.pid(), KILLED)
+    assert "hung: no heartbeat for 3s" in env.manager.slots["s"].result.reason
+
+
+def test_a_child_whose_call_goes_unanswered_past_the_calls_patience_is_hung(env: Env) -> None:
+    env.assign(interval=1.0, heartbeat_timeout=3.0)
+    rid = env.start()
+    env.manager.on_message(rid, ApiCall(call_id=1, account="live", method="place_order", kwargs={}))
+    env.step(CALL_PATIENCE - 1.0)
+    assert env.transport.killed == []
+    env.step(1.5)
+    assert env.transport.killed == [env.pid()]
+
+
+def test_a_child_that_keeps_calling_still_has_its_own_time_counted(env: Env) -> None:
+    """Only the time spent waiting on answers stands still: a loop of quick calls is hung all the same."""
+    env.assign(interval=1.0, heartbeat_timeout=3.0)
+    rid = env.start()
+    key = env.manager.slots["s"].key
+    for n in range(1, 10):  # 4.5 s, 0.9 of them waiting on answers
+        env.manager.on_message(rid, ApiCall(call_id=n, account="live", method="get_tickers", kwargs={}))
+        env.step(0.1)
+        env.manager.deliver_api_result(key, ApiResult(call_id=n, ok=True, result={"retCode": 0}))
+        env.step(0.4)
+    assert env.transport.killed == [env.pid()]

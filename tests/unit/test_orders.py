@@ -313,3 +313,18 @@ def test_a_lost_reply_is_settled_by_a_found_order_only_when_it_is_the_same_order
     assert find(read([{**row, "qty": "0.02"}]), intent).status == "rejected"
     assert find(read([{**row, "side": "Sell"}]), intent).status == "rejected"
     assert find(read([]), intent).status == "absent"
+
+
+def test_a_late_settle_by_an_old_process_leaves_a_newer_intent_of_the_same_id_alone(store: Store) -> None:
+    """A paused worker's lost-reply search ends after reconciliation settled its intent and the new runner reused
+    the orderLinkId (the first order never landed): what it found is about its own intent, not the new one."""
+    order = {"category": "linear", "symbol": "BTCUSDT", "side": "Buy", "orderType": "Market", "qty": "0.001",
+             "orderLinkId": "s1-5"}
+    old = intents.begin(store, "s1", 1, "paused-worker", "live", [order], expires=time.time())
+    intents.settle(store, "s1", {"s1-5": intents.Outcome("absent")}, intents.read(store, "s1").open)
+    new = intents.begin(store, "s1", 3, "new-worker", "live", [order], expires=time.time() + 5)
+    intents.settle(store, "s1", {"s1-5": intents.Outcome("absent")}, old)  # the paused worker, at last
+    assert [(i.epoch, i.status) for i in intents.read(store, "s1").open] == [(3, "pending")]
+    intents.settle(store, "s1", {"s1-5": intents.Outcome("placed", "id-9")}, new)
+    log = intents.read(store, "s1")
+    assert log.open == [] and [(i.epoch, i.status) for i in log.settled] == [(1, "absent"), (3, "placed")]

@@ -158,11 +158,17 @@ def begin(
     return made
 
 
-def settle(store: Store, strategy: str, outcomes: dict[str, Outcome], clock: Callable[[], float] = time.time) -> None:
-    """Record the outcome of the open intents named (by orderLinkId)."""
+def settle(store: Store, strategy: str, outcomes: dict[str, Outcome], of: Iterable[Intent],
+           clock: Callable[[], float] = time.time) -> None:
+    """Record the outcome (by orderLinkId) of the intents ``of``, those still open.
+
+    Only those very intents: a strategy may reuse the orderLinkId of an order that was found absent,
+    and a process that learns late what became of the first must not settle the second with it.
+    """
+    mine = {_identity(i) for i in of}
 
     def record(log: IntentLog) -> IntentLog | None:
-        done = [i for i in log.open if i.link_id in outcomes]
+        done = [i for i in log.open if i.link_id in outcomes and _identity(i) in mine]
         if not done:
             return None
         now = clock()
@@ -171,10 +177,15 @@ def settle(store: Store, strategy: str, outcomes: dict[str, Outcome], clock: Cal
             for i in done
             for o in [outcomes[i.link_id]]
         ]
-        still = [i for i in log.open if i.link_id not in outcomes]
+        still = [i for i in log.open if i not in done]
         return IntentLog(next_seq=log.next_seq, open=still, settled=[*log.settled, *settled][-KEEP_SETTLED:])
 
     _change(store, strategy, record)
+
+
+def _identity(intent: Intent) -> tuple[str, str, int, float]:
+    """What tells one intent from another of the same orderLinkId: who wrote it, under which epoch, when."""
+    return intent.link_id, intent.instance, intent.epoch, intent.written
 
 
 def longest_open_window(store: Store) -> int:

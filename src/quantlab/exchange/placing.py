@@ -147,7 +147,8 @@ class OrderPlacer:
                 self._end_hold(account, hold, {})
                 raise
             if failure.sure:
-                self._settle(caller, {i.link_id: Outcome("rejected", detail=failure.error) for i in written}, account, hold)
+                self._settle(caller, {i.link_id: Outcome("rejected", detail=failure.error) for i in written}, written,
+                             account, hold)
                 raise
             return self._find_lost(account, call.method, caller, written, failure, hold)
         except BaseException:
@@ -156,7 +157,7 @@ class OrderPlacer:
             raise  # an order written down and not answered keeps its hold until it is settled
         finally:
             self._flying.mark(caller.strategy, written, False)
-        self._settle(caller, orders.from_answer(call.method, body, written), account, hold)
+        self._settle(caller, orders.from_answer(call.method, body, written), written, account, hold)
         return body
 
     def _reserve(self, account: Account, method: str, caller: Caller, placed: list[dict[str, Any]]) -> str:
@@ -238,7 +239,7 @@ class OrderPlacer:
             raise Failure(unknown, failure.ret_code, failure.kind, sure=False)
         if isinstance(found, Failure):
             raise Failure(f"{unknown} ({found.error})", failure.ret_code, failure.kind, sure=False)
-        self._settle(caller, found, account, hold)
+        self._settle(caller, found, written, account, hold)
         if any(o.status == "rejected" for o in found.values()):
             details = "; ".join(o.detail for o in found.values() if o.status == "rejected")
             raise Failure(f"{method}: not placed: {details} (retCode {DUPLICATE_LINK_ID})", DUPLICATE_LINK_ID, "api")
@@ -267,10 +268,11 @@ class OrderPlacer:
             return e
         return found
 
-    def _settle(self, caller: Caller, outcomes: dict[str, Outcome], account: Account, hold: list[str]) -> None:
+    def _settle(self, caller: Caller, outcomes: dict[str, Outcome], written: list[Intent], account: Account,
+                hold: list[str]) -> None:
         self._end_hold(account, hold, outcomes)
         try:
-            intents.settle(self._store, caller.strategy, outcomes)
+            intents.settle(self._store, caller.strategy, outcomes, written)
         except Exception:  # the order stands; the open intent is settled by query before the next start
             log.exception("could not record the outcome of %s's order(s) %s", caller.strategy, ", ".join(outcomes))
 

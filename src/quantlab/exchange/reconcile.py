@@ -146,7 +146,7 @@ def _settle_open(desk: Desk, store: Store, request: Request, clock: Callable[[],
         if outcome.status == "absent" and intent.signed:
             _check_shown(desk, intent)
     if found:
-        intents.settle(store, request.strategy, found)
+        intents.settle(store, request.strategy, found, log.open)
     _reclaim_holds(store, request, desk.instance, [*pending, *request.accounts])
     return {link_id: outcome.status for link_id, outcome in found.items()}
 

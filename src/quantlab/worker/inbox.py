@@ -99,6 +99,7 @@ class Inbox:
         if result.kind == "risk":
             self.reporter.note(EventKind.RISK_REFUSED, slot, result.error)
         self.outboxes.send(slot, result)
+        self.feed(slot, m.CallAnswered())
 
     def send_init(self, slot: Slot) -> None:
         """The child said Hello: its Init, with its state claimed for its epoch (tried again while the store fails)."""
@@ -194,6 +195,7 @@ class Inbox:
             self.outboxes.send(slot, ApiResult(call_id=call.call_id, ok=False, error=str(refused), kind="permission"))
             return
         caller = Caller(slot.id, slot.assignment.epoch, RiskLimits.of(slot.work.spec))
+        self.feed(slot, m.CallAsked())  # first: a pool that answers at once answers a call the machine knows of
         self.transport.submit_api(slot.key, call, slot.work.spec.accounts, self.fencing.fence(slot), caller)
 
     def _save_state(self, slot: Slot, state: bytes | None) -> None:

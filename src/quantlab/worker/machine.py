@@ -20,6 +20,12 @@ gone: it is sent as soon as the child can take it (on Hello when it has not
 connected yet), sent again on Ready, and Ready never turns Stopping back into
 Running.
 
+A child waiting on the answer to one of its exchange calls is not hung: the
+worker owes it that answer (a lost order reply is looked for until no copy of
+the order can land, which may take longer than the hang timeout), so hang
+detection counts only the child's own time since its last heartbeat, up to
+``CALL_PATIENCE`` seconds of waiting on one answer.
+
 Beside the state, what holds across a strategy's incarnations: its errors,
 the stop it wants, whether that stop is the operator's (a start while it runs
 cancels it), and whether it ran while this worker's lease ran out (then none
@@ -37,6 +43,8 @@ from quantlab.worker.machine_events import (  # re-exported: callers write m.Due
     Action,
     Beat,
     Beaten,
+    CallAnswered,
+    CallAsked,
     Charge,
     Confirmed,
     Counted,
@@ -74,6 +82,9 @@ from quantlab.worker.rules import STABLE_AFTER, backoff_delay, next_tick, second
 
 #: Stop reasons under which the Work is no longer this incarnation's: no state writes, no orders, no st_init.
 MOVED_AWAY = ("reassigned", "lease_lost", "removed", "moved_away")
+#: Seconds a child may wait on the answer to its exchange calls before it counts as hung all the same: far
+#: past what the API pool takes to answer any call (a turn, the request's attempts, a lost order's search).
+CALL_PATIENCE = 120.0
 
 
 class Supervision(msgspec.Struct, frozen=True, kw_only=True):
@@ -112,6 +123,9 @@ class Child(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     since: float  #: spawned at (monotonic)
     last_beat: float  #: the last completed heartbeat, else ``since``: hang detection counts from here
+    calls: int = 0  #: its exchange calls the worker has not answered yet
+    waiting_since: float | None = None  #: since when it waits on an answer (while ``calls``)
+    waited: float = 0.0  #: seconds since ``last_beat`` it spent waiting on answers, not counted as hung
     ready_at: float | None = None  #: st_init returned
     greeted: bool = False  #: Hello came: the child is connected, and its Init was sent or waits (``init_waits``)
     init_waits: bool = False  #: its Init could not be built yet (the store failed): the manager's pass tries again
@@ -205,7 +219,7 @@ def deadline(machine: Machine) -> float | None:
         return state.until
     if isinstance(state, (Starting, Running)):
         child = state.child
-        times = [] if child.killed else [child.last_beat + machine.supervision.heartbeat_timeout]
+        times = [] if child.killed else [_hung_at(child, machine.supervision.heartbeat_timeout)]
         if isinstance(state, Running):
             times.append(child.next_tick)
         return min(times) if times else None
@@ -316,6 +330,8 @@ def _live(machine: Machine, state: Live, event: Event, now: float) -> Step:
             state = _with_child(state, msgspec.structs.replace(child, in_flight=False))
             return _replace(machine, state=state), [Mark(f"tick {event.seq} refused by the child: lease ran out")]
         return machine, []
+    if isinstance(event, (CallAsked, CallAnswered)):
+        return _replace(machine, state=_with_child(state, _waits(child, isinstance(event, CallAsked), now))), []
     if isinstance(event, (InitWaits, InitSent)):
         waits = msgspec.structs.replace(child, init_waits=isinstance(event, InitWaits))
         return _replace(machine, state=_with_child(state, waits)), []
@@ -338,7 +354,10 @@ def _due(machine: Machine, state: Live, now: float) -> Step:
         if now >= state.deadline:
             return _kill(machine, state, Charge(EventKind.STOPPED, f"st_exit took longer than {settings.stop_timeout:g}s"))
         return machine, []
-    if now - child.last_beat > settings.heartbeat_timeout:
+    if child.calls and child.waiting_since is not None and now - child.waiting_since > CALL_PATIENCE:
+        return _kill(machine, state, Charge(EventKind.HEARTBEAT_TIMEOUT,
+                                            f"hung: no answer to its exchange call for {CALL_PATIENCE:g}s"))
+    if not child.calls and now - child.last_beat - child.waited > settings.heartbeat_timeout:
         return _kill(machine, state, Charge(EventKind.HEARTBEAT_TIMEOUT, f"hung: no heartbeat for {settings.heartbeat_timeout:g}s"))
     if isinstance(state, Running):
         return _tick(machine, state, now)
@@ -384,10 +403,33 @@ def _beat(machine: Machine, state: Live, seq: int, now: float) -> Step:
     if not child.in_flight or seq != child.seq:
         return machine, []  # not the tick in flight: a stale answer
     first = child.beats == 0
-    child = msgspec.structs.replace(child, in_flight=False, last_beat=now, beats=child.beats + 1)
+    child = msgspec.structs.replace(child, in_flight=False, last_beat=now, beats=child.beats + 1, waited=0.0,
+                                    waiting_since=now if child.calls else None)
     stable = child.ready_at is not None and now - child.ready_at >= STABLE_AFTER
     machine = _replace(machine, state=_with_child(state, child), consecutive=0 if stable else machine.consecutive)
     return machine, [Beaten(first)]
+
+
+def _waits(child: Child, asked: bool, now: float) -> Child:
+    """The child after one of its exchange calls was sent to the worker (``asked``) or answered."""
+    if asked:
+        return msgspec.structs.replace(child, calls=child.calls + 1,
+                                       waiting_since=now if not child.calls else child.waiting_since)
+    if not child.calls:
+        return child
+    calls = child.calls - 1
+    if calls or child.waiting_since is None:
+        return msgspec.structs.replace(child, calls=calls)
+    waited = child.waited + now - child.waiting_since
+    return msgspec.structs.replace(child, calls=0, waiting_since=None, waited=waited)
+
+
+def _hung_at(child: Child, timeout: float) -> float:
+    """When the child counts as hung if nothing happens before: its own time past ``timeout``, or
+    a wait on the worker's answer past CALL_PATIENCE."""
+    if child.calls and child.waiting_since is not None:
+        return child.waiting_since + CALL_PATIENCE
+    return child.last_beat + child.waited + timeout
 
 
 def _confirmed(machine: Machine, state: Live, reason: ExitReason, now: float) -> Step:

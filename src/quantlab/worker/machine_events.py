@@ -52,6 +52,14 @@ class Beat(msgspec.Struct, frozen=True):
     seq: int
 
 
+class CallAsked(msgspec.Struct, frozen=True):
+    """The child sent an exchange call to the worker; it waits for the answer."""
+
+
+class CallAnswered(msgspec.Struct, frozen=True):
+    """The worker sent the child the answer to one of its exchange calls."""
+
+
 class TickRefused(msgspec.Struct, frozen=True):
     """The child did not run tick ``seq``: its lease had run out when it arrived."""
 
@@ -126,7 +134,7 @@ class Fatal(msgspec.Struct, frozen=True):
 Event = (
     Due | Spawned | SpawnFailed | HelloCame | ReadyCame | Beat | TickRefused | Reported | Confirmed | Gone
     | StopWanted | StartWanted | RestartWanted | Fault | Fatal | LeaseLapsed | ReconcileStarted | ReconcileEnded
-    | InitWaits | InitSent
+    | InitWaits | InitSent | CallAsked | CallAnswered
 )
 
 
