@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -124,17 +126,30 @@ def wait_for(check: Callable[[], T], timeout: float = 10.0, what: str = "conditi
 class Lab:
     """One private quantlab home and every process a test starts in it."""
 
-    def __init__(self, home: Path, store_url: str = "") -> None:
+    def __init__(self, home: Path, store_url: str = "", owner: int | None = None) -> None:
         self.home = home
         self.store_url = store_url  #: "" for the file store; postgresql://... for PostgreSQL
         self.store = open_store(Paths(home, store_url=store_url))
         self.procs: list[subprocess.Popen[bytes]] = []
+        #: The ordinary user every `qlab` runs as (``as_ordinary_user``), None: the test's own
+        self.owner = owner
+        self.prefix = as_ordinary_user(home.parent / "mount") if owner is not None else []
+
+    def _hand_over(self) -> None:
+        """What the test wrote into the home is the ordinary user's before a `qlab` of theirs runs."""
+        if self.owner is None:
+            return
+        for path in (self.home, *self.home.rglob("*")):
+            with contextlib.suppress(FileNotFoundError):  # a running qlab's temporary file, gone meanwhile
+                if path.lstat().st_uid != self.owner:
+                    os.lchown(path, self.owner, self.owner)
 
     def _qlab(self) -> list[str]:
-        return [QLAB, "--home", str(self.home), *(["--store", self.store_url] if self.store_url else [])]
+        return [*self.prefix, QLAB, "--home", str(self.home), *(["--store", self.store_url] if self.store_url else [])]
 
     def run(self, *args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run one `qlab --home H ...` command to completion."""
+        self._hand_over()
         result = subprocess.run(
             [*self._qlab(), *args], capture_output=True, text=True, timeout=timeout
         )
@@ -146,6 +161,7 @@ class Lab:
         self, *args: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], None] | None = None
     ) -> subprocess.Popen[bytes]:
         """Start a long-running `qlab --home H ...` in its own session (``preexec_fn``: run in the child first)."""
+        self._hand_over()
         log = open(self.home / f"proc-{len(self.procs)}.err", "wb")
         proc = subprocess.Popen(
             [*self._qlab(), *args],
@@ -251,6 +267,31 @@ class Lab:
             family.end(family.load(listing))
 
 
+#: The ordinary user ``as_ordinary_user`` runs a command as: no name, no groups, no capabilities.
+ORDINARY_UID = 1001
+
+
+def as_ordinary_user(scratch: Path) -> list[str]:
+    """A command prefix: run as ORDINARY_UID with no capability at all, as a desk's service user would.
+
+    This machine's Python is installed under root's private home (/root is 0700), which an
+    ordinary user cannot enter; rather than grant a capability that would read every file, the
+    command runs in a mount namespace of its own where /root is an empty world-readable tmpfs that
+    shows only the Python installation, at its own path. ``scratch``: an empty folder to mount
+    through (any path; nothing is written to it).
+    """
+    python = Path(QLAB).resolve().parents[3]  # /root/.pyenv/versions/3.11.7/bin/qlab -> /root/.pyenv
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"):
+        lacking("root, unshare and setpriv, to run qlab as an ordinary user")
+    setpriv = ["setpriv", f"--reuid={ORDINARY_UID}", f"--regid={ORDINARY_UID}", "--clear-groups", "--inh-caps=-all",
+               "--bounding-set=-all", "--"]
+    if not python.is_relative_to("/root"):
+        return setpriv
+    dance = (f"mount --bind {python} {scratch} && mount -t tmpfs -o mode=0755 tmpfs /root && mkdir -p {python} "
+             f"&& mount --move {scratch} {python} && exec {' '.join(setpriv)} \"$@\"")
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", dance, "sh"]
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
@@ -288,6 +329,23 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def ordinary_lab() -> Iterator[Lab]:
+    """A Lab whose every `qlab` runs as an ordinary user with no capability (``as_ordinary_user``), in a
+    home of theirs. It lies under /tmp, since pytest's own temporary folders are root's alone; its
+    ``lab.home.parent / "strategies"`` is a folder for the test's strategy files, outside the home."""
+    scratch = Path(tempfile.mkdtemp(prefix="qlab-ordinary-", dir="/tmp"))
+    scratch.chmod(0o755)
+    for name in ("home", "mount", "strategies"):
+        (scratch / name).mkdir()
+    lab = Lab(scratch / "home", owner=ORDINARY_UID)
+    try:
+        yield lab
+    finally:
+        lab.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import ONCE, Lab, pid_alive, wait_for
+from tests.conftest import ONCE, ORDINARY_UID, Lab, pid_alive, wait_for
 
 SECRET = "bybit-secret-4f1d9a"
 PASSWORD = "store-password-77c3e"
@@ -184,6 +184,20 @@ def zygote():
         if name.isdigit() and readable(f"/proc/{name}/cmdline").startswith(b"qlab zygote"):
             return int(name)
 
+def files(home):
+    """Every file under the quantlab home, as far as it can be listed."""
+    found = []
+    for folder, _, names in os.walk(home):
+        found += [os.path.join(folder, name) for name in names]
+    return found
+
+def signal_worker():
+    try:
+        os.kill(os.getppid(), 0)
+        return "sent"
+    except OSError as e:
+        return type(e).__name__
+
 def st_init(ctx):
     found = {"environ": json.dumps(dict(os.environ)).encode()}
     for who, pid in (("self", os.getpid()), ("worker", os.getppid()), ("zygote", zygote())):
@@ -191,9 +205,12 @@ def st_init(ctx):
             found[f"{who}/{part}"] = readable(f"/proc/{pid}/{part}")
         if who != "self":  # its own memory holds what it searches for
             found[f"{who}/mem"] = memory(pid)
+    stored = files(HOME)
+    for path in [ACCOUNTS, *stored]:
+        found[path] = readable(path)
     libc = ctypes.CDLL(None)
     status = readable("/proc/self/status").decode()
-    report = {
+    ctx.state["probe"] = {
         "reached": sorted(k for k, v in found.items() if SECRETS[0].encode() in v or SECRETS[1].encode() in v),
         "worker_mem_read": len(found["worker/mem"]) > 100,
         "store_url": os.environ.get("QLAB_STORE"),
@@ -201,12 +218,19 @@ def st_init(ctx):
         "cap_eff": re.search(r"CapEff:\\s*(\\w+)", status).group(1),
         "dumpable": libc.prctl(3, 0, 0, 0, 0),
         "names": sorted(os.environ),
+        "home_files_listed": len(stored),
+        "accounts_file": found[ACCOUNTS][:40].decode(errors="replace"),
+        "signal_worker": signal_worker(),
     }
-    with open(os.path.join(os.path.dirname(__file__), "probe.json"), "w") as f:
-        json.dump(report, f)
 def st_heartbeat(ctx, tick): pass
 def st_exit(ctx, reason): pass
 '''
+
+
+def probe(home: Path, accounts: Path) -> str:
+    """The probe strategy, told where the home and the accounts file are (it could guess as much)."""
+    return (PROBE.replace("SECRETS", repr([SECRET, PASSWORD])).replace("HOME", repr(str(home)))
+            .replace("ACCOUNTS", repr(str(accounts))))
 
 
 def test_a_strategy_reaches_no_secret_of_its_worker(pg_lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,11 +245,32 @@ def test_a_strategy_reaches_no_secret_of_its_worker(pg_lab: Lab, monkeypatch: py
     lab.director()
     lab.worker("w1", "--accounts", str(accounts), env={"QLAB_PROBE_SECRET": SECRET, "LC_PROBE": "kept",
                                                         "NODE_PROBE": "kept", "OTHER_PROBE": "dropped"})
-    probe = PROBE.replace("SECRETS", repr([SECRET, PASSWORD]))
-    lab.assign(lab.strategy("probe", probe))
-    report = json.loads(wait_for(lambda: (p := lab.home / "probe.json").exists() and p.read_text(), what="the probe"))
+    lab.assign(lab.strategy("probe", probe(lab.home, accounts)))
+    report = wait_for(lambda: lab.state("probe").get("probe"), what="the probe")
     print(f"\nprobe: {report}")
     assert report["reached"] == []
     assert report["store_url"] is None and not report["worker_mem_read"]
     assert (report["no_new_privs"], report["cap_eff"], report["dumpable"]) == ("1", "0000000000000000", 0)
     assert {"LC_PROBE", "NODE_PROBE"} <= set(report["names"]) and "OTHER_PROBE" not in report["names"]
+
+
+def test_a_strategy_of_an_ordinary_users_worker_reaches_no_secret_file_or_process(ordinary_lab: Lab) -> None:
+    """The worker and its director run as an ordinary user with no capability (as a desk member's
+    `qlab up` does), the strategy in a folder of its own: though it runs as that same user, it reads
+    nothing of the home, the accounts file or its worker's and zygote's /proc, and cannot signal its worker."""
+    lab = ordinary_lab
+    accounts = lab.home / "env.jsonl"
+    accounts.write_text(json.dumps({"name": "live", "type": "bybit", "api_key": "k",
+                                    "api_secret_env": "QLAB_PROBE_SECRET", "endpoint": "http://127.0.0.1:9"}) + "\n")
+    strategy = lab.home.parent / "strategies" / "probe.py"
+    strategy.write_text(probe(lab.home, accounts))
+    lab.director()
+    lab.worker("w1", "--accounts", str(accounts), env={"QLAB_PROBE_SECRET": SECRET})
+    lab.assign(strategy)
+    report = wait_for(lambda: lab.state("probe").get("probe"), timeout=20, what="the probe")
+    print(f"\nprobe: {report}")
+    assert {psutil.Process(p.pid).uids().real for p in lab.procs} == {ORDINARY_UID}
+    assert report["reached"] == [] and report["home_files_listed"] == 0, report
+    assert report["accounts_file"] == "<PermissionError>" and not report["worker_mem_read"], report
+    assert (report["no_new_privs"], report["cap_eff"], report["dumpable"]) == ("1", "0000000000000000", 0)
+    assert report["signal_worker"] == "PermissionError", report

@@ -6,6 +6,8 @@ import ctypes
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import Lab, js_missing, lacking, lacking_part, pid_alive, proc_state, wait_for
 
 #: Each attack as "refused: why" or "DONE: what it did". Files and memory on the first
@@ -129,7 +131,17 @@ def _in_folder(root: Path, name: str, source: str, suffix: str = ".py") -> Path:
     return path
 
 
-def test_an_attacker_strategy_reaches_nothing_but_its_own(lab: Lab, tmp_path: Path) -> None:
+@pytest.fixture(params=["root", "ordinary user"])
+def attacked(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Lab, Path]:
+    """A Lab whose processes run as root or as an ordinary user, and a folder for strategies outside its home."""
+    if request.param == "root":
+        return request.getfixturevalue("lab"), tmp_path
+    lab = request.getfixturevalue("ordinary_lab")
+    return lab, lab.home.parent / "strategies"
+
+
+def test_an_attacker_strategy_reaches_nothing_but_its_own(attacked: tuple[Lab, Path]) -> None:
+    lab, tmp_path = attacked
     accounts = lab.home / "etc" / "env.jsonl"
     accounts.parent.mkdir()
     accounts.write_text(json.dumps({"name": "live", "type": "bybit", "api_key": "k", "api_secret": "the-secret",
