@@ -110,7 +110,8 @@ class Soak:
         self.timeline = Timeline()
         self.status = StatusPoller(cluster)
         self.procs = ProcessWatch(cluster, self.violation)
-        self.recovery = Recovery(settings.bound, self.violation, self.say, self.t0)
+        live_wait = chaos_exchange.start_wait(settings.lease_ttl)
+        self.recovery = Recovery(settings.bound, self.violation, self.say, self.t0, {sid: live_wait for sid in self.live_ids})
         self.skipped = {kind: 0 for kind in settings.faults}  #: planned faults that found no target
         self.late = {kind: 0 for kind in settings.faults}  #: planned faults the run ended before (earlier ones waited)
         self.injector = Injector(

@@ -21,6 +21,8 @@ import random
 import time
 from typing import Any
 
+from quantlab.exchange.orders import SHOWN_WITHIN
+from quantlab.exchange.signing import WINDOW_SLACK
 from tests.fakes.bybit import FakeBybit
 from tests.fakes.bybit_limits import DEFAULT_LIMITS, Untidy
 
@@ -36,6 +38,16 @@ HOLD = 1.0  #: seconds a held request waits before the exchange judges it: insid
 #: Order calls per second the key may make: above the two strategies' 10 a second, below which the
 #: worker's pacing (by Bybit's limit headers) would be all a run measures.
 ORDER_LIMIT = 25
+
+
+def start_wait(lease_ttl: float) -> float:
+    """Seconds a live strategy may take past the soak's recovery bound to beat again.
+
+    Its start waits until no order of the process before it can land any more: a window of at
+    most the lease, the exchange's slack, and the lag of its lists (quantlab/exchange/reconcile.py).
+    Its first order may then wait as long for a lost reply (quantlab/exchange/placing.py).
+    """
+    return 2 * (lease_ttl + WINDOW_SLACK + SHOWN_WITHIN)
 
 
 class LiveExchange:

@@ -259,7 +259,7 @@ class Isolation:
 
     def _judge(self, op: IsoOp) -> None:
         for sid, pid in op.neighbours.items():
-            for v in disturbed(self.inj.logs[sid], pid, op.since, op.until, self.bound):
+            for v in disturbed(self.inj.logs[sid], pid, op.since, op.until, self.inj.recovery.bound_of(sid)):
                 self.inj.report(v.kind, v.strategy, f"in {op.fault.kind} {op.fault.target}: {v.detail}")
         if op.zygote is not None and op.worker is not None and op.worker.alive():
             now_zygote = zygote_of(op.worker.pid, all_procs().values())
