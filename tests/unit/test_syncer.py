@@ -72,3 +72,11 @@ def test_a_failing_sync_is_retried_and_reported_until_it_works(monkeypatch: pyte
         assert syncer.wait(generation, timeout=10) and syncer.error is None and not failures
     finally:
         syncer.close()
+
+
+@pytest.mark.parametrize(("interval", "window"), [(None, 0.01), (0.02, 0.01), (0.2, 0.05), (1.0, 0.1), (60.0, 0.1)])
+def test_syncs_are_paced_by_the_fastest_strategys_interval(interval: float | None, window: float) -> None:
+    """A quarter of the shortest interval: its tick almost never waits, a slow fleet syncs seldom."""
+    syncer = Syncer(Disk().sync, logging.getLogger("test"))
+    syncer.pace(interval)
+    assert syncer.window == pytest.approx(window)

@@ -19,10 +19,11 @@ from quantlab.store.records import EventKind, ExitReason, TickInfo
 from quantlab.worker.context import WorkerContext
 from quantlab.worker.halting import follow_halts
 from quantlab.worker.registration import claim_record
-from quantlab.worker.slot import statuses_now
 
 #: Worker heartbeats between writes of the strategies' heartbeat counts and times.
 COUNTS_EVERY = 5
+#: Heartbeat counts written a second on average at most, whatever the number of strategies.
+COUNT_WRITES_PER_SECOND = 40
 
 
 def st_worker_init(wctx: WorkerContext) -> None:
@@ -73,7 +74,8 @@ def follow_changes(wctx: WorkerContext, *, counts: bool = False) -> None:
 
 def status_line(wctx: WorkerContext) -> str:
     """What `systemctl status` shows: strategies here by status, and how much lease is left."""
-    counts = collections.Counter(statuses_now(wctx.manager.slots))
+    # The statuses as written, not probed in /proc for each child (statuses_now): this runs each heartbeat.
+    counts = collections.Counter(slot.result.status for slot in wctx.manager.slots.values())
     shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no strategies"
     left = wctx.manager.lease_until - time.monotonic()
     lease = f"lease ok ({left:.0f}s left)" if left > 0 else "LEASE LOST: strategies stopped"
@@ -81,11 +83,14 @@ def status_line(wctx: WorkerContext) -> str:
 
 
 def _counts_due(wctx: WorkerContext) -> bool:
-    """Heartbeat counts go to the store every COUNTS_EVERY worker heartbeats (statuses at once)."""
+    """Heartbeat counts go to the store every COUNTS_EVERY worker heartbeats (statuses at once); with
+    many strategies less often, COUNT_WRITES_PER_SECOND of them a second on average (each is a record
+    version: a file made, linked and pruned on the file store)."""
     now = time.monotonic()
     if now < wctx.next_counts:
         return False
-    wctx.next_counts = now + COUNTS_EVERY * wctx.options.heartbeat
+    every = max(COUNTS_EVERY * wctx.options.heartbeat, len(wctx.manager.slots) / COUNT_WRITES_PER_SECOND)
+    wctx.next_counts = now + every
     return True
 
 

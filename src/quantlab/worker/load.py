@@ -10,13 +10,20 @@ reads the last figures, so the worker's loop never stalls for them.
 
 The same samples give each child's own figures (``usage``, by pid), which the
 worker writes with its strategies' heartbeat counts for `qlab status`. A child
-seen for the first time has its memory read in that CPU pass, not up to
-MEMORY_EVERY later; its CPU needs a second sample.
+seen for the first time has its memory read in a CPU pass soon after, not up
+to MEMORY_EVERY later; its CPU needs a second sample.
+
+Reading a PSS walks the process's page tables in the kernel (1 to 3 ms each
+here): a thousand children read every MEMORY_EVERY would cost the worker a
+tenth of a core. So the reads are budgeted, PSS_PER_SECOND on average, the
+new processes first, then those read longest ago; and a family of more than
+SAMPLED_PER_SECOND × CPU_EVERY processes has its CPU sampled less often. With
+many children each figure is older (at 1,000, memory up to 100 s and CPU up
+to 10 s), never costlier.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -30,6 +37,10 @@ from quantlab.worker import procfs
 MEMORY_EVERY = 30.0
 #: Seconds between CPU samples: finding the children scans every process on the host (/proc).
 CPU_EVERY = 5.0
+#: PSS reads a second on average at most.
+PSS_PER_SECOND = 10
+#: Processes whose CPU is read a second on average at most: a bigger family is sampled less often than CPU_EVERY.
+SAMPLED_PER_SECOND = 100
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -48,7 +59,7 @@ class LoadMeter:
         #: Every process of the family by pid, as of the last samples: replaced whole by the sampler
         #: thread, so the loop reads one consistent dict.
         self.usage: dict[int, Usage] = {}
-        self._pss: dict[int, int] = {}  #: pid -> bytes at its last memory sample
+        self._pss: dict[int, tuple[int, float]] = {}  #: pid -> (bytes, monotonic time) at its last memory sample
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, name="load-meter", daemon=True)
         self._sampler.start()
@@ -61,29 +72,30 @@ class LoadMeter:
         self._sampler.join(timeout=5)
 
     def _sample(self) -> None:
-        memory_at = -math.inf
         while True:
-            memory = time.monotonic() >= memory_at + MEMORY_EVERY
-            if memory:
-                memory_at = time.monotonic()
-            self.sample_once(memory)
-            if self._stop.wait(CPU_EVERY):
+            every = max(CPU_EVERY, len(self.usage) / SAMPLED_PER_SECOND)
+            self.sample_once(int(PSS_PER_SECOND * every))
+            if self._stop.wait(every):
                 return
 
-    def sample_once(self, memory: bool) -> None:
-        """One CPU sample of the family, and its memory when ``memory`` (else only of processes new to it)."""
+    def sample_once(self, reads: int | None = None) -> None:
+        """One CPU sample of the family, and up to ``reads`` memory samples (None: no limit): the
+        processes new to it first, then those whose last one is older than MEMORY_EVERY, oldest first."""
         family = [self.me, *procfs.descendants(self.me)]
         cpu = self._cpu(family)
         self.cpu = sum(cpu.values())
-        pss: dict[int, int] = {}
-        for pid in family:
-            size = self._pss_of(pid) if memory or pid not in self._pss else self._pss[pid]
-            if size is not None:
-                pss[pid] = size
-        self._pss = pss
-        if memory:
-            self.memory_mib = sum(self._pss.values()) / 2**20
-        self.usage = {pid: Usage(cpu=cpu.get(pid), memory=self._pss[pid] / 2**20 if pid in self._pss else None)
+        now = time.monotonic()
+        known = {pid: self._pss[pid] for pid in family if pid in self._pss}
+        stale = sorted((at, pid) for pid, (_, at) in known.items() if now - at >= MEMORY_EVERY)
+        for pid in [*(pid for pid in family if pid not in known), *(pid for _, pid in stale)][:reads]:
+            size = self._pss_of(pid)
+            if size is None:
+                known.pop(pid, None)
+            else:
+                known[pid] = (size, now)
+        self._pss = known
+        self.memory_mib = sum(size for size, _ in known.values()) / 2**20
+        self.usage = {pid: Usage(cpu=cpu.get(pid), memory=known[pid][0] / 2**20 if pid in known else None)
                       for pid in family}
 
     def _cpu(self, family: list[int]) -> dict[int, float]:

@@ -7,8 +7,9 @@ rename its log away itself. The worker does it for it, the way logrotate's
 the log's content is copied to ID.log.1, and the log is truncated; the child's
 next write lands at its new end, the start. A line the child writes between the
 copy's end and the truncation is lost: the window is one system call wide.
-The worker looks at each log as it supervises its strategy (each tick), so a
-log passes its size by at most what the strategy wrote since.
+The worker looks at each log as it supervises its strategy (each tick), at
+most every EVERY seconds, so a log passes its size by at most what the
+strategy wrote in that time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 #: Bytes copied at a time.
 CHUNK = 1 << 20
+#: Seconds between two looks at one log's size (a stat each: a thousand strategies at 1 Hz would make a thousand a second).
+EVERY = 1.0
 
 
 def rotate(path: Path, max_bytes: int, keep: int) -> bool:

@@ -156,6 +156,7 @@ class StrategyManager:
     def reconcile(self, works: list[Work]) -> None:
         """Carry the store's Works over to this worker: follow what runs, adopt what is new, let go of the rest."""
         self.following.reconcile(works)
+        self.states.syncer.pace(min((slot.work.spec.interval for slot in self.slots.values()), default=None))
 
     def on_message(self, peer: bytes, msg: ToWorker | Garbled) -> None:
         """A frame from channel connection ``peer``: handled for the strategy it speaks for, charged to it if bad."""
@@ -270,7 +271,8 @@ class StrategyManager:
             self.inbox.send_init(slot)
         if retry_store and m.reconcile_failed(slot.machine):
             self.starts.spawn(slot, slot.machine.incarnation)
-        if slot.alive:  # its child may have written since; it cannot rotate its log itself (quantlab/worker/logrotate.py)
+        if slot.alive and now >= slot.log_checked + logrotate.EVERY:  # it cannot rotate its log itself
+            slot.log_checked = now
             logrotate.rotate(slot.log_path, int(self.log_settings.max_mb * 1_000_000), self.log_settings.keep)
         limit = slot.work.spec.max_memory_mb
         if limit is None or now < slot.memory_checked + MEMORY_EVERY:

@@ -44,6 +44,7 @@ class Slot:
         #: The reconciliation before its start (starts.py), handed to the Init of the child it let start (inbox.py).
         self.reconciled: Reconciled | None = None
         self.memory_checked = 0.0  #: when the memory limit was last checked (monotonic; the manager's pass)
+        self.log_checked = 0.0  #: when its log's size was last looked at (monotonic; the manager's pass)
         #: Its budget of messages to the worker, the same across restarts (a token bucket starts full
         #: whatever the time it was made at).
         self.intake = Intake(0.0)
