@@ -45,7 +45,7 @@ from quantlab.worker.machine import CALL_PATIENCE, Due
 from quantlab.worker.lease import LEASE_KILL_GRACE
 from quantlab.worker.manager import MEMORY_EVERY, STORE_RETRY, StrategyManager
 from quantlab.worker.outbox import OUTBOX_LIMIT
-from quantlab.worker.publishing import COUNTS_PER_PASS, PUBLISH_GATHER
+from quantlab.worker.publishing import COUNTS_PER_PASS, PUBLISH_GATHER, START_GATHER
 from quantlab.worker.rules import tick_phase
 from quantlab.worker.statecommit import GATHER
 from quantlab.worker.load import Usage
@@ -667,12 +667,38 @@ def test_a_start_shows_its_statuses_in_one_write_with_its_first_heartbeat(env: E
 
 def test_a_status_change_alone_is_written_within_the_gather(env: Env) -> None:
     env.assign(interval=1.0, heartbeat_timeout=5.0)
+    env.start()
+    env.manager.on_message(env.slot_rid(), Heartbeat(seq=1))
     env.step(0.001)
-    env.hello()
+    env.transport.exit(env.pid(), exit_code(3))
     env.step(PUBLISH_GATHER / 2)
+    assert env.work().result.status == "running"
+    env.step(PUBLISH_GATHER / 2)
+    assert env.work().result.status == "error" and env.manager.next_deadline() > env.clocks.mono
+
+
+def test_a_slow_start_shows_its_pid_within_the_start_gather(env: Env) -> None:
+    env.assign(interval=1.0, heartbeat_timeout=5.0)
+    env.step(0.001)
+    env.hello()  # st_init runs on
+    env.step(START_GATHER / 2)
     assert env.work().result.pid is None  # the adoption wrote "starting"; its pid waits for the gather
-    env.step(PUBLISH_GATHER / 2)
+    env.step(START_GATHER / 2)
     assert env.work().result.pid == env.pid() and env.manager.next_deadline() > env.clocks.mono
+
+
+def test_in_a_mass_start_a_first_heartbeat_does_not_write_the_others_starting(env: Env) -> None:
+    """Each status is written when its own gather ends: one write per start, not one per pass it spans."""
+    env.assign("a", interval=1.0)
+    env.step(0.001)
+    rid = env.start("a")
+    env.assign("b", interval=1.0)
+    env.step(0.001)
+    env.hello("b")  # b's st_init runs on while a beats
+    writes = env.fenced_store.reports
+    env.manager.on_message(rid, Heartbeat(seq=1))
+    env.step(0.001)
+    assert env.fenced_store.reports == writes + 1 and env.work("b").result.pid is None
 
 
 def test_a_mass_start_does_not_hold_back_the_running_strategies_ticks(env: Env) -> None:

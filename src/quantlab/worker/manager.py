@@ -47,7 +47,7 @@ from quantlab.worker.lease import LEASE_KILL_GRACE, Fencing, Lease
 from quantlab.worker.load import Usage
 from quantlab.worker.outbox import Outboxes
 from quantlab.worker.peers import Peers
-from quantlab.worker.publishing import PUBLISH_GATHER, Publisher
+from quantlab.worker.publishing import PUBLISH_GATHER, START_GATHER, Publisher
 from quantlab.worker.report import Reporter
 from quantlab.worker.rules import tick_phase
 from quantlab.worker import logrotate
@@ -218,7 +218,7 @@ class StrategyManager:
                 self.feed(slot, m.Fault(m.Charge(EventKind.ERROR, f"worker could not supervise it: {type(e).__name__}: {e}")))
         self.starts.fork_due()  # after the ticks due: they go out first
         if now >= self.publisher.publish_at:
-            self.publisher.publish()
+            self.publisher.publish(now)
         self.publisher.write_counts()
 
     def next_deadline(self) -> float:
@@ -335,7 +335,8 @@ class StrategyManager:
         elif isinstance(action, m.Publish):
             slot.result.status, slot.result.reason = m.status(slot.machine)
             slot.result.pid = slot.pid
-            self.publisher.publish_by(slot, self.clock() + PUBLISH_GATHER)
+            gather = START_GATHER if isinstance(slot.machine.state, m.Starting) else PUBLISH_GATHER
+            self.publisher.publish_by(slot, self.clock() + gather)
         elif isinstance(action, m.Settle):
             self.publisher.drop(slot)  # its last status is the settle's to write
             self._forget(slot)

@@ -1,8 +1,8 @@
 """What the store shows of each strategy: status changes written in batches, heartbeat counts a few a pass.
 
-A status change waits PUBLISH_GATHER seconds for the strategy's next ones and
-is written with every other change waiting then; a first heartbeat goes out
-with its own pass. Heartbeat counts, times and usage figures make a slot
+A status change waits PUBLISH_GATHER seconds for the strategy's next ones
+(a start's ``starting``, START_GATHER) and is written with every other change
+due by then; a first heartbeat goes out with its own pass. Heartbeat counts, times and usage figures make a slot
 ``dirty``: they are queued only every few worker heartbeats (``queue_counts``)
 and written COUNTS_PER_PASS a pass. Nobody waits for these writes to be
 durable: the sync thread syncs them later.
@@ -30,6 +30,10 @@ COUNTS_PER_PASS = 4
 #: one each (one each would be a fifth of what starting 100 strategies costs the worker).
 #: A first heartbeat is written at once, with whatever waits.
 PUBLISH_GATHER = 0.05
+#: Seconds a start's ``starting`` (with its pid) waits for its ``running`` and first heartbeat: in a
+#: mass start each child takes longer than PUBLISH_GATHER to start, and one write each, not two,
+#: is a third of what the worker does to start a thousand.
+START_GATHER = 1.0
 
 
 class Publisher:
@@ -38,9 +42,9 @@ class Publisher:
         self.reporter = reporter
         self.syncer = syncer
         self.slots = slots  #: the manager's strategies: counts of a slot gone meanwhile are not written
-        #: Status changes of this pass, written together at its end (one sync for a hundred starting).
-        self.to_publish: dict[str, Slot] = {}
-        self.publish_at = math.inf  #: when the status changes in ``to_publish`` are written (monotonic)
+        #: Status changes waiting, each with when it is due (monotonic): those due are written together.
+        self.to_publish: dict[str, tuple[Slot, float]] = {}
+        self.publish_at = math.inf  #: when the first of ``to_publish`` is due (monotonic)
         #: Heartbeat counts to write, oldest first, a few a pass (``write_counts``).
         self.counts_due: dict[str, Slot] = {}
 
@@ -53,26 +57,29 @@ class Publisher:
         slot.dirty = not self.reporter.flush_one(slot)
 
     def publish_by(self, slot: Slot, at: float) -> None:
-        """Write the slot's status by ``at`` (with every other waiting then)."""
-        self.to_publish[slot.id] = slot
+        """Write the slot's status by ``at`` (with every other due then)."""
+        waiting = self.to_publish.get(slot.id)
+        at = at if waiting is None else min(at, waiting[1])
+        self.to_publish[slot.id] = (slot, at)
         self.publish_at = min(self.publish_at, at)
 
     def drop(self, slot: Slot) -> None:
         """The slot settles: its last status is the settle's to write."""
         self.to_publish.pop(slot.id, None)
 
-    def publish(self) -> None:
-        """Write the waiting status changes now, made durable by the sync thread's next sync.
+    def publish(self, now: float = math.inf) -> None:
+        """Write the status changes due by ``now`` (all by default), made durable by the sync thread's next sync.
 
         Nobody waits for a status to be durable (a stop's last word is written apart, by
         ``Reporter.settle``, durably), and a sync here would stand between a restarted child's
         Hello and its Init.
         """
-        self.publish_at = math.inf
-        if not self.to_publish:
+        slots = [slot for slot, at in self.to_publish.values() if at <= now]
+        for slot in slots:
+            del self.to_publish[slot.id]
+        self.publish_at = min((at for _, at in self.to_publish.values()), default=math.inf)
+        if not slots:
             return
-        slots = list(self.to_publish.values())
-        self.to_publish.clear()
         with self.fenced_store.durable_later():
             for slot in slots:
                 self.write(slot)
