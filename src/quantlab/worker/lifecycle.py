@@ -23,7 +23,7 @@ from quantlab.worker.registration import claim_record
 #: Worker heartbeats between writes of the strategies' heartbeat counts and times.
 COUNTS_EVERY = 5
 #: Heartbeat counts written a second on average at most, whatever the number of strategies.
-COUNT_WRITES_PER_SECOND = 40
+COUNT_WRITES_PER_SECOND = 20
 
 
 def st_worker_init(wctx: WorkerContext) -> None:

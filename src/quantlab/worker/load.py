@@ -18,8 +18,8 @@ here): a thousand children read every MEMORY_EVERY would cost the worker a
 tenth of a core. So the reads are budgeted, PSS_PER_SECOND on average, the
 new processes first, then those read longest ago; and a family of more than
 SAMPLED_PER_SECOND × CPU_EVERY processes has its CPU sampled less often. With
-many children each figure is older (at 1,000, memory up to 100 s and CPU up
-to 10 s), never costlier.
+many children each figure is older (at 1,000, memory up to 250 s and CPU up
+to 20 s), never costlier.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ MEMORY_EVERY = 30.0
 #: Seconds between CPU samples: finding the children scans every process on the host (/proc).
 CPU_EVERY = 5.0
 #: PSS reads a second on average at most.
-PSS_PER_SECOND = 10
+PSS_PER_SECOND = 4
 #: Processes whose CPU is read a second on average at most: a bigger family is sampled less often than CPU_EVERY.
-SAMPLED_PER_SECOND = 100
+SAMPLED_PER_SECOND = 50
 
 
 class Usage(msgspec.Struct, frozen=True):
