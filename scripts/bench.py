@@ -4,6 +4,7 @@
     python scripts/bench.py --quick    # fewer samples
     python scripts/bench.py --store postgresql://root@127.0.0.1/postgres   # the store figures on PostgreSQL
     python scripts/bench.py --isolation-only   # a flooding strategy and a paused zygote beside 50 at 10 Hz
+    python scripts/bench.py --thousand         # 1,000 idle strategies at 1 Hz on one worker: a couple of minutes
     python scripts/bench.py --compare [--load-seconds 60] [--json FILE]    # side by side with supervisord
 
 Everything is real: `qlab` director and worker processes on a temporary home,
@@ -353,11 +354,20 @@ def main() -> None:
     parser.add_argument("--store-only", action="store_true", help="only the figures that involve the store")
     parser.add_argument("--isolation-only", action="store_true",
                         help="only the figures of a flooding strategy and a paused zygote (scripts/bench_isolation.py)")
+    parser.add_argument("--thousand", action="store_true",
+                        help="only 1,000 idle strategies on one worker, against their targets (scripts/bench_thousand.py)")
     parser.add_argument("--compare", action="store_true",
                         help="quantlab and supervisord side by side, and the fleet targets (scripts/bench_compare.py)")
     parser.add_argument("--load-seconds", type=float, default=20.0, help="with --compare: the 200 x 10 Hz window [20]")
     parser.add_argument("--json", metavar="FILE", help="with --compare: also write the figures as JSON")
     args = parser.parse_args()
+    if args.thousand:
+        import bench_thousand
+
+        print("| figure | quantlab | target |\n|---|---|---|")
+        for figure, value, target in bench_thousand.rows(bench_thousand.measure(1000, 20.0)):
+            print(f"| {figure} | {value} | {target or '-'} |", flush=True)
+        return
     if args.compare:
         import bench_compare
 

@@ -411,7 +411,7 @@ class Injector:
         for worker in self.cluster.procs.values():
             if not worker.is_worker or worker.stopped or not worker.alive() or worker.name in self.pins.values():
                 continue
-            hosted = [(sid, r) for sid, r in self.hosted(worker) if not self.taken(sid) and not self.commanded_lately(sid)]
+            hosted = [(sid, r) for sid, r in self.hosted(worker) if not self.taken(sid)]
             if hosted and not self._recovering_on(worker):
                 candidates.append((worker, hosted))
         return self.rng.choice(candidates) if candidates else None

@@ -163,11 +163,13 @@ class Isolation:
         return None if any(op.worker is not None for op in self.ops) else handler(now)
 
     def _worker(self) -> tuple[Managed, list[tuple[str, int]]] | None:
-        """A worker with two strategies or more, none of them taken, no isolation fault on it."""
+        """A worker with two strategies or more, none of them taken, no isolation fault on it; a strategy
+        commanded a moment ago is nobody's neighbour (its restart would pass for a disturbance)."""
         choice = self.inj._pick_worker()
-        if choice is None or len(choice[1]) < 2 or any(op.worker is choice[0] for op in self.ops):
+        if choice is None or any(op.worker is choice[0] for op in self.ops):
             return None
-        return choice[0], [(sid, r.pid) for sid, r in choice[1]]
+        hosted = [(sid, r.pid) for sid, r in choice[1] if not self.inj.commanded_lately(sid)]
+        return (choice[0], hosted) if len(hosted) >= 2 else None
 
     def _request(self, folder: str, sid: str, text: str) -> None:
         """A request file for chaos_strategy.py: ``folder/ID`` in the home."""

@@ -136,10 +136,12 @@ class Lab:
         self.prefix = as_ordinary_user(home.parent / "mount") if owner is not None else []
 
     def _hand_over(self) -> None:
-        """What the test wrote into the home is the ordinary user's before a `qlab` of theirs runs."""
+        """What the test wrote into the home and the strategies' folder beside it is the ordinary user's
+        before a `qlab` of theirs runs (whatever umask the test process runs under)."""
         if self.owner is None:
             return
-        for path in (self.home, *self.home.rglob("*")):
+        strategies = self.home.parent / "strategies"
+        for path in (self.home, *self.home.rglob("*"), strategies, *strategies.rglob("*")):
             with contextlib.suppress(FileNotFoundError):  # a running qlab's temporary file, gone meanwhile
                 if path.lstat().st_uid != self.owner:
                     os.lchown(path, self.owner, self.owner)

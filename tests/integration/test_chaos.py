@@ -1,7 +1,8 @@
 """The chaos soak (scripts/chaos.py), every fault kind: it must pass with no violation.
 
-60 seconds on the file store, with the isolation faults and the attacker strategy too; 30 seconds on
-PostgreSQL (a scratch database the soak makes and drops).
+60 seconds on the file store, with the isolation faults, the attacker strategy and two strategies
+trading through pybit on the untidy fake Bybit too; 30 seconds on PostgreSQL (a scratch database the
+soak makes and drops), on the paper account.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def run_soak(home: Path, duration: int, *extra: str, seed: int = 1) -> dict[str,
     faults = summary["faults"]
     assert sum(row["injected"] for row in faults.values()) >= duration / 4, faults  # one every 2 s on average
     orders = summary["orders"]
-    assert orders["accepted"] >= orders["sent"] / 2 > 0 and orders["live"] > 0, orders
+    assert orders["accepted"] >= orders["sent"] / 2 > 0, orders
     return summary
 
 
@@ -74,6 +75,7 @@ def test_chaos_soak_passes(tmp_path: Path) -> None:
     assert faults["halt"]["injected"] >= 1 and summary["orders"]["halts"] == faults["halt"]["injected"], summary
     # A paused zygote holds every other fault for its 10 s, so some planned late in the run do not come.
     assert sum(faults[kind]["injected"] for kind in ("flood", "zygote-stop", "zygote-kill", "escape")) >= 3, faults
+    assert summary["orders"]["live"] > 0, summary["orders"]  # through pybit, on the untidy fake Bybit
     attacker = summary["attacker"]
     assert attacker["rounds"] >= 5 and len(attacker["attacks"]) >= 20, attacker
     assert all(row["tries"] >= 5 and row["done"] == 0 for row in attacker["attacks"].values()), attacker
@@ -81,4 +83,6 @@ def test_chaos_soak_passes(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(PG_DURATION + OVERHEAD + 60)
 def test_chaos_soak_passes_on_postgres(tmp_path: Path) -> None:
-    run_soak(tmp_path / "home", PG_DURATION, "--store", require_postgres())
+    # Paper only: what the live account adds is the exchange's, not the store's, and its slower
+    # failovers would hold back the faults this short run is to inject (the file-store soak has it).
+    run_soak(tmp_path / "home", PG_DURATION, "--store", require_postgres(), "--live", "0")

@@ -205,7 +205,7 @@ def st_init(ctx):
             found[f"{who}/{part}"] = readable(f"/proc/{pid}/{part}")
         if who != "self":  # its own memory holds what it searches for
             found[f"{who}/mem"] = memory(pid)
-    stored = files(HOME)
+    stored = [path for path in files(HOME) if path != os.path.abspath(__file__)]  # its own file holds SECRETS
     for path in [ACCOUNTS, *stored]:
         found[path] = readable(path)
     libc = ctypes.CDLL(None)

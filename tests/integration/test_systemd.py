@@ -183,7 +183,7 @@ def test_the_shipped_units_are_the_rendered_defaults() -> None:
 
 
 def test_everything_in_the_home_is_private_whatever_the_umask(lab: Lab) -> None:
-    os.umask(0o022)  # a typical login umask; qlab must not inherit its openness
+    before = os.umask(0o022)  # a typical login umask; qlab must not inherit its openness
     try:
         lab.director()
         lab.worker("w1")
@@ -191,7 +191,7 @@ def test_everything_in_the_home_is_private_whatever_the_umask(lab: Lab) -> None:
         lab.assign(file, "--interval", "0.1")
         lab.wait_heartbeats("s", 2)
     finally:
-        os.umask(0o077)
+        os.umask(before)  # the tests after this one in the same process keep theirs
     open_ones = []
     for path in [*(lab.home / "store").rglob("*"), *(lab.home / "logs").rglob("*"), lab.home / "store", lab.home / "logs"]:
         try:
