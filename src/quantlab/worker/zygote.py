@@ -152,8 +152,10 @@ class Zygote:
 
 
 def _serve(sock: socket.socket, worker_pid: int, family_path: str, private: list[str]) -> None:
-    # Imported here, once: every child starts with them loaded.
+    # Imported here, once: every child starts with them loaded, and the rules of its sandbox made.
     from quantlab.child import runner  # noqa: F401
+
+    sandbox.prepare(private)
 
     unreaped: list[family.Member] = []  # children the worker has not reaped: they and theirs may be running
     while True:
