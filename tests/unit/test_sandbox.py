@@ -135,6 +135,28 @@ def test_the_seccomp_filter_keeps_signals_within_the_group_and_refuses_ptrace() 
         os.waitpid(neighbour, 0)
 
 
+def test_the_filter_compiled_before_the_fork_refuses_ptrace_in_every_child() -> None:
+    """Where Landlock scopes signals the filter names no pid: the zygote compiles it once, each child installs it."""
+    if not seccomp.supported():
+        lacking("a seccomp filter for this architecture")
+    seccomp.prepare(signals=False)
+    neighbour = os.fork()
+    if neighbour == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        def attacks() -> str:
+            procs.lock_down()
+            seccomp.install(os.getpid(), signals=False)
+            libc = ctypes.CDLL(None, use_errno=True)
+            return "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno())
+
+        assert [_in_child(attacks) for _ in range(2)] == ["Operation not permitted"] * 2
+    finally:
+        os.kill(neighbour, signal.SIGKILL)
+        os.waitpid(neighbour, 0)
+
+
 def test_a_child_in_its_sandbox_reads_its_folder_and_nothing_of_the_home(tmp_path: Path) -> None:
     if not sandbox.ABI:
         lacking("Landlock")

@@ -124,7 +124,8 @@ def shared_rules(argv: tuple[str, ...], private: tuple[str, ...]) -> dict[str, i
 
 
 def prepare(private: list[str]) -> None:
-    """In the zygote, before any fork: the rules a Python child shares, made once (see ``shared_rules``)."""
+    """In the zygote, before any fork: the rules a Python child shares and the seccomp filter, made once."""
+    seccomp.prepare(signals=ABI < landlock.SCOPES_SIGNALS)
     try:
         shared_rules((), tuple(private))
     except Overlap:

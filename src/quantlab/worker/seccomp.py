@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 
@@ -91,9 +92,27 @@ def _own_target(own_pid: int, deny: int) -> list[tuple[int, int, int, int]]:
 
 def install(own_pid: int, signals: bool) -> None:
     """Install the filter on this thread (and all it starts); needs ``no_new_privs``. OSError when refused."""
-    insns = program(own_pid, signals)
-    array = (_Insn * len(insns))(*(_Insn(*insn) for insn in insns))
-    prog = _Prog(len(insns), array)
+    prog = _compiled(own_pid, True)[0] if signals else _pid_free()[0]
     if _prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp: {os.strerror(err)}")
+
+
+def prepare(signals: bool) -> None:
+    """In the zygote, before any fork: the filter every child shares, when it names no pid (see ``_pid_free``)."""
+    if not signals and supported():
+        _pid_free()
+
+
+def _compiled(own_pid: int, signals: bool) -> tuple[_Prog, ctypes.Array[_Insn]]:
+    """The program as the kernel takes it, with the array it points into (which must outlive it)."""
+    insns = program(own_pid, signals)
+    array = (_Insn * len(insns))(*(_Insn(*insn) for insn in insns))
+    return _Prog(len(insns), array), array
+
+
+@functools.cache
+def _pid_free() -> tuple[_Prog, ctypes.Array[_Insn]]:
+    """Without the signal checks the filter names no pid: the same for every child, so compiled once,
+    in the zygote, rather than written into each child's pages shared with it."""
+    return _compiled(0, False)
