@@ -97,9 +97,10 @@ def st_exit(ctx, reason): pass
 
 def test_a_stop_during_st_init_runs_st_exit_and_keeps_its_deadline(running: Lab) -> None:
     """A stop asked while st_init runs survives its Ready: st_exit runs, within the stop's own deadline."""
+    # Longer than a start's gather (START_GATHER, 1 s): its pid shows while st_init still runs.
     source = ONCE + '''
 def st_init(ctx):
-    time.sleep(1.0)
+    time.sleep(2.5)
 def st_heartbeat(ctx, tick): pass
 def st_exit(ctx, reason):
     note(ctx, reason.type)
