@@ -76,11 +76,18 @@ S1 = Caller("s1", 3)
 # ---- orderLinkIds ----
 
 
-@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}", fullmatch=True), st.integers(1, 10**8), st.integers(1, 10**9))
+# With the longest tag (16 characters) an epoch and a sequence of up to nine digits each fit Bybit's
+# 36; make() refuses a longer id (test_a_link_id_too_long_for_bybit_is_refused_not_sent).
+@given(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}", fullmatch=True), st.integers(1, 10**8), st.integers(1, 10**9 - 1))
 def test_made_link_ids_fit_bybit_and_name_their_strategy_and_epoch(strategy: str, epoch: int, seq: int) -> None:
     link = orderids.make(strategy, epoch, seq)
     assert len(link) <= 36 and all(c.isalnum() or c in "_-" for c in link)
     assert orderids.owned_by(link, strategy) == (orderids.tag(strategy), epoch, seq)
+
+
+def test_a_link_id_too_long_for_bybit_is_refused_not_sent() -> None:
+    with pytest.raises(ValueError, match="longer than 36 characters"):
+        orderids.make("a" * 16, 100_000_000, 1_000_000_000)
 
 
 def test_a_strategy_does_not_own_another_strategys_orders() -> None:
