@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable, Collection
 
 from quantlab.errors import ApiError
-from quantlab.exchange import reconcile
+from quantlab.exchange import orders, reconcile
 from quantlab.exchange.accounts import Account
 from quantlab.exchange.bybit import BybitClients
 from quantlab.exchange.dispatch import Dispatcher
@@ -35,6 +35,7 @@ from quantlab.exchange.placing import InFlight, OrderPlacer
 from quantlab.exchange.ratelimit import AccountLimits
 from quantlab.exchange.reservations import Current
 from quantlab.exchange.sending import Sender
+from quantlab.exchange.sharedreads import SharedReads
 from quantlab.exchange.signing import Fence
 from quantlab.protocol import ApiCall, ApiResult
 from quantlab.store.store import Store
@@ -74,6 +75,7 @@ class ApiPool:
         self._clients = BybitClients(accounts, self._limits, proxy=proxy, clock=clock)
         self._sender = Sender(accounts, store, self._clients, self._limits, self._closing, proxy=proxy, clock=clock,
                               call_deadline=CALL_DEADLINE)
+        self._shared_reads = SharedReads(self.read)  #: reconciliation's list reads, shared by starts (sharedreads.py)
         self._flying = InFlight()
         placer = OrderPlacer(accounts, store, self._sender, self._clients, self._flying, self._closing,
                              instance=instance, worker=worker, current=current, clock=clock)
@@ -128,22 +130,30 @@ class ApiPool:
         if not self._dispatcher.aside(run):
             done(0, "the API pool is closed")
 
-    def read(self, account: str, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """A read-only call on the account for the worker itself; raises ApiError."""
+    def read(self, account: str, method: str, kwargs: dict[str, Any],
+             on_turn: Callable[[], None] | None = None) -> dict[str, Any]:
+        """A read-only call on the account for the worker itself; raises ApiError. ``on_turn``: told
+        just before the request is sent, once the account's rate limit gave it its turn."""
         served = self._accounts.get(account)
         if served is None:
             raise ApiError(f"account {account!r} is not served by this worker")
         try:
-            return self._sender.read(served, method, kwargs)
+            return self._sender.read(served, method, kwargs, on_turn)
         except Failure as failure:
             raise ApiError(self._sender.scrubbed(failure, account).error, failure.ret_code) from None
 
+    def shared_reader(self, account: str, since: float) -> orders.Read:
+        """List reads on the account shared by the starts that began by ``since`` (quantlab/exchange/sharedreads.py)."""
+        return self._shared_reads.reader(account, since)
+
     def cancel(self, account: str, kwargs: dict[str, Any], fence: Fence) -> None:
         """Cancel one order for the worker itself (fenced); raises ApiError."""
+        self._shared_reads.forget(account)
         _checked(self.call(account, "cancel_order", kwargs, [account], fence))
 
     def cancel_all(self, account: str, scope: dict[str, str], fence: Fence) -> dict[str, Any]:
         """Cancel every open order in ``scope`` for the worker itself (fenced); raises ApiError."""
+        self._shared_reads.forget(account)
         body: dict[str, Any] = _checked(self.call(account, "cancel_all_orders", dict(scope), [account], fence))
         return body
 

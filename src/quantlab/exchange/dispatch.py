@@ -41,7 +41,9 @@ from quantlab.store.store import Store
 
 log = logging.getLogger(__name__)
 
-RECONCILING_THREADS = 2  #: threads for reconciliation and halts' cancels, apart from every account's
+#: Threads for reconciliation and halts' cancels, apart from every account's: starts that wait for an
+#: account's rate limit together share its list reads (quantlab/exchange/sharedreads.py).
+RECONCILING_THREADS = 8
 
 
 class Dispatcher:

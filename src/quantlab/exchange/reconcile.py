@@ -71,6 +71,10 @@ class Desk(Protocol):
         """A read-only call on the account; raises ApiError."""
         ...
 
+    def shared_reader(self, account: str, since: float) -> orders.Read:
+        """Reads of lists on the account, shared with other starts that began by ``since`` (monotonic)."""
+        ...
+
     def cancel(self, account: str, kwargs: dict[str, Any], fence: Fence) -> None:
         """Cancel one order (fenced like any order-changing call); raises ApiError."""
         ...
@@ -100,19 +104,21 @@ def reconcile(desk: Desk, store: Store, request: Request, fence: Fence,
               clock: Callable[[], float] = time.time) -> Reconciled:
     try:
         settled = _settle_open(desk, store, request, clock)
+        since = time.monotonic()  # the strategy sealed and its intents settled: lists read from now on will do
         log = intents.read(store, request.strategy)
         scopes = intents.scopes([log])
         mine: list[dict[str, Any]] = []
         stale: list[dict[str, Any]] = []
         positions: list[dict[str, Any]] = []
         for account in request.accounts:
-            owned, unlisted = owned_orders(desk, log, request.strategy, account, scopes, clock)
+            lists = desk.shared_reader(account, since)
+            owned, unlisted = owned_orders(desk, log, request.strategy, account, scopes, clock, lists)
             if unlisted:  # left out, it would be neither handed to the strategy nor cancelled as stale
                 raise NotYet(f"order {unlisted[0].link_id} was placed a moment ago and the exchange does not "
                              "list it yet: listing the open orders again")
             for row, epoch in owned:
                 (stale if epoch < request.epoch else mine).append(row)
-            positions += _positions(desk, account, scopes)
+            positions += _positions(lists, account, scopes)
         cancelled = _cancel(desk, stale, fence) if request.cancel_stale else []
         kept = [row for row in stale if row["orderLinkId"] not in cancelled]
         return Reconciled(ok=True, open_orders=[*mine, *kept], positions=positions, settled=settled,
@@ -186,14 +192,16 @@ def _reclaim_holds(store: Store, request: Request, instance: str, accounts: list
 
 
 def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str, scopes: list[dict[str, str]],
-                 clock: Callable[[], float] = time.time) -> tuple[list[tuple[dict[str, Any], int]], list[Intent]]:
+                 clock: Callable[[], float] = time.time, read: orders.Read | None = None,
+                 ) -> tuple[list[tuple[dict[str, Any], int]], list[Intent]]:
     """The strategy's open orders on ``account`` (looked for in ``scopes``), each with the epoch that
     placed it, and the live orders it placed a moment ago that the exchange does not list yet (it
-    lists an order it took late: orders.SHOWN_WITHIN)."""
+    lists an order it took late: orders.SHOWN_WITHIN). ``read``: how the lists are read (default:
+    each afresh)."""
     found = []
     unlisted: list[Intent] = []
     for scope in scopes:
-        rows = orders.open_orders(functools.partial(desk.read, account), scope)
+        rows = orders.open_orders(read or functools.partial(desk.read, account), scope)
         listed = {str(r.get("orderLinkId", "")) for r in rows}
         unlisted += log.unlisted(account, scope, listed, clock(), orders.SHOWN_WITHIN)
         for row in rows:
@@ -203,12 +211,12 @@ def owned_orders(desk: Desk, log: IntentLog, strategy: str, account: str, scopes
     return found, unlisted
 
 
-def _positions(desk: Desk, account: str, scopes: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _positions(read: orders.Read, account: str, scopes: list[dict[str, str]]) -> list[dict[str, Any]]:
     rows = []
     for scope in scopes:
         if scope["category"] not in POSITION_CATEGORIES:
             continue
-        listed = orders.all_pages(functools.partial(desk.read, account), "get_positions", scope, orders.POSITION_PAGE)
+        listed = orders.all_pages(read, "get_positions", scope, orders.POSITION_PAGE)
         rows += [{**r, "account": account} for r in listed if _size(r) != 0]
     return rows
 

@@ -91,10 +91,14 @@ class Sender:
                     raise
             attempt += 1
 
-    def read(self, account: Account, method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """A read on the account for the pool's own needs, in its turn under the account's rate limit."""
+    def read(self, account: Account, method: str, kwargs: dict[str, Any],
+             on_turn: Callable[[], None] | None = None) -> dict[str, Any]:
+        """A read on the account for the pool's own needs, in its turn under the account's rate limit
+        (``on_turn``: told when the turn came, just before the request is sent)."""
         if not self._limits.acquire(account.name, self._call_deadline):
             raise Failure(f"rate limit: no turn on {account.name!r} for {method}", RATE_LIMITED, "api")
+        if on_turn is not None:
+            on_turn()
         body: dict[str, Any] = self._send(account, method, kwargs, None, None, WORKER)
         return body
 
