@@ -102,6 +102,13 @@ class Fleet:
                         + "".join(f"[strategies.{i}]\n" for i in ids))
         return path
 
+    def apply_until_beating(self, file: Path, ids: list[str], timeout: float) -> float:
+        """Seconds from `qlab apply` of ``ids`` running ``file`` at 1 Hz until each has a heartbeat."""
+        start = time.perf_counter()
+        self.run("apply", str(self.manifest(file, ids, 1.0)))
+        poll(lambda: self.beating(ids), timeout=timeout, step=0.05)
+        return time.perf_counter() - start
+
     def beating(self, ids: list[str], count: int = 1) -> bool:
         works = {w.id: w for w in self.store.list_works()}
         return all(i in works and works[i].result.heartbeats >= count for i in ids)

@@ -29,18 +29,10 @@ import msgspec
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 from bench_common import qlab_args  # noqa: E402
-from bench_fleet import Fleet, poll, timed_runs, uss_pss  # noqa: E402
-
-#: Counts its ticks in ctx.state: every heartbeat has a state to commit.
-COUNTER = '''
-def st_init(ctx):
-    ctx.state.setdefault("n", 0)
-def st_heartbeat(ctx, tick):
-    ctx.state["n"] += 1
-def st_exit(ctx, reason):
-    pass
-'''
+from bench_fleet import Fleet, timed_runs, uss_pss  # noqa: E402
+from tests.conftest import COUNTER  # noqa: E402  (counts its ticks in ctx.state: every heartbeat has a state to commit)
 
 
 class Thousand(msgspec.Struct):
@@ -79,11 +71,7 @@ def measure(n: int, seconds: float) -> Thousand:
         try:
             file = home / "counter.py"
             file.write_text(COUNTER)
-            ids = [f"t{i:04d}" for i in range(n)]
-            start = time.perf_counter()
-            fleet.run("apply", str(fleet.manifest(file, ids, 1.0)))
-            poll(lambda: fleet.beating(ids), timeout=300, step=0.1)
-            applied = time.perf_counter() - start
+            applied = fleet.apply_until_beating(file, [f"t{i:04d}" for i in range(n)], timeout=300)
             time.sleep(3)  # the starts' last writes and the first counts settle
             worker, director = psutil.Process(fleet.worker.pid), psutil.Process(fleet.director.pid)
             children = fleet.children()
@@ -124,11 +112,7 @@ def rate_limited_start(n: int = 20, calls_per_second: float = 2.0) -> float:
         try:
             file = home / "on_paper.py"
             file.write_text(ON_PAPER)
-            ids = [f"p{i:02d}" for i in range(n)]
-            start = time.perf_counter()
-            fleet.run("apply", str(fleet.manifest(file, ids, 1.0)))
-            poll(lambda: fleet.beating(ids), timeout=120, step=0.05)
-            return time.perf_counter() - start
+            return fleet.apply_until_beating(file, [f"p{i:02d}" for i in range(n)], timeout=120)
         finally:
             fleet.close()
 

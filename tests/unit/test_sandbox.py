@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -101,60 +101,58 @@ def _outcome(action: Callable[[], object]) -> str:
         return e.strerror or str(e)
 
 
-def test_the_seccomp_filter_keeps_signals_within_the_group_and_refuses_ptrace() -> None:
+@pytest.fixture
+def neighbour() -> Iterator[int]:
+    """A process beside the test's children that only waits: the target of their attacks."""
+    if not seccomp.supported():
+        lacking("a seccomp filter for this architecture")
+    pid = os.fork()
+    if pid == 0:
+        signal.pause()
+        os._exit(0)
+    try:
+        yield pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already if a filter let a kill through
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_the_seccomp_filter_keeps_signals_within_the_group_and_refuses_ptrace(neighbour: int) -> None:
     """The filter a kernel without Landlock's signal scoping relies on, in a real process."""
-    if not seccomp.supported():
-        lacking("a seccomp filter for this architecture")
-    neighbour = os.fork()
-    if neighbour == 0:
-        signal.pause()
-        os._exit(0)
-    try:
-        def attacks() -> str:
-            procs.lock_down()
-            seccomp.install(os.getpid(), signals=True)
-            libc = ctypes.CDLL(None, use_errno=True)
-            outcomes = {
-                "own group": _outcome(lambda: os.killpg(os.getpid(), 0)),
-                "itself": _outcome(lambda: os.kill(os.getpid(), 0)),
-                "its group by 0": _outcome(lambda: os.kill(0, 0)),
-                "a neighbour": _outcome(lambda: os.kill(neighbour, signal.SIGKILL)),
-                "a neighbour's group": _outcome(lambda: os.killpg(neighbour, signal.SIGKILL)),
-                "every process": _outcome(lambda: os.kill(-1, 0)),
-                "ptrace": "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno()),
-            }
-            return repr(outcomes)
-        said = _in_child(attacks)
-        refused = "Operation not permitted"
-        assert said == repr({"own group": "ok", "itself": "ok", "its group by 0": "ok", "a neighbour": refused,
-                             "a neighbour's group": refused, "every process": refused, "ptrace": refused})
-        assert procs.procfs.exited(neighbour) is False
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # gone already if the filter let a kill through
-            os.kill(neighbour, signal.SIGKILL)
-        os.waitpid(neighbour, 0)
+    def attacks() -> str:
+        procs.lock_down()
+        seccomp.install(os.getpid(), signals=True)
+        libc = ctypes.CDLL(None, use_errno=True)
+        outcomes = {
+            "own group": _outcome(lambda: os.killpg(os.getpid(), 0)),
+            "itself": _outcome(lambda: os.kill(os.getpid(), 0)),
+            "its group by 0": _outcome(lambda: os.kill(0, 0)),
+            "a neighbour": _outcome(lambda: os.kill(neighbour, signal.SIGKILL)),
+            "a neighbour's group": _outcome(lambda: os.killpg(neighbour, signal.SIGKILL)),
+            "every process": _outcome(lambda: os.kill(-1, 0)),
+            "ptrace": "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno()),
+        }
+        return repr(outcomes)
+
+    said = _in_child(attacks)
+    refused = "Operation not permitted"
+    assert said == repr({"own group": "ok", "itself": "ok", "its group by 0": "ok", "a neighbour": refused,
+                         "a neighbour's group": refused, "every process": refused, "ptrace": refused})
+    assert procs.procfs.exited(neighbour) is False
 
 
-def test_the_filter_compiled_before_the_fork_refuses_ptrace_in_every_child() -> None:
+def test_the_filter_compiled_before_the_fork_refuses_ptrace_in_every_child(neighbour: int) -> None:
     """Where Landlock scopes signals the filter names no pid: the zygote compiles it once, each child installs it."""
-    if not seccomp.supported():
-        lacking("a seccomp filter for this architecture")
     seccomp.prepare(signals=False)
-    neighbour = os.fork()
-    if neighbour == 0:
-        signal.pause()
-        os._exit(0)
-    try:
-        def attacks() -> str:
-            procs.lock_down()
-            seccomp.install(os.getpid(), signals=False)
-            libc = ctypes.CDLL(None, use_errno=True)
-            return "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno())
 
-        assert [_in_child(attacks) for _ in range(2)] == ["Operation not permitted"] * 2
-    finally:
-        os.kill(neighbour, signal.SIGKILL)
-        os.waitpid(neighbour, 0)
+    def attacks() -> str:
+        procs.lock_down()
+        seccomp.install(os.getpid(), signals=False)
+        libc = ctypes.CDLL(None, use_errno=True)
+        return "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno())
+
+    assert [_in_child(attacks) for _ in range(2)] == ["Operation not permitted"] * 2
 
 
 def test_a_child_in_its_sandbox_reads_its_folder_and_nothing_of_the_home(tmp_path: Path) -> None:
