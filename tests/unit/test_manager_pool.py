@@ -30,6 +30,7 @@ from quantlab.store.fenced import FencedStore
 from quantlab.store.memstore import MemoryStore
 from quantlab.store.records import Assignment, StrategySpec, Work
 from quantlab.worker.manager import StrategyManager
+from tests.conftest import wait_for
 from tests.unit.test_manager import FakeTransport, exit_code
 
 T = TypeVar("T")
@@ -131,8 +132,9 @@ def test_an_order_from_a_slot_moved_away_a_moment_ago_is_refused_where_it_is_sig
 def test_a_lapsed_lease_refuses_the_next_order_on_the_pool(env: PoolEnv) -> None:
     env.assign()
     rid = env.start()
-    env.manager.set_lease(time.monotonic() + 0.1)
-    time.sleep(0.2)  # the lease runs out on the real clock the pool's fence reads
+    until = time.monotonic() + 0.1
+    env.manager.set_lease(until)
+    wait_for(lambda: time.monotonic() > until, what="the lease to run out on the clock the pool's fence reads")
     refused = env.call(rid, 1, "place_order", ORDER)
     assert (refused.ok, refused.kind) == (False, "permission"), refused
     assert env.paper_orders() == []
