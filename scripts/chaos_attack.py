@@ -37,12 +37,29 @@ def deploy(home: Path, fleet: Spec) -> Spec:
 
 def tell(home: Path, directors: list[int], workers: list[int]) -> None:
     """Where its targets are, in ``targets.json`` beside it (written whole): what an attacker who searched
-    the machine would know. The soak writes it again on each scan, as processes come and go."""
+    the machine would know (from inside its PID namespace it sees no process). The soak writes it again
+    on each scan, as processes come and go."""
     where = folder(home)
-    data = {"home": str(home), "accounts": str(home / "etc" / "env.jsonl"), "directors": directors, "workers": workers}
+    data = {"home": str(home), "accounts": str(home / "etc" / "env.jsonl"), "directors": directors, "workers": workers,
+            "children": {str(w): _children(w) for w in workers}}
     part = where / "targets.json.part"
     part.write_text(json.dumps(data))
     os.replace(part, where / "targets.json")
+
+
+def _children(worker: int) -> list[tuple[int, str]]:
+    """(pid, command line) of each process ``worker`` is the parent of: its zygote and its strategies."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[1]) != worker:
+                    continue
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                found.append((int(name), f.read().replace(b"\0", b" ").decode(errors="replace").strip()))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def judge(state: dict[str, Any], orders: set[str]) -> list[Violation]:

@@ -56,30 +56,14 @@ def attempt(action: Callable[[], object]) -> str:
 # ---- finding its targets ----
 
 
-def procs() -> list[tuple[int, int, str]]:
-    """(pid, ppid, command line) of every process it can see."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, IndexError, ValueError):
-            continue
-        found.append((int(name), ppid, cmdline))
-    return found
-
-
-def targets() -> dict[str, Any]:
-    """Its worker (its parent), that worker's zygote and strategies (their titles), and what the soak wrote
-    in targets.json beside it: the home, the accounts file, the directors."""
+def targets(ctx: Any) -> dict[str, Any]:
+    """Its worker, that worker's zygote and strategies (their titles), and what the soak wrote in
+    targets.json beside it: the home, the accounts file, the directors, each worker's children (from
+    inside its PID namespace it sees no other process, so it is told their pids as the machine has them)."""
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "targets.json")) as f:
         told = json.load(f)
-    worker = os.getppid()
-    mine = [(p, c) for p, pp, c in procs() if pp == worker and p != os.getpid()]
+    worker = ctx.worker_pid
+    mine = [(p, c) for p, c in told["children"].get(str(worker), []) if p != ctx.pid]
     return {
         **told, "worker": worker,
         "zygote": next((p for p, c in mine if c.startswith("qlab zygote")), 0),
@@ -102,7 +86,7 @@ def channel_endpoint() -> str:
 
 
 def attacks(ctx: Any) -> dict[str, Callable[[], object]]:
-    t = targets()
+    t = targets(ctx)
     home, worker, zygote, director = t["home"], t["worker"], t["zygote"], t["director"]
     victim, victim_id = t["neighbours"][0] if t["neighbours"] else (0, "s01")
     return {

@@ -63,6 +63,25 @@ def all_procs() -> dict[int, Proc]:
     return found
 
 
+def host_pids(runner: int, pids: list[int]) -> list[int]:
+    """The machine's pids of the processes that strategy child ``runner`` (the machine's pid) numbers
+    ``pids`` in its PID namespace (the same numbers without one); those gone are left out."""
+    try:
+        namespace = os.readlink(f"/proc/{runner}/ns/pid")
+    except OSError:
+        return []  # the child is gone, and with it its namespace and everything in it
+    found = {}
+    for name in os.listdir("/proc"):
+        try:
+            if name.isdigit() and os.readlink(f"/proc/{name}/ns/pid") == namespace:
+                with open(f"/proc/{name}/status") as f:
+                    inner = int(next(line for line in f if line.startswith("NSpid:")).split()[-1])
+                found[inner] = int(name)
+        except (OSError, StopIteration, ValueError):
+            continue
+    return [found[pid] for pid in pids if pid in found]
+
+
 def has_marker(pid: int, marker: bytes) -> bool:
     """Whether the process's environment holds ``marker`` (a zombie has no environment left)."""
     try:
@@ -306,11 +325,12 @@ class ProcessWatch:
 
     def remember(self, runner: Runner) -> None:
         """Note a new runner's process (and its helper's) while it runs, so a reused pid is never mistaken for it."""
-        for pid in (runner.pid, runner.helper):
+        helper = next(iter(host_pids(runner.pid, [runner.helper])), None) if runner.helper is not None else None
+        for pid in (runner.pid, helper):
             if pid is not None and pid not in self.identity and (proc := read_proc(pid)) is not None:
                 self.identity[pid] = proc.start
-        if runner.helper is not None and runner.helper in self.identity:
-            self.helpers[(runner.helper, self.identity[runner.helper])] = runner
+        if helper is not None and helper in self.identity:
+            self.helpers[(helper, self.identity[helper])] = runner
 
     def same_process(self, pid: int) -> bool:
         """Whether ``pid`` is still the runner or helper first seen under that pid, alive."""

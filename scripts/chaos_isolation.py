@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from chaos_checks import StrategyLog, Violation
-from chaos_cluster import Managed, Proc, all_procs, has_marker, read_proc, send
+from chaos_cluster import Managed, Proc, all_procs, has_marker, host_pids, read_proc, send
 from chaos_faults import Fault, Injector, Ran, Watch
 from quantlab.protocol import LIMITS
 from quantlab.store.records import Event, EventKind
@@ -299,7 +299,7 @@ class Isolation:
 
     def _act(self, op: IsoOp, pid: int, helpers: list[int], now: float) -> None:
         """The helpers are out: remember them, then end the child (SIGKILL, or `qlab strategy restart`)."""
-        op.helpers = [(h, p.start) for h in helpers if (p := read_proc(h)) is not None and p.state != "Z"]
+        op.helpers = [(h, p.start) for h in host_pids(pid, helpers) if (p := read_proc(h)) is not None and p.state != "Z"]
         watch = op.escape_watch
         assert watch is not None
         op.acted = now

@@ -70,7 +70,8 @@ def _gen(ctx: Any) -> int:
 
 def _record(ctx: Any, kind: str, **fields: Any) -> None:
     """One line, one write, O_APPEND: lines of two processes never mix."""
-    line = {"k": kind, "pid": os.getpid(), "ppid": os.getppid(), "m": time.monotonic(), "t": time.time(), "gen": _gen(ctx), **fields}
+    # Its pid and its worker's as the soak sees them: in its PID namespace os.getpid() is 1.
+    line = {"k": kind, "pid": ctx.pid, "ppid": ctx.worker_pid, "m": time.monotonic(), "t": time.time(), "gen": _gen(ctx), **fields}
     fd = os.open(os.path.join(HOME, "records", ctx.id + ".jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, (json.dumps(line) + "\n").encode())

@@ -101,6 +101,10 @@ class Init(_Msg, tag="init"):
     open_orders: list[dict[str, Any]] = []
     positions: list[dict[str, Any]] = []
     limits: Limits = LIMITS  #: what the child may send (checked in the child, and again by the worker)
+    #: The child's and its worker's pids as the machine numbers them (``qlab status``, ``ps``): in its
+    #: PID namespace the child is 1 and its parent 0 (quantlab/worker/pidns.py). 0: not known.
+    pid: int = 0
+    worker_pid: int = 0
 
 
 class Tick(_Msg, tag="tick"):

@@ -28,7 +28,7 @@ def st_heartbeat(ctx, tick):
     ctx.state["n"] += 1
     try:
         ctx.api.bybit["live"].place_order(category="linear", symbol="BTCUSDT", side="Buy", orderType="Limit",
-                                          qty="0.01", price="100", orderLinkId=f"{os.getpid()}-{ctx.state['n']}")
+                                          qty="0.01", price="100", orderLinkId=f"{ctx.pid}-{ctx.state['n']}")
     except Exception as e:
         ctx.state["last_error"] = str(e)
 def st_exit(ctx, reason):
@@ -80,12 +80,12 @@ def test_a_paused_workers_queued_orders_never_reach_the_exchange(lab: Lab, fake:
 
 #: ORDERS, with each call's outcome in calls-PID.txt beside it: "ok", or the error it met.
 TRACED = ORDERS.replace('''    except Exception as e:
-        ctx.state["last_error"] = str(e)''', '''        _note("ok")
+        ctx.state["last_error"] = str(e)''', '''        _note(ctx, "ok")
     except Exception as e:
         ctx.state["last_error"] = str(e)
-        _note(str(e).replace("\\n", " "))
-def _note(text):
-    with open(os.path.join(os.path.dirname(__file__), f"calls-{os.getpid()}.txt"), "a") as f:
+        _note(ctx, str(e).replace("\\n", " "))
+def _note(ctx, text):
+    with open(os.path.join(os.path.dirname(__file__), f"calls-{ctx.pid}.txt"), "a") as f:
         f.write(text + "\\n")''')
 
 
@@ -170,7 +170,7 @@ def attempt(fn):
 
 def st_init(ctx):
     drop_capabilities()
-    worker, secret = os.getppid(), ctx.params["secret"].encode()
+    worker, secret = ctx.worker_pid, ctx.params["secret"].encode()
     ctx.state["worker"] = worker
     ctx.state["environ"] = attempt(lambda: "found" if secret in open(f"/proc/{worker}/environ", "rb").read() else "read, not found")
     ctx.state["memory"] = attempt(lambda: read_memory(worker, secret))

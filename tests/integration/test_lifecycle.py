@@ -19,7 +19,7 @@ import json, os, time
 ACCOUNTS = ["paper"]
 def trace(ctx, what, **more):
     with open(os.path.join(os.path.dirname(__file__), "trace.jsonl"), "a") as f:
-        f.write(json.dumps({"pid": os.getpid(), "what": what, "t": time.time(), **more}) + "\\n")
+        f.write(json.dumps({"pid": ctx.pid, "what": what, "t": time.time(), **more}) + "\\n")
 def call(ctx):
     """An order that stays open (far below the market), and when it was sent."""
     t0 = time.time()

@@ -67,6 +67,23 @@ def proc_mem(pid):
         f.seek(address)
         return f"read {len(f.read(64))} bytes of its memory"
 
+def processes():
+    """The machine's other processes, as /proc lists them."""
+    others = [name for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()]
+    if not others:
+        raise OSError(3, "no other process to see")
+    return f"saw {len(others)} other processes"
+
+def new_namespace():
+    """In a single-threaded fork of itself (a process with threads may make none)."""
+    pid = os.fork()
+    if pid == 0:  # CLONE_NEWUSER: every capability, inside it
+        os._exit(0 if libc.unshare(0x10000000) == 0 else ctypes.get_errno())
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code:
+        raise OSError(code, os.strerror(code))
+    return "made a user namespace"
+
 def st_init(ctx):
     pass
 
@@ -86,6 +103,9 @@ def st_heartbeat(ctx, tick):
             "ptrace a neighbour": attempt(lambda: seize(p["traced_pid"])),
             "process_vm_readv a neighbour": attempt(lambda: vm_read(p["traced_pid"])),
             "read a neighbour's /proc mem": attempt(lambda: proc_mem(p["traced_pid"])),
+            "list the machine's processes": attempt(processes),
+            "read the worker's command line": attempt(lambda: read(f"/proc/{p['worker_pid']}/cmdline")),
+            "make a namespace of its own": attempt(new_namespace),
         }
     elif "signals" not in ctx.state:
         ctx.state["signals"] = {
@@ -200,5 +220,5 @@ def test_an_attacker_strategy_reaches_nothing_but_its_own(attacked: tuple[Lab, P
     if not js_missing():
         assert "node runs in its sandbox" in lab.log("node")
     lab.wait_heartbeats("victim", victim.result.heartbeats + 3)
-    assert status.get("sandbox") == f"landlock-{landlock_abi()} seccomp"
+    assert status.get("sandbox") == f"landlock-{landlock_abi()} seccomp pidns"
     assert status["sandbox"] in lab.run("status").stdout

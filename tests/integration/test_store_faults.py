@@ -31,9 +31,9 @@ def st_init(ctx):
     ctx.state.setdefault("n", 0)
 def st_heartbeat(ctx, tick):
     ctx.state["n"] += 1
-    _log(ctx, f"beat {os.getpid()} {ctx.state['n']} {time.time()}")
+    _log(ctx, f"beat {ctx.pid} {ctx.state['n']} {time.time()}")
 def st_exit(ctx, reason):
-    _log(ctx, f"exit {os.getpid()} {reason.type} {time.time()}")
+    _log(ctx, f"exit {ctx.pid} {reason.type} {time.time()}")
 '''
 
 

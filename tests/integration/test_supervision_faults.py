@@ -196,7 +196,7 @@ SLOW_EXIT = '''
 import os, time
 def _note(ctx, what):
     with open(os.path.join(os.path.dirname(__file__), f"{ctx.id}.times"), "a") as f:
-        f.write(f"{what} {os.getpid()} {time.time()}\\n")
+        f.write(f"{what} {ctx.pid} {time.time()}\\n")
 def st_init(ctx):
     _note(ctx, "init")
 def st_heartbeat(ctx, tick):

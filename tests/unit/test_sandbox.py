@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from quantlab.worker import landlock, logrotate, procs, sandbox, seccomp
+from quantlab.worker import landlock, logrotate, pidns, procs, sandbox, seccomp, strategyuids
 from tests.conftest import lacking
 
 _WRITES = landlock.WRITE_FILE | landlock.TRUNCATE
@@ -62,17 +65,63 @@ def test_a_node_child_reads_nodes_install_and_its_runtime(tmp_path: Path) -> Non
     assert {str(tmp_path / "opt" / "node"), str(runtime), "/pkg/runner.mjs"} <= set(rules)
 
 
-@pytest.mark.parametrize(("abi", "layers", "says"), [
-    (7, ["landlock-7", "seccomp"], []),
-    (5, ["landlock-5", "seccomp"],
+NO_PIDNS = ("no PID namespace for strategies (no user namespaces here, or the service refuses them): "
+            "a strategy sees every process of the machine in /proc")
+HOST_PROC = ("strategies get a PID namespace but not a /proc of their own: a strategy sees the pids and "
+             "command lines of the machine's processes, though it can signal none of them")
+
+
+@pytest.mark.parametrize(("abi", "level", "layers", "says"), [
+    (7, pidns.Level.OWN_PROC, ["landlock-7", "seccomp", "pidns"], []),
+    (5, pidns.Level.OWN_PROC, ["landlock-5", "seccomp", "pidns"],
      ["Landlock ABI 5 cannot scope signals: seccomp alone keeps them within a strategy's group"]),
-    (0, ["seccomp"], ["no Landlock in this kernel: a strategy can read and write whatever the worker's user can"]),
+    (0, pidns.Level.OWN_PROC, ["seccomp", "pidns"],
+     ["no Landlock in this kernel: a strategy can read and write whatever the worker's user can"]),
+    (7, pidns.Level.HOST_PROC, ["landlock-7", "seccomp", "pidns-hostproc"], [HOST_PROC]),
+    (7, pidns.Level.NONE, ["landlock-7", "seccomp"], [NO_PIDNS]),
 ])
 def test_the_worker_names_the_layers_in_force_and_what_a_missing_one_leaves_open(
-        monkeypatch: pytest.MonkeyPatch, abi: int, layers: list[str], says: list[str]) -> None:
+        monkeypatch: pytest.MonkeyPatch, abi: int, level: pidns.Level, layers: list[str], says: list[str]) -> None:
     monkeypatch.setattr(sandbox, "ABI", abi)
     monkeypatch.setattr(seccomp, "supported", lambda: True)
-    assert (sandbox.layers(), sandbox.missing()) == (layers, says)
+    monkeypatch.setattr(pidns, "probe", lambda uids: level)
+    assert (sandbox.layers(None), sandbox.missing(None)) == (layers, says)
+
+
+def test_a_worker_with_strategy_uids_names_their_range_among_its_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pidns, "probe", lambda uids: pidns.Level.OWN_PROC)
+    assert sandbox.layers(strategyuids.parse("61000-61999"))[-2:] == ["pidns", "uids-61000-61999"]
+
+
+def test_this_machine_gives_a_strategy_child_a_pid_namespace_and_a_proc_of_its_own() -> None:
+    """Found by making one: as this process is, and as an ordinary user (uid 1001, no capability) is."""
+    def as_ordinary_user() -> str:
+        strategyuids.become(1001)
+        return pidns.probe.__wrapped__(None).value
+
+    found = {"as we are": pidns.probe.__wrapped__(None).value,
+             "as uid 1001": _in_child(as_ordinary_user) if os.geteuid() == 0 else "pidns"}
+    if found != {"as we are": "pidns", "as uid 1001": "pidns"}:
+        lacking(f"PID namespaces with a /proc of their own for strategy children (found {found})")
+
+
+def test_under_a_service_that_covers_part_of_proc_a_child_gets_a_pid_namespace_with_the_hosts_proc() -> None:
+    """As in the worker's systemd unit: ProtectKernelTunables= binds /proc/sys read-only over itself, and
+    the kernel then refuses a user namespace a /proc of its own (it would show what the cover hides)."""
+    if os.geteuid() != 0:
+        lacking("root, to cover /proc/sys as systemd's ProtectKernelTunables= does")
+
+    def under_the_unit() -> str:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ms_rdonly, ms_remount, ms_bind, ms_rec, ms_private = 1, 0x20, 0x1000, 0x4000, 1 << 18
+        steps = [libc.unshare(0x20000), libc.mount(b"none", b"/", None, ms_rec | ms_private, None),
+                 libc.mount(b"/proc/sys", b"/proc/sys", None, ms_bind | ms_rec, None),
+                 libc.mount(b"none", b"/proc/sys", None, ms_bind | ms_remount | ms_rdonly | ms_rec, None)]
+        assert steps == [0] * 4, os.strerror(ctypes.get_errno())
+        strategyuids.become(1001)  # the unit's user: no capability
+        return pidns.probe.__wrapped__(None).value
+
+    assert _in_child(under_the_unit) == "pidns-hostproc"
 
 
 def _in_child(check: Callable[[], str]) -> str:
@@ -153,6 +202,52 @@ def test_the_filter_compiled_before_the_fork_refuses_ptrace_in_every_child(neigh
         return "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno())
 
     assert [_in_child(attacks) for _ in range(2)] == ["Operation not permitted"] * 2
+
+
+def test_the_filter_refuses_a_namespace_or_a_mount_of_the_childs_making_and_lets_it_fork_and_thread() -> None:
+    """A user namespace would give a strategy every capability in it: neither unshare, nor clone with a
+    namespace's flag, nor mount; fork, threads and subprocesses still work (clone3 falls back to clone)."""
+    if not seccomp.supported():
+        lacking("a seccomp filter for this architecture")
+
+    def attempts() -> str:
+        procs.lock_down()
+        seccomp.install(os.getpid(), signals=False)
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        def call(result: int) -> str:
+            return "ok" if result == 0 else os.strerror(ctypes.get_errno())
+
+        def clone_new_user() -> str:  # clone(CLONE_NEWUSER | SIGCHLD) as a raw system call: a fork if allowed
+            pid = libc.syscall(56 if platform.machine() == "x86_64" else 220, 0x10000000 | signal.SIGCHLD, 0, 0, 0, 0)
+            if pid == 0:
+                os._exit(0)
+            return call(-1) if pid < 0 else f"made {os.waitpid(pid, 0) and 'a namespace'}"
+
+        def thread() -> str:
+            box: list[str] = []
+            worker = threading.Thread(target=lambda: box.append("ran"))
+            worker.start()
+            worker.join()
+            return box[0]
+
+        return repr({"unshare a user namespace": call(libc.unshare(0x10000000)),
+                     "clone into a new one": clone_new_user(),
+                     "mount": call(libc.mount(b"none", b"/tmp", b"tmpfs", 0, None)),
+                     "fork": "ok" if os.waitpid(_forked(), 0)[1] == 0 else "failed",
+                     "a thread": thread(),
+                     "a subprocess": subprocess.run(["true"]).returncode and "failed" or "ok"})
+
+    refused = "Operation not permitted"
+    assert _in_child(attempts) == repr({"unshare a user namespace": refused, "clone into a new one": refused,
+                                        "mount": refused, "fork": "ok", "a thread": "ran", "a subprocess": "ok"})
+
+
+def _forked() -> int:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    return pid
 
 
 def test_a_child_in_its_sandbox_reads_its_folder_and_nothing_of_the_home(tmp_path: Path) -> None:

@@ -101,8 +101,14 @@ class StrategyContext:
         send: Callable[[Any], None],
         open_orders: list[dict[str, Any]] | None = None,
         positions: list[dict[str, Any]] | None = None,
+        pid: int = 0,
+        worker_pid: int = 0,
     ) -> None:
         self.id = id
+        #: This process's pid and its worker's as the machine numbers them (``qlab status``, ``ps``):
+        #: inside its PID namespace ``os.getpid()`` says 1, and neither pid names a process there.
+        self.pid = pid
+        self.worker_pid = worker_pid
         self.params = params
         self.state = state  #: persisted after every heartbeat, restored on restart
         self._log = log

@@ -149,6 +149,8 @@ class Runner:
             send=Sender(conn, init.limits).send,
             open_orders=init.open_orders,
             positions=init.positions,
+            pid=init.pid,
+            worker_pid=init.worker_pid,
         )
         self.module: ModuleType | None = None
         self.sent_state = b""

@@ -76,7 +76,7 @@ ProtectKernelLogs=yes
 ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
-RestrictNamespaces=yes
+RestrictNamespaces={namespaces}
 RestrictRealtime=yes
 # AF_NETLINK: glibc's getaddrinfo asks the kernel for the host's addresses through it when a caller
 # passes AI_ADDRCONFIG; refused, that lookup fails.
@@ -115,8 +115,9 @@ KillMode=mixed
 {sandbox}# The strategies' own sandbox (quantlab/worker/sandbox.py) takes Landlock's three calls, which
 # @system-service does not hold (systemd 252): refused, every strategy would run without it. Each
 # child's lock-down (quantlab/worker/procs.py) empties its capabilities with capset, which
-# ~@privileged refuses.
-SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self capset
+# ~@privileged refuses. A child mounts its own /proc in its PID namespace, which @system-service
+# does not hold (where the service's own /proc is partly hidden the kernel refuses it anyway).
+SystemCallFilter=landlock_create_ruleset landlock_add_rule landlock_restrict_self capset mount
 {uid_calls}
 [Install]
 WantedBy=multi-user.target
@@ -128,6 +129,10 @@ UID_CAPABILITIES = "CAP_SETUID CAP_SETGID CAP_KILL"
 # the worker reads its children's /proc (their memory and CPU, their descendants when it ends them).
 _UID_SANDBOX = {"capabilities": UID_CAPABILITIES, "protect_proc": "default"}
 _NO_UID_SANDBOX = {"capabilities": "", "protect_proc": "invisible"}
+# The worker makes each strategy child a PID namespace of its own (quantlab/worker/pidns.py): without
+# CAP_SYS_ADMIN, inside a user namespace of the child's uid. Every other kind stays refused, and the
+# children's own seccomp filter refuses them all.
+_WORKER_NAMESPACES = "user pid mnt"
 # ~@privileged refuses the calls that switch uids, which each strategy child makes before its lock-down.
 _UID_CALLS = "SystemCallFilter=@setuid\n"
 
@@ -157,10 +162,12 @@ def render(install: Install) -> dict[str, str]:
                                               store_env=store_env, timeout_stop=TIMEOUT_STOP_SEC),
     )
     uids = install.strategy_uids
-    worker = dict(fields, sandbox=_SANDBOX.format(home=install.home, **(_UID_SANDBOX if uids else _NO_UID_SANDBOX)),
+    worker = dict(fields, sandbox=_SANDBOX.format(home=install.home, namespaces=_WORKER_NAMESPACES,
+                                                  **(_UID_SANDBOX if uids else _NO_UID_SANDBOX)),
                   worker_args=f" --strategy-uids {uids}" if uids else "", uid_calls=_UID_CALLS if uids else "")
     return {
-        "qlab-director.service": DIRECTOR.format(**fields, sandbox=_SANDBOX.format(home=install.home, **_NO_UID_SANDBOX)),
+        "qlab-director.service": DIRECTOR.format(
+            **fields, sandbox=_SANDBOX.format(home=install.home, namespaces="yes", **_NO_UID_SANDBOX)),
         "qlab-worker@.service": WORKER.format(**worker),
     }
 

@@ -10,6 +10,7 @@ too: it reads (and claims) the strategy's state.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 import msgspec
@@ -123,7 +124,8 @@ class Inbox:
         settings = self.log_settings
         init = Init(id=slot.id, file=spec.file, params=spec.params, state=state, accounts=spec.accounts,
                     log_path=str(slot.log_path), log_max_bytes=int(settings.max_mb * 1_000_000),
-                    log_keep=settings.keep, open_orders=found.open_orders, positions=found.positions)
+                    log_keep=settings.keep, open_orders=found.open_orders, positions=found.positions,
+                    pid=slot.pid or 0, worker_pid=os.getpid())
         self.outboxes.send(slot, init)
 
     def note_burst(self, slot: Slot, burst: Burst | None) -> None:

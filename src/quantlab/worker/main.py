@@ -42,7 +42,7 @@ from quantlab.store.tablestore import TableStore
 from quantlab.store.view import WorkView
 from quantlab.protocol import ApiCall, ApiResult, ToChild
 from quantlab.signals import ChildExits, StopRequest
-from quantlab.worker import procs, sandbox, strategyuids
+from quantlab.worker import pidns, procs, sandbox, strategyuids
 from quantlab.worker.fenceguard import FenceGuard
 from quantlab.worker.procs import Children
 from quantlab.exchange.accounts import load_accounts, take_proxy, take_secrets
@@ -100,9 +100,10 @@ class Worker:
         self.api_wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         env = strategy_environment(accounts)
         private = [str(paths.home), *([str(accounts_path)] if accounts_path else [])]  # out of every child's reach
-        for line in sandbox.missing():
+        for line in sandbox.missing(options.uid_range):
             log.warning("sandbox: %s", line)
-        self.spawner = Spawner(lambda: Zygote(env, options.id, str(self.family.path), private), self.watch,
+        namespaces = pidns.probe(options.uid_range) is not pidns.Level.NONE
+        self.spawner = Spawner(lambda: Zygote(env, options.id, str(self.family.path), private, namespaces), self.watch,
                                self.unwatch, log, uids=uids)
         self.strays_at = 0.0  #: when the next look for strays is due (monotonic)
         self.apis = ApiPool(accounts, store, proxy=proxy, worker=options.id, instance=new_instance(paths.host_name),
@@ -320,6 +321,7 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     procs.become_undumpable()  # first: the environment may hold secrets until take_secrets
     stop = StopRequest().install()
     procs.become_subreaper()  # before the zygote: its grandchildren must come to us
+    pidns.probe(options.uid_range)  # it forks: before any thread starts
     store = open_store(paths)
     id_lock = WorkerIdLock(paths.store, options.id)
     id_lock.take(store)  # before anything else: a second process with our id stops here
@@ -360,7 +362,7 @@ def _context(worker: Worker, paths: Paths, hooks: ModuleType | None) -> WorkerCo
             lease_ttl=options.lease_ttl,
             instance=new_instance(identity.host),
             started=process_started(),
-            sandbox=" ".join(sandbox.layers()),
+            sandbox=" ".join(sandbox.layers(options.uid_range)),
         ),
         state=WorkerState(),
     )

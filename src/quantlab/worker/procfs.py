@@ -102,6 +102,23 @@ def pss_bytes(pid: int) -> int:
     return 0  # a zombie has no mappings
 
 
+def effective_capabilities() -> int:
+    """This process's effective capabilities, a bit per capability (CapEff of /proc/self/status)."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def parent(status_fd: int) -> int:
+    """The parent's pid, read from a /proc/PID/status opened earlier: as the /proc it was opened in
+    numbers it, even after a /proc of another PID namespace is mounted over that one."""
+    data = os.pread(status_fd, 4096, 0)
+    start = data.index(b"\nPPid:") + 6
+    return int(data[start : data.index(b"\n", start)])
+
+
 def _boot_time() -> float:
     with open("/proc/stat", "rb") as f:
         for line in f:

@@ -11,11 +11,12 @@ nothing is left as a zombie or running on.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
-from typing import Callable
+from typing import Callable, Iterator
 
 from quantlab.worker import procfs, strategyuids
 
@@ -57,6 +58,16 @@ def become_undumpable() -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
 
 
+@contextlib.contextmanager
+def dumpable() -> Iterator[None]:
+    """Dumpable for the moment of the block (see ``become_undumpable``), and not again after it."""
+    _prctl(_PR_SET_DUMPABLE, 1)
+    try:
+        yield
+    finally:
+        _prctl(_PR_SET_DUMPABLE, 0)
+
+
 def lock_down(uid: int | None = None) -> None:
     """Make this process (a strategy child, before it runs any strategy code) unable to reach past itself.
 
@@ -93,10 +104,10 @@ def _last_cap() -> int:
 _LAST_CAP = _last_cap()
 
 
-def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL) -> None:
-    """Get ``sig`` when the parent dies; exit now if it already has."""
+def die_with_parent(expected_parent: int, sig: int = signal.SIGKILL, parent: Callable[[], int] = os.getppid) -> None:
+    """Get ``sig`` when the parent dies; exit now if it already has. ``parent``: how to read the parent's pid."""
     _prctl(_PR_SET_PDEATHSIG, sig)
-    if os.getppid() != expected_parent:
+    if parent() != expected_parent:
         os._exit(1)
 
 

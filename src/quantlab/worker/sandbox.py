@@ -13,8 +13,11 @@ is missing at its start and registers the rest, shown by `qlab status`):
   folder holds it) gets no file-system layer at all, and its log says so. From ABI 6 it may signal, ptrace and
   reach abstract unix sockets of its own domain only: itself and what it
   starts, never a sibling, the worker or the director.
-- seccomp (quantlab/worker/seccomp.py): no ptrace, no process_vm_readv/writev;
-  with a Landlock too old to scope signals, no signal outside its own group.
+- seccomp (quantlab/worker/seccomp.py): no ptrace, no process_vm_readv/writev,
+  no namespace or mount of its own making; with a Landlock too old to scope
+  signals, no signal outside its own group.
+- a PID namespace and a /proc of its own (quantlab/worker/pidns.py), made
+  before this: it sees, and can name, no process but itself and its helpers.
 
 Connecting to the worker's ipc:// socket (a named one, under /tmp) needs no
 grant: Landlock, up to ABI 7, does not mediate connecting to a named unix socket.
@@ -27,7 +30,8 @@ import os
 import sys
 from pathlib import Path
 
-from quantlab.worker import landlock, seccomp
+from quantlab.worker import landlock, pidns, seccomp
+from quantlab.worker.strategyuids import UidRange
 
 _READ = landlock.READ_FILE | landlock.READ_DIR
 _READ_EXEC = _READ | landlock.EXECUTE
@@ -46,15 +50,25 @@ WRITABLE = ("/dev/null",)
 ABI = landlock.abi()  #: found once, in the zygote
 
 
-def layers() -> list[str]:
-    """The layers every strategy child of this machine runs under, e.g. ["landlock-7", "seccomp"]."""
+def layers(uids: UidRange | None) -> list[str]:
+    """The layers every strategy child of this worker runs under, e.g. ["landlock-7", "seccomp", "pidns",
+    "uids-61000-61999"] (``uids``: its --strategy-uids)."""
     out = [f"landlock-{ABI}"] if ABI else []
-    return out + (["seccomp"] if seccomp.supported() else [])
+    out += ["seccomp"] if seccomp.supported() else []
+    out += [level.value] if (level := pidns.probe(uids)).value else []
+    return out + ([f"uids-{uids}"] if uids else [])
 
 
-def missing() -> list[str]:
-    """One line per layer this kernel lacks, saying what a strategy can then do."""
+def missing(uids: UidRange | None) -> list[str]:
+    """One line per layer this kernel (or the service) refuses, saying what a strategy can then do."""
     lines = []
+    level = pidns.probe(uids)
+    if level is pidns.Level.NONE:
+        lines.append("no PID namespace for strategies (no user namespaces here, or the service refuses them): "
+                     "a strategy sees every process of the machine in /proc")
+    elif level is pidns.Level.HOST_PROC:
+        lines.append("strategies get a PID namespace but not a /proc of their own: a strategy sees the pids and "
+                     "command lines of the machine's processes, though it can signal none of them")
     if not ABI:
         lines.append("no Landlock in this kernel: a strategy can read and write whatever the worker's user can")
     elif ABI < landlock.SCOPES_SIGNALS:

@@ -1,4 +1,5 @@
-"""A seccomp filter for a strategy child: no ptrace, no process_vm_*, and (optionally) signals to its own group only.
+"""A seccomp filter for a strategy child: no ptrace, no process_vm_*, no namespace or mount of its own making,
+and (optionally) signals to its own group only.
 
 The filter is a classic BPF program over ``struct seccomp_data`` (nr at offset 0,
 arch at 4, the arguments from 16, eight bytes each, little-endian), installed
@@ -8,6 +9,12 @@ group, and the child leads its own group (pid == pgid). Every thread and process
 it starts inherits the filter, with the same constant. A system call of another
 architecture (the 32-bit entry points of x86_64) kills the process: its numbers
 differ, so the checks below would not hold for it.
+
+Namespaces: a strategy runs in a PID namespace its worker made
+(quantlab/worker/pidns.py); a user namespace of its own making would give it
+every capability there, and the kernel's whole surface for them. clone3
+passes its flags in memory the filter cannot read: it is refused as unknown
+(ENOSYS), which makes the C library fall back to clone, whose flags it can.
 """
 
 from __future__ import annotations
@@ -26,20 +33,30 @@ _RET_KILL_PROCESS = 0x80000000
 _LD_ABS_W = 0x20  # BPF_LD | BPF_W | BPF_ABS
 _JEQ = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
 _JGE = 0x35  # BPF_JMP | BPF_JGE | BPF_K
+_JSET = 0x45  # BPF_JMP | BPF_JSET | BPF_K
 _RET = 0x06  # BPF_RET | BPF_K
 _X32_BIT = 0x40000000  # x86_64's x32 ABI: the same arch, numbers with this bit
 
+#: The same number on every architecture (added after the tables were unified).
+_NEW_MOUNT_API = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+                  "fspick": 433, "clone3": 435, "mount_setattr": 442}
 #: Per machine: its audit arch, and the numbers of the calls the filter looks at.
 _ARCHES = {
     "x86_64": (0xC000003E, {"ptrace": 101, "process_vm_readv": 310, "process_vm_writev": 311, "kill": 62,
                             "tkill": 200, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297,
-                            "pidfd_send_signal": 424}),
+                            "pidfd_send_signal": 424, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166,
+                            "pivot_root": 155, "clone": 56, **_NEW_MOUNT_API}),
     "aarch64": (0xC00000B7, {"ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271, "kill": 129,
                              "tkill": 130, "tgkill": 131, "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240,
-                             "pidfd_send_signal": 424}),
+                             "pidfd_send_signal": 424, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39,
+                             "pivot_root": 41, "clone": 220, **_NEW_MOUNT_API}),
 }
-#: Refused outright: reading or writing another process's memory, or attaching to it.
-_DENIED = ("ptrace", "process_vm_readv", "process_vm_writev")
+#: Refused outright: reading or writing another process's memory, or attaching to it; making or
+#: joining a namespace, or mounting.
+_DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "unshare", "setns", "mount", "umount2", "pivot_root",
+           "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr")
+#: clone's flags that make a namespace (CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET).
+_CLONE_NAMESPACES = 0x7E020000
 #: Signals whose first argument is the target (a pid, or a thread group): allowed for 0, -pgid and pid.
 _SIGNALS_BY_PID = ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 
@@ -64,9 +81,9 @@ def program(own_pid: int, signals: bool, machine: str = "") -> list[tuple[int, i
     """The filter's instructions (code, jt, jf, k); ``signals``: also keep signals within the group of ``own_pid``."""
     arch, nr = _ARCHES[machine or platform.machine()]
     deny = _RET_ERRNO | errno.EPERM
-    checked = _DENIED + (_SIGNALS_BY_PID + ("pidfd_send_signal",) if signals else ())
+    checked = _DENIED + ("clone", "clone3") + (_SIGNALS_BY_PID + ("pidfd_send_signal",) if signals else ())
     # A pidfd says nothing the filter can read: refused like the memory calls.
-    verdicts = [_own_target(own_pid, deny) if name in _SIGNALS_BY_PID else [(_RET, 0, 0, deny)] for name in checked]
+    verdicts = [_verdict(name, own_pid, deny) for name in checked]
     out = [(_LD_ABS_W, 0, 0, 4), (_JEQ, 1, 0, arch), (_RET, 0, 0, _RET_KILL_PROCESS),
            (_LD_ABS_W, 0, 0, 0), (_JGE, 0, 1, _X32_BIT), (_RET, 0, 0, _RET_KILL_PROCESS)]
     # One comparison per checked call, then ALLOW, then each call's verdict block in the same order.
@@ -78,6 +95,17 @@ def program(own_pid: int, signals: bool, machine: str = "") -> list[tuple[int, i
     for block in verdicts:
         out += block
     return out
+
+
+def _verdict(name: str, own_pid: int, deny: int) -> list[tuple[int, int, int, int]]:
+    """The instructions that judge a call of ``name``, once the filter knows it is that call."""
+    if name in _SIGNALS_BY_PID:
+        return _own_target(own_pid, deny)
+    if name == "clone":  # allowed unless its flags (the first argument's low 32 bits) make a namespace
+        return [(_LD_ABS_W, 0, 0, 16), (_JSET, 0, 1, _CLONE_NAMESPACES), (_RET, 0, 0, deny), (_RET, 0, 0, _RET_ALLOW)]
+    if name == "clone3":
+        return [(_RET, 0, 0, _RET_ERRNO | errno.ENOSYS)]
+    return [(_RET, 0, 0, deny)]
 
 
 def _own_target(own_pid: int, deny: int) -> list[tuple[int, int, int, int]]:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from pathlib import Path
 
 import msgspec
 
 from quantlab.errors import ConfigError
+from quantlab.worker import procfs
 
 _RANGE = re.compile(r"(\d+)-(\d+)")
 #: The capabilities the worker needs, by their bit in /proc/self/status's CapEff.
@@ -64,8 +64,7 @@ def parse(text: str) -> UidRange:
 
 def missing_capabilities() -> list[str]:
     """The capabilities the worker lacks to run strategies under their own uids."""
-    status = Path("/proc/self/status").read_text()
-    effective = int(re.search(r"^CapEff:\s*([0-9a-f]+)$", status, re.M)[1], 16)  # type: ignore[index]
+    effective = procfs.effective_capabilities()
     return [name for name, bit in NEEDED.items() if not effective >> bit & 1]
 
 

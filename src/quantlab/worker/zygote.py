@@ -8,11 +8,13 @@ each child in milliseconds, sharing those pages copy-on-write.
 
 To keep the worker the real parent of every child (exit codes by waitpid, a
 pidfd in its poller), the worker is a child subreaper and the zygote
-double-forks: the intermediate exits at once, the grandchild is re-parented to
-the worker, opens its log, takes the uid the worker chose for it, if any
-(quantlab/worker/strategyuids.py), locks itself down (quantlab/worker/procs.py
-`lock_down`), arms its parent-death signal (SIGSTOP) and enters its sandbox
-(quantlab/worker/sandbox.py) before any strategy code runs.
+double-forks: the intermediate opens the child's log, makes the PID namespace
+the child will be PID 1 of (quantlab/worker/pidns.py) and exits at once; the
+grandchild is re-parented to the worker, mounts its own /proc, takes the uid
+the worker chose for it, if any (quantlab/worker/strategyuids.py), locks
+itself down (quantlab/worker/procs.py `lock_down`), arms its parent-death
+signal (SIGSTOP) and enters its sandbox (quantlab/worker/sandbox.py) before
+any strategy code runs.
 
 The worker never waits for its zygote (quantlab/worker/spawner.py): it sends a
 request and reads the answer when the socket is readable; a zygote that owes
@@ -41,7 +43,7 @@ from pathlib import Path
 import msgspec
 
 from quantlab import proctitle
-from quantlab.worker import family, procs, sandbox
+from quantlab.worker import family, pidns, procfs, procs, sandbox
 
 
 class ForkRequest(msgspec.Struct, tag="fork"):
@@ -82,6 +84,9 @@ _decode_forked = msgspec.msgpack.Decoder(Forked).decode
 #: touches pages each child would then hold a copy of.
 _ALL_SIGNALS = frozenset(int(sig) for sig in signal.valid_signals())
 
+#: The zygote may make a child's namespaces without a user namespace (quantlab/worker/pidns.py).
+_CAN_ADMIN = pidns.privileged()
+
 #: Seconds a new child may wait to be re-parented to the worker.
 REPARENT_TIMEOUT = 5.0
 
@@ -90,11 +95,12 @@ class Zygote:
     """The worker's handle on one zygote process: requests go out without waiting, answers are read when they come."""
 
     def __init__(self, env: dict[str, str] | None = None, worker_id: str = "", family_path: str = "",
-                 private: list[str] | None = None) -> None:
+                 private: list[str] | None = None, pid_namespace: bool = False) -> None:
         """``env``: the environment children inherit (the worker's allowlist of it); ``worker_id``: the
         worker's, for the zygote's process title; ``family_path``: the worker's list of its children
         (quantlab/worker/family.py), which the zygote ends when the worker dies; ``private``: the
-        paths no child's sandbox may reach (the home, the accounts file)."""
+        paths no child's sandbox may reach (the home, the accounts file); ``pid_namespace``: each
+        child in a PID namespace of its own (quantlab/worker/pidns.py; the worker found it can be made)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)  # the worker's loop never waits on its zygote
         self.sock = ours
@@ -102,7 +108,7 @@ class Zygote:
         self.worker_id = worker_id
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "quantlab.worker.zygote", str(theirs.fileno()), str(os.getpid()), worker_id,
-             family_path, *(private or [])],
+             family_path, "pidns" if pid_namespace else "-", *(private or [])],
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,
@@ -151,7 +157,7 @@ class Zygote:
 # ---- inside the zygote process ----
 
 
-def _serve(sock: socket.socket, worker_pid: int, family_path: str, private: list[str]) -> None:
+def _serve(sock: socket.socket, worker_pid: int, family_path: str, namespaces: bool, private: list[str]) -> None:
     # Imported here, once: every child starts with them loaded, and the rules of its sandbox made.
     from quantlab.child import runner  # noqa: F401
 
@@ -171,7 +177,7 @@ def _serve(sock: socket.socket, worker_pid: int, family_path: str, private: list
         # worker can then never come before our answer, which tells the worker whose message it is.
         answered = os.pipe()
         try:
-            pid = _double_fork(request, sock, worker_pid, answered, private)
+            pid = _double_fork(request, sock, worker_pid, answered, namespaces, private)
             reply = Forked(pid=pid)
             unreaped.extend(family.members([pid]))
         except OSError as e:
@@ -197,7 +203,7 @@ def _end_all(family_path: str, worker_pid: int, unreaped: list[family.Member]) -
 
 
 def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int, answered: tuple[int, int],
-                 private: list[str]) -> int:
+                 namespaces: bool, private: list[str]) -> int:
     read_fd, write_fd = os.pipe()
     # Every object so far into the permanent generation: the child's collections never walk
     # (and so never write to) the pages it shares with us and its siblings.
@@ -207,13 +213,14 @@ def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int, ans
         middle = os.fork()
         if middle == 0:
             os.close(read_fd)
+            uid = _isolate(request, namespaces)
             grandchild = os.fork()
             if grandchild == 0:
                 os.close(write_fd)
                 os.close(answered[1])
                 os.read(answered[0], 1)  # EOF once the worker has our pid (or the zygote is gone)
                 os.close(answered[0])
-                _become_strategy(request, sock, worker_pid, old_mask, private)
+                _become_strategy(request, sock, worker_pid, old_mask, private, uid)
             os.write(write_fd, str(grandchild).encode())
             os._exit(0)
     finally:
@@ -240,25 +247,46 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _isolate(request: ForkRequest, namespaces: bool) -> int | None:
+    """In the intermediate, before it forks the child: its log, and a PID namespace (quantlab/worker/pidns.py)
+    the child will be PID 1 of. The uid the child's lock-down is still to take (None: none, or taken here)."""
+    # Opened while it is still the worker's user: the logs folder is that user's alone.
+    _redirect_output(request.log_path)
+    uid = request.uid if request.uid >= 0 else None
+    if not namespaces:
+        return uid
+    if uid is not None and pidns.become_first(uid, _CAN_ADMIN):
+        uid = None
+    try:
+        sys.stderr.write(pidns.unshare_for_child(_CAN_ADMIN))
+    except OSError as e:  # no child may run in half-made namespaces: this fork fails, and is tried again
+        sys.stderr.write(f"quantlab: cannot make this strategy's user namespace: {e.strerror}\n")
+        os._exit(1)
+    return uid
+
+
 def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int, mask: set[int | signal.Signals],
-                     private: list[str]) -> None:
+                     private: list[str], uid: int | None) -> None:
     code = 1
     try:
         gc.enable()  # the zygote runs without collections (see main); the strategy's own objects need them
         sock.close()
         os.setsid()  # its own process group: the worker kills it with killpg
-        # Opened while it is still the worker's user: the logs folder is that user's alone.
-        _redirect_output(request.log_path)
-        # Before any of the strategy's code: its own uid, if any (the switch needs the zygote's
-        # capabilities), then no capability, not dumpable, no_new_privs.
-        procs.lock_down(request.uid if request.uid >= 0 else None)
+        # Our parent as the host numbers it: in a PID namespace getppid() says 0, and /proc is soon our own.
+        status = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        if pidns.in_own():
+            sys.stderr.write(pidns.mount_proc())  # with the capabilities the lock-down is about to drop
+        # Before any of the strategy's code: its own uid, if still to take (the switch needs the
+        # zygote's capabilities), then no capability, not dumpable, no_new_privs.
+        procs.lock_down(uid)
         if request.title:
             proctitle.set_title(request.title)
-        _wait_for_reparent(worker_pid)
+        _wait_for_reparent(worker_pid, status)
         # Stopped, not killed, when the worker dies: its helpers stay its descendants, and the zygote
         # (or the worker's next start) finds and ends them all from the worker's list. After the uid
         # switch, which clears a parent-death signal.
-        procs.die_with_parent(worker_pid, signal.SIGSTOP)
+        procs.die_with_parent(worker_pid, signal.SIGSTOP, parent=lambda: procfs.parent(status))
+        os.close(status)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -280,9 +308,9 @@ def _become_strategy(request: ForkRequest, sock: socket.socket, worker_pid: int,
         os._exit(code)
 
 
-def _wait_for_reparent(worker_pid: int) -> None:
+def _wait_for_reparent(worker_pid: int, status: int) -> None:
     deadline = time.monotonic() + REPARENT_TIMEOUT
-    while os.getppid() != worker_pid:
+    while procfs.parent(status) != worker_pid:
         if time.monotonic() > deadline:
             os._exit(1)
         time.sleep(0.0001)
@@ -325,7 +353,8 @@ def main() -> None:
     # The terminal's Ctrl-C reaches the worker's whole group; the worker decides, not us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _serve(socket.socket(fileno=fd), worker_pid, sys.argv[4] if len(sys.argv) > 4 else "", sys.argv[5:])
+    family_path, namespaces = (sys.argv[4], sys.argv[5] == "pidns") if len(sys.argv) > 5 else ("", False)
+    _serve(socket.socket(fileno=fd), worker_pid, family_path, namespaces, sys.argv[6:])
 
 
 if __name__ == "__main__":

@@ -66,6 +66,10 @@ export class Context {
    */
   constructor(init, { call, methods, send, log }) {
     this.id = init.id;
+    /** this process's pid and its worker's as the machine numbers them (`qlab status`, `ps`); inside its
+     * PID namespace `process.pid` is 1, and neither pid names a process there */
+    this.pid = init.pid ?? 0;
+    this.workerPid = init.worker_pid ?? 0;
     this.params = init.params;
     /** persisted after every heartbeat, restored on restart */
     this.state = init.state;
