@@ -296,6 +296,25 @@ def test_a_strategys_reused_order_link_id_is_110072_on_live_as_on_paper(
     assert len(fake.orders()) == 1
 
 
+def test_an_order_link_id_of_the_shape_quantlab_makes_is_a_strategys_own_or_refused(
+        live: ApiPool, fake: FakeBybit, store: Store) -> None:
+    """A strategy that names an id quantlab would make for another (or for its own next order) would take
+    that order from it: the exchange refuses the second use, and the other would own the squatter's order."""
+    squatter = Caller("squatter", 1)
+    for taken in ("s1-3-1", "s1-3-7", "squatter-1-1"):  # s1's next ids; the squatter's own, not yet made
+        refused = live.call("main", "place_order", limit_order(orderLinkId=taken), ["main"], forever, squatter)
+        assert (refused.ok, refused.ret_code) == (False, 10001), refused
+        assert "TAG-EPOCH-SEQ" in refused.error and "nothing was sent" in refused.error
+    assert fake.orders() == [] and intents.read(store, "squatter").open == []
+    placed = live.call("main", "place_order", limit_order(), ["main"], forever, S1)
+    assert placed.ok and fake.orders()[0]["orderLinkId"] == "s1-3-1"  # s1's own id was left to it
+    made = live.call("main", "place_order", limit_order(), ["main"], forever, squatter)
+    assert made.ok
+    # Ids of any other shape are the strategy's to choose.
+    for own in ("mine-1", "a-b-c", "squatter-1"):
+        assert live.call("main", "place_order", limit_order(orderLinkId=own), ["main"], forever, squatter).ok
+
+
 def test_an_order_link_id_the_exchange_already_has_is_refused_not_found(live: ApiPool, fake: FakeBybit,
                                                                          store: Store) -> None:
     """An id the intents do not know (an order placed by hand) is refused by the exchange: that answer stands."""

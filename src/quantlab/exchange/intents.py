@@ -128,6 +128,14 @@ class DuplicateLinkId(Exception):
     """An order names an orderLinkId the strategy already used for an order that is pending or placed."""
 
 
+class ForeignLinkId(Exception):
+    """An order names an orderLinkId of the shape quantlab makes that was not made for this strategy.
+
+    Taken, it would be another strategy's order to that one's reconciliation and ownership checks, and
+    the exchange would refuse the other's own order under it (or this strategy's own next one).
+    """
+
+
 def begin(
     store: Store, strategy: str, epoch: int, instance: str, account: str, orders: list[dict[str, Any]],
     expires: float, clock: Callable[[], float] = time.time, hold: str = "", stamp: Stamp | None = None,
@@ -144,6 +152,9 @@ def begin(
             if link_id and any(i.link_id == link_id for i in [*log.open, *made, *log.settled]
                                if i.status in ("pending", "placed")):
                 raise DuplicateLinkId(f"{link_id} was used for an earlier order")
+            if link_id and not _may_name(strategy, link_id, seq):
+                raise ForeignLinkId(f"orderLinkId {link_id} has the shape of the ids quantlab makes (TAG-EPOCH-SEQ) "
+                                    "and was not made for this strategy: choose one of another shape")
             if not link_id:
                 link_id, seq = orderids.make(strategy, epoch, seq), seq + 1
             made.append(Intent(
@@ -156,6 +167,12 @@ def begin(
 
     _change(store, strategy, add)
     return made
+
+
+def _may_name(strategy: str, link_id: str, next_seq: int) -> bool:
+    """A strategy's own id may be of any shape but the made one, unless made for it already."""
+    made = orderids.parse(link_id)
+    return made is None or (made.tag == orderids.tag(strategy) and made.seq < next_seq)
 
 
 def settle(store: Store, strategy: str, outcomes: dict[str, Outcome], of: Iterable[Intent],

@@ -37,6 +37,7 @@ from typing import Any, Callable, ContextManager
 
 from quantlab.exchange import calls, intents, orders, reservations
 from quantlab.exchange.accounts import Account
+from quantlab.exchange.arguments import PARAMS_ERROR
 from quantlab.exchange.bybit import DUPLICATE_LINK_ID, BybitClients
 from quantlab.exchange.intents import Intent, Outcome
 from quantlab.exchange.job import Caller, Failure, Job
@@ -134,6 +135,9 @@ class OrderPlacer:
             except intents.DuplicateLinkId as e:  # the exchange's answer, without asking it
                 raise Failure(f"{call.method}: OrderLinkedID is duplicate: {e} (retCode {DUPLICATE_LINK_ID})",
                               DUPLICATE_LINK_ID, "api") from None
+            except intents.ForeignLinkId as e:
+                raise Failure(f"{call.method}: {e} (retCode {PARAMS_ERROR}); nothing was sent", PARAMS_ERROR,
+                              "api") from None
             self._flying.mark(caller.strategy, written, True)
             linked = [{**o, "orderLinkId": i.link_id} for o, i in zip(placed, written)]
             return calls.with_orders(call.method, call.kwargs, linked), capped, stamp
