@@ -38,7 +38,7 @@ from quantlab.store.open import open_store
 from quantlab.store.records import ExitReason, TickInfo
 from quantlab.store.fenced import FencedStore
 from quantlab.protocol import Heartbeat, Hello, Init, Ready, Stop, Tick, decode_to_worker, encode
-from quantlab.worker import procs
+from quantlab.worker import pidns, procs
 from quantlab.worker.zygote import ForkRequest, Zygote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -196,7 +196,8 @@ class ChildHarness:
 
     def __init__(self, tmp: Path) -> None:
         procs.become_subreaper()
-        self.zygote = Zygote()
+        # As a worker's: each child in a PID namespace of its own where this machine allows one.
+        self.zygote = Zygote(pid_namespace=pidns.probe(None) is not pidns.Level.NONE)
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         self.endpoint = f"ipc://{tmp}/bench.sock"
