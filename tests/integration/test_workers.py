@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 from quantlab import control
-from tests.conftest import QLAB, Lab, pid_alive, wait_for
+from tests.conftest import QLAB, Lab, lacking, pid_alive, wait_for
 
 #: Counts its heartbeats in ctx.state; writes the counter each st_init restored (init-ID.txt) and
 #: each heartbeat left (beats-ID.txt), so a test can compare a handover with the last beat exactly.
@@ -259,3 +260,22 @@ def test_change_driven_heartbeats_never_expire_a_renewing_worker(lab: Lab) -> No
     assert lab.events("worker_lost") == [] and lab.events("reassigned") == []
     assert lab.work("listener").assignment == placed.assignment
     assert lab.store.find_resource("w1") is not None
+
+
+def test_a_worker_started_with_systemds_few_descriptors_runs_as_many_strategies_as_it_may(lab: Lab) -> None:
+    """systemd starts a service with a soft limit of 1,024 open files (the hard one far higher); a worker
+    holds about three a strategy (its pidfd, its channel connection, its state log), so it raises its
+    soft limit to the hard one at its start. Here the soft limit is 128 and 100 strategies run."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 1024:
+        lacking(f"a hard limit of at least 1,024 open files (this machine's is {hard})")
+    lab.director()
+    lab.worker("w1", "--max-strategies", "110",
+               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard)))
+    file = lab.strategy("counter", COUNTER)
+    ids = [f"f{i:03d}" for i in range(100)]
+    manifest = lab.home / "fleet.toml"
+    manifest.write_text(f'[defaults]\nfile = "{file}"\ninterval = 0.5\n' + "".join(f"[strategies.{i}]\n" for i in ids))
+    lab.run("apply", str(manifest))
+    wait_for(lambda: all(lab.state(i).get("n", 0) >= 2 for i in ids), timeout=60, what="every strategy beating")
+    assert all(lab.work(i).result.status == "running" for i in ids)

@@ -101,7 +101,7 @@ def test_a_claim_before_the_first_frame_leaves_the_owner_no_log_to_start(tmp_pat
 
 
 def test_logs_held_open_are_capped_and_reopened_by_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(statelog, "OPEN_LOGS", 2)
+    monkeypatch.setattr(statelog, "OPEN_LOGS", (2, 2))
     ours = FileStore(tmp_path)
     keys = [f"s{i}" for i in range(5)]
     for n in range(4):

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import stat
 import struct
 import threading
@@ -55,9 +56,10 @@ from quantlab.store.vfiles import READ_RETRIES, VersionedDir, read_file, version
 
 #: A log longer than this is not appended to: the next state becomes a new version with a new log.
 LOG_LIMIT = 256 * 1024
-#: Logs kept open to append to, at most: the least recently written is closed, and opened
-#: again by its path when next written (a worker serves up to a few hundred strategies).
-OPEN_LOGS = 256
+#: Logs kept open to append to: a quarter of the descriptors this process may open, within these
+#: bounds (a worker raises its limit at its start, and writes a state a strategy a heartbeat). The
+#: least recently written is closed, and opened again by its path when next written.
+OPEN_LOGS = (64, 4096)
 SIDECARS = (".log",)
 #: A sealed log's mode: no write permission (statelog's seal, read with fstat).
 SEALED = 0o400
@@ -97,6 +99,7 @@ class StateLog:
         self.durable = durable
         self.owned: dict[str, _Owned] = {}  #: per key, the version this process appends to
         self.fds: dict[str, int] = {}  #: per key, its log held open, least recently written first
+        self.open_logs = min(max(resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4, OPEN_LOGS[0]), OPEN_LOGS[1])
         self._lock = threading.Lock()  #: one writer of this process at a time (never held across processes)
         self._root = str(root)  #: plain strings: a path is made on every append
 
@@ -195,7 +198,7 @@ class StateLog:
         if fd is None:
             create = os.O_CREAT | os.O_EXCL if owned.size == 0 else 0
             fd = open_adopted(owned.path + ".log", os.O_WRONLY | os.O_APPEND | create)
-            while len(self.fds) >= OPEN_LOGS:
+            while len(self.fds) >= self.open_logs:
                 os.close(self.fds.pop(next(iter(self.fds))))
         self.fds[key] = fd  # the most recently written last
         return fd

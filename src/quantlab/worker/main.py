@@ -319,6 +319,7 @@ def _accounts_path(options: WorkerOptions, paths: Paths) -> Path | None:
 def run_worker(paths: Paths, options: WorkerOptions) -> int:
     """Run a worker in the foreground until SIGTERM/SIGINT (or `qlab worker stop`)."""
     procs.become_undumpable()  # first: the environment may hold secrets until take_secrets
+    short = procs.raise_open_files_limit(options.max_strategies)  # before the store: it holds state logs open
     stop = StopRequest().install()
     procs.become_subreaper()  # before the zygote: its grandchildren must come to us
     pidns.probe(options.uid_range)  # it forks: before any thread starts
@@ -326,6 +327,8 @@ def run_worker(paths: Paths, options: WorkerOptions) -> int:
     id_lock = WorkerIdLock(paths.store, options.id)
     id_lock.take(store)  # before anything else: a second process with our id stops here
     log = process_logger(f"quantlab.worker.{options.id}", paths.worker_log(options.id), options.log_settings)
+    if short:
+        log.warning(short)
     # The store is opened before the log and the metrics (the id lock is taken through it): they are its to tell.
     if isinstance(store, TableStore):
         store.on_warning = log.warning  # a commit whose feed line or event was not written

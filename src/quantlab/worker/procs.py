@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import resource
 import signal
 from typing import Callable, Iterator
 
@@ -47,6 +48,28 @@ def _prctl(option: int, value: int) -> None:
 def become_subreaper() -> None:
     """Orphans below this process (the zygote's grandchildren) are re-parented to it."""
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+#: Descriptors a strategy costs its worker, about: its pidfd, its channel connection, its state log,
+#: and its log while it rotates, with room for the store's own.
+FILES_PER_STRATEGY = 4
+
+
+def raise_open_files_limit(strategies: int) -> str:
+    """The soft limit on open files raised to the hard one; a line to log when that is still short
+    for ``strategies``, else "".
+
+    systemd starts a service with a soft limit of 1,024 (and a hard one of 524,288): a worker
+    holds a few descriptors a strategy, and at a few hundred strategies would fail every open
+    with EMFILE.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard == resource.RLIM_INFINITY or hard >= FILES_PER_STRATEGY * strategies:
+        return ""
+    return (f"this worker may open {hard} files, and {strategies} strategies need about "
+            f"{FILES_PER_STRATEGY * strategies}: raise its hard limit (ulimit -Hn, or LimitNOFILE= in its unit)")
 
 
 def become_undumpable() -> None:
