@@ -5,7 +5,7 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantlab.worker.rules import JITTER, TICK_GRID, backoff_delay, next_tick, second_tick, tick_phase
+from quantlab.worker.rules import JITTER, backoff_delay, next_tick, second_tick, tick_grid, tick_phase
 
 
 def test_backoff_doubles_and_caps() -> None:
@@ -46,13 +46,18 @@ def test_the_second_tick_is_on_the_phase_at_least_half_an_interval_on(first: flo
     second = second_tick(first, interval, phase)
     assert first + interval / 2 - 1e-6 <= second <= first + 1.5 * interval + 1e-6
     offset = (second % interval + 1e-9) % interval  # where in the interval it falls: the phase's slot
-    assert phase * interval - TICK_GRID - 1e-6 <= offset <= phase * interval + 1e-6
+    assert phase * interval - tick_grid(interval) - 1e-6 <= offset <= phase * interval + 1e-6
+
+
+def test_the_grid_is_fine_for_fast_strategies_and_coarse_for_slow_ones() -> None:
+    """10 Hz ticks keep slots of 2 ms; 1 Hz ones share slots of 10 ms (a hundred passes a second)."""
+    assert [tick_grid(i) for i in (0.05, 0.1, 0.5, 1.0, 60.0)] == [0.002, 0.002, 0.005, 0.01, 0.01]
 
 
 @given(st.floats(0, 1e6), st.sampled_from([0.05, 0.1, 1.0]), st.integers(0, 49), st.floats(0.01, 0.99), st.floats(0.01, 0.99))
 def test_phases_in_one_slot_of_the_grid_tick_together(first: float, interval: float, slot: int, a: float, b: float) -> None:
     # Together, each wakeup of the worker's I/O thread and each group commit serves them all.
     # (Inside the slot: a phase on its very edge may round to the slot before.)
-    slots = round(interval / TICK_GRID)
+    slots = round(interval / tick_grid(interval))
     pa, pb = (slot % slots + a) / slots, (slot % slots + b) / slots
     assert second_tick(first, interval, pa) == second_tick(first, interval, pb)

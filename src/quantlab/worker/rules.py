@@ -14,11 +14,19 @@ import zlib
 STABLE_AFTER = 30.0
 #: Fraction of a backoff delay added or taken at random, so restarts do not march in step.
 JITTER = 0.1
-#: Ticks whose phases fall in one slot this long are sent together, at the slot's start. Each
-#: wakeup of a sleeping thread (the channel's I/O thread, the sync thread) costs tens of us on a
-#: virtual machine; strategies ticking together share one, and share the group commit of their
-#: states. Fine enough that 100 strategies at 10 Hz still tick two or so at a time.
-TICK_GRID = 0.002
+#: Ticks whose phases fall in one slot of the grid are sent together, at the slot's start. Each
+#: pass of the worker's loop, and each wakeup of a sleeping thread (the channel's I/O thread, the
+#: sync thread), costs tens of us on a virtual machine; strategies ticking together share one, and
+#: share the group commit of their states. The slot is a share of the interval, within bounds: fine
+#: enough that 100 strategies at 10 Hz still tick two or so at a time, coarse enough that 1,000 at
+#: 1 Hz make a hundred passes a second rather than a thousand. Seconds.
+TICK_GRID = (0.002, 0.01)
+GRID_SHARE = 0.01
+
+
+def tick_grid(interval: float) -> float:
+    """The slot of the tick grid for strategies ticking every ``interval`` seconds."""
+    return min(max(interval * GRID_SHARE, TICK_GRID[0]), TICK_GRID[1])
 
 
 def backoff_delay(base: float, cap: float, consecutive: int, rand: float) -> float:
@@ -55,6 +63,7 @@ def tick_phase(strategy_id: str) -> float:
 
 def second_tick(first: float, interval: float, phase: float) -> float:
     """The tick after a child's first (sent at once at ``first``): on its phase's slot of the
-    grid (TICK_GRID), half an interval on at least."""
-    offset = math.floor(phase * interval / TICK_GRID) * TICK_GRID
+    grid (``tick_grid``), half an interval on at least."""
+    grid = tick_grid(interval)
+    offset = math.floor(phase * interval / grid) * grid
     return (math.floor((first - offset) / interval + 0.5) + 1) * interval + offset
