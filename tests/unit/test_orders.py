@@ -237,6 +237,22 @@ def test_reconciliation_lists_the_strategys_own_orders_and_cancels_older_epochs_
     assert [o["orderLinkId"] for o in reconciled(pool, "s1", 2).open_orders] == ["s1-2-2"]
 
 
+def test_twenty_starts_on_an_account_allowed_two_calls_a_second_share_two_rounds_of_reads(
+        fake: FakeBybit, make_pool: Callable[..., ApiPool]) -> None:
+    """A mass start on a rate-limited account: every start waiting on a list read shares the next one,
+    however many wait (with 8 of them waiting at a time, 20 starts took four rounds of a second each)."""
+    fake.add_key(KEY, SECRET)
+    pool = make_pool([account(fake, rate_limit=2.0)])
+    answers: list[reconcile.Reconciled] = []
+    for i in range(20):
+        request = reconcile.Request(strategy=f"s{i:02d}", epoch=1, accounts=["main"])
+        pool.reconcile(request, forever, answers.append)
+    wait_for(lambda: len(answers) == 20, timeout=15, what="twenty reconciliations")
+    assert all(a.ok for a in answers), answers
+    lists = [r.path for r in fake.requests if r.path in ("/v5/order/realtime", "/v5/position/list")]
+    assert len(lists) <= 4, lists  # the first start's read, and one more shared by all the others
+
+
 def reconciled_while_sending(pool: ApiPool, fake: FakeBybit) -> reconcile.Reconciled:
     """Reconciliation of S1 while its order is on its way, landing 0.3 s after it left."""
     fake.slow_delay = 0.3  # inside the account's 0.5 s timeout: the order lands, late

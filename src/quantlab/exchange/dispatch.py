@@ -41,9 +41,11 @@ from quantlab.store.store import Store
 
 log = logging.getLogger(__name__)
 
-#: Threads for reconciliation and halts' cancels, apart from every account's: starts that wait for an
-#: account's rate limit together share its list reads (quantlab/exchange/sharedreads.py).
-RECONCILING_THREADS = 8
+#: Threads for reconciliation and halts' cancels, apart from every account's, started as needed:
+#: starts that wait for an account's rate limit together share its list reads
+#: (quantlab/exchange/sharedreads.py), as many as there are threads to wait on them. With 8, twenty
+#: starts on an account allowed 2 calls a second took four rounds of reads, a second each.
+RECONCILING_THREADS = 32
 
 
 class Dispatcher:
