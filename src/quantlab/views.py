@@ -30,8 +30,10 @@ def to_json(value: Any) -> str:
 def console() -> Console:
     from rich.console import Console
 
-    # Piped output: no colour (rich decides from the TTY) and no wrapping inside cells.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    # Piped output: no colour (rich decides from the TTY) and no wrapping inside cells. No emoji
+    # codes: the only strings drawn are the tables' own titles and headings (every value is a
+    # Text), and looking for codes in them would load rich's table of emoji, for nothing.
+    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
 
 
 def age(ts: float | None, now: float) -> str:

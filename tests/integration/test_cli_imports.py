@@ -91,3 +91,24 @@ def test_status_json_reads_the_store_without_the_daemons_or_the_drawing(lab: Lab
     assert {"msgspec", "quantlab.fleet", "quantlab.store.filestore"} <= loaded  # it did read the store
     assert _under(loaded, HEAVY + DEFERRED) == []
     assert "quantlab.cli_status" in loaded and _under(loaded, ("quantlab.cli_halt", "quantlab.cli_admin")) == []
+
+
+#: What a strategy's hooks are checked with when its file is Python: ast, never Node.
+NODE = ("quantlab.child.jsruntime", "subprocess", "json")
+
+
+def test_assign_checks_a_python_file_without_node_or_the_daemons(lab: Lab, tmp_path: Path) -> None:
+    file = lab.strategy("s", "def st_init(ctx): pass\ndef st_heartbeat(ctx, tick): pass\ndef st_exit(ctx, r): pass\n")
+    printed, loaded = _run(tmp_path, "--home", str(lab.home), "strategy", "assign", str(file))
+    assert printed.startswith("submitted s:")
+    assert "quantlab.child.loader" in loaded  # it did check the file
+    not_for_assign = tuple(name for name in HEAVY if name != "quantlab.child")
+    assert _under(loaded, not_for_assign + DEFERRED + NODE + ("quantlab.views", "quantlab.fleet")) == []
+
+
+def test_status_draws_its_tables_without_emoji_codes_or_openssl(lab: Lab, tmp_path: Path) -> None:
+    lab.assign(lab.strategy("s", "def st_init(ctx): pass\ndef st_heartbeat(ctx, tick): pass\ndef st_exit(ctx, r): pass\n"))
+    printed, loaded = _run(tmp_path, "--home", str(lab.home), "status")
+    assert "strategies" in printed and "rich.table" in loaded  # it did draw the table
+    not_for_status = tuple(name for name in HEAVY if name != "rich")
+    assert _under(loaded, not_for_status + DEFERRED + ("rich._emoji_codes", "hashlib", "_hashlib")) == []

@@ -22,9 +22,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from quantlab.child import is_js
 from quantlab.errors import JsRuntimeError, StrategyFileError
 
-JS_SUFFIXES = (".js", ".mjs")
 PACKAGE_DIR = Path(__file__).parent / "js"
 RUNNER = PACKAGE_DIR / "runner.mjs"
 MIN_NODE_MAJOR = 20
@@ -33,10 +33,6 @@ CHECK_TIMEOUT = 20.0
 #: Seconds `npm ci` may take.
 INSTALL_TIMEOUT = 600.0
 INSTALL = "run `qlab js install`"
-
-
-def is_js(file: str | Path) -> bool:
-    return str(file).endswith(JS_SUFFIXES)
 
 
 def home_runtime_dir() -> Path:

@@ -4,7 +4,8 @@
 assign` catches a bad path, a syntax error or a missing hook at once, in the
 operator's shell. `load_module` runs it, in the strategy child only.
 A JavaScript file (``.js``, ``.mjs``) is checked by loading it in Node
-(quantlab/child/jsruntime.py): there is no parser for it here.
+(quantlab/child/jsruntime.py): there is no parser for it here. That module,
+and the subprocess it runs Node with, is imported only for such a file.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from quantlab.child import is_js
 from quantlab.errors import StrategyFileError
-from quantlab.child import jsruntime
 
 HOOKS = ("st_init", "st_heartbeat", "st_exit")
 
@@ -25,7 +26,9 @@ def check_file(file: str | Path) -> Path:
     path = Path(file).expanduser().resolve()
     if not path.is_file():
         raise StrategyFileError(f"strategy file not found: {file}")
-    if jsruntime.is_js(path):
+    if is_js(path):
+        from quantlab.child import jsruntime
+
         jsruntime.check_file(path)
         return path
     try:
@@ -50,7 +53,9 @@ def default_accounts(path: Path) -> list[str]:
     Lets an example strategy name the account it was written for, so
     ``qlab up strategies/grid_paper.py`` needs no --account. A JavaScript file exports it.
     """
-    if jsruntime.is_js(path):
+    if is_js(path):
+        from quantlab.child import jsruntime
+
         return jsruntime.check_file(path)
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in tree.body:

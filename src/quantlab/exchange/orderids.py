@@ -13,7 +13,6 @@ hash of the whole id, so two strategies never share a tag by accident.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import NamedTuple
 
@@ -33,6 +32,9 @@ def tag(strategy: str) -> str:
     """The strategy's tag in its orderLinkIds."""
     if _SAFE.match(strategy):
         return strategy
+    # Imported here: hashlib loads OpenSSL, and `qlab status` reads this module without making a tag.
+    import hashlib
+
     digest = hashlib.sha1(strategy.encode()).hexdigest()[:7]
     return f"{_UNSAFE.sub('_', strategy)[:MAX_TAG - 8]}_{digest}"
 
