@@ -23,8 +23,8 @@ import msgspec
 import psutil
 
 import bench_isolation
-from bench_fleet import (BUSY, GAPS, QUIET, Fleet, bench_cli, bench_kill, bench_load, bench_start_beside, median,
-                         poll, uss_pss, zmq_floor)
+from bench_fleet import (ASSIGNS, BUSY, FEW, GAPS, QUIET, Fleet, bench_cli, bench_kill, bench_load, bench_operator,
+                         bench_start_beside, median, poll, uss_pss, zmq_floor)
 
 VENV = Path.home() / ".cache" / "qlab-bench" / "supervisor"
 
@@ -258,13 +258,22 @@ def _met(ok: bool) -> str:
 
 
 def cli_figures(qlab: list[str], runs: int) -> Iterator[Figure]:
-    """CLI latency, hyperfine-like (one warm-up, then ``runs`` timed runs), with 100 strategies in the store."""
+    """CLI latency, hyperfine-like (one warm-up, then ``runs`` timed runs), with 100 strategies in the store;
+    then an operator's assign and status table on a home of their own."""
     limits = {"qlab --help": 0.080, "qlab status --json, 100 strategies": 0.150}
     for name, samples in bench_cli(qlab, runs):
         figure = Figure(f"{name}, median of {runs}", f"{median(samples) * 1000:.1f} ms")
         if name in limits:
             figure.target, figure.met = f"< {limits[name] * 1000:.0f} ms", _met(median(samples) < limits[name])
         yield figure
+    status, assigns = bench_operator(qlab[0], runs)
+    yield _at_most(f"one `qlab strategy assign` as a process ({ASSIGNS} in a row, median)", assigns, 0.050)
+    yield _at_most(f"`qlab status` (table), a few strategies ({FEW}), median of {runs}", status, 0.080)
+
+
+def _at_most(figure: str, samples: list[float], limit: float) -> Figure:
+    ms = median(samples) * 1000
+    return Figure(figure, f"{ms:.1f} ms", target=f"<= {limit * 1000:.0f} ms", met=_met(ms <= limit * 1000))
 
 
 def load_figures(qlab: list[str], home: Path, busy: Path, seconds: float) -> Iterator[Figure]:

@@ -156,10 +156,14 @@ def timed_runs(cmd: list[str], n: int) -> list[float]:
 
     Bytecode caches are allowed (an installed package has them): the warm-up writes any missing.
     """
+    return timed_each([cmd] * (n + 1))[1:]
+
+
+def timed_each(cmds: list[list[str]]) -> list[float]:
+    """Each of ``cmds`` run once, in order, seconds each; bytecode caches allowed, as in ``timed_runs``."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    subprocess.run(cmd, check=True, capture_output=True, env=env)
     samples = []
-    for _ in range(n):
+    for cmd in cmds:
         start = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, env=env)
         samples.append(time.perf_counter() - start)
@@ -210,6 +214,25 @@ def bench_cli(qlab: list[str], n: int) -> Iterator[tuple[str, list[float]]]:
     yield "python -c pass (interpreter and site, for reference)", timed_runs([sys.executable, "-c", "pass"], n)
     yield "qlab --help", timed_runs([qlab[0], "--help"], n)  # as typed: the help needs no home
     yield "qlab status --json, 100 strategies", timed_runs([*qlab, "status", "--json"], n)
+
+
+ASSIGNS = 50  #: `qlab strategy assign` runs in a row, each of a new strategy
+FEW = 3  #: the strategies `qlab status` draws
+
+
+def bench_operator(qlab_cmd: str, n: int) -> tuple[list[float], list[float]]:
+    """An operator's commands on a home of their own, no daemon running: ``n`` runs of `qlab status` (the
+    table) with FEW strategies, then ASSIGNS runs of `qlab strategy assign` in a row; seconds each."""
+    with tempfile.TemporaryDirectory(prefix="qlab-operator-") as folder:
+        home = Path(folder) / "home"
+        home.mkdir(mode=0o700)
+        file = Path(folder) / "quiet.py"
+        file.write_text(QUIET)
+        qlab = [qlab_cmd, "--home", str(home)]
+        assigns = [[*qlab, "strategy", "assign", str(file), "--id", f"s{i:02d}"] for i in range(FEW + ASSIGNS)]
+        timed_each(assigns[:FEW])  # also the warm-up: any missing bytecode cache is written
+        status = timed_runs([*qlab, "status"], n)
+        return status, timed_each(assigns[FEW:])
 
 
 class LoadFigures(msgspec.Struct):
