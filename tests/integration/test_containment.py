@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from quantlab.worker.zygote import Forked, ForkRequest, Zygote
 from tests.conftest import ONCE, ORDINARY_UID, Lab, pid_alive, wait_for
 
 SECRET = "bybit-secret-4f1d9a"
@@ -277,3 +278,29 @@ def test_a_strategy_of_an_ordinary_users_worker_reaches_no_secret_file_or_proces
     assert report["accounts_file"] == "<PermissionError>" and not report["worker_mem_read"], report
     assert (report["no_new_privs"], report["cap_eff"], report["dumpable"]) == ("1", "0000000000000000", 0)
     assert report["signal_worker"] in ("PermissionError", "ProcessLookupError"), report
+
+
+def test_a_fork_that_fails_in_the_zygotes_intermediate_is_answered_once_and_leaves_one_zygote(tmp_path: Path) -> None:
+    """The intermediate opens the child's log and makes its namespaces: when that fails it must end,
+    not go on serving the worker's socket as a second zygote, whose answers would then be doubled."""
+    zygote = Zygote(pid_namespace=True)
+    pids: list[int] = []
+    try:
+        def ask(log: Path) -> list[Forked]:
+            zygote.send(ForkRequest(endpoint=f"ipc://{tmp_path}/none.sock", token=os.urandom(16), log_path=str(log)))
+            return wait_for(lambda: zygote.answers(), what="the zygote's answer")
+
+        failed = ask(tmp_path / "no-such-folder" / "child.log")
+        assert len(failed) == 1 and failed[0].error and not failed[0].pid, failed
+        forked = ask(tmp_path / "child.log")
+        assert len(forked) == 1 and forked[0].pid and not forked[0].error, forked
+        pids.append(forked[0].pid)
+        zygotes = [p for p in psutil.Process().children(recursive=True)
+                   if p.pid not in pids and "zygote" in " ".join(p.cmdline())]
+        assert [p.pid for p in zygotes] == [zygote.proc.pid]
+        assert zygote.answers() == []  # nothing more for either request
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        zygote.close()

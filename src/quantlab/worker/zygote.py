@@ -212,17 +212,22 @@ def _double_fork(request: ForkRequest, sock: socket.socket, worker_pid: int, ans
     try:
         middle = os.fork()
         if middle == 0:
-            os.close(read_fd)
-            uid = _isolate(request, namespaces)
-            grandchild = os.fork()
-            if grandchild == 0:
-                os.close(write_fd)
-                os.close(answered[1])
-                os.read(answered[0], 1)  # EOF once the worker has our pid (or the zygote is gone)
-                os.close(answered[0])
-                _become_strategy(request, sock, worker_pid, old_mask, private, uid)
-            os.write(write_fd, str(grandchild).encode())
-            os._exit(0)
+            # Whatever fails here ends this process: raised on, it would go on serving as a second zygote.
+            code = 1
+            try:
+                os.close(read_fd)
+                uid = _isolate(request, namespaces)
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os.close(write_fd)
+                    os.close(answered[1])
+                    os.read(answered[0], 1)  # EOF once the worker has our pid (or the zygote is gone)
+                    os.close(answered[0])
+                    _become_strategy(request, sock, worker_pid, old_mask, private, uid)
+                os.write(write_fd, str(grandchild).encode())
+                code = 0
+            finally:
+                os._exit(code)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     os.close(write_fd)
