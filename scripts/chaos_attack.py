@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos_checks import Violation
+from chaos_cluster import all_procs
 from chaos_races import Spec
 
 ID = "attacker"
@@ -49,17 +50,7 @@ def tell(home: Path, directors: list[int], workers: list[int]) -> None:
 
 def _children(worker: int) -> list[tuple[int, str]]:
     """(pid, command line) of each process ``worker`` is the parent of: its zygote and its strategies."""
-    found = []
-    for name in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[1]) != worker:
-                    continue
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                found.append((int(name), f.read().replace(b"\0", b" ").decode(errors="replace").strip()))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+    return [(p.pid, p.cmdline) for p in all_procs().values() if p.ppid == worker]
 
 
 def judge(state: dict[str, Any], orders: set[str]) -> list[Violation]:

@@ -78,6 +78,25 @@ def in_ci() -> bool:
     return os.environ.get("CI") == "true"
 
 
+def in_child(check: Callable[[], str]) -> str:
+    """Run ``check`` in a forked child that leads its own group (its limits, uid and filters its own);
+    what it returned, or its error."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()
+            os.write(write_fd, check().encode())
+        except BaseException as e:
+            os.write(write_fd, f"failed: {e!r}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd, "rb") as f:
+        return f.read().decode()
+
+
 def lacking(what: str) -> NoReturn:
     """The test cannot run: this machine lacks ``what``. Skips with that line; fails with it under CI=true."""
     if in_ci():

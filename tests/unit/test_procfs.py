@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from quantlab.worker import procfs, procs
-from tests.conftest import wait_for
+from tests.conftest import in_child, wait_for
 
 #: A child (its own process group) that starts a grandchild; both sleep.
 TREE = "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
@@ -54,19 +54,10 @@ def test_a_process_that_is_gone_raises_oserror() -> None:
 
 
 def test_a_worker_raises_its_open_files_limit_and_says_when_even_the_hard_one_is_short() -> None:
-    """In a forked child: its limits are its own."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (128, 1000))
-            enough, short = procs.raise_open_files_limit(250), procs.raise_open_files_limit(300)
-            os.write(write_fd, repr((enough, short, resource.getrlimit(resource.RLIMIT_NOFILE))).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_fd) as f:
-        said = f.read()
-    assert said == repr(("", "this worker may open 1000 files, and 300 strategies need about 1200: raise its hard "
+    def raised() -> str:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 1000))
+        enough, short = procs.raise_open_files_limit(250), procs.raise_open_files_limit(300)
+        return repr((enough, short, resource.getrlimit(resource.RLIMIT_NOFILE)))
+
+    assert in_child(raised) == repr(("", "this worker may open 1000 files, and 300 strategies need about 1200: raise its hard "
                              "limit (ulimit -Hn, or LimitNOFILE= in its unit)", (1000, 1000)))

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import pytest
 
 from quantlab.worker import landlock, logrotate, pidns, procs, sandbox, seccomp, strategyuids
-from tests.conftest import lacking
+from tests.conftest import in_child, lacking
 
 _WRITES = landlock.WRITE_FILE | landlock.TRUNCATE
 
@@ -100,7 +100,7 @@ def test_this_machine_gives_a_strategy_child_a_pid_namespace_and_a_proc_of_its_o
         return pidns.probe.__wrapped__(None).value
 
     found = {"as we are": pidns.probe.__wrapped__(None).value,
-             "as uid 1001": _in_child(as_ordinary_user) if os.geteuid() == 0 else "pidns"}
+             "as uid 1001": in_child(as_ordinary_user) if os.geteuid() == 0 else "pidns"}
     if found != {"as we are": "pidns", "as uid 1001": "pidns"}:
         lacking(f"PID namespaces with a /proc of their own for strategy children (found {found})")
 
@@ -121,25 +121,7 @@ def test_under_a_service_that_covers_part_of_proc_a_child_gets_a_pid_namespace_w
         strategyuids.become(1001)  # the unit's user: no capability
         return pidns.probe.__wrapped__(None).value
 
-    assert _in_child(under_the_unit) == "pidns-hostproc"
-
-
-def _in_child(check: Callable[[], str]) -> str:
-    """Run ``check`` in a forked child that leads its own group; what it returned (or its error)."""
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setsid()
-            os.write(write_fd, check().encode())
-        except BaseException as e:
-            os.write(write_fd, f"failed: {e!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    os.waitpid(pid, 0)
-    with os.fdopen(read_fd, "rb") as f:
-        return f.read().decode()
+    assert in_child(under_the_unit) == "pidns-hostproc"
 
 
 def _outcome(action: Callable[[], object]) -> str:
@@ -184,7 +166,7 @@ def test_the_seccomp_filter_keeps_signals_within_the_group_and_refuses_ptrace(ne
         }
         return repr(outcomes)
 
-    said = _in_child(attacks)
+    said = in_child(attacks)
     refused = "Operation not permitted"
     assert said == repr({"own group": "ok", "itself": "ok", "its group by 0": "ok", "a neighbour": refused,
                          "a neighbour's group": refused, "every process": refused, "ptrace": refused})
@@ -201,7 +183,7 @@ def test_the_filter_compiled_before_the_fork_refuses_ptrace_in_every_child(neigh
         libc = ctypes.CDLL(None, use_errno=True)
         return "ok" if libc.ptrace(0x4206, neighbour, 0, 0) == 0 else os.strerror(ctypes.get_errno())
 
-    assert [_in_child(attacks) for _ in range(2)] == ["Operation not permitted"] * 2
+    assert [in_child(attacks) for _ in range(2)] == ["Operation not permitted"] * 2
 
 
 def test_the_filter_refuses_a_namespace_or_a_mount_of_the_childs_making_and_lets_it_fork_and_thread() -> None:
@@ -239,7 +221,7 @@ def test_the_filter_refuses_a_namespace_or_a_mount_of_the_childs_making_and_lets
                      "a subprocess": subprocess.run(["true"]).returncode and "failed" or "ok"})
 
     refused = "Operation not permitted"
-    assert _in_child(attempts) == repr({"unshare a user namespace": refused, "clone into a new one": refused,
+    assert in_child(attempts) == repr({"unshare a user namespace": refused, "clone into a new one": refused,
                                         "mount": refused, "fork": "ok", "a thread": "ran", "a subprocess": "ok"})
 
 
@@ -270,7 +252,7 @@ def test_a_child_in_its_sandbox_reads_its_folder_and_nothing_of_the_home(tmp_pat
                      "/dev/null": _outcome(lambda: Path("/dev/null").write_text("x"))})
 
     denied = "Permission denied"
-    assert _in_child(attempts) == repr({"note": "", "own file": "ok", "own folder, writing": denied,
+    assert in_child(attempts) == repr({"note": "", "own file": "ok", "own folder, writing": denied,
                                         "the home": denied, "the home, writing": denied, "/dev/null": "ok"})
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 
@@ -13,6 +12,7 @@ from quantlab.worker.options import WorkerOptions
 from quantlab.worker.spawner import Spawner
 from quantlab.worker.strategyuids import UidPool, UidRange
 from quantlab.worker.zygote import ForkRequest, Forked
+from tests.conftest import in_child
 from tests.unit.test_spawner import FakeZygote
 
 
@@ -48,22 +48,15 @@ def test_a_range_strategies_cannot_use_is_one_line_naming_the_option(given: str,
 
 
 def test_a_worker_without_the_capabilities_to_switch_uids_is_told_which_it_lacks() -> None:
-    read_fd, write_fd = os.pipe()
-    child = os.fork()
-    if child == 0:
+    def refused() -> str:
+        procs.lock_down()  # no capability left, as an ordinary user's worker
         try:
-            procs.lock_down()  # no capability left, as an ordinary user's worker
-            try:
-                strategyuids.pool(UidRange(61000, 61999))
-            except ConfigError as e:
-                os.write(write_fd, str(e).encode())
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as f:
-        said = f.read().decode()
-    os.waitpid(child, 0)
-    assert said == ("--strategy-uids 61000-61999 needs root, or CAP_KILL, CAP_SETGID, CAP_SETUID: this worker lacks "
+            strategyuids.pool(UidRange(61000, 61999))
+        except ConfigError as e:
+            return str(e)
+        return "no error"
+
+    assert in_child(refused) == ("--strategy-uids 61000-61999 needs root, or CAP_KILL, CAP_SETGID, CAP_SETUID: this worker lacks "
                     "CAP_KILL, CAP_SETGID, CAP_SETUID")
 
 
